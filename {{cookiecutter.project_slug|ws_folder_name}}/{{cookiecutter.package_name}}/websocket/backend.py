@@ -1,0 +1,59 @@
+"""The websocket backend for FastAPI: `create_router` and the session helpers.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). This module's names are the backend's documented public API; the
+helpers themselves live in ``session.py`` and serve every face of the backend.
+
+Typical use, one handler per endpoint::
+
+    async def chat(websocket: WebSocket) -> None:
+        await run_websocket(websocket, receive_json(on_message))
+
+    app.include_router(create_router("/ws/chat", chat))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+
+from fastapi import APIRouter, WebSocket
+
+from . import session
+from .session import drain_text, every, keepalive_loop, now_ns, receive_json, run_websocket
+
+__all__ = [
+    "TaskFactory",
+    "WebSocketHandler",
+    "create_router",
+    "drain_text",
+    "every",
+    "keepalive_loop",
+    "now_ns",
+    "receive_json",
+    "run_websocket",
+]
+
+WebSocketHandler: TypeAlias = Callable[[WebSocket], Awaitable[None]]
+"""A coroutine function that serves one websocket connection from start to end."""
+
+TaskFactory: TypeAlias = session.TaskFactory[WebSocket]
+"""Something to run for the length of a session, given its socket (see `run_websocket`)."""
+
+
+def create_router(endpoint: str, handler: WebSocketHandler | None = None) -> APIRouter:
+    """Build a websocket router bound to endpoint.
+
+    ``endpoint`` is a FastAPI websocket path (for example ``/ws/ecc``, or
+    ``/ws/rooms/{room}``, whose value is then in ``websocket.path_params``). ``handler``
+    serves each connection and defaults to `keepalive_loop`. Returns an ``APIRouter`` with
+    one websocket entrypoint, for ``app.include_router``.
+    """
+    serve = handler or keepalive_loop
+
+    async def websocket_entrypoint(websocket: WebSocket) -> None:
+        await serve(websocket)
+
+    router = APIRouter()
+    router.add_api_websocket_route(endpoint, websocket_entrypoint, name=endpoint)
+    return router

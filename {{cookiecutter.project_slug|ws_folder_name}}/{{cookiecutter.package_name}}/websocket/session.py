@@ -1,0 +1,307 @@
+"""Session helpers: one websocket session run as a block of composable tasks.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). Framework-free: everything here is written against `SessionSocket`, the
+few methods that Starlette's (FastAPI's) ``WebSocket`` and the raw-ASGI ``WebSocket`` in
+``asgi.py`` both provide, so each face reuses these helpers instead of copying them.
+
+The client protocol every helper speaks is JSON objects in text frames:
+
+- ``{"type": "keepalive", ...}`` is answered with ``{"type": "keepalive_ack",
+  "server_ns": <int>, ...}``, echoing the client's other fields (its own timestamp, say);
+- a frame that is not a JSON object gets ``{"type": "error", "reason": "..."}`` and the
+  session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
+from typing import Any, Final, Protocol, TypeAlias, TypeVar
+
+logger = logging.getLogger(__name__)
+
+NORMAL_CLOSURE: Final = 1000
+GOING_AWAY: Final = 1001
+INTERNAL_ERROR: Final = 1011
+
+
+class SessionSocket(Protocol):
+    """The part of a WebSocket that the session helpers use.
+
+    ``client_state`` and ``application_state`` are enums with Starlette's member names
+    (``CONNECTING``, ``CONNECTED``, ``DISCONNECTED``, ``RESPONSE``): the helpers compare
+    names, so Starlette's enum and the raw-ASGI face's enum both fit.
+    """
+
+    @property
+    def scope(self) -> Mapping[str, Any]: ...
+
+    @property
+    def client_state(self) -> Enum: ...
+
+    @property
+    def application_state(self) -> Enum: ...
+
+    async def accept(self) -> None: ...
+
+    async def receive(self) -> Mapping[str, Any]: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = NORMAL_CLOSURE) -> None: ...
+
+
+WS = TypeVar("WS", bound=SessionSocket)
+
+TaskFactory: TypeAlias = Callable[[WS], Awaitable[None]]
+"""Something to run for the length of a session, given its socket."""
+
+JsonHandler: TypeAlias = Callable[[WS, dict[str, Any]], Awaitable[None]]
+"""What `receive_json` calls with each JSON object a client sends."""
+
+
+def now_ns() -> int:
+    """Wall-clock time in nanoseconds since the epoch, as sent in ``server_ns`` fields."""
+    return time.time_ns()
+
+
+async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:
+    """Run one websocket session with composable async tasks.
+
+    Accepts the connection, starts one task per factory and waits. The session ends when
+    the client disconnects, when every task has returned, or when a task raises. On the
+    way out every task still running is cancelled and awaited (none outlives this call)
+    and the socket, if still open, is closed: 1000 normally, 1011 after an unexpected
+    error, which is logged once with its traceback and the endpoint path. A disconnect
+    never escapes from here; cancellation of this call does, after the cleanup.
+
+    Keep one task reading (`receive_json`, `drain_text`, `keepalive_loop`): a session
+    that only sends notices a departed client only when a send fails.
+    """
+    try:
+        await websocket.accept()
+    except OSError:  # the client left during the handshake
+        logger.debug("client left %s before the handshake completed", _path(websocket))
+        return
+    tasks = [
+        asyncio.create_task(_run_task(factory, websocket), name=f"{_path(websocket)} {factory!r}")
+        for factory in task_factories
+    ]
+    close_code = NORMAL_CLOSURE
+    try:
+        close_code = await _until_session_ends(websocket, tasks)
+    except asyncio.CancelledError:
+        close_code = GOING_AWAY
+        raise
+    finally:
+        await _cancel_and_wait(tasks)
+        await _close_if_open(websocket, close_code)
+
+
+async def _run_task(factory: TaskFactory[WS], websocket: WS) -> None:
+    await factory(websocket)
+
+
+async def _until_session_ends(websocket: SessionSocket, tasks: list[asyncio.Task[None]]) -> int:
+    """Wait until the session is over; return the close code it deserves."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            if error is None:
+                continue
+            if _is_closed(websocket):
+                # How a departed peer reaches a task that was sending or reading.
+                logger.debug("session on %s ended by %r after close", _path(websocket), error)
+                return NORMAL_CLOSURE
+            logger.error("websocket session on %s failed", _path(websocket), exc_info=error)
+            return INTERNAL_ERROR
+        if _is_closed(websocket):
+            return NORMAL_CLOSURE
+    return NORMAL_CLOSURE
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel every task and wait for all of them, even if we are cancelled meanwhile.
+
+    A cancellation that arrives meanwhile is re-raised once the tasks are done, as the
+    same exception, so that whoever cancelled us (an AnyIO cancel scope, say) knows it.
+    """
+    for task in tasks:
+        task.cancel()
+    cancellation: asyncio.CancelledError | None = None
+    while not all(task.done() for task in tasks):
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError as error:
+            cancellation = error
+    for task in tasks:  # retrieve every outcome, so asyncio reports none as lost
+        if not task.cancelled():
+            task.exception()
+    if cancellation is not None:
+        raise cancellation
+
+
+async def _close_if_open(websocket: SessionSocket, code: int) -> None:
+    if _is_closed(websocket):
+        return
+    try:
+        await websocket.close(code)
+    except Exception:
+        if not _is_closed(websocket):  # a close that failed for another reason than the peer
+            logger.exception("closing the websocket on %s failed", _path(websocket))
+
+
+def every(seconds: float, tick: TaskFactory[WS]) -> TaskFactory[WS]:
+    """Return a task factory that runs tick periodically every seconds.
+
+    The first tick runs at once, later ones on a fixed schedule counted from the first
+    (no drift). A tick that overruns skips the beats it missed rather than bursting to
+    catch up. ``seconds`` must be a positive, finite number (`ValueError` otherwise).
+    """
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"every() needs a positive, finite number of seconds, got {seconds!r}")
+
+    async def ticking(websocket: WS) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        beat = 0
+        while True:
+            await tick(websocket)
+            beat = next_beat(beat, loop.time() - start, seconds)
+            await asyncio.sleep(start + beat * seconds - loop.time())
+
+    return ticking
+
+
+def next_beat(beat: int, elapsed: float, seconds: float) -> int:
+    """The beat to run after ``beat``, ``elapsed`` seconds after beat 0: the first not yet due.
+
+    Never ``beat`` again (a timer that fires a hair early must not tick twice), and never
+    a beat whose time has passed (missed beats are skipped).
+    """
+    return max(beat + 1, math.floor(elapsed / seconds) + 1)
+
+
+async def drain_text(websocket: SessionSocket) -> None:
+    """Consume and discard incoming text frames until disconnect.
+
+    Binary frames are discarded too. Returns quietly when the client disconnects.
+    """
+    while await _receive_frame(websocket) is not None:
+        pass
+
+
+def receive_json(handle: JsonHandler[WS]) -> TaskFactory[WS]:
+    """Return a task factory that reads JSON objects and forwards them to handle.
+
+    Only JSON objects reach ``handle``. Keepalives (``{"type": "keepalive", ...}``) are
+    answered here with a ``keepalive_ack``, so every endpoint built on this speaks the
+    same client protocol. Anything else (invalid JSON, a JSON value that is not an object,
+    a binary frame) gets ``{"type": "error", "reason": ...}`` and reading goes on. The
+    task returns when the client disconnects.
+    """
+
+    async def receiving(websocket: WS) -> None:
+        while (frame := await _receive_frame(websocket)) is not None:
+            message = _json_object(frame)
+            if isinstance(message, str):
+                await send_json(websocket, {"type": "error", "reason": message})
+            elif message.get("type") == "keepalive":
+                await send_json(websocket, keepalive_ack(message))
+            else:
+                await handle(websocket, message)
+
+    return receiving
+
+
+async def keepalive_loop(websocket: SessionSocket) -> None:
+    """Default keepalive protocol: keepalive -> keepalive_ack.
+
+    Other JSON objects get an error reply. Works as a task inside `run_websocket` and, on
+    a socket not yet accepted, as a whole handler (it then runs the session itself).
+    """
+    if websocket.application_state.name == "CONNECTING":
+        await run_websocket(websocket, keepalive_loop)
+        return
+    await receive_json(_answer_only_keepalives)(websocket)
+
+
+async def _answer_only_keepalives(websocket: SessionSocket, message: dict[str, Any]) -> None:
+    reason = "this endpoint answers only keepalive messages"
+    await send_json(websocket, {"type": "error", "reason": reason})
+
+
+def keepalive_ack(message: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer to a keepalive: its fields, retyped, with the server's clock added."""
+    return {**message, "type": "keepalive_ack", "server_ns": now_ns()}
+
+
+async def send_json(websocket: SessionSocket, value: Any) -> None:
+    """Send ``value`` as compact JSON text (the bytes Starlette's ``send_json`` sends)."""
+    await websocket.send_text(
+        json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    )
+
+
+async def _receive_frame(websocket: SessionSocket) -> str | bytes | None:
+    """The next data frame's payload, or None once the client has disconnected."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text: str | None = message.get("text")
+    if text is not None:
+        return text
+    data: bytes | None = message.get("bytes")
+    if data is not None:
+        return data
+    raise RuntimeError(f"ASGI message {message['type']!r} carries neither text nor bytes.")
+
+
+def _json_object(frame: str | bytes) -> dict[str, Any] | str:
+    """The JSON object in ``frame``, or the reason it holds none."""
+    if isinstance(frame, bytes):
+        return "binary frames are not accepted: send JSON objects as text"
+    try:
+        value = json.loads(frame, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        return f"invalid JSON: {error.msg} at position {error.pos}"
+    except RecursionError:
+        return "invalid JSON: nested too deeply"
+    except ValueError as error:  # NaN/Infinity, or an integer too long to convert
+        return f"invalid JSON: {error}"
+    if not isinstance(value, dict):
+        return f"expected a JSON object, got {_json_type(value)}"
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _is_closed(websocket: SessionSocket) -> bool:
+    """True once either side has closed: nothing more can be sent or received."""
+    return "DISCONNECTED" in (websocket.client_state.name, websocket.application_state.name)
+
+
+def _path(websocket: SessionSocket) -> str:
+    return str(websocket.scope.get("path", "?"))

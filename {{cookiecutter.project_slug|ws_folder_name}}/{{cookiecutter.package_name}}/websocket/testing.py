@@ -1,0 +1,187 @@
+"""Test helpers: an ASGI app on a real uvicorn server, and a scripted websocket client.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+Message = MutableMapping[str, Any]
+
+_STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+def project_root() -> Path:
+    """The folder that holds this project's top-level package (where imports start)."""
+    return Path(__file__).resolve().parents[__name__.count(".")]
+
+
+class LiveServer:
+    """A uvicorn process serving ``app`` (an import path like ``pkg.app:app``) on 127.0.0.1.
+
+    Use it as a context manager. The OS picks a free port, read back from uvicorn's log;
+    ``env`` is added to this process's environment, ``args`` to uvicorn's command line.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.command = [
+            *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0"),
+            *args,
+        ]
+        self._env = {**os.environ, **(env or {})}
+        self._cwd = cwd or project_root()
+        self._start_timeout = start_timeout
+        self._lines: list[str] = []
+        self._started = threading.Event()
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.port = 0
+
+    def __enter__(self) -> LiveServer:
+        self._process = subprocess.Popen(
+            self.command,
+            cwd=self._cwd,
+            env=self._env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        if not self._started.wait(self._start_timeout) or not self.port:
+            self.stop()
+            raise RuntimeError(f"uvicorn did not start: {self.command}\n{self.log}")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _read_log(self) -> None:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.append(line)
+            started = _STARTED.search(line)
+            if started:
+                self.port = int(started.group(1))
+                self._started.set()
+        self._started.set()  # the process ended: stop waiting
+
+    @property
+    def log(self) -> str:
+        """Everything the server has printed so far."""
+        return "".join(self._lines)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop the server as a process manager would (SIGTERM); return its exit code."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout)  # it ends at the end of the log
+        if process.stdout is not None:
+            process.stdout.close()
+        return process.returncode
+
+
+class ScriptedClient:
+    """The client side of one ASGI websocket connection, scripted by a test.
+
+    Give `scope`, `receive` and `send` to a WebSocket (Starlette's or the raw-ASGI face's),
+    queue what the client does with `send_text`, `send_bytes` and `disconnect`, and read
+    what the app sent with `next_sent`. Set `send_error` to make the app's sends fail the
+    way a server's do once the peer is gone.
+    """
+
+    def __init__(
+        self,
+        path: str = "/ws",
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        reply_timeout: float = 2.0,
+    ) -> None:
+        self.scope: Message = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "scheme": "ws",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": list(headers),
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "subprotocols": [],
+            "state": {},
+        }
+        self.send_error: BaseException | None = None
+        self.reply_timeout = reply_timeout
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._to_app.put_nowait({"type": "websocket.connect"})
+
+    async def receive(self) -> Message:
+        return await self._to_app.get()
+
+    async def send(self, message: Message) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        self._from_app.put_nowait(message)
+
+    def send_text(self, text: str) -> None:
+        self._to_app.put_nowait({"type": "websocket.receive", "text": text})
+
+    def send_bytes(self, data: bytes) -> None:
+        self._to_app.put_nowait({"type": "websocket.receive", "bytes": data})
+
+    def disconnect(self, code: int = 1000) -> None:
+        self._to_app.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+
+    async def next_sent(self) -> Message:
+        """The next message the app sent, waiting up to ``reply_timeout`` seconds."""
+        return await asyncio.wait_for(self._from_app.get(), self.reply_timeout)
+
+    def sent_so_far(self) -> list[Message]:
+        """Every message the app has sent and no `next_sent` has taken yet."""
+        messages = []
+        while not self._from_app.empty():
+            messages.append(self._from_app.get_nowait())
+        return messages

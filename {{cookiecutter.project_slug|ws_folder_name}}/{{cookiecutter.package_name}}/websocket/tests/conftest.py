@@ -1,0 +1,73 @@
+"""Fixtures for the backend's own tests: every WebSocket face that this project has."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import selectors
+from collections.abc import Callable
+
+import pytest
+
+from ..session import SessionSocket
+from ..testing import ScriptedClient
+
+SocketFactory = Callable[[ScriptedClient], SessionSocket]
+
+# The faces the session helpers serve, by module; a project keeps the ones it uses.
+FACES = {
+    "starlette": "starlette.websockets",
+    "asgi": f"{__name__.rsplit('.', 2)[0]}.asgi",
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+@pytest.fixture(params=[face for face, module in FACES.items() if _installed(module)])
+def make_socket(request: pytest.FixtureRequest) -> SocketFactory:
+    """Wrap a scripted client in a WebSocket of one face (each test runs once per face)."""
+    web_socket_class = importlib.import_module(FACES[request.param]).WebSocket
+
+    def make(client: ScriptedClient) -> SessionSocket:
+        socket: SessionSocket = web_socket_class(client.scope, client.receive, client.send)
+        return socket
+
+    return make
+
+
+@pytest.fixture
+def client() -> ScriptedClient:
+    return ScriptedClient("/ws/test")
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps ahead whenever it would wait for a timer.
+
+    Timers fire in order at exactly their scheduled (virtual) times and the test takes no
+    real time: schedules can be asserted exactly. Only for code that waits on timers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_ClockAdvancingSelector(self))
+        self.virtual_time = 0.0
+
+    def time(self) -> float:
+        return self.virtual_time
+
+
+class _ClockAdvancingSelector(selectors.DefaultSelector):
+    def __init__(self, loop: VirtualClockLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0 if timeout is not None else None)
+        if not ready and timeout:
+            self._loop.virtual_time += timeout  # the next timer is due now
+        return ready

@@ -1,0 +1,328 @@
+"""The session helpers, driven through each WebSocket face over a scripted ASGI connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from typing import Any
+
+import pytest
+
+from ..session import (
+    SessionSocket,
+    drain_text,
+    every,
+    keepalive_loop,
+    next_beat,
+    now_ns,
+    receive_json,
+    run_websocket,
+)
+from ..testing import Message, ScriptedClient
+from .conftest import SocketFactory, VirtualClockLoop
+
+
+async def wait_forever(websocket: SessionSocket) -> None:
+    await asyncio.Event().wait()
+
+
+def json_sent(message: Message) -> Any:
+    assert message["type"] == "websocket.send", message
+    return json.loads(message["text"])
+
+
+async def test_session_accepts_then_closes_1000_when_every_task_returns(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    ran: list[str] = []
+
+    async def first(websocket: SessionSocket) -> None:
+        ran.append("first")
+
+    async def second(websocket: SessionSocket) -> None:
+        await asyncio.sleep(0.01)
+        ran.append("second")
+
+    await run_websocket(make_socket(client), first, second)
+
+    assert sorted(ran) == ["first", "second"]
+    assert (await client.next_sent())["type"] == "websocket.accept"
+    assert await client.next_sent() == {"type": "websocket.close", "code": 1000, "reason": ""}
+
+
+async def test_client_disconnect_ends_session_and_cancels_every_task(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    cancelled = asyncio.Event()
+
+    async def sleeper(websocket: SessionSocket) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    tasks_before = asyncio.all_tasks()
+    session = asyncio.create_task(run_websocket(make_socket(client), drain_text, sleeper))
+    client.send_text("ignored")
+    client.disconnect(1001)
+    await asyncio.wait_for(session, 2)
+
+    assert cancelled.is_set()
+    assert asyncio.all_tasks() == tasks_before
+    assert [m["type"] for m in client.sent_so_far()] == ["websocket.accept"]  # no close: peer gone
+
+
+async def test_task_error_closes_1011_and_is_logged_once_with_path(
+    make_socket: SocketFactory, client: ScriptedClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(websocket: SessionSocket) -> None:
+        raise ValueError("boom")
+
+    tasks_before = asyncio.all_tasks()
+    await run_websocket(make_socket(client), broken, wait_forever)
+
+    assert [m["type"] for m in client.sent_so_far()] == ["websocket.accept", "websocket.close"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "/ws/test" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], ValueError)
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_close_code_after_error_is_1011(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    async def broken(websocket: SessionSocket) -> None:
+        raise RuntimeError("bug")
+
+    await run_websocket(make_socket(client), broken)
+    await client.next_sent()
+    assert (await client.next_sent())["code"] == 1011
+
+
+async def test_failed_send_to_departed_client_ends_session_quietly(
+    make_socket: SocketFactory, client: ScriptedClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def tick(websocket: SessionSocket) -> None:
+        await websocket.send_text("tick")
+
+    session = asyncio.create_task(
+        run_websocket(make_socket(client), every(0.01, tick), wait_forever)
+    )
+    await client.next_sent()  # accept
+    await client.next_sent()  # first tick
+    client.send_error = OSError("connection lost")  # what uvicorn raises once the peer is gone
+    await asyncio.wait_for(session, 2)
+
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert client.sent_so_far() == []  # no close attempted into a dead connection
+
+
+async def test_cancelling_the_session_cancels_tasks_and_closes_1001(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    tasks_before = asyncio.all_tasks()
+    session = asyncio.create_task(run_websocket(make_socket(client), wait_forever, drain_text))
+    await client.next_sent()  # accept
+    session.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await session
+
+    assert (await client.next_sent())["code"] == 1001
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_handler_that_closed_the_socket_itself_is_not_closed_twice(
+    make_socket: SocketFactory, client: ScriptedClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def close_with_4000(websocket: SessionSocket) -> None:
+        await websocket.close(4000)
+
+    await run_websocket(make_socket(client), close_with_4000, wait_forever)
+
+    assert [m.get("code") for m in client.sent_so_far()] == [None, 4000]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_drain_text_discards_frames_and_returns_on_disconnect(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    websocket = make_socket(client)
+    await websocket.accept()
+    client.send_text("one")
+    client.send_bytes(b"two")
+    client.disconnect()
+    await asyncio.wait_for(drain_text(websocket), 2)
+    assert [m["type"] for m in client.sent_so_far()] == ["websocket.accept"]
+
+
+async def test_receive_json_forwards_only_objects_and_answers_the_rest(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def handle(websocket: SessionSocket, message: dict[str, Any]) -> None:
+        received.append(message)
+
+    frames = [
+        '{"type": "chat", "text": "h\\u00e9llo"}',
+        "not json",
+        "[1, 2]",
+        '"text"',
+        "12",
+        "null",
+        '{"a": NaN}',
+        "[" * 100_000,
+        "1" * 5000,
+        "{}",
+    ]
+    for frame in frames:
+        client.send_text(frame)
+    client.disconnect()
+    await asyncio.wait_for(run_websocket(make_socket(client), receive_json(handle)), 5)
+
+    assert received == [{"type": "chat", "text": "héllo"}, {}]
+    replies = [json_sent(m) for m in client.sent_so_far()[1:]]
+    assert all(reply["type"] == "error" for reply in replies)
+    reasons = [reply["reason"] for reply in replies]
+    assert len(reasons) == 8
+    assert reasons[0].startswith("invalid JSON")
+    assert reasons[1:5] == [
+        "expected a JSON object, got an array",
+        "expected a JSON object, got a string",
+        "expected a JSON object, got a number",
+        "expected a JSON object, got null",
+    ]
+    assert reasons[5].startswith("invalid JSON")
+    assert "NaN" in reasons[5]
+    assert reasons[6] == "invalid JSON: nested too deeply"
+    assert reasons[7].startswith("invalid JSON")  # 5000 digits: over Python's int limit
+
+
+async def test_receive_json_rejects_binary_frames_with_a_reason(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    client.send_bytes(b"{}")
+    client.disconnect()
+
+    async def handle(websocket: SessionSocket, message: dict[str, Any]) -> None:
+        raise AssertionError("a binary frame reached the handler")
+
+    await run_websocket(make_socket(client), receive_json(handle))
+    reply = json_sent(client.sent_so_far()[1])
+    assert reply == {
+        "type": "error",
+        "reason": "binary frames are not accepted: send JSON objects as text",
+    }
+
+
+async def test_receive_json_answers_keepalives_itself_echoing_client_fields(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    async def handle(websocket: SessionSocket, message: dict[str, Any]) -> None:
+        raise AssertionError("a keepalive reached the handler")
+
+    before = now_ns()
+    client.send_text(json.dumps({"type": "keepalive", "client_ns": 123, "note": "é"}))
+    client.disconnect()
+    await run_websocket(make_socket(client), receive_json(handle))
+
+    ack = json_sent(client.sent_so_far()[1])
+    assert ack["type"] == "keepalive_ack"
+    assert ack["client_ns"] == 123
+    assert ack["note"] == "é"
+    assert before <= ack["server_ns"] <= now_ns()
+
+
+async def test_keepalive_loop_acks_keepalives_and_refuses_other_messages(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    client.send_text('{"type": "keepalive", "id": 1}')
+    client.send_text('{"type": "chat"}')
+    client.send_text('{"type": "keepalive", "id": 2}')
+    client.disconnect()
+    await run_websocket(make_socket(client), keepalive_loop)
+
+    replies = [json_sent(m) for m in client.sent_so_far()[1:]]
+    assert [(r["type"], r.get("id")) for r in replies] == [
+        ("keepalive_ack", 1),
+        ("error", None),
+        ("keepalive_ack", 2),
+    ]
+    assert replies[1]["reason"] == "this endpoint answers only keepalive messages"
+
+
+async def test_keepalive_loop_serves_a_whole_connection_as_a_handler(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    client.send_text('{"type": "keepalive"}')
+    client.disconnect()
+    await keepalive_loop(make_socket(client))  # not accepted yet: it runs the session itself
+
+    sent = client.sent_so_far()
+    assert sent[0]["type"] == "websocket.accept"
+    assert json_sent(sent[1])["type"] == "keepalive_ack"
+
+
+@pytest.mark.parametrize("seconds", [0, -1, math.nan, math.inf])
+def test_every_refuses_a_period_that_is_not_positive_and_finite(seconds: float) -> None:
+    async def tick(websocket: SessionSocket) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="positive, finite"):
+        every(seconds, tick)
+
+
+def tick_times(
+    make_socket: SocketFactory, period: float, work_seconds: float, ticks: int
+) -> list[float]:
+    """When each tick of ``every(period, ...)`` started, on a virtual clock, for ``ticks`` ticks.
+
+    Each tick takes ``work_seconds``; after the last one the client disconnects.
+    """
+    times: list[float] = []
+
+    async def session() -> None:
+        loop = asyncio.get_running_loop()
+        client = ScriptedClient()
+        start = loop.time()
+
+        async def tick(websocket: SessionSocket) -> None:
+            times.append(loop.time() - start)
+            await asyncio.sleep(work_seconds)
+            if len(times) == ticks:
+                client.disconnect()
+
+        await run_websocket(make_socket(client), every(period, tick), drain_text)
+
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        runner.run(session())
+    return times
+
+
+def test_every_ticks_at_once_then_on_a_fixed_schedule(make_socket: SocketFactory) -> None:
+    # Work inside a tick does not push later ticks back: no drift.
+    assert tick_times(make_socket, period=2, work_seconds=0.3, ticks=4) == [0, 2, 4, 6]
+
+
+def test_every_skips_missed_beats_instead_of_bursting(make_socket: SocketFactory) -> None:
+    # Each tick overruns two and a half periods: the beats it missed are skipped.
+    assert tick_times(make_socket, period=1, work_seconds=2.5, ticks=3) == [0, 3, 6]
+
+
+@pytest.mark.parametrize(
+    ("beat", "elapsed", "expected"),
+    [
+        (0, 0.001, 1),  # a quick tick: the next beat
+        (0, 0.999999, 1),
+        (3, 2.9999999, 4),  # woke a hair early for beat 3: never beat 3 twice
+        (0, 2.5, 3),  # beats 1 and 2 missed: skipped
+        (5, 5.0, 6),
+    ],
+)
+def test_next_beat(beat: int, elapsed: float, expected: int) -> None:
+    assert next_beat(beat, elapsed, 1.0) == expected

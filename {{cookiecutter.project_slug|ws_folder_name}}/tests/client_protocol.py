@@ -1,0 +1,123 @@
+"""The client side of the service's protocol, as checks run over one open connection.
+
+The same checks run in-process (Starlette's ``TestClient``) and against a real server (the
+``websockets`` client), through `JsonConnection`, the few methods both offer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from websockets.sync.client import ClientConnection
+
+SECOND_NS = 1_000_000_000
+
+
+class JsonConnection(Protocol):
+    def send_json(self, data: Any) -> None: ...
+
+    def send_text(self, data: str) -> None: ...
+
+    def send_bytes(self, data: bytes) -> None: ...
+
+    def receive_json(self) -> Any: ...
+
+
+class LiveConnection:
+    """A `JsonConnection` over a real connection of the ``websockets`` client."""
+
+    def __init__(self, websocket: ClientConnection, timeout: float = 5.0) -> None:
+        self.websocket = websocket
+        self.timeout = timeout
+
+    def send_json(self, data: Any) -> None:
+        self.websocket.send(json.dumps(data))
+
+    def send_text(self, data: str) -> None:
+        self.websocket.send(data)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.websocket.send(data)
+
+    def receive_json(self) -> Any:
+        return json.loads(self.websocket.recv(timeout=self.timeout))
+
+
+def receive_reply(connection: JsonConnection, max_ticks: int = 100) -> Any:
+    """The next message that is not a tick (ticker endpoints tick in between)."""
+    for _ in range(max_ticks):
+        message = connection.receive_json()
+        if message.get("type") != "tick":
+            return message
+    raise AssertionError(f"no reply among {max_ticks} ticks")
+
+
+def check_keepalive_answered(connection: JsonConnection) -> None:
+    """A keepalive comes back as a keepalive_ack with the client's fields and the server clock."""
+    sent_ns = time.time_ns()
+    connection.send_json({"type": "keepalive", "client_ns": sent_ns, "note": "h\u00e9llo \u2713"})
+    ack = receive_reply(connection)
+    assert ack["type"] == "keepalive_ack", ack
+    assert ack["client_ns"] == sent_ns, ack
+    assert ack["note"] == "h\u00e9llo \u2713", ack
+    assert isinstance(ack["server_ns"], int), ack
+    assert abs(ack["server_ns"] - sent_ns) < 5 * SECOND_NS, ack  # the same machine's clock
+
+
+def check_errors_answered(connection: JsonConnection) -> None:
+    """What is not a JSON object gets an error reply, and the session goes on."""
+    connection.send_text("not json")
+    assert receive_reply(connection)["reason"].startswith("invalid JSON")
+    connection.send_text("[1, 2]")
+    assert receive_reply(connection) == {
+        "type": "error",
+        "reason": "expected a JSON object, got an array",
+    }
+    connection.send_bytes(b"{}")
+    assert receive_reply(connection)["type"] == "error"
+
+
+def check_keepalive_endpoint(connection: JsonConnection) -> None:
+    check_keepalive_answered(connection)
+    connection.send_json({"type": "chat", "text": "hi"})
+    assert receive_reply(connection) == {
+        "type": "error",
+        "reason": "this endpoint answers only keepalive messages",
+    }
+    check_errors_answered(connection)
+    check_keepalive_answered(connection)
+
+
+def check_echo_endpoint(connection: JsonConnection) -> None:
+    for message in (
+        {"type": "chat", "text": "h\u00e9llo \u2713", "nested": {"list": [1, 2.5, None, True]}},
+        {},
+        {"no": "type"},
+    ):
+        connection.send_json(message)
+        assert connection.receive_json() == message
+    check_keepalive_answered(connection)
+    check_errors_answered(connection)
+    check_keepalive_answered(connection)
+
+
+def check_ticker_endpoint(connection: JsonConnection) -> None:
+    ticks = [connection.receive_json() for _ in range(3)]
+    assert [tick["type"] for tick in ticks] == ["tick"] * 3, ticks
+    assert [tick["seq"] for tick in ticks] == [0, 1, 2], ticks
+    assert ticks[0]["server_ns"] < ticks[1]["server_ns"] < ticks[2]["server_ns"], ticks
+    check_keepalive_answered(connection)
+    later = connection.receive_json()
+    assert later["type"] == "tick", later
+    assert later["seq"] > 2, later
+
+
+CHECKS: dict[str, Callable[[JsonConnection], None]] = {
+    "keepalive": check_keepalive_endpoint,
+    "echo": check_echo_endpoint,
+    "ticker": check_ticker_endpoint,
+}
+"""The protocol check of each endpoint kind."""

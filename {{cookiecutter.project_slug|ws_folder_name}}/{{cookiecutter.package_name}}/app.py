@@ -1,0 +1,49 @@
+"""The ASGI application: the service's websocket endpoints, plus ``GET /healthz``.
+
+Run it with::
+
+    uvicorn {{ cookiecutter.package_name }}.app:app
+
+Settings come from the environment (see ``settings.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from . import endpoints
+from .settings import get_settings
+from .websocket.backend import create_router
+
+TITLE = {{ cookiecutter.project_name | ws_python_string }}
+
+
+def create_app() -> FastAPI:
+    """Build the application: one router per websocket endpoint, and the health check."""
+    configure_logging(get_settings().log_level)
+    app = FastAPI(title=TITLE)
+{%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
+    {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
+{%- endfor %}
+    app.add_api_route("/healthz", healthz)
+    return app
+
+
+async def healthz() -> dict[str, str]:
+    """Liveness probe: the process is up and serving."""
+    return {"status": "ok"}
+
+
+def configure_logging(level: str) -> None:
+    """Send the service's log records to stderr at ``level``, unless logging is set up."""
+    logger = logging.getLogger(__package__)
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+app = create_app()

@@ -1,0 +1,79 @@
+"""Websocket handlers, one per endpoint, each built from the backend's session helpers.
+
+A handler serves one connection for its whole life: ``run_websocket`` accepts it, runs the
+tasks it is given side by side and closes the socket when the session ends. Every endpoint
+answers ``{"type": "keepalive"}`` with a ``keepalive_ack``. To add an endpoint, write a
+handler here and mount it in ``app.py`` with one ``create_router`` line.
+"""
+
+from __future__ import annotations
+{%- set endpoints = cookiecutter.endpoints | ws_endpoints %}
+{%- set kinds = endpoints | map(attribute="kind") | unique | list %}
+{%- set imports = ["run_websocket"] %}
+{%- if "keepalive" in kinds or "ticker" in kinds %}{% set imports = imports + ["keepalive_loop"] %}{% endif %}
+{%- if "echo" in kinds %}{% set imports = imports + ["receive_json"] %}{% endif %}
+{%- if "ticker" in kinds %}{% set imports = imports + ["TaskFactory", "every", "now_ns"] %}{% endif %}
+{{ "" }}
+{%- if "ticker" in kinds %}
+import itertools
+{%- endif %}
+{%- if "echo" in kinds %}
+from typing import Any
+{%- endif %}
+{%- if "ticker" in kinds or "echo" in kinds %}
+{{ "" }}
+{%- endif %}
+from fastapi import WebSocket
+{{ "" }}
+{%- if "ticker" in kinds %}
+from .settings import get_settings
+{%- endif %}
+{%- set imports = imports | sort(case_sensitive=true) %}
+{%- set import_line = "from .websocket.backend import " ~ imports | join(", ") %}
+{%- if import_line | length <= 100 %}
+{{ import_line }}
+{%- else %}
+from .websocket.backend import (
+{%- for name in imports %}
+    {{ name }},
+{%- endfor %}
+)
+{%- endif %}
+{%- for endpoint in endpoints %}
+
+
+async def {{ endpoint.handler }}(websocket: WebSocket) -> None:
+{%- if endpoint.kind == "keepalive" %}
+    """``{{ endpoint.path }}``: answers each keepalive with a keepalive_ack."""
+    await run_websocket(websocket, keepalive_loop)
+{%- elif endpoint.kind == "echo" %}
+    """``{{ endpoint.path }}``: sends every JSON object back unchanged."""
+    await run_websocket(websocket, receive_json(echo))
+{%- elif endpoint.kind == "ticker" %}
+    """``{{ endpoint.path }}``: a tick every ``TICK_SECONDS``, and keepalive answers."""
+    ticks = every(get_settings().tick_seconds, tick_sender())
+    await run_websocket(websocket, ticks, keepalive_loop)
+{%- endif %}
+{%- endfor %}
+{%- if "echo" in kinds %}
+
+
+async def echo(websocket: WebSocket, message: dict[str, Any]) -> None:
+    """Send a JSON object back unchanged."""
+    await websocket.send_json(message)
+{%- endif %}
+{%- if "ticker" in kinds %}
+
+
+def tick_sender() -> TaskFactory:
+    """A tick task for one connection: ``{"type": "tick", "seq": n, "server_ns": ...}``.
+
+    ``seq`` counts the ticks sent on the connection, from 0.
+    """
+    seq = itertools.count()
+
+    async def send_tick(websocket: WebSocket) -> None:
+        await websocket.send_json({"type": "tick", "seq": next(seq), "server_ns": now_ns()})
+
+    return send_tick
+{%- endif %}

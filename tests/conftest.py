@@ -1,0 +1,65 @@
+"""Helpers of the template's tests: render the template, run commands in what it made."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug|ws_folder_name}}"
+VENDORED_BACKEND = PROJECT_TEMPLATE / "{{cookiecutter.package_name}}" / "websocket"
+
+
+@pytest.fixture(scope="session")
+def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Cookiecutter user config that keeps replay files out of the home folder."""
+    folder = tmp_path_factory.mktemp("cookiecutter-config")
+    config = folder / "config.yaml"
+    config.write_text(
+        f'cookiecutters_dir: "{folder / "cookiecutters"}"\nreplay_dir: "{folder / "replay"}"\n'
+    )
+    return config
+
+
+def render(output_dir: Path, config: Path, answers: Mapping[str, str]) -> Path:
+    """Render the template as ``cookiecutter --no-input`` with ``answers``; the project folder."""
+    project = cookiecutter(
+        str(TEMPLATE),
+        no_input=True,
+        extra_context=dict(answers),
+        output_dir=str(output_dir),
+        config_file=str(config),
+    )
+    return Path(project)
+
+
+def tool_environment(**extra: str) -> dict[str, str]:
+    """This environment, with this interpreter's tools (ruff, mypy, ...) first on PATH."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **extra}
+
+
+def run(
+    command: list[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; fail the test with its output unless it succeeds."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env=dict(env or tool_environment()),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed in {cwd} ({result.returncode}):\n"
+        f"{result.stdout}\n{result.stderr}"
+    )
+    return result

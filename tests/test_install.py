@@ -1,0 +1,33 @@
+"""A rendered project installs into a fresh virtual environment as its README says."""
+
+from __future__ import annotations
+
+import os
+import venv
+from pathlib import Path
+
+from tests.conftest import render, run
+
+
+def test_default_project_installs_and_passes_its_checks_in_a_fresh_venv(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    project = render(tmp_path, cookiecutter_config, {})
+    environment = tmp_path / "venv"
+    venv.create(environment, with_pip=True)
+    python = str(environment / "bin" / "python")
+    env = {
+        **os.environ,
+        "PATH": f"{environment / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(environment),
+    }
+    env.pop("PYTHONPATH", None)
+    # The README's commands: pip install -e ".[dev]", then pytest and pre-commit.
+    run([python, "-m", "pip", "install", "--quiet", "-e", ".[dev]"], cwd=project, env=env)
+    run(["git", "init", "--quiet"], cwd=project, env=env)
+    run(["git", "add", "--all"], cwd=project, env=env)
+    run(["pre-commit", "run", "--all-files"], cwd=project, env=env)
+    tests = run(["pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=env)
+    assert " passed" in tests.stdout
+    # The package is importable from anywhere, not only from the project folder.
+    run([python, "-c", "import ws_service.app"], cwd=tmp_path, env=env)

@@ -1,0 +1,159 @@
+"""Render a matrix of answers; each project must be clean, lint, type-check and pass its tests."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from tests.conftest import VENDORED_BACKEND, render, run, tool_environment
+from ws_template_extension import parse_endpoints
+
+ODD_NAME = "Zo\u00eb's \"Quoted\" \\ Service''' + x"
+ODD_DESCRIPTION = "Says \"hi\", 'bye' and \\n; {braces} <b>bold</b>"
+
+CASES: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "one-endpoint": {"endpoints": "/ws"},
+    "path-parameters": {
+        "endpoints": "/ws/rooms/{room}:echo, /ws/users/{user_id}/inbox:echo, "
+        "/ws/feeds/{feed}/{channel}:ticker",
+    },
+    "many-endpoints": {
+        "endpoints": "/, /ws/a-b.c~d:echo, /1/x:ticker, /ws/class:echo, /class, /every:ticker, "
+        "/print:echo, /ws/x/:ticker, /ws/X, /ws/x-, /ws/" + "long" * 12 + ":echo, "
+        "/api/v1/organizations/{org}/projects/{project}/events/stream:ticker",
+        "tick_seconds": "0.5",
+    },
+    "odd-names": {
+        "project_name": ODD_NAME,
+        "description": ODD_DESCRIPTION,
+        "author_name": "\u00c6r\u00f8sk\u00f8bing O'Brien",
+        "author_email": "",
+        "endpoints": "/ws/echo:echo",
+        "tick_seconds": "2",
+    },
+    "explicit-names": {
+        "project_slug": "my.svc",
+        "package_name": "my_svc_pkg",
+        "author_name": "",
+        "author_email": "",
+        "endpoints": "/live:ticker, /ping",
+    },
+}
+
+
+def case_params() -> list[object]:
+    # One xdist worker per case (pytest -n ... --dist loadgroup): each renders once.
+    return [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in CASES]
+
+
+class Rendered(NamedTuple):
+    answers: dict[str, str]
+    path: Path
+
+
+@pytest.fixture(scope="module", params=case_params())
+def rendered(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    cookiecutter_config: Path,
+) -> Rendered:
+    answers = CASES[request.param]
+    return Rendered(
+        answers, render(tmp_path_factory.mktemp(request.param), cookiecutter_config, answers)
+    )
+
+
+@pytest.fixture
+def project(rendered: Rendered) -> Path:
+    return rendered.path
+
+
+def files_of(project: Path) -> list[Path]:
+    return sorted(
+        path for path in project.rglob("*") if path.is_file() and ".git" not in path.parts
+    )
+
+
+def test_no_jinja_is_left_in_any_file_or_name(project: Path) -> None:
+    for path in files_of(project):
+        text = path.read_text()
+        for marker in ("{{", "{%", "{#"):
+            assert marker not in text, f"{marker!r} left in {path}"
+            assert marker not in str(path.relative_to(project))
+
+
+def test_no_blank_line_litter(project: Path) -> None:
+    # Python files are held to ruff format (in the pre-commit test); the rest to this.
+    for path in files_of(project):
+        text = path.read_text()
+        if not text:
+            continue  # empty __init__.py
+        assert text.endswith("\n"), f"{path} does not end with a newline"
+        assert not text.endswith("\n\n"), f"{path} ends with a blank line"
+        assert not text.startswith("\n"), f"{path} starts with a blank line"
+        for number, line in enumerate(text.splitlines(), 1):
+            assert line == line.rstrip(), f"{path}:{number} has trailing white space"
+        if path.suffix == ".md":  # code blocks follow their language's rules
+            text = re.sub(r"^```.*?^```$", "```", text, flags=re.MULTILINE | re.DOTALL)
+        if path.suffix != ".py":
+            assert "\n\n\n" not in text, f"{path} has two blank lines in a row"
+
+
+def test_vendored_backend_is_byte_identical_to_the_template(project: Path) -> None:
+    [backend] = [p.parent for p in project.glob("*/websocket/__init__.py")]
+    rendered = {p.relative_to(backend): p.read_bytes() for p in backend.rglob("*.py")}
+    for relative, content in rendered.items():
+        assert content == (VENDORED_BACKEND / relative).read_bytes(), relative
+    assert {str(p) for p in rendered} >= {"__init__.py", "session.py", "backend.py", "testing.py"}
+
+
+def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:
+    answers, project = rendered
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert metadata["description"] == answers.get("description", "A websocket service.")
+    name = answers.get("project_name", "WS Service")
+    [package] = [p.parent.name for p in project.glob("*/app.py")]
+    # The title in app.py is the exact name: importing the module does not run it as code.
+    title = run(
+        [sys.executable, "-c", f"import {package}.app as app; print(app.TITLE, end='')"],
+        cwd=project,
+    ).stdout
+    assert title == name
+    assert name in (project / "README.md").read_text()
+
+
+def test_readme_lists_every_endpoint(rendered: Rendered) -> None:
+    answers, project = rendered
+    readme = (project / "README.md").read_text()
+    default = "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker"
+    for endpoint in parse_endpoints(answers.get("endpoints", default)):
+        assert f"| `{endpoint.path}` | {endpoint.kind} |" in readme
+
+
+def test_passes_its_own_pre_commit_hooks(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """ruff check, ruff format and mypy --strict, as the project's pre-commit config runs them."""
+    cache = tmp_path_factory.getbasetemp()  # one per xdist worker: reused across cases
+    env = tool_environment(
+        MYPY_CACHE_DIR=str(cache / "mypy"), PRE_COMMIT_HOME=str(cache / "pre-commit")
+    )
+    run(["git", "init", "--quiet"], cwd=project, env=env)
+    run(["git", "add", "--all"], cwd=project, env=env)
+    run(
+        [sys.executable, "-m", "pre_commit", "run", "--all-files", "--show-diff-on-failure"],
+        cwd=project,
+        env=env,
+    )
+
+
+def test_passes_its_own_tests(project: Path) -> None:
+    result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    assert " passed" in result.stdout
+    assert "skipped" not in result.stdout

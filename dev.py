@@ -79,7 +79,8 @@ def test(pytest_args: list[str]) -> None:
     python = ensure_dev_environment()
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     run(python, "-m", "pre_commit", "run", "--all-files", "--show-diff-on-failure", env=env)
-    run(python, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations", "15", *pytest_args, env=env)
+    pytest = ["-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations", "15"]
+    run(python, *pytest, *pytest_args, env=env)
 
 
 def main() -> None:

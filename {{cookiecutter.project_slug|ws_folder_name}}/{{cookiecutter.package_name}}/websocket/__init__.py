@@ -7,6 +7,11 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``session.py``: the session helpers (`run_websocket`, `every`, `receive_json`, ...),
   written once against the few WebSocket methods they need.
 - ``backend.py``: the FastAPI face: `create_router` plus the helpers.
+- ``asgi.py`` and ``asgi_backend.py``: the framework-free face: a `WebSocket` over the raw
+  ASGI triple, and a `Router` (the ASGI application) plus the helpers.
+- ``testing.py``: `LiveServer` (an app on a real server) and `ScriptedClient`.
+
+A project keeps the face its framework uses.
 """
 
 __version__ = "1.0.0"

@@ -1,0 +1,163 @@
+"""The websocket backend without a framework: `Router` and the session helpers.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). The counterpart of ``backend.py`` for raw ASGI: handlers take the
+`WebSocket` of ``asgi.py``, and `Router` is the whole ASGI application. It needs nothing
+but the standard library (run it with uvicorn or any ASGI server).
+
+Typical use, one handler per endpoint::
+
+    async def chat(websocket: WebSocket) -> None:
+        await run_websocket(websocket, receive_json(on_message))
+
+    app = Router()
+    app.add_websocket_route("/ws/chat", chat)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, TypeAlias
+
+from . import session
+from .asgi import Message, Receive, Scope, Send, WebSocket
+from .session import drain_text, every, keepalive_loop, now_ns, receive_json, run_websocket
+
+__all__ = [
+    "ASGIApp",
+    "Router",
+    "TaskFactory",
+    "WebSocketHandler",
+    "drain_text",
+    "every",
+    "keepalive_loop",
+    "now_ns",
+    "receive_json",
+    "respond_json",
+    "run_websocket",
+]
+
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+WebSocketHandler: TypeAlias = Callable[[WebSocket], Awaitable[None]]
+"""A coroutine function that serves one websocket connection from start to end."""
+
+TaskFactory: TypeAlias = session.TaskFactory[WebSocket]
+"""Something to run for the length of a session, given its socket (see `run_websocket`)."""
+
+_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _compile(path: str) -> re.Pattern[str]:
+    """A regular expression for ``path``: each ``{name}`` matches one path segment."""
+    pattern, end = "", 0
+    for parameter in _PARAMETER.finditer(path):
+        pattern += re.escape(path[end : parameter.start()]) + f"(?P<{parameter.group(1)}>[^/]+)"
+        end = parameter.end()
+    return re.compile(pattern + re.escape(path[end:]))
+
+
+class Router:
+    """A small ASGI application: websocket and HTTP routes by path, and the lifespan.
+
+    A path is matched exactly, ``{name}`` matching one segment; the values land in
+    ``scope["path_params"]`` (``websocket.path_params``). An unknown websocket path is
+    refused with HTTP 404 (403 on a server without the ASGI websocket denial response);
+    an unknown HTTP path gets 404 and a known one with another method 405.
+    """
+
+    def __init__(self) -> None:
+        self._websocket_routes: list[tuple[re.Pattern[str], WebSocketHandler]] = []
+        self._http_routes: list[tuple[re.Pattern[str], ASGIApp, frozenset[str]]] = []
+
+    def add_websocket_route(self, path: str, handler: WebSocketHandler | None = None) -> None:
+        """Serve websocket connections to ``path`` with ``handler`` (default: `keepalive_loop`)."""
+        self._websocket_routes.append((_compile(path), handler or keepalive_loop))
+
+    def add_http_route(
+        self, path: str, app: ASGIApp, methods: tuple[str, ...] = ("GET", "HEAD")
+    ) -> None:
+        """Serve HTTP requests to ``path`` with the ASGI application ``app``."""
+        self._http_routes.append((_compile(path), app, frozenset(methods)))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for pattern, handler in self._websocket_routes:
+            match = pattern.fullmatch(scope["path"])
+            if match:
+                scope["path_params"] = match.groupdict()
+                await handler(WebSocket(scope, receive, send))
+                return
+        await _refuse_websocket(scope, send, 404)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed: set[str] = set()
+        for pattern, app, methods in self._http_routes:
+            match = pattern.fullmatch(scope["path"])
+            if match:
+                if scope["method"] in methods:
+                    scope["path_params"] = match.groupdict()
+                    await app(scope, receive, send)
+                    return
+                allowed |= methods
+        if allowed:
+            headers = [(b"allow", ", ".join(sorted(allowed)).encode())]
+            await respond_json(send, {"detail": HTTPStatus(405).phrase}, 405, headers)
+        else:
+            await respond_json(send, {"detail": HTTPStatus(404).phrase}, 404)
+
+
+async def respond_json(
+    send: Send, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a complete HTTP response with ``body`` as JSON."""
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
+async def _refuse_websocket(scope: Scope, send: Send, status: int) -> None:
+    """Refuse a handshake with an HTTP status, where the server supports that."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1000, "reason": ""})  # the server says 403
+        return
+    content = json.dumps({"detail": HTTPStatus(status).phrase}).encode()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": content})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge the server's startup and shutdown (nothing to set up or tear down)."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

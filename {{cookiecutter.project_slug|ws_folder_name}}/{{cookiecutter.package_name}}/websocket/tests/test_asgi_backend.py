@@ -1,0 +1,134 @@
+"""The framework-free face: its API, the `Router`, and frames on a real server."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from .. import asgi_backend, session
+from ..asgi import Message, Receive, Scope, Send, WebSocket
+from ..asgi_backend import Router, respond_json
+from ..testing import LiveServer, ScriptedClient
+
+
+def test_helpers_are_the_session_helpers() -> None:
+    for name in (
+        "run_websocket",
+        "every",
+        "drain_text",
+        "receive_json",
+        "now_ns",
+        "keepalive_loop",
+    ):
+        assert getattr(asgi_backend, name) is getattr(session, name)
+
+
+async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await respond_json(send, {"status": "ok", "params": scope.get("path_params", {})})
+
+
+async def call_http(app: Router, method: str, path: str) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+    return sent
+
+
+def status_and_body(sent: list[Message]) -> tuple[int, Any]:
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+async def test_http_routes_answer_404_405_and_fill_path_params() -> None:
+    app = Router()
+    app.add_http_route("/healthz", ok)
+    app.add_http_route("/items/{item}", ok)
+    assert status_and_body(await call_http(app, "GET", "/healthz")) == (
+        200,
+        {"status": "ok", "params": {}},
+    )
+    assert status_and_body(await call_http(app, "GET", "/items/7"))[1]["params"] == {"item": "7"}
+    assert status_and_body(await call_http(app, "GET", "/nothing")) == (
+        404,
+        {"detail": "Not Found"},
+    )
+    sent = await call_http(app, "POST", "/healthz")
+    assert status_and_body(sent) == (405, {"detail": "Method Not Allowed"})
+    assert (b"allow", b"GET, HEAD") in sent[0]["headers"]
+
+
+async def test_websocket_routes_match_exactly_and_fill_path_params() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(websocket: WebSocket) -> None:
+        seen.append(websocket.path_params)
+        await websocket.close()
+
+    app = Router()
+    app.add_websocket_route("/rooms/{room}/users/{user}", handler)
+    for path in ("/rooms/lobby/users/ann", "/rooms/lobby/users/ann/extra", "/rooms//users/x"):
+        client = ScriptedClient(path)
+        await app(client.scope, client.receive, client.send)
+    assert seen == [{"room": "lobby", "user": "ann"}]
+
+
+async def test_unknown_websocket_path_is_refused_with_404_or_a_close() -> None:
+    app = Router()
+    with_extension = ScriptedClient("/nowhere")
+    with_extension.scope["extensions"] = {"websocket.http.response": {}}
+    await app(with_extension.scope, with_extension.receive, with_extension.send)
+    start = await with_extension.next_sent()
+    assert (start["type"], start["status"]) == ("websocket.http.response.start", 404)
+    without = ScriptedClient("/nowhere")
+    await app(without.scope, without.receive, without.send)
+    assert (await without.next_sent())["type"] == "websocket.close"  # the server answers 403
+
+
+async def test_lifespan_startup_and_shutdown_are_acknowledged() -> None:
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await Router()({"type": "lifespan"}, receive, send)
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with LiveServer(f"{__package__}.sample_asgi_app:app") as live:
+        yield live
+
+
+@pytest.mark.parametrize("frame", ["text", "", "h\u00e9llo \u2713", b"\x00\xffbinary", b""])
+def test_frames_come_back_as_sent_on_a_real_server(server: LiveServer, frame: str | bytes) -> None:
+    with connect(server.ws_url("/ws/raw-echo")) as websocket:
+        websocket.send(frame)
+        assert websocket.recv(timeout=5) == frame
+
+
+def test_unknown_paths_get_404_on_a_real_server(server: LiveServer) -> None:
+    with pytest.raises(InvalidStatus) as refused, connect(server.ws_url("/ws/nowhere")):
+        pass
+    assert refused.value.response.status_code == 404
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(server.url("/nowhere"), timeout=5)
+    missing.value.close()  # it holds the connection
+    assert missing.value.code == 404

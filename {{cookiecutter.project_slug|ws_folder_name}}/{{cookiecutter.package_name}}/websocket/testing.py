@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,7 +21,13 @@ from typing import Any
 
 Message = MutableMapping[str, Any]
 
-_STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+_STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
+
+SERVERS = {
+    "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "0"],
+    "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:0"],
+}
+"""How to start each ASGI server on 127.0.0.1 and a port the OS picks (it logs the port)."""
 
 
 def project_root() -> Path:
@@ -29,25 +36,30 @@ def project_root() -> Path:
 
 
 class LiveServer:
-    """A uvicorn process serving ``app`` (an import path like ``pkg.app:app``) on 127.0.0.1.
+    """An ASGI server process serving ``app`` (an import path like ``pkg.app:app``) on 127.0.0.1.
 
-    Use it as a context manager. The OS picks a free port, read back from uvicorn's log;
-    ``env`` is added to this process's environment, ``args`` to uvicorn's command line.
+    Use it as a context manager. The OS picks a free port, read back from the server's log;
+    ``env`` is added to this process's environment, ``args`` to the server's command line.
+    The server is uvicorn unless ``server`` says otherwise (a key of `SERVERS`); the
+    environment variables ``LIVE_SERVER`` and ``LIVE_SERVER_ARGS`` (split as a shell would)
+    choose them for a whole test run, e.g. ``LIVE_SERVER_ARGS="--ws wsproto" pytest``.
     """
 
     def __init__(
         self,
         app: str,
         *,
+        server: str | None = None,
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         cwd: Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        self.command = [
-            *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0"),
-            *args,
-        ]
+        server = server or os.environ.get("LIVE_SERVER") or "uvicorn"
+        if server not in SERVERS:
+            raise ValueError(f"Unknown server {server!r}; known: {', '.join(SERVERS)}.")
+        extra = [*shlex.split(os.environ.get("LIVE_SERVER_ARGS", "")), *args]
+        self.command = [sys.executable, *(part.format(app=app) for part in SERVERS[server]), *extra]
         self._env = {**os.environ, **(env or {})}
         self._cwd = cwd or project_root()
         self._start_timeout = start_timeout
@@ -70,7 +82,7 @@ class LiveServer:
         self._reader.start()
         if not self._started.wait(self._start_timeout) or not self.port:
             self.stop()
-            raise RuntimeError(f"uvicorn did not start: {self.command}\n{self.log}")
+            raise RuntimeError(f"The server did not start: {self.command}\n{self.log}")
         return self
 
     def __exit__(
@@ -156,7 +168,7 @@ class ScriptedClient:
         self.reply_timeout = reply_timeout
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._to_app.put_nowait({"type": "websocket.connect"})
+        self.send_message({"type": "websocket.connect"})
 
     async def receive(self) -> Message:
         return await self._to_app.get()
@@ -166,14 +178,18 @@ class ScriptedClient:
             raise self.send_error
         self._from_app.put_nowait(message)
 
+    def send_message(self, message: Message) -> None:
+        """Queue any ASGI message for the app, as a server would deliver it."""
+        self._to_app.put_nowait(message)
+
     def send_text(self, text: str) -> None:
-        self._to_app.put_nowait({"type": "websocket.receive", "text": text})
+        self.send_message({"type": "websocket.receive", "text": text})
 
     def send_bytes(self, data: bytes) -> None:
-        self._to_app.put_nowait({"type": "websocket.receive", "bytes": data})
+        self.send_message({"type": "websocket.receive", "bytes": data})
 
-    def disconnect(self, code: int = 1000) -> None:
-        self._to_app.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+    def disconnect(self, code: int = 1000, reason: str = "") -> None:
+        self.send_message({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     async def next_sent(self) -> Message:
         """The next message the app sent, waiting up to ``reply_timeout`` seconds."""

@@ -24,7 +24,7 @@ from jinja2.ext import Extension
 KINDS = ("keepalive", "echo", "ticker")
 """Endpoint kinds, in the order the docs list them; the first is the default."""
 
-FRAMEWORKS = ("fastapi",)
+FRAMEWORKS = ("fastapi", "asgi")
 
 FREE_TEXT_ANSWERS = ("project_name", "description", "author_name")
 

@@ -13,7 +13,13 @@ ONLY_FOR = {
         "websocket/tests/sample_app.py",
         "websocket/tests/test_backend.py",
     ],
-    "asgi": [],
+    "asgi": [
+        "websocket/asgi.py",
+        "websocket/asgi_backend.py",
+        "websocket/tests/sample_asgi_app.py",
+        "websocket/tests/test_asgi.py",
+        "websocket/tests/test_asgi_backend.py",
+    ],
 }
 
 for framework, paths in ONLY_FOR.items():

@@ -1,13 +1,21 @@
+{%- if cookiecutter.framework == "fastapi" -%}
 """Fixtures: the app in-process (``TestClient``) and on a real uvicorn server."""
+{%- else -%}
+"""Fixtures: the app on a real uvicorn server."""
+{%- endif %}
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+{%- if cookiecutter.framework == "fastapi" %}
 from fastapi.testclient import TestClient
-
+{%- endif %}
+{{ "" }}
+{%- if cookiecutter.framework == "fastapi" %}
 from {{ cookiecutter.package_name }}.app import create_app
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 
@@ -22,12 +30,14 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+{%- if cookiecutter.framework == "fastapi" %}
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     with TestClient(create_app()) as client:
         yield client
+{%- endif %}
 
 
 @pytest.fixture(scope="module")

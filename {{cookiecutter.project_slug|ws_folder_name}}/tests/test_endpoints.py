@@ -1,9 +1,15 @@
+{%- if cookiecutter.framework == "fastapi" -%}
 """Every configured endpoint speaks its protocol, in-process and on a real uvicorn server."""
+{%- else -%}
+"""Every configured endpoint speaks its protocol on a real uvicorn server."""
+{%- endif %}
 
 from __future__ import annotations
 
 import pytest
+{%- if cookiecutter.framework == "fastapi" %}
 from fastapi.testclient import TestClient
+{%- endif %}
 from websockets.sync.client import connect
 
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
@@ -31,10 +37,14 @@ ENDPOINTS = [
 ]
 
 
+{%- if cookiecutter.framework == "fastapi" %}
+
+
 @pytest.mark.parametrize(("url", "kind"), ENDPOINTS)
 def test_endpoint_speaks_its_protocol(client: TestClient, url: str, kind: str) -> None:
     with client.websocket_connect(url) as connection:
         CHECKS[kind](connection)
+{%- endif %}
 
 
 @pytest.mark.parametrize(("url", "kind"), ENDPOINTS)

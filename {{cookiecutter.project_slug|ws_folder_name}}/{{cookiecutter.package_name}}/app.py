@@ -10,12 +10,21 @@ Settings come from the environment (see ``settings.py``).
 from __future__ import annotations
 
 import logging
+{%- if cookiecutter.framework == "fastapi" %}
 
 from fastapi import FastAPI
+{%- endif %}
 
 from . import endpoints
 from .settings import get_settings
+{%- if cookiecutter.framework == "fastapi" %}
 from .websocket.backend import create_router
+{%- else %}
+from .websocket.asgi import Receive, Scope, Send
+from .websocket.asgi_backend import Router, respond_json
+{%- endif %}
+
+{%- if cookiecutter.framework == "fastapi" %}
 
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
 
@@ -34,6 +43,24 @@ def create_app() -> FastAPI:
 async def healthz() -> dict[str, str]:
     """Liveness probe: the process is up and serving."""
     return {"status": "ok"}
+{%- else %}
+
+
+def create_app() -> Router:
+    """Build the application: a route per websocket endpoint, and the health check."""
+    configure_logging(get_settings().log_level)
+    app = Router()
+{%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
+    {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
+{%- endfor %}
+    app.add_http_route("/healthz", healthz)
+    return app
+
+
+async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+    """Liveness probe: the process is up and serving."""
+    await respond_json(send, {"status": "ok"})
+{%- endif %}
 
 
 def configure_logging(level: str) -> None:

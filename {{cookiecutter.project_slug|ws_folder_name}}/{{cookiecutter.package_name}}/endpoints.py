@@ -20,20 +20,26 @@ import itertools
 {%- if "echo" in kinds %}
 from typing import Any
 {%- endif %}
+{%- if cookiecutter.framework == "fastapi" %}
 {%- if "ticker" in kinds or "echo" in kinds %}
 {{ "" }}
 {%- endif %}
 from fastapi import WebSocket
+{%- endif %}
 {{ "" }}
 {%- if "ticker" in kinds %}
 from .settings import get_settings
 {%- endif %}
+{%- if cookiecutter.framework == "asgi" %}
+from .websocket.asgi import WebSocket
+{%- endif %}
+{%- set face = "backend" if cookiecutter.framework == "fastapi" else "asgi_backend" %}
 {%- set imports = imports | sort(case_sensitive=true) %}
-{%- set import_line = "from .websocket.backend import " ~ imports | join(", ") %}
+{%- set import_line = "from .websocket." ~ face ~ " import " ~ imports | join(", ") %}
 {%- if import_line | length <= 100 %}
 {{ import_line }}
 {%- else %}
-from .websocket.backend import (
+from .websocket.{{ face }} import (
 {%- for name in imports %}
     {{ name }},
 {%- endfor %}

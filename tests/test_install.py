@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import venv
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import render, run
 
 
-def test_default_project_installs_and_passes_its_checks_in_a_fresh_venv(
-    tmp_path: Path, cookiecutter_config: Path
+@pytest.mark.parametrize("framework", ["fastapi", "asgi"])
+def test_project_installs_and_passes_its_checks_in_a_fresh_venv(
+    framework: str, tmp_path: Path, cookiecutter_config: Path
 ) -> None:
-    project = render(tmp_path, cookiecutter_config, {})
+    project = render(tmp_path, cookiecutter_config, {"framework": framework})
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
     python = str(environment / "bin" / "python")
@@ -31,3 +35,8 @@ def test_default_project_installs_and_passes_its_checks_in_a_fresh_venv(
     assert " passed" in tests.stdout
     # The package is importable from anywhere, not only from the project folder.
     run([python, "-c", "import ws_service.app"], cwd=tmp_path, env=env)
+    if framework == "asgi":  # it installs and runs without any web framework
+        for module in ("fastapi", "starlette"):
+            import_it = [python, "-c", f"import {module}"]
+            absent = subprocess.run(import_it, env=env, capture_output=True, check=False)
+            assert absent.returncode != 0, f"{module} is installed in the asgi flavour's venv"

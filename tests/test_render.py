@@ -44,12 +44,52 @@ CASES: dict[str, dict[str, str]] = {
         "author_email": "",
         "endpoints": "/live:ticker, /ping",
     },
+    "asgi-defaults": {"framework": "asgi"},
+    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo"},
+    "asgi-many-endpoints": {
+        "framework": "asgi",
+        "endpoints": "/, /ws/rooms/{room}:echo, /ws/a-b.c~d:ticker, /class, /ws/"
+        + "long" * 12
+        + ":echo, "
+        "/api/v1/organizations/{org}/projects/{project}/events/stream:ticker",
+    },
+    "asgi-odd-names": {
+        "framework": "asgi",
+        "project_name": ODD_NAME,
+        "description": ODD_DESCRIPTION,
+        "package_name": "odd_asgi",
+    },
+}
+
+# The vendored files each framework keeps (the others are removed after generation).
+BACKEND_FILES = {
+    "fastapi": {"backend.py", "tests/sample_app.py", "tests/test_backend.py"},
+    "asgi": {
+        "asgi.py",
+        "asgi_backend.py",
+        "tests/sample_asgi_app.py",
+        "tests/test_asgi.py",
+        "tests/test_asgi_backend.py",
+    },
+}
+SHARED_BACKEND_FILES = {
+    "__init__.py",
+    "session.py",
+    "testing.py",
+    "tests/__init__.py",
+    "tests/conftest.py",
+    "tests/test_live.py",
+    "tests/test_session.py",
 }
 
 
-def case_params() -> list[object]:
-    # One xdist worker per case (pytest -n ... --dist loadgroup): each renders once.
-    return [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in CASES]
+def case_params(framework: str | None = None) -> list[object]:
+    """The cases (of one framework, if given), one xdist group each: each renders once."""
+    return [
+        pytest.param(name, marks=pytest.mark.xdist_group(name))
+        for name, answers in CASES.items()
+        if framework in (None, answers.get("framework", "fastapi"))
+    ]
 
 
 class Rendered(NamedTuple):
@@ -105,12 +145,29 @@ def test_no_blank_line_litter(project: Path) -> None:
             assert "\n\n\n" not in text, f"{path} has two blank lines in a row"
 
 
-def test_vendored_backend_is_byte_identical_to_the_template(project: Path) -> None:
+def test_vendored_backend_is_byte_identical_to_the_template(rendered: Rendered) -> None:
+    answers, project = rendered
     [backend] = [p.parent for p in project.glob("*/websocket/__init__.py")]
-    rendered = {p.relative_to(backend): p.read_bytes() for p in backend.rglob("*.py")}
-    for relative, content in rendered.items():
+    files = {p.relative_to(backend): p.read_bytes() for p in backend.rglob("*.py")}
+    for relative, content in files.items():
         assert content == (VENDORED_BACKEND / relative).read_bytes(), relative
-    assert {str(p) for p in rendered} >= {"__init__.py", "session.py", "backend.py", "testing.py"}
+    framework = answers.get("framework", "fastapi")
+    assert {str(p) for p in files} == SHARED_BACKEND_FILES | BACKEND_FILES[framework]
+
+
+@pytest.mark.parametrize("rendered", case_params("asgi"), indirect=True)
+def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
+    project = rendered.path
+    [package] = [p.parent for p in project.glob("*/app.py")]
+    sources = [p for p in package.rglob("*.py") if "tests" not in p.parts]
+    for source in sources:
+        assert not re.search(
+            r"^\s*(from|import) (fastapi|starlette)\b", source.read_text(), re.M
+        ), source
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert dependencies == ["uvicorn[standard]>=0.54"]
 
 
 def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:
@@ -118,14 +175,15 @@ def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:
     metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
     assert metadata["description"] == answers.get("description", "A websocket service.")
     name = answers.get("project_name", "WS Service")
-    [package] = [p.parent.name for p in project.glob("*/app.py")]
-    # The title in app.py is the exact name: importing the module does not run it as code.
-    title = run(
-        [sys.executable, "-c", f"import {package}.app as app; print(app.TITLE, end='')"],
-        cwd=project,
-    ).stdout
-    assert title == name
     assert name in (project / "README.md").read_text()
+    if answers.get("framework", "fastapi") == "fastapi":
+        # The app's title is the exact name: importing the module does not run it as code.
+        [package] = [p.parent.name for p in project.glob("*/app.py")]
+        title = run(
+            [sys.executable, "-c", f"import {package}.app as app; print(app.TITLE, end='')"],
+            cwd=project,
+        ).stdout
+        assert title == name
 
 
 def test_readme_lists_every_endpoint(rendered: Rendered) -> None:

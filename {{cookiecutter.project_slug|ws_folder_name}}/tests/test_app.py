@@ -22,7 +22,7 @@ def test_healthz_answers_ok(live_server: LiveServer) -> None:
 def test_unknown_websocket_path_is_refused(live_server: LiveServer) -> None:
     with pytest.raises(InvalidStatus) as refused, connect(live_server.ws_url("/no/such/path")):
         pass
-    assert refused.value.response.status_code in (403, 404)
+    assert refused.value.response.status_code == 403
 
 
 def test_settings_defaults() -> None:

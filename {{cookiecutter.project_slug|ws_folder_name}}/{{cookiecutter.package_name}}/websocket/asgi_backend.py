@@ -64,9 +64,11 @@ class Router:
     """A small ASGI application: websocket and HTTP routes by path, and the lifespan.
 
     A path is matched exactly, ``{name}`` matching one segment; the values land in
-    ``scope["path_params"]`` (``websocket.path_params``). An unknown websocket path is
-    refused with HTTP 404 (403 on a server without the ASGI websocket denial response);
-    an unknown HTTP path gets 404 and a known one with another method 405.
+    ``scope["path_params"]`` (``websocket.path_params``). A handshake to an unknown path
+    is refused before accept, which servers answer with HTTP 403 (as Starlette does; a 404
+    through the ASGI denial-response extension makes uvicorn's default websockets-sansio
+    implementation log a spurious error, uvicorn PR #3138). An unknown HTTP path gets 404,
+    a known one with another method 405.
     """
 
     def __init__(self) -> None:
@@ -98,7 +100,7 @@ class Router:
                 scope["path_params"] = match.groupdict()
                 await handler(WebSocket(scope, receive, send))
                 return
-        await _refuse_websocket(scope, send, 404)
+        await send({"type": "websocket.close", "code": 1000, "reason": ""})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         allowed: set[str] = set()
@@ -134,22 +136,6 @@ async def respond_json(
         }
     )
     await send({"type": "http.response.body", "body": content})
-
-
-async def _refuse_websocket(scope: Scope, send: Send, status: int) -> None:
-    """Refuse a handshake with an HTTP status, where the server supports that."""
-    if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close", "code": 1000, "reason": ""})  # the server says 403
-        return
-    content = json.dumps({"detail": HTTPStatus(status).phrase}).encode()
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "websocket.http.response.body", "body": content})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

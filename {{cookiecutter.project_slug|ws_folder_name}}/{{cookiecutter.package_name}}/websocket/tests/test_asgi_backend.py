@@ -85,16 +85,11 @@ async def test_websocket_routes_match_exactly_and_fill_path_params() -> None:
     assert seen == [{"room": "lobby", "user": "ann"}]
 
 
-async def test_unknown_websocket_path_is_refused_with_404_or_a_close() -> None:
-    app = Router()
-    with_extension = ScriptedClient("/nowhere")
-    with_extension.scope["extensions"] = {"websocket.http.response": {}}
-    await app(with_extension.scope, with_extension.receive, with_extension.send)
-    start = await with_extension.next_sent()
-    assert (start["type"], start["status"]) == ("websocket.http.response.start", 404)
-    without = ScriptedClient("/nowhere")
-    await app(without.scope, without.receive, without.send)
-    assert (await without.next_sent())["type"] == "websocket.close"  # the server answers 403
+async def test_unknown_websocket_path_is_refused_before_accept() -> None:
+    client = ScriptedClient("/nowhere")
+    client.scope["extensions"] = {"websocket.http.response": {}}
+    await Router()(client.scope, client.receive, client.send)
+    assert client.sent_so_far() == [{"type": "websocket.close", "code": 1000, "reason": ""}]
 
 
 async def test_lifespan_startup_and_shutdown_are_acknowledged() -> None:
@@ -124,10 +119,10 @@ def test_frames_come_back_as_sent_on_a_real_server(server: LiveServer, frame: st
         assert websocket.recv(timeout=5) == frame
 
 
-def test_unknown_paths_get_404_on_a_real_server(server: LiveServer) -> None:
+def test_unknown_paths_are_refused_on_a_real_server(server: LiveServer) -> None:
     with pytest.raises(InvalidStatus) as refused, connect(server.ws_url("/ws/nowhere")):
         pass
-    assert refused.value.response.status_code == 404
+    assert refused.value.response.status_code == 403
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.url("/nowhere"), timeout=5)
     missing.value.close()  # it holds the connection

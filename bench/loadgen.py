@@ -58,6 +58,25 @@ def cpu_share(before: Sample, after: Sample) -> float:
     return (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)
 
 
+def cpu_probe(cpu: int | None, loops: int = 300_000) -> float:
+    """Milliseconds of CPU time a fixed pure-Python loop takes on ``cpu``, right now.
+
+    The same work should take the same CPU time; on a shared machine it does not (another
+    tenant on the same physical core slows it), and neither do the figures measured next.
+    """
+    thread_cpus = os.sched_getaffinity(0)  # 0: this thread
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        started = time.thread_time()
+        total = 0
+        for number in range(loops):
+            total += number
+        return (time.thread_time() - started) * 1000
+    finally:
+        os.sched_setaffinity(0, thread_cpus)
+
+
 def ensure_client() -> str:
     """Check node and install the client's packages (``npm ci``) if needed; node's version."""
     node = shutil.which("node")

@@ -245,7 +245,7 @@ def idle_table(results: Results) -> str:
         rows.append(
             [
                 results.labels[server],
-                str(results.runs("idle", server)[0]["connections"]),
+                f"{results.runs('idle', server)[0]['connections']:,}",
                 cell(get("rss_per_connection_kib")),
                 cell(get("rss_mib")),
                 cell(get("open_seconds")),
@@ -268,12 +268,14 @@ def idle_table(results: Results) -> str:
     metrics = [
         ("rss_per_connection_kib", "memory per connection", True),
         ("opens_per_s", "opens/s", True),
+        ("server_cpu_ms_per_open", "server CPU per open", False),
     ]
     ratio_header = [
         "generated",
         "baseline",
         "memory per connection (generated/baseline, lower is better)",
         "opens/s (generated/baseline)",
+        "server CPU per open (baseline/generated)",
     ]
     ratios = table(ratio_header, ratio_rows(results, "idle", metrics, [None]))
     return f"{table_text}\n\n{ratios}"
@@ -289,7 +291,7 @@ def ticker_table(results: Results) -> str:
         rows.append(
             [
                 results.labels[server],
-                str(results.runs("ticker", server)[0]["connections"]),
+                f"{results.runs('ticker', server)[0]['connections']:,}",
                 cell(get("lateness_p50_ms")),
                 cell(get("lateness_p99_ms")),
                 cell(get("lateness_max_ms")),
@@ -401,6 +403,11 @@ def targets(results: Results) -> list[Target]:
                 1.0,
                 results.ratio("idle", "opens_per_s", server, "docs-fastapi"),
             ),
+            at_least(
+                f"(1) docs-style / generated {flavour}, server CPU per connection opened",
+                1.0,
+                results.ratio("idle", "server_cpu_ms_per_open", "docs-fastapi", server),
+            ),
         ]
     for server in (s for s in GENERATED if results.runs("ticker", s)):
         count = results.runs("ticker", server)[0]["connections"]
@@ -429,6 +436,24 @@ def targets_table(results: Results) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[target.met]
         rows.append([target.title, target.goal, measured, met])
     return table(["issue 7 target", "goal", "measured (median, range)", "met"], rows)
+
+
+def steadiness(results: Results) -> str:
+    """How much the machine's own speed moved during the run (the fixed-loop probe)."""
+    probes = [float(r["probe_ms"]) for r in results.records if "probe_ms" in r]
+    if not probes:
+        return ""
+    figure = Figure.of(probes)
+    return (
+        f"Before each timed run, a fixed pure-Python loop on the server's CPU took "
+        f"{figure.median:.1f} ms of CPU time (median of {figure.count}; range "
+        f"{figure.low:.1f}-{figure.high:.1f} ms): the same work cost up to "
+        f"{figure.high / figure.low:.1f}x as much CPU time from one run to the next. "
+        "Times, rates and CPU times measured here move with that; instruction counts and "
+        "memory do not. An instruction ratio leaves out the kernel's share of each round "
+        "trip (about the same for every server), so a throughput ratio lies between 1.00x "
+        "and it."
+    )
 
 
 def client_headroom(results: Results) -> str:
@@ -485,6 +510,8 @@ def markdown(results: Results, header: str) -> str:
         "## Broadcast\n\nNot measured: the template has no broadcast yet (issue 7 asks for one "
         "message fanned out to 1,000 and 10,000 subscribers, memory and redis backends)."
     )
+    if any("probe_ms" in r for r in results.records):
+        sections.append("## Noise\n\n" + steadiness(results))
     if any("client_cpu" in r for r in results.records):
         sections.append("## Load generator\n\n" + client_headroom(results))
     return "\n\n".join(sections) + "\n"
@@ -561,6 +588,46 @@ def _line(
     )
 
 
+def _bars(axis: Any, results: Results, workload: str, key: str, scale: float = 1.0) -> None:
+    """One bar per server: the median of ``key``, with min-max error bars."""
+    servers = results.servers(workload)
+    figures = [results.figure(workload, s, key) for s in servers]
+    shown = [(s, f) for s, f in zip(servers, figures, strict=True) if f is not None]
+    axis.bar(
+        range(len(shown)),
+        [f.median * scale for _, f in shown],
+        yerr=[
+            [(f.median - f.low) * scale for _, f in shown],
+            [(f.high - f.median) * scale for _, f in shown],
+        ],
+        color=[COLORS.get(s, "#333333") for s, _ in shown],
+        capsize=3,
+    )
+    axis.set_xticks(range(len(shown)), [results.labels[s] for s, _ in shown], rotation=30)
+    axis.tick_params(axis="x", labelsize=8)
+    for label in axis.get_xticklabels():
+        label.set_horizontalalignment("right")
+    axis.grid(alpha=0.3, axis="y")
+
+
+def plot_instructions(results: Results, output: Path) -> list[Path]:
+    """instructions.png: server instructions per round trip (callgrind)."""
+    if not results.servers("instructions"):
+        return []
+    path = output / "instructions.png"
+    fig, axis = plt.subplots(figsize=(6, 4.5))
+    _bars(axis, results, "instructions", "instructions_per_round_trip", 1 / 1000)
+    counts = ", ".join(str(c) for c in results.connections("instructions"))
+    axis.set(
+        ylabel="thousands of instructions",
+        title=f"Server instructions per round trip ({counts} connections)",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def plot_memory(results: Results, output: Path) -> list[Path]:
     """memory.png: server RSS as idle connections open, and memory per connection."""
     servers = results.servers("idle")
@@ -590,21 +657,8 @@ def plot_memory(results: Results, output: Path) -> list[Path]:
     curve.set_ylim(bottom=0)
     curve.grid(alpha=0.3)
     curve.legend(fontsize=8)
-    figures = [results.figure("idle", s, "rss_per_connection_kib") for s in servers]
-    shown = [(s, f) for s, f in zip(servers, figures, strict=True) if f is not None]
-    bars.bar(
-        range(len(shown)),
-        [f.median for _, f in shown],
-        yerr=[[f.median - f.low for _, f in shown], [f.high - f.median for _, f in shown]],
-        color=[COLORS.get(s, "#333333") for s, _ in shown],
-        capsize=3,
-    )
-    bars.set_xticks(range(len(shown)), [results.labels[s] for s, _ in shown], rotation=30)
-    bars.tick_params(axis="x", labelsize=8)
-    for label in bars.get_xticklabels():
-        label.set_horizontalalignment("right")
+    _bars(bars, results, "idle", "rss_per_connection_kib")
     bars.set(ylabel="KiB per connection", title="Memory per idle connection")
-    bars.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

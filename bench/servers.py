@@ -25,6 +25,9 @@ BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
 BASELINES = BENCH / "baselines"
 
+SERVER_KEYS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
+"""The keys of the servers that `server_specs` gives, in its order."""
+
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
 
@@ -147,9 +150,9 @@ class RunningServer:
         start_timeout: float = 120,
     ):
         self.spec = spec
+        self.cpu = cpu
         self.port = 0
         self.log = log
-        self._cpu = cpu
         self._wrapper = list(wrapper)
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -168,7 +171,7 @@ class RunningServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def __enter__(self) -> RunningServer:
-        command = pinned([*self._wrapper, sys.executable, *self.spec.command], self._cpu)
+        command = pinned([*self._wrapper, sys.executable, *self.spec.command], self.cpu)
         with self.log.open("wb") as log:
             self._process = subprocess.Popen(
                 command,

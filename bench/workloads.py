@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import BenchError, Client, Event, Sample, cpu_share, sample
+from bench.loadgen import BenchError, Client, Event, Sample, cpu_probe, cpu_share, sample
 from bench.servers import RunningServer
 
 Record = dict[str, Any]
@@ -61,6 +61,7 @@ def keepalive(
     server: RunningServer, connections: int, settings: Settings, cpu: int | None
 ) -> Record:
     """Keepalive round trips on ``connections`` connections, each one in flight at a time."""
+    probe_ms = cpu_probe(server.cpu)
     samples: dict[str, tuple[Sample, Sample]] = {}
 
     def on_event(event: Event, client: Client) -> None:
@@ -79,6 +80,7 @@ def keepalive(
     return {
         "workload": "keepalive",
         "connections": connections,
+        "probe_ms": probe_ms,
         "round_trips_per_s": round_trips / float(result["seconds"]),
         "latency_p50_ms": result["latency_ms"]["p50"],
         "latency_p99_ms": result["latency_ms"]["p99"],
@@ -95,6 +97,7 @@ def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
     as the connections open, and once more ``idle_settle`` seconds after the last opened.
     """
     count = settings.idle_connections
+    probe_ms = cpu_probe(server.cpu)
     samples: dict[str, Sample] = {}
     memory: list[tuple[int, int]] = []  # (connections open, server RSS in bytes)
 
@@ -122,6 +125,7 @@ def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
     return {
         "workload": "idle",
         "connections": count,
+        "probe_ms": probe_ms,
         "rss_per_connection_kib": (samples["held"].rss_bytes - samples["before"].rss_bytes)
         / count
         / 1024,
@@ -137,6 +141,7 @@ def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
 def ticker(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
     """``ticker_connections`` connections on the ticker endpoint: tick lateness, server CPU."""
     assert server.spec.ticker_path is not None, f"{server.spec.label} has no ticker endpoint"
+    probe_ms = cpu_probe(server.cpu)
     samples: dict[str, tuple[Sample, Sample]] = {}
 
     def on_event(event: Event, client: Client) -> None:
@@ -162,6 +167,7 @@ def ticker(server: RunningServer, settings: Settings, cpu: int | None) -> Record
     return {
         "workload": "ticker",
         "connections": settings.ticker_connections,
+        "probe_ms": probe_ms,
         "ticks_per_s": ticks / float(result["seconds"]),
         "ticks_received": ticks / max(float(result["expected_ticks"]), 1e-9),
         "skipped_beats": int(result["skipped_beats"]),

@@ -35,12 +35,14 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Sample:
-    """A process's CPU time (user + system, seconds) and resident memory at one moment."""
+    """A process's CPU time (user + system, seconds) and resident memory at one moment,
+    and the user + system time of the whole machine (every process, every CPU)."""
 
     at: float
     """``time.monotonic()`` when read."""
     cpu_seconds: float
     rss_bytes: int
+    machine_cpu_seconds: float
 
 
 def sample(pid: int) -> Sample:
@@ -50,12 +52,30 @@ def sample(pid: int) -> Sample:
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields 3 onwards
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return Sample(at, (utime + stime) / _CLOCK_TICKS, resident_pages * _PAGE_SIZE)
+    machine = Path("/proc/stat").read_text().split("\n", 1)[0].split()  # "cpu user nice system"
+    machine_ticks = int(machine[1]) + int(machine[2]) + int(machine[3])
+    return Sample(
+        at,
+        (utime + stime) / _CLOCK_TICKS,
+        resident_pages * _PAGE_SIZE,
+        machine_ticks / _CLOCK_TICKS,
+    )
 
 
 def cpu_share(before: Sample, after: Sample) -> float:
     """The share of one CPU that a process used between two samples (1.0: a whole core)."""
     return (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)
+
+
+def others_share(server: tuple[Sample, Sample], client: tuple[Sample, Sample]) -> float:
+    """The CPUs (1.0: a whole core) that every process but the server and the client used
+    between two pairs of samples: other work on a shared machine, which skews timings."""
+    (server_before, server_after), (client_before, client_after) = server, client
+    machine = server_after.machine_cpu_seconds - server_before.machine_cpu_seconds
+    ours = (server_after.cpu_seconds - server_before.cpu_seconds) + (
+        client_after.cpu_seconds - client_before.cpu_seconds
+    )
+    return max(0.0, machine - ours) / max(server_after.at - server_before.at, 1e-9)
 
 
 def cpu_probe(cpu: int | None, loops: int = 300_000) -> float:

@@ -9,6 +9,7 @@ were made side by side (the runs are interleaved: A B A B).
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def keepalive_table(results: Results) -> str:
                     cell(get("server_cpu_us_per_round_trip")),
                     cell(get("server_cpu"), percent),
                     cell(get("client_cpu"), percent),
+                    cell(get("others_cpu"), percent),
                 ]
             )
     header = [
@@ -161,6 +163,7 @@ def keepalive_table(results: Results) -> str:
         "server CPU us/round trip",
         "server CPU",
         "client CPU",
+        "other processes' CPU",
     ]
     return table(header, rows)
 
@@ -439,12 +442,21 @@ def targets_table(results: Results) -> str:
 
 
 def steadiness(results: Results) -> str:
-    """How much the machine's own speed moved during the run (the fixed-loop probe)."""
+    """How much the machine's own speed moved during the run, and what else ran on it."""
+    others = [float(r["others_cpu"]) for r in results.records if "others_cpu" in r]
+    shared = ""
+    if others:
+        busy = Figure.of(others)
+        shared = (
+            f"Other processes (neither the server nor the load generator) used {busy.median:.0%} "
+            f"of a core in the median measured window and {busy.high:.0%} at most, on this "
+            f"{os.cpu_count()}-CPU machine. "
+        )
     probes = [float(r["probe_ms"]) for r in results.records if "probe_ms" in r]
     if not probes:
-        return ""
+        return shared
     figure = Figure.of(probes)
-    return (
+    return shared + (
         f"Before each timed run, a fixed pure-Python loop on the server's CPU took "
         f"{figure.median:.1f} ms of CPU time (median of {figure.count}; range "
         f"{figure.low:.1f}-{figure.high:.1f} ms): the same work cost up to "

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import BenchError, Client, Event, Sample, cpu_probe, cpu_share, sample
+from bench.loadgen import (
+    BenchError,
+    Client,
+    Event,
+    Sample,
+    cpu_probe,
+    cpu_share,
+    others_share,
+    sample,
+)
 from bench.servers import RunningServer
 
 Record = dict[str, Any]
@@ -87,6 +96,7 @@ def keepalive(
         "server_cpu_us_per_round_trip": server_cpu_seconds / max(round_trips, 1) * 1e6,
         "server_cpu": cpu_share(server_start, server_end),
         "client_cpu": cpu_share(client_start, client_end),
+        "others_cpu": others_share((server_start, server_end), (client_start, client_end)),
     }
 
 
@@ -134,6 +144,10 @@ def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
         "opens_per_s": count / open_seconds,
         "server_cpu_ms_per_open": opening_cpu / count * 1e3,
         "client_cpu": cpu_share(samples["client-before"], samples["client-opened"]),
+        "others_cpu": others_share(
+            (samples["before"], samples["opened"]),
+            (samples["client-before"], samples["client-opened"]),
+        ),
         "memory": memory,
     }
 
@@ -177,6 +191,7 @@ def ticker(server: RunningServer, settings: Settings, cpu: int | None) -> Record
         "server_cpu": cpu_share(server_start, server_end),
         "server_cpu_us_per_tick": server_cpu_seconds / max(ticks, 1) * 1e6,
         "client_cpu": cpu_share(client_start, client_end),
+        "others_cpu": others_share((server_start, server_end), (client_start, client_end)),
     }
 
 

@@ -76,6 +76,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     full = workloads.Settings()
     parser.add_argument("--smoke", action="store_true", help="tiny counts, one repetition")
     parser.add_argument("--output", type=Path, help="default: bench/results/<date>/")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FOLDER",
+        help="measure nothing: rewrite results.md and the plots from FOLDER/results.json",
+    )
     parser.add_argument("--repetitions", type=int, default=3, help="runs of each figure")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--servers", nargs="+", choices=SERVER_KEYS, default=list(SERVER_KEYS))
@@ -322,44 +328,51 @@ def write_results(
     pinning: str,
     minutes: float,
 ) -> None:
-    """results.json (everything measured), results.md (the report) and the plots."""
-    info = machine()
-    command = shlex.join(["bench/run.py", *sys.argv[1:]])
-    (output / "results.json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "machine": info,
-                "pinning": pinning,
-                "repetitions": repetitions,
-                "settings": asdict(settings),
-                "labels": labels,
-                "records": records,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    results = report.Results(records, labels)
+    """results.json (everything measured), then the report and the plots made from it."""
+    data = {
+        "command": shlex.join(["bench/run.py", *sys.argv[1:]]),
+        "finished": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "minutes": minutes,
+        "smoke": settings == SMOKE,
+        "machine": machine(),
+        "pinning": pinning,
+        "repetitions": repetitions,
+        "settings": asdict(settings),
+        "labels": labels,
+        "records": records,
+    }
+    (output / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_report(output)
+
+
+def write_report(output: Path) -> None:
+    """results.md and the plots, from ``output/results.json``."""
+    source = output / "results.json"
+    if not source.exists():
+        raise BenchError(f"{source} does not exist: give --report the folder of a run.")
+    data = json.loads(source.read_text())
+    results = report.Results(data["records"], data["labels"])
     plots = [
         *report.plot_keepalive(results, output),
         *report.plot_instructions(results, output),
         *report.plot_memory(results, output),
     ]
     smoke = "**Smoke run: tiny counts and windows; its figures mean nothing.**\n\n"
+    machine_text = ", ".join(f"{key} {value}" for key, value in data["machine"].items())
+    servers = "; ".join(f"`{key}`: {label}" for key, label in data["labels"].items())
     header = "\n".join(
         [
-            f"# ws-template benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"# ws-template benchmark, {data['finished']}",
             "",
-            (smoke if settings == SMOKE else "")
-            + f"`.venv/bin/python {command}` ({minutes:.0f} min). Each figure is the median of "
-            f"{repetitions} interleaved runs, ± half its range; uvicorn with its defaults "
-            f"(`--ws auto`: websockets-sansio), 127.0.0.1, no permessage-deflate offered; "
-            f"{pinning}.",
+            (smoke if data["smoke"] else "")
+            + f"`.venv/bin/python {data['command']}` ({data['minutes']:.0f} min). Each figure "
+            f"is the median of {data['repetitions']} interleaved runs, ± half its range; "
+            "uvicorn with its defaults (`--ws auto`: websockets-sansio), 127.0.0.1, no "
+            f"permessage-deflate offered; {data['pinning']}.",
             "",
-            "Machine: " + ", ".join(f"{key} {value}" for key, value in info.items()) + ".",
+            f"Machine: {machine_text}.",
             "",
-            "Servers: " + "; ".join(f"`{key}`: {label}" for key, label in labels.items()) + ".",
+            f"Servers: {servers}.",
         ]
     )
     text = report.markdown(results, header)
@@ -371,7 +384,11 @@ def write_results(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     try:
-        output = run(args)
+        if args.report:
+            output = args.report.resolve()
+            write_report(output)
+        else:
+            output = run(args)
     except BenchError as error:
         print(f"bench/run.py: {error}", file=sys.stderr)
         return 1

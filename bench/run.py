@@ -1,7 +1,7 @@
 """Benchmark the generated websocket service against hand-written baselines (issue 7).
 
-    .venv/bin/python bench/run.py             the full run (about 15 minutes)
-    .venv/bin/python bench/run.py --smoke     tiny counts, a few seconds per server
+    .venv/bin/python bench/run.py             the full run (about 12 minutes)
+    .venv/bin/python bench/run.py --smoke     tiny counts, under a minute
 
 Renders the default project (each flavour), starts it with uvicorn's defaults on 127.0.0.1,
 and drives it with node's ``ws`` client (``bench/client.mjs``) on loopback, interleaved

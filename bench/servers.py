@@ -74,9 +74,23 @@ def render_projects(output: Path) -> dict[str, Path]:
     return projects
 
 
+LOAD_TEST_LIMITS = {
+    "MESSAGES_PER_SECOND": "1000000",
+    "MESSAGE_BURST": "1000000",
+    "MAX_CONNECTIONS": "100000",
+    "IDLE_TIMEOUT_SECONDS": "3600",
+}
+"""The generated service's per-connection limits, set out of a load test's way.
+
+Its defaults (100 messages/s per connection, 10,000 connections, 60 s idle) would close the
+benchmark's connections; with these its checks still run on every message and connection,
+they just never trigger. A service without these settings ignores the variables.
+"""
+
+
 def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[ServerSpec]:
     """The servers of one run, in the order they are interleaved."""
-    ticker_env = {"TICK_SECONDS": str(tick_seconds)}
+    ticker_env = {**LOAD_TEST_LIMITS, "TICK_SECONDS": str(tick_seconds)}
     return [
         ServerSpec(
             "generated-fastapi",

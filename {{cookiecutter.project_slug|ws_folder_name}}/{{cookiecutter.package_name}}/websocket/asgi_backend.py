@@ -23,7 +23,8 @@ from http import HTTPStatus
 from typing import Any, TypeAlias
 
 from . import session
-from .asgi import Message, Receive, Scope, Send, WebSocket
+from .asgi import WebSocket
+from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .session import drain_text, every, keepalive_loop, now_ns, receive_json, run_websocket
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "respond_json",
     "run_websocket",
 ]
-
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 WebSocketHandler: TypeAlias = Callable[[WebSocket], Awaitable[None]]
 """A coroutine function that serves one websocket connection from start to end."""

@@ -1,5 +1,9 @@
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``.
 
+Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
+authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
+(``settings.py``), and a log line when it opens and when it closes.
+
 Run it with::
 
     uvicorn {{ cookiecutter.package_name }}.app:app
@@ -15,13 +19,15 @@ import logging
 from fastapi import FastAPI
 {%- endif %}
 
-from . import endpoints
+from . import auth, endpoints
 from .settings import get_settings
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.backend import create_router
+from .websocket.guard import Authenticator, WebSocketGuard
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
 from .websocket.asgi_backend import Router, respond_json
+from .websocket.guard import Authenticator, WebSocketGuard
 {%- endif %}
 
 {%- if cookiecutter.framework == "fastapi" %}
@@ -29,14 +35,16 @@ from .websocket.asgi_backend import Router, respond_json
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
 
 
-def create_app() -> FastAPI:
+def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     """Build the application: one router per websocket endpoint, and the health check."""
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
     app = FastAPI(title=TITLE)
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
     app.add_api_route("/healthz", healthz)
+    app.add_middleware(WebSocketGuard, policy=settings.policy(), authenticate=authenticate)
     return app
 
 
@@ -46,15 +54,16 @@ async def healthz() -> dict[str, str]:
 {%- else %}
 
 
-def create_app() -> Router:
+def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuard:
     """Build the application: a route per websocket endpoint, and the health check."""
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
     app = Router()
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
     app.add_http_route("/healthz", healthz)
-    return app
+    return WebSocketGuard(app, policy=settings.policy(), authenticate=authenticate)
 
 
 async def healthz(scope: Scope, receive: Receive, send: Send) -> None:

@@ -74,10 +74,13 @@ BACKEND_FILES = {
 }
 SHARED_BACKEND_FILES = {
     "__init__.py",
+    "asgi_types.py",
+    "guard.py",
     "session.py",
     "testing.py",
     "tests/__init__.py",
     "tests/conftest.py",
+    "tests/test_guard.py",
     "tests/test_live.py",
     "tests/test_session.py",
 }

@@ -26,6 +26,15 @@ KINDS = ("keepalive", "echo", "ticker")
 
 FRAMEWORKS = ("fastapi", "asgi")
 
+CI_PROVIDERS = ("github", "none")
+
+YES_NO_ANSWERS = {"container": True, "init_git": False}
+"""Yes/no prompts (Cookiecutter booleans) and their defaults."""
+
+YES = ("1", "true", "t", "yes", "y", "on")
+NO = ("0", "false", "f", "no", "n", "off")
+"""The spellings Cookiecutter's own yes/no prompt accepts, in any case."""
+
 FREE_TEXT_ANSWERS = ("project_name", "description", "author_name")
 
 PATH_CHARACTERS = re.compile(r"[A-Za-z0-9._~/-]")
@@ -279,6 +288,31 @@ def check_free_text(name: str, value: str) -> None:
             )
 
 
+def check_yes_no(name: str, value: object) -> bool:
+    """A yes/no answer as a bool: a Cookiecutter boolean, or a string such as 'yes' or 'no'.
+
+    A boolean given on the command line or read from a replay file can arrive as a string.
+    """
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in YES:
+        return True
+    if text in NO:
+        return False
+    raise AnswerError(
+        f"{name} {value!r} is not a yes/no answer: use yes or no (or y/n, true/false, 1/0, on/off)"
+    )
+
+
+def is_yes(value: object) -> bool:
+    """A yes/no answer as a bool; a bad one (already stopped by the pre-gen hook) is no."""
+    try:
+        return check_yes_no("answer", value)
+    except AnswerError:
+        return False
+
+
 def answer_problems(answers: Mapping[str, object]) -> list[str]:
     """Every problem with the answers, one line each; empty when all can be used."""
     problems: list[str] = []
@@ -309,6 +343,14 @@ def answer_problems(answers: Mapping[str, object]) -> list[str]:
     framework = text.get("framework", "")
     if framework not in FRAMEWORKS:
         problems.append(f"framework {framework!r} is not one of: {', '.join(FRAMEWORKS)}")
+    ci = text.get("ci", CI_PROVIDERS[0])
+    if ci not in CI_PROVIDERS:
+        problems.append(f"ci {ci!r} is not one of: {', '.join(CI_PROVIDERS)}")
+    for name, default in YES_NO_ANSWERS.items():
+        try:
+            check_yes_no(name, answers.get(name, default))
+        except AnswerError as error:
+            problems.append(str(error))
     return problems
 
 
@@ -423,5 +465,6 @@ class WsTemplateExtension(Extension):
             ws_python_string=python_string,
             ws_toml_string=toml_string,
             ws_float=float_literal,
+            ws_yes=is_yes,
         )
         environment.globals.update(ws_call=call, ws_formatted=formatted)

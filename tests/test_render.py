@@ -46,7 +46,7 @@ CASES: dict[str, dict[str, str]] = {
     },
     "no-ci-no-container-git-init": {"ci": "none", "container": "no", "init_git": "yes"},
     "asgi-defaults": {"framework": "asgi"},
-    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo"},
+    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo", "console_page": "no"},
     "asgi-many-endpoints": {
         "framework": "asgi",
         "endpoints": "/, /ws/rooms/{room}:echo, /ws/a-b.c~d:ticker, /class, /ws/"

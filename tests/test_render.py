@@ -81,6 +81,7 @@ SHARED_BACKEND_FILES = {
     "testing.py",
     "tests/__init__.py",
     "tests/conftest.py",
+    "tests/sample_sessions.py",
     "tests/test_guard.py",
     "tests/test_live.py",
     "tests/test_session.py",

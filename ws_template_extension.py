@@ -9,6 +9,7 @@ filter would leave a half-made project behind, so the hook stops bad answers fir
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import keyword
 import math
@@ -25,6 +26,15 @@ KINDS = ("keepalive", "echo", "ticker")
 """Endpoint kinds, in the order the docs list them; the first is the default."""
 
 FRAMEWORKS = ("fastapi", "asgi")
+
+CI_PROVIDERS = ("github", "none")
+
+YES_NO_ANSWERS = {"container": True, "init_git": False, "console_page": True}
+"""Yes/no prompts (Cookiecutter booleans) and their defaults."""
+
+YES = ("1", "true", "t", "yes", "y", "on")
+NO = ("0", "false", "f", "no", "n", "off")
+"""The spellings Cookiecutter's own yes/no prompt accepts, in any case."""
 
 FREE_TEXT_ANSWERS = ("project_name", "description", "author_name")
 
@@ -279,6 +289,31 @@ def check_free_text(name: str, value: str) -> None:
             )
 
 
+def check_yes_no(name: str, value: object) -> bool:
+    """A yes/no answer as a bool: a Cookiecutter boolean, or a string such as 'yes' or 'no'.
+
+    A boolean given on the command line or read from a replay file can arrive as a string.
+    """
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in YES:
+        return True
+    if text in NO:
+        return False
+    raise AnswerError(
+        f"{name} {value!r} is not a yes/no answer: use yes or no (or y/n, true/false, 1/0, on/off)"
+    )
+
+
+def is_yes(value: object) -> bool:
+    """A yes/no answer as a bool; a bad one (already stopped by the pre-gen hook) is no."""
+    try:
+        return check_yes_no("answer", value)
+    except AnswerError:
+        return False
+
+
 def answer_problems(answers: Mapping[str, object]) -> list[str]:
     """Every problem with the answers, one line each; empty when all can be used."""
     problems: list[str] = []
@@ -309,6 +344,14 @@ def answer_problems(answers: Mapping[str, object]) -> list[str]:
     framework = text.get("framework", "")
     if framework not in FRAMEWORKS:
         problems.append(f"framework {framework!r} is not one of: {', '.join(FRAMEWORKS)}")
+    ci = text.get("ci", CI_PROVIDERS[0])
+    if ci not in CI_PROVIDERS:
+        problems.append(f"ci {ci!r} is not one of: {', '.join(CI_PROVIDERS)}")
+    for name, default in YES_NO_ANSWERS.items():
+        try:
+            check_yes_no(name, answers.get(name, default))
+        except AnswerError as error:
+            problems.append(str(error))
     return problems
 
 
@@ -403,6 +446,11 @@ def _layout(expression: Call, indent: int) -> list[str]:
     return [opening, *(f"{inner}{text}," for text in texts), closing]
 
 
+def endpoint_dicts(endpoints: list[Endpoint]) -> list[dict[str, object]]:
+    """The endpoints as plain data, for ``tojson``."""
+    return [dataclasses.asdict(endpoint) for endpoint in endpoints]
+
+
 def endpoints_or_empty(answer: str) -> list[Endpoint]:
     try:
         return parse_endpoints(answer)
@@ -417,11 +465,13 @@ class WsTemplateExtension(Extension):
         super().__init__(environment)
         environment.filters.update(
             ws_endpoints=endpoints_or_empty,
+            ws_endpoint_dicts=endpoint_dicts,
             ws_answer_problems=answer_problems,
             ws_package_name=derive_package_name,
             ws_folder_name=folder_name,
             ws_python_string=python_string,
             ws_toml_string=toml_string,
             ws_float=float_literal,
+            ws_yes=is_yes,
         )
         environment.globals.update(ws_call=call, ws_formatted=formatted)

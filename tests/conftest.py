@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -37,6 +38,22 @@ def render(output_dir: Path, config: Path, answers: Mapping[str, str]) -> Path:
         config_file=str(config),
     )
     return Path(project)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Forget the figures of an earlier run (on the controller, not on xdist workers)."""
+    if not hasattr(session.config, "workerinput"):
+        shutil.rmtree(TEMPLATE / "build" / "fault-suite", ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault suite's figures (its tests write them to build/fault-suite/)."""
+    folder = TEMPLATE / "build" / "fault-suite"
+    if not folder.is_dir():
+        return
+    terminalreporter.section("fault suite figures")
+    for path in sorted(folder.glob("*.json")):
+        terminalreporter.write_line(f"{path.stem}: {path.read_text()}")
 
 
 def tool_environment(**extra: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from ws_template_extension import (
     AnswerError,
     Endpoint,
     answer_problems,
+    check_yes_no,
     derive_package_name,
     parse_endpoints,
     python_string,
@@ -208,4 +209,41 @@ def test_several_problems_give_one_line_each(
         render(tmp_path, cookiecutter_config, {"endpoints": "x", "tick_seconds": "0"})
     ours = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ws-template:")]
     assert len(ours) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "meaning"),
+    [(True, True), ("yes", True), ("Y", True), ("on", True), ("1", True), (" true ", True),
+     (False, False), ("no", False), ("N", False), ("off", False), ("0", False), ("FALSE", False)],
+)  # fmt: skip
+def test_yes_no_answers_take_the_usual_spellings(answer: bool | str, meaning: bool) -> None:
+    assert check_yes_no("init_git", answer) is meaning
+    assert answer_problems({**DEFAULTS, "init_git": answer, "container": answer}) == []
+
+
+# Cookiecutter itself refuses these from the command line or extra_context, before the hook
+# (a replay file hands them to the hook: tests/test_plumbing.py); the checks stand behind it.
+BAD_CHOICES = [
+    ({"ci": "gitlab"}, "ci 'gitlab' is not one of: github, none"),
+    ({"container": "maybe"}, "container 'maybe' is not a yes/no answer: use yes or no"),
+    ({"init_git": ""}, "init_git '' is not a yes/no answer"),
+    ({"init_git": "nope"}, "init_git 'nope' is not a yes/no answer"),
+]
+
+
+@pytest.mark.parametrize(("answers", "message"), BAD_CHOICES)
+def test_answer_problems_name_a_bad_choice_or_yes_no(answers: dict[str, str], message: str) -> None:
+    problems = answer_problems({**DEFAULTS, **answers})
+    assert len(problems) == 1, problems
+    assert message in problems[0]
+
+
+@pytest.mark.parametrize("answers", [answers for answers, _ in BAD_CHOICES])
+def test_cookiecutter_refuses_a_bad_choice_or_yes_no_before_anything_is_written(
+    answers: dict[str, str], tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    [(name, value)] = answers.items()
+    with pytest.raises(ValueError, match=f"{value} provided for .*variable {name}"):
+        render(tmp_path, cookiecutter_config, answers)
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import pytest
 
 from tests.conftest import VENDORED_BACKEND, render, run, tool_environment
-from ws_template_extension import parse_endpoints
+from ws_template_extension import is_yes, parse_endpoints
 
 ODD_NAME = "Zo\u00eb's \"Quoted\" \\ Service''' + x"
 ODD_DESCRIPTION = "Says \"hi\", 'bye' and \\n; {braces} <b>bold</b>"
@@ -44,8 +44,9 @@ CASES: dict[str, dict[str, str]] = {
         "author_email": "",
         "endpoints": "/live:ticker, /ping",
     },
+    "no-ci-no-container-git-init": {"ci": "none", "container": "no", "init_git": "yes"},
     "asgi-defaults": {"framework": "asgi"},
-    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo"},
+    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo", "console_page": "no"},
     "asgi-many-endpoints": {
         "framework": "asgi",
         "endpoints": "/, /ws/rooms/{room}:echo, /ws/a-b.c~d:ticker, /class, /ws/"
@@ -74,10 +75,14 @@ BACKEND_FILES = {
 }
 SHARED_BACKEND_FILES = {
     "__init__.py",
+    "asgi_types.py",
+    "guard.py",
     "session.py",
     "testing.py",
     "tests/__init__.py",
     "tests/conftest.py",
+    "tests/sample_sessions.py",
+    "tests/test_guard.py",
     "tests/test_live.py",
     "tests/test_session.py",
 }
@@ -123,6 +128,8 @@ def files_of(project: Path) -> list[Path]:
 def test_no_jinja_is_left_in_any_file_or_name(project: Path) -> None:
     for path in files_of(project):
         text = path.read_text()
+        if ".github" in path.relative_to(project).parts:  # GitHub's own ${{ expressions }}
+            text = re.sub(r"\$\{\{ [a-z.-]+ \}\}", "", text)
         for marker in ("{{", "{%", "{#"):
             assert marker not in text, f"{marker!r} left in {path}"
             assert marker not in str(path.relative_to(project))
@@ -192,6 +199,21 @@ def test_readme_lists_every_endpoint(rendered: Rendered) -> None:
     default = "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker"
     for endpoint in parse_endpoints(answers.get("endpoints", default)):
         assert f"| `{endpoint.path}` | {endpoint.kind} |" in readme
+
+
+def test_workflow_and_dockerfile_follow_the_answers_and_pass_their_linters(
+    rendered: Rendered,
+) -> None:
+    answers, project = rendered
+    workflow = project / ".github" / "workflows" / "ci.yml"
+    assert workflow.exists() == (answers.get("ci", "github") == "github")
+    if workflow.exists():
+        run(["actionlint", str(workflow)], cwd=project)  # shellcheck checks its run: scripts
+    container = is_yes(answers.get("container", True))
+    assert (project / "Dockerfile").exists() == container
+    assert (project / ".dockerignore").exists() == container
+    if container:
+        run(["hadolint", "Dockerfile"], cwd=project)  # fails on any finding, info included
 
 
 def test_passes_its_own_pre_commit_hooks(

@@ -1,4 +1,5 @@
-"""The application around the endpoints: health check, unknown paths, settings."""
+{%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
+"""The application around the endpoints: health check, security, settings."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import json
 import urllib.request
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from {{ cookiecutter.package_name }}.settings import DEFAULT_TICK_SECONDS, Settings, SettingsError
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+
+ANY_ENDPOINT = "{{ first.example_url }}"
 
 
 def test_healthz_answers_ok(live_server: LiveServer) -> None:
@@ -25,13 +29,47 @@ def test_unknown_websocket_path_is_refused(live_server: LiveServer) -> None:
     assert refused.value.response.status_code == 403
 
 
+def test_a_page_from_another_site_cannot_open_a_websocket(live_server: LiveServer) -> None:
+    url = live_server.ws_url(ANY_ENDPOINT)
+    evil = Origin("https://evil.example")
+    with pytest.raises(InvalidStatus) as refused, connect(url, origin=evil):
+        pass
+    assert refused.value.response.status_code == 403
+    with connect(url, origin=Origin(live_server.url("").rstrip("/"))):
+        pass  # the service's own pages may
+
+
+def receive_until_closed(websocket: ClientConnection) -> None:
+    for _ in range(100):  # ticks may come first
+        websocket.recv(timeout=5)
+
+
+def test_an_oversized_message_closes_with_1009(live_server: LiveServer) -> None:
+    with connect(live_server.ws_url(ANY_ENDPOINT), max_size=None) as websocket:
+        websocket.send('{"big": "' + "x" * 70_000 + '"}')
+        with pytest.raises(ConnectionClosedError) as closed:
+            receive_until_closed(websocket)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
 def test_settings_defaults() -> None:
     assert Settings.from_env({}) == Settings(log_level="INFO", tick_seconds=DEFAULT_TICK_SECONDS)
 
 
 def test_settings_from_environment() -> None:
-    settings = Settings.from_env({"LOG_LEVEL": "debug", "TICK_SECONDS": " 0.25 "})
-    assert settings == Settings(log_level="DEBUG", tick_seconds=0.25)
+    settings = Settings.from_env(
+        {
+            "LOG_LEVEL": "debug",
+            "TICK_SECONDS": " 0.25 ",
+            "ALLOWED_ORIGINS": "https://app.example.com, https://admin.example.com/",
+            "MAX_CONNECTIONS": "50",
+        }
+    )
+    assert settings.log_level == "DEBUG"
+    assert settings.tick_seconds == 0.25
+    assert settings.allowed_origins == ("https://app.example.com", "https://admin.example.com")
+    assert settings.policy().max_connections == 50
 
 
 @pytest.mark.parametrize(
@@ -42,6 +80,10 @@ def test_settings_from_environment() -> None:
         ("TICK_SECONDS", "soon"),
         ("TICK_SECONDS", "nan"),
         ("LOG_LEVEL", "LOUD"),
+        ("MAX_MESSAGE_BYTES", "1.5"),
+        ("MAX_CONNECTIONS", "0"),
+        ("IDLE_TIMEOUT_SECONDS", "forever"),
+        ("ALLOWED_ORIGINS", "app.example.com"),
     ],
 )
 def test_settings_refuse_bad_values_naming_the_variable(name: str, value: str) -> None:

@@ -1,6 +1,10 @@
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``.
 
-Run it with::
+Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
+authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
+(``settings.py``), and a log line when it opens and when it closes.
+
+Run it with ``python -m {{ cookiecutter.package_name }}`` (see ``__main__.py``), or any ASGI server::
 
     uvicorn {{ cookiecutter.package_name }}.app:app
 
@@ -10,56 +14,101 @@ Settings come from the environment (see ``settings.py``).
 from __future__ import annotations
 
 import logging
+{%- if cookiecutter.console_page | ws_yes %}
+from pathlib import Path
+{%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
 
 from fastapi import FastAPI
+{%- if cookiecutter.console_page | ws_yes %}
+from fastapi.responses import HTMLResponse
+{%- endif %}
 {%- endif %}
 
-from . import endpoints
+from . import auth, endpoints
 from .settings import get_settings
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.backend import create_router
+from .websocket.guard import Authenticator, WebSocketGuard
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
-from .websocket.asgi_backend import Router, respond_json
+from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws_yes %}respond, {% endif %}respond_json
+from .websocket.guard import Authenticator, WebSocketGuard
 {%- endif %}
 
 {%- if cookiecutter.framework == "fastapi" %}
 
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
+{%- endif %}
+{%- if cookiecutter.console_page | ws_yes %}
+
+CONSOLE_PAGE = Path(__file__).with_name("console.html").read_bytes()
+CONSOLE_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+{%- endif %}
+{%- if cookiecutter.framework == "fastapi" %}
 
 
-def create_app() -> FastAPI:
+def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     """Build the application: one router per websocket endpoint, and the health check."""
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
     app = FastAPI(title=TITLE)
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
     app.add_api_route("/healthz", healthz)
+{%- if cookiecutter.console_page | ws_yes %}
+    app.add_api_route("/", console, include_in_schema=False)
+{%- endif %}
+    app.add_middleware(WebSocketGuard, policy=settings.policy(), authenticate=authenticate)
     return app
 
 
 async def healthz() -> dict[str, str]:
     """Liveness probe: the process is up and serving."""
     return {"status": "ok"}
+{%- if cookiecutter.console_page | ws_yes %}
+
+
+async def console() -> HTMLResponse:
+    """The console page: try each endpoint from a browser (see console.html)."""
+    return HTMLResponse(CONSOLE_PAGE, headers=CONSOLE_HEADERS)
+{%- endif %}
 {%- else %}
 
 
-def create_app() -> Router:
+def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuard:
     """Build the application: a route per websocket endpoint, and the health check."""
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
     app = Router()
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
     app.add_http_route("/healthz", healthz)
-    return app
+{%- if cookiecutter.console_page | ws_yes %}
+    app.add_http_route("/", console)
+{%- endif %}
+    return WebSocketGuard(app, policy=settings.policy(), authenticate=authenticate)
 
 
 async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
     """Liveness probe: the process is up and serving."""
     await respond_json(send, {"status": "ok"})
+{%- if cookiecutter.console_page | ws_yes %}
+
+
+async def console(scope: Scope, receive: Receive, send: Send) -> None:
+    """The console page: try each endpoint from a browser (see console.html)."""
+    headers = [(name.encode(), value.encode()) for name, value in CONSOLE_HEADERS.items()]
+    await respond(send, CONSOLE_PAGE, "text/html; charset=utf-8", headers=headers)
+{%- endif %}
 {%- endif %}
 
 

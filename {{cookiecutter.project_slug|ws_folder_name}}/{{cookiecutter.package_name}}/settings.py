@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
+from urllib.parse import urlsplit
 
-DEFAULT_TICK_SECONDS = {{cookiecutter.tick_seconds | ws_float}}
+from .websocket.guard import Policy
+
+DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+Value = TypeVar("Value")
 
 
 class SettingsError(ValueError):
@@ -18,38 +24,144 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """What the service reads from its environment."""
+    """What the service reads from its environment: each field from the variable of its name
+    in capitals (``LOG_LEVEL``, ``TICK_SECONDS``, ...)."""
 
     log_level: str = "INFO"
-    """``LOG_LEVEL``: the level of the service's own log messages."""
-
+    """The level of the service's own log messages."""
     tick_seconds: float = DEFAULT_TICK_SECONDS
-    """``TICK_SECONDS``: the period of ticker endpoints."""
+    """The period of ticker endpoints."""
+    allowed_origins: tuple[str, ...] = ()
+    """Comma-separated origins that browsers may connect from, besides the service's own."""
+    max_message_bytes: int = 65536
+    messages_per_second: float = 100.0
+    message_burst: int = 200
+    max_connections: int = 10000
+    idle_timeout_seconds: float = 60.0
+    send_timeout_seconds: float = 10.0
+    host: str = "127.0.0.1"
+    """The runner's (python -m) settings, each also a command-line option."""
+    port: int = 8000
+    workers: int = 1
+    ws_per_message_deflate: bool = False
+    ws_ping_interval_seconds: float = 20.0
+    ws_ping_timeout_seconds: float = 20.0
+    shutdown_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Read the settings; an unset or empty variable keeps its default."""
-        defaults = cls()
-        log_level = environ.get("LOG_LEVEL", "").strip().upper() or defaults.log_level
-        if log_level not in LOG_LEVELS:
-            raise SettingsError(f"LOG_LEVEL={log_level!r} must be one of {', '.join(LOG_LEVELS)}")
-        tick_seconds = _seconds(
-            "TICK_SECONDS", environ.get("TICK_SECONDS", ""), defaults.tick_seconds
+
+        def read(name: str, parse: Callable[[str, str], Value], default: Value) -> Value:
+            value = environ.get(name, "").strip()
+            return parse(name, value) if value else default
+
+        return cls(
+            log_level=read("LOG_LEVEL", _log_level, cls.log_level),
+            tick_seconds=read("TICK_SECONDS", _positive(float), cls.tick_seconds),
+            allowed_origins=read("ALLOWED_ORIGINS", _origins, cls.allowed_origins),
+            max_message_bytes=read("MAX_MESSAGE_BYTES", _positive(int), cls.max_message_bytes),
+            messages_per_second=read(
+                "MESSAGES_PER_SECOND", _positive(float), cls.messages_per_second
+            ),
+            message_burst=read("MESSAGE_BURST", _positive(int), cls.message_burst),
+            max_connections=read("MAX_CONNECTIONS", _positive(int), cls.max_connections),
+            idle_timeout_seconds=read(
+                "IDLE_TIMEOUT_SECONDS", _positive(float), cls.idle_timeout_seconds
+            ),
+            send_timeout_seconds=read(
+                "SEND_TIMEOUT_SECONDS", _positive(float), cls.send_timeout_seconds
+            ),
+            host=read("HOST", _text, cls.host),
+            port=read("PORT", _port, cls.port),
+            workers=read("WORKERS", _positive(int), cls.workers),
+            ws_per_message_deflate=read(
+                "WS_PER_MESSAGE_DEFLATE", _flag, cls.ws_per_message_deflate
+            ),
+            ws_ping_interval_seconds=read(
+                "WS_PING_INTERVAL_SECONDS", _not_negative, cls.ws_ping_interval_seconds
+            ),
+            ws_ping_timeout_seconds=read(
+                "WS_PING_TIMEOUT_SECONDS", _positive(float), cls.ws_ping_timeout_seconds
+            ),
+            shutdown_timeout_seconds=read(
+                "SHUTDOWN_TIMEOUT_SECONDS", _positive(float), cls.shutdown_timeout_seconds
+            ),
         )
-        return cls(log_level=log_level, tick_seconds=tick_seconds)
+
+    def policy(self) -> Policy:
+        """The websocket policy these settings describe (see websocket/guard.py)."""
+        return Policy(
+            allowed_origins=frozenset(self.allowed_origins),
+            max_message_bytes=self.max_message_bytes,
+            messages_per_second=self.messages_per_second,
+            message_burst=self.message_burst,
+            max_connections=self.max_connections,
+            idle_timeout=self.idle_timeout_seconds,
+            send_timeout=self.send_timeout_seconds,
+        )
 
 
-def _seconds(name: str, value: str, default: float) -> float:
-    value = value.strip()
-    if not value:
-        return default
+def _log_level(name: str, value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise SettingsError(f"{name}={value!r} must be one of {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
+def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:
+    def read(name: str, value: str) -> Value:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if not (isinstance(number, int | float) and math.isfinite(number) and number > 0):
+            unit = "whole number" if kind is int else "number"
+            raise SettingsError(f"{name}={value!r} must be a positive {unit}")
+        return number
+
+    return read
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _port(name: str, value: str) -> int:
+    if not (value.isdigit() and int(value) < 65536):
+        raise SettingsError(f"{name}={value!r} must be a TCP port number (0 to 65535)")
+    return int(value)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} must be yes or no (or true/false, 1/0, on/off)")
+
+
+def _not_negative(name: str, value: str) -> float:
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise SettingsError(f"{name}={value!r} must be a positive number of seconds")
-    return seconds
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise SettingsError(f"{name}={value!r} must be a number of seconds, 0 or more")
+    return number
+
+
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in value.split(",") if origin.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "null" and (
+            parts.scheme not in ("http", "https") or not parts.hostname or parts.path
+        ):
+            raise SettingsError(
+                f"{name}: {origin!r} is not an origin; write scheme://host[:port], "
+                f"e.g. https://app.example.com"
+            )
+    return origins
 
 
 @lru_cache

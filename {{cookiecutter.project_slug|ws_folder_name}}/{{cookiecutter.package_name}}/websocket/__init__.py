@@ -9,6 +9,9 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``backend.py``: the FastAPI face: `create_router` plus the helpers.
 - ``asgi.py`` and ``asgi_backend.py``: the framework-free face: a `WebSocket` over the raw
   ASGI triple, and a `Router` (the ASGI application) plus the helpers.
+- ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
+  every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
+- ``asgi_types.py``: the ASGI callable's types.
 - ``testing.py``: `LiveServer` (an app on a real server) and `ScriptedClient`.
 
 A project keeps the face its framework uses.

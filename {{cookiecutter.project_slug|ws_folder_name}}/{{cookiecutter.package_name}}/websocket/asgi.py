@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from .asgi_types import Message, Receive, Scope, Send
+
+__all__ = [
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "WebSocket",
+    "WebSocketDisconnect",
+    "WebSocketState",
+]
 
 ABNORMAL_CLOSURE = 1006
 

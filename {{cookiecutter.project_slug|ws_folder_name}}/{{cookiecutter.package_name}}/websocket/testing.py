@@ -14,20 +14,21 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-Message = MutableMapping[str, Any]
+from .asgi_types import Message
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
 SERVERS = {
     "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "0"],
     "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:0"],
+    "runner": ["-m", "{package}", "--host", "127.0.0.1", "--port", "0"],
 }
-"""How to start each ASGI server on 127.0.0.1 and a port the OS picks (it logs the port)."""
+"""How to start each server on 127.0.0.1 and a port the OS picks (it logs the port);
+"runner" is the project's own ``python -m <package>``."""
 
 
 def project_root() -> Path:
@@ -40,9 +41,9 @@ class LiveServer:
 
     Use it as a context manager. The OS picks a free port, read back from the server's log;
     ``env`` is added to this process's environment, ``args`` to the server's command line.
-    The server is uvicorn unless ``server`` says otherwise (a key of `SERVERS`); the
-    environment variables ``LIVE_SERVER`` and ``LIVE_SERVER_ARGS`` (split as a shell would)
-    choose them for a whole test run, e.g. ``LIVE_SERVER_ARGS="--ws wsproto" pytest``.
+    ``server`` names one of `SERVERS`. Left out, it is uvicorn, unless the environment
+    variables ``LIVE_SERVER`` and ``LIVE_SERVER_ARGS`` (split as a shell would) choose the
+    server and its options for a whole test run: ``LIVE_SERVER_ARGS="--ws wsproto" pytest``.
     """
 
     def __init__(
@@ -55,11 +56,15 @@ class LiveServer:
         cwd: Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        server = server or os.environ.get("LIVE_SERVER") or "uvicorn"
+        extra = list(args)
+        if server is None:
+            server = os.environ.get("LIVE_SERVER") or "uvicorn"
+            extra[:0] = shlex.split(os.environ.get("LIVE_SERVER_ARGS", ""))
         if server not in SERVERS:
             raise ValueError(f"Unknown server {server!r}; known: {', '.join(SERVERS)}.")
-        extra = [*shlex.split(os.environ.get("LIVE_SERVER_ARGS", "")), *args]
-        self.command = [sys.executable, *(part.format(app=app) for part in SERVERS[server]), *extra]
+        package = app.partition(".")[0]
+        parts = (part.format(app=app, package=package) for part in SERVERS[server])
+        self.command = [sys.executable, *parts, *extra]
         self._env = {**os.environ, **(env or {})}
         self._cwd = cwd or project_root()
         self._start_timeout = start_timeout
@@ -105,6 +110,12 @@ class LiveServer:
         self._started.set()  # the process ended: stop waiting
 
     @property
+    def pid(self) -> int:
+        """The server process's id (to read its /proc figures, or signal it)."""
+        assert self._process is not None, "the server is not started"
+        return self._process.pid
+
+    @property
     def log(self) -> str:
         """Everything the server has printed so far."""
         return "".join(self._lines)
@@ -114,6 +125,11 @@ class LiveServer:
 
     def ws_url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the server to exit by itself (after a signal, say); its exit status."""
+        assert self._process is not None, "the server is not started"
+        return self._process.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop the server as a process manager would (SIGTERM); return its exit code."""
@@ -140,7 +156,8 @@ class ScriptedClient:
     Give `scope`, `receive` and `send` to a WebSocket (Starlette's or the raw-ASGI face's),
     queue what the client does with `send_text`, `send_bytes` and `disconnect`, and read
     what the app sent with `next_sent`. Set `send_error` to make the app's sends fail the
-    way a server's do once the peer is gone.
+    way a server's do once the peer is gone; `stop_reading` makes them wait forever, as a
+    server's do for a client that reads nothing.
     """
 
     def __init__(
@@ -165,6 +182,8 @@ class ScriptedClient:
             "state": {},
         }
         self.send_error: BaseException | None = None
+        self._reading = asyncio.Event()
+        self._reading.set()
         self.reply_timeout = reply_timeout
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
@@ -174,9 +193,17 @@ class ScriptedClient:
         return await self._to_app.get()
 
     async def send(self, message: Message) -> None:
+        await self._reading.wait()
         if self.send_error is not None:
             raise self.send_error
         self._from_app.put_nowait(message)
+        if message["type"] == "websocket.close":  # as servers do once the connection closes
+            code, reason = message.get("code", 1000), message.get("reason", "")
+            self.send_message({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    def stop_reading(self) -> None:
+        """From now on the app's sends wait, as they do when a client stops reading."""
+        self._reading.clear()
 
     def send_message(self, message: Message) -> None:
         """Queue any ASGI message for the app, as a server would deliver it."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from ..asgi_types import Receive, Scope, Send
 from ..session import SessionSocket
 from ..testing import ScriptedClient
 
@@ -30,13 +31,21 @@ def _installed(module: str) -> bool:
 
 
 @pytest.fixture(params=[face for face, module in FACES.items() if _installed(module)])
-def make_socket(request: pytest.FixtureRequest) -> SocketFactory:
-    """Wrap a scripted client in a WebSocket of one face (each test runs once per face)."""
-    web_socket_class = importlib.import_module(FACES[request.param]).WebSocket
+def web_socket_class(
+    request: pytest.FixtureRequest,
+) -> Callable[[Scope, Receive, Send], SessionSocket]:
+    """The WebSocket class of one face (each test that uses it runs once per face)."""
+    web_socket: Callable[[Scope, Receive, Send], SessionSocket]
+    web_socket = importlib.import_module(FACES[request.param]).WebSocket
+    return web_socket
+
+
+@pytest.fixture
+def make_socket(web_socket_class: Callable[[Scope, Receive, Send], SessionSocket]) -> SocketFactory:
+    """Wrap a scripted client in a WebSocket of one face."""
 
     def make(client: ScriptedClient) -> SessionSocket:
-        socket: SessionSocket = web_socket_class(client.scope, client.receive, client.send)
-        return socket
+        return web_socket_class(client.scope, client.receive, client.send)
 
     return make
 

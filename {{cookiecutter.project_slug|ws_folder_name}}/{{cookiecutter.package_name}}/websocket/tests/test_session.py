@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ..asgi_types import Message
 from ..session import (
     SessionSocket,
     drain_text,
@@ -20,7 +21,7 @@ from ..session import (
     receive_json,
     run_websocket,
 )
-from ..testing import Message, ScriptedClient
+from ..testing import ScriptedClient
 from .conftest import SocketFactory, VirtualClockLoop
 
 

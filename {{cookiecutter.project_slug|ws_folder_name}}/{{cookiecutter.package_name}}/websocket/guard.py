@@ -1,0 +1,363 @@
+"""The service's websocket policy, applied to every connection by one ASGI middleware.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). Framework-free: `WebSocketGuard` wraps any ASGI app (a FastAPI app or the
+raw-ASGI `Router`) and passes HTTP and lifespan traffic through untouched. For websocket
+connections it applies a `Policy`:
+
+- before accept: the ``Origin`` check (cross-site websocket hijacking), the authentication
+  hook, and the connection limit;
+- on each message from the client: the size limit and the rate limit;
+- for the whole session: the idle timeout, and the send timeout that drops slow readers;
+- one log line when a connection opens and one when it closes (path, client address, close
+  code, duration; never message contents, never the query string, where tokens go).
+
+Close codes the guard sends: 1008 (policy violation: rate limit, idle timeout), 1009
+(message too big), 1013 (server full, try again later). A refused handshake gets HTTP 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+POLICY_VIOLATION: Final = 1008
+MESSAGE_TOO_BIG: Final = 1009
+TRY_AGAIN_LATER: Final = 1013
+DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The limits of the service's websocket connections (each must be positive)."""
+
+    allowed_origins: frozenset[str] = frozenset()
+    """Origins (``https://app.example.com``) that may connect besides the service's own."""
+    max_message_bytes: int = 64 * 1024
+    messages_per_second: float = 100.0
+    message_burst: int = 200
+    """How many messages may arrive at once before the rate limit applies."""
+    max_connections: int = 10_000
+    idle_timeout: float = 60.0
+    """Seconds a client may send nothing (keepalives count) before it is closed."""
+    send_timeout: float = 10.0
+    """Seconds a send may wait for a client that does not read before it is dropped."""
+
+    def __post_init__(self) -> None:
+        limits = {
+            "max_message_bytes": self.max_message_bytes,
+            "messages_per_second": self.messages_per_second,
+            "message_burst": self.message_burst,
+            "max_connections": self.max_connections,
+            "idle_timeout": self.idle_timeout,
+            "send_timeout": self.send_timeout,
+        }
+        for name, value in limits.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Policy.{name} must be a positive number, got {value!r}.")
+        object.__setattr__(
+            self, "allowed_origins", frozenset(o.lower().rstrip("/") for o in self.allowed_origins)
+        )
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What a client sent to open a websocket: what an authenticator decides on."""
+
+    path: str
+    headers: Mapping[str, str]
+    """Lower-case names, first value of each (decoded as latin-1)."""
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    client: tuple[str, int] | None = None
+    subprotocols: tuple[str, ...] = ()
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Handshake:
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers", []):
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        client = scope.get("client")
+        return cls(
+            path=scope.get("path", ""),
+            headers=headers,
+            cookies=_parse_cookies(headers.get("cookie", "")),
+            client=(client[0], client[1]) if client else None,
+            subprotocols=tuple(scope.get("subprotocols", ())),
+        )
+
+
+class Refuse(Exception):
+    """Raised by an authenticator to refuse a handshake.
+
+    ``status`` 403 (the default) closes before accept, which every server answers with
+    HTTP 403. 401 is sent as an HTTP response where the server supports the ASGI websocket
+    denial response (uvicorn does; its default websockets-sansio implementation then logs a
+    spurious error line, uvicorn PR #3138), and as 403 elsewhere.
+    """
+
+    def __init__(self, status: int = 403) -> None:
+        if status not in (401, 403):
+            raise ValueError(f"Refuse takes 401 or 403, got {status!r}.")
+        super().__init__(status)
+        self.status = status
+
+
+Authenticator = Callable[[Handshake], Awaitable[object | None]]
+"""Called before accept: return an identity or None (either becomes ``scope["user"]``), or
+raise Refuse."""
+
+
+async def allow_everyone(handshake: Handshake) -> None:
+    """The authenticator that lets every client in, with no identity."""
+
+
+class WebSocketGuard:
+    """ASGI middleware applying a `Policy` and an `Authenticator` to every websocket."""
+
+    def __init__(
+        self, app: ASGIApp, *, policy: Policy, authenticate: Authenticator = allow_everyone
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.authenticate = authenticate
+        self.open_connections = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        handshake = Handshake.from_scope(scope)
+        if not origin_allowed(handshake, scope.get("scheme", "ws"), self.policy.allowed_origins):
+            _log_refusal(handshake, "origin not allowed")
+            await _refuse(scope, send, 403)
+            return
+        if self.open_connections >= self.policy.max_connections:
+            _log_refusal(handshake, "server full", logging.WARNING)
+            await _accept_and_close(receive, send, TRY_AGAIN_LATER, "server full, try again later")
+            return
+        try:
+            identity = await self.authenticate(handshake)
+        except Refuse as refusal:
+            _log_refusal(handshake, "authentication")
+            await _refuse(scope, send, refusal.status)
+            return
+        scope["user"] = identity  # None for an anonymous client (Starlette's websocket.user)
+        self.open_connections += 1
+        try:
+            connection = GuardedConnection(self.policy, handshake, receive, send)
+            await connection.run(self.app, scope)
+        finally:
+            self.open_connections -= 1
+
+
+class GuardedConnection:
+    """One websocket connection between the server and the app, with the policy applied."""
+
+    def __init__(self, policy: Policy, handshake: Handshake, receive: Receive, send: Send) -> None:
+        self.policy = policy
+        self.handshake = handshake
+        self.server_receive = receive
+        self.server_send = send
+        self.loop = asyncio.get_running_loop()
+        self.opened_at = 0.0
+        self.last_heard = 0.0
+        self.tokens = float(policy.message_burst)
+        self.rate_checked = 0.0
+        self.close_code: int | None = None  # the first close, whoever sent it
+        self.closed_by_guard = False
+        self.app_closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[None] | None = None
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        """Run ``app`` on this connection; log its close."""
+        try:
+            await app(scope, self.receive, self.send)
+        finally:
+            if self.idle_timer is not None:
+                self.idle_timer.cancel()
+            if self.closing is not None:
+                await self.closing
+            if self.opened_at:
+                code = self.close_code if self.close_code is not None else "no close frame"
+                duration = self.loop.time() - self.opened_at
+                self.log_event(logging.INFO, f"closed with {code} after {duration:.3f} s")
+
+    async def receive(self) -> Message:
+        if self.closed_by_guard:
+            return {"type": "websocket.disconnect", "code": self.close_code, "reason": ""}
+        message = await self.server_receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            now = self.last_heard = self.loop.time()
+            if _size(message) > self.policy.max_message_bytes:
+                limit = self.policy.max_message_bytes
+                return await self.close_by_guard(MESSAGE_TOO_BIG, f"message over {limit} bytes")
+            refill = (now - self.rate_checked) * self.policy.messages_per_second
+            self.tokens = min(self.policy.message_burst, self.tokens + refill)
+            self.rate_checked = now
+            if self.tokens < 1:
+                return await self.close_by_guard(POLICY_VIOLATION, "too many messages")
+            self.tokens -= 1
+        elif kind == "websocket.disconnect" and self.close_code is None:
+            self.close_code = message.get("code", 1005)
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.closed_by_guard:
+            if kind == "websocket.close":
+                return  # the guard has closed the connection already
+            raise OSError("the connection was closed by the websocket guard")
+        if kind == "websocket.send":
+            try:
+                async with asyncio.timeout(self.policy.send_timeout):
+                    await self._send_to_server(message)
+            except TimeoutError:
+                self.closed_by_guard = True
+                self.close_code = POLICY_VIOLATION
+                self.log_event(logging.WARNING, "dropped: it does not read")
+                raise OSError("the client does not read: dropped") from None
+            return
+        if kind == "websocket.close":
+            if self.close_code is None:
+                self.close_code = message.get("code", 1000)
+            with contextlib.suppress(OSError):  # the peer or the server closed already: moot
+                await self._send_to_server(message)
+            self.app_closed = True
+            return
+        await self.server_send(message)
+        if kind == "websocket.accept":
+            self.opened_at = self.last_heard = self.rate_checked = self.loop.time()
+            self.log_event(logging.INFO, "open")
+            self.idle_timer = self.loop.call_at(
+                self.last_heard + self.policy.idle_timeout, self.check_idle
+            )
+
+    async def _send_to_server(self, message: Message) -> None:
+        """Send to the server, which may have closed the connection itself.
+
+        uvicorn closes on a protocol error (invalid UTF-8, say) and then answers a send with
+        a RuntimeError, where the ASGI spec asks for an OSError: that one becomes an OSError,
+        which every face takes for a departed peer.
+        """
+        try:
+            await self.server_send(message)
+        except RuntimeError as error:
+            if self.app_closed or "after sending 'websocket.close'" not in str(error):
+                raise  # the app's own mistake
+            raise OSError(f"the server has closed the connection: {error}") from error
+
+    async def close_by_guard(self, code: int, reason: str) -> Message:
+        """Close the connection with ``code``; what the app receives instead of the message."""
+        self.closed_by_guard = True
+        self.close_code = code
+        self.log_event(logging.WARNING, f"closed with {code}: {reason}")
+        try:
+            async with asyncio.timeout(self.policy.send_timeout):
+                await self.server_send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, TimeoutError):
+            pass  # the client is gone or does not read: nothing more to tell it
+        return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+    def log_event(self, level: int, event: str) -> None:
+        logger.log(
+            level, "websocket %s from %s %s", self.handshake.path, _client(self.handshake), event
+        )
+
+    def check_idle(self) -> None:
+        if self.closed_by_guard or self.close_code is not None:
+            return
+        due = self.last_heard + self.policy.idle_timeout
+        if self.loop.time() < due:
+            self.idle_timer = self.loop.call_at(due, self.check_idle)
+            return
+        reason = f"idle for {self.policy.idle_timeout:g} s"
+        self.closing = self.loop.create_task(self._close_idle(reason))
+
+    async def _close_idle(self, reason: str) -> None:
+        await self.close_by_guard(POLICY_VIOLATION, reason)
+
+
+def origin_allowed(handshake: Handshake, scheme: str, allowed: Iterable[str]) -> bool:
+    """True unless the handshake carries an Origin that is neither ours nor allowed.
+
+    Same-origin means the Origin's host and port are the ``Host`` header's; a ``Host``
+    without a port matches the default port of the Origin's scheme, so that a service
+    behind a TLS-terminating proxy (``Host: example.com``) accepts ``https://example.com``.
+    Clients that send no Origin (not browsers) are allowed.
+    """
+    origin = handshake.headers.get("origin")
+    if origin is None:
+        return True
+    if origin.lower().rstrip("/") in allowed:
+        return True
+    host = handshake.headers.get("host")
+    if host is None:
+        return False
+    try:
+        parts, served = urlsplit(origin), urlsplit(f"{scheme}://{host}")
+        origin_port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        served_port = served.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a malformed Origin or Host
+        return False
+    return bool(parts.hostname) and parts.hostname == served.hostname and origin_port == served_port
+
+
+def _size(message: Message) -> int:
+    """The message's length in bytes (a text frame's in UTF-8), computed only when needed."""
+    data = message.get("bytes")
+    if data is not None:
+        return len(data)
+    text: str = message.get("text") or ""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _parse_cookies(header: str) -> dict[str, str]:
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, _, value = pair.partition("=")
+        if name.strip():
+            cookies.setdefault(name.strip(), value.strip().strip('"'))
+    return cookies
+
+
+def _log_refusal(handshake: Handshake, why: str, level: int = logging.INFO) -> None:
+    logger.log(level, "websocket %s from %s refused: %s", handshake.path, _client(handshake), why)
+
+
+def _client(handshake: Handshake) -> str:
+    return f"{handshake.client[0]}:{handshake.client[1]}" if handshake.client else "?"
+
+
+async def _refuse(scope: Scope, send: Send, status: int) -> None:
+    """Refuse the handshake: a close before accept (HTTP 403), or a 401 response if asked."""
+    if status == 401 and "websocket.http.response" in scope.get("extensions", {}):
+        body = b'{"detail":"Unauthorized"}'
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.close", "code": 1000, "reason": ""})
+
+
+async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str) -> None:
+    """Accept only to close with a code the client can read (a refusal would be just 403)."""
+    message: dict[str, Any] = dict(await receive())
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+    await send({"type": "websocket.close", "code": code, "reason": reason})

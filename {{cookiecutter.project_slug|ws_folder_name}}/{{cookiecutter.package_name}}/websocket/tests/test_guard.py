@@ -1,0 +1,295 @@
+"""The websocket guard: the policy before and after accept, over scripted connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
+from ..guard import Handshake, Policy, Refuse, WebSocketGuard, origin_allowed
+from ..session import SessionSocket, receive_json, run_websocket, send_json
+from ..testing import ScriptedClient
+from .conftest import VirtualClockLoop
+
+WebSocketClass = Callable[[Scope, Receive, Send], SessionSocket]
+
+
+def echo_app(web_socket_class: WebSocketClass) -> ASGIApp:
+    """A session that echoes JSON objects, on the face under test, recording the user."""
+
+    async def echo(websocket: SessionSocket, message: dict[str, Any]) -> None:
+        await send_json(websocket, {**message, "user": websocket.scope.get("user")})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await run_websocket(web_socket_class(scope, receive, send), receive_json(echo))
+
+    return app
+
+
+def handshake(origin: str | None, host: str | None = "example.com:8000") -> Handshake:
+    headers = {name: value for name, value in (("origin", origin), ("host", host)) if value}
+    return Handshake(path="/ws", headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "allowed"),
+    [
+        (None, "example.com:8000", "ws", True),  # not a browser
+        ("http://example.com:8000", "example.com:8000", "ws", True),
+        ("http://EXAMPLE.com:8000", "example.com:8000", "ws", True),
+        ("https://example.com", "example.com", "ws", True),  # behind a TLS proxy
+        ("http://example.com", "example.com:80", "ws", True),
+        ("https://example.com", "example.com:443", "wss", True),
+        ("http://example.com:9000", "example.com:8000", "ws", False),  # another port
+        ("https://example.com:8000", "example.com", "ws", False),
+        ("https://evil.example", "example.com", "ws", False),
+        ("https://example.com.evil.example", "example.com", "ws", False),
+        ("null", "example.com", "ws", False),  # sandboxed frames, file:// pages
+        ("http://[bad", "example.com", "ws", False),
+        ("http://example.com", None, "ws", False),
+    ],
+)
+def test_origin_is_allowed_only_when_missing_or_the_services_own(
+    origin: str | None, host: str | None, scheme: str, allowed: bool
+) -> None:
+    assert origin_allowed(handshake(origin, host), scheme, frozenset()) is allowed
+
+
+def test_allowlisted_origins_match_exactly() -> None:
+    allowed = Policy(allowed_origins=frozenset({"https://App.Example.com/"})).allowed_origins
+    assert origin_allowed(handshake("https://app.example.com"), "ws", allowed)
+    assert not origin_allowed(handshake("https://app.example.com:444"), "ws", allowed)
+    assert not origin_allowed(handshake("https://sub.app.example.com"), "ws", allowed)
+
+
+def test_handshake_reads_headers_and_cookies() -> None:
+    client = ScriptedClient(
+        headers=[
+            (b"Cookie", b'session=abc123; theme="dark"; empty='),
+            (b"X-Twice", b"first"),
+            (b"x-twice", b"second"),
+        ]
+    )
+    seen = Handshake.from_scope(client.scope)
+    assert seen.cookies == {"session": "abc123", "theme": "dark", "empty": ""}
+    assert seen.headers["x-twice"] == "first"
+    assert seen.client == ("127.0.0.1", 50000)
+
+
+@pytest.mark.parametrize("name", ["max_message_bytes", "messages_per_second", "idle_timeout"])
+def test_policy_refuses_limits_that_are_not_positive(name: str) -> None:
+    limits: dict[str, Any] = {name: 0}
+    with pytest.raises(ValueError, match=f"Policy.{name} must be a positive number"):
+        Policy(**limits)
+
+
+async def test_foreign_origin_is_refused_before_the_app_runs(
+    web_socket_class: WebSocketClass,
+) -> None:
+    client = ScriptedClient(
+        headers=[(b"origin", b"https://evil.example"), (b"host", b"example.com")]
+    )
+    guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy())
+    await guard(client.scope, client.receive, client.send)
+    assert client.sent_so_far() == [{"type": "websocket.close", "code": 1000, "reason": ""}]
+
+
+async def test_a_full_server_accepts_only_to_close_with_1013(
+    web_socket_class: WebSocketClass,
+) -> None:
+    guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(max_connections=1))
+    first, second = ScriptedClient(), ScriptedClient()
+    session = asyncio.create_task(guard(first.scope, first.receive, first.send))
+    await first.next_sent()  # accepted: the one connection allowed
+    await guard(second.scope, second.receive, second.send)
+    assert [m["type"] for m in second.sent_so_far()] == ["websocket.accept", "websocket.close"]
+    first.disconnect()
+    await session
+    third = ScriptedClient()  # a place is free again
+    third.disconnect()
+    await guard(third.scope, third.receive, third.send)
+    assert third.sent_so_far()[0]["type"] == "websocket.accept"
+
+
+async def test_authentication_can_refuse_with_403_or_401(
+    web_socket_class: WebSocketClass,
+) -> None:
+    async def refuse_403(handshake: Handshake) -> None:
+        raise Refuse()
+
+    async def refuse_401(handshake: Handshake) -> None:
+        raise Refuse(401)
+
+    client = ScriptedClient()
+    await WebSocketGuard(echo_app(web_socket_class), policy=Policy(), authenticate=refuse_403)(
+        client.scope, client.receive, client.send
+    )
+    assert client.sent_so_far() == [{"type": "websocket.close", "code": 1000, "reason": ""}]
+    client = ScriptedClient()
+    client.scope["extensions"] = {"websocket.http.response": {}}
+    await WebSocketGuard(echo_app(web_socket_class), policy=Policy(), authenticate=refuse_401)(
+        client.scope, client.receive, client.send
+    )
+    start, body = client.sent_so_far()
+    assert start["status"] == 401
+    assert json.loads(body["body"]) == {"detail": "Unauthorized"}
+
+
+async def test_authentication_attaches_an_identity(web_socket_class: WebSocketClass) -> None:
+    async def from_cookie(handshake: Handshake) -> str:
+        return f"user:{handshake.cookies['session']}"
+
+    client = ScriptedClient(headers=[(b"cookie", b"session=42")])
+    client.send_text('{"type": "hello"}')
+    client.disconnect()
+    guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(), authenticate=from_cookie)
+    await guard(client.scope, client.receive, client.send)
+    assert json.loads(client.sent_so_far()[1]["text"]) == {"type": "hello", "user": "user:42"}
+    anonymous = ScriptedClient()
+    anonymous.disconnect()
+    await WebSocketGuard(echo_app(web_socket_class), policy=Policy())(
+        anonymous.scope, anonymous.receive, anonymous.send
+    )
+    assert "user" in anonymous.scope  # None: Starlette's websocket.user works for everyone
+    assert anonymous.scope["user"] is None
+
+
+async def test_an_oversized_message_closes_with_1009_and_ends_the_session(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = ScriptedClient()
+    client.send_text(json.dumps({"fits": "x" * 50}))
+    client.send_text(json.dumps({"too": "é" * 60}))  # 60 characters, 120 bytes in UTF-8
+    guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(max_message_bytes=100))
+    await asyncio.wait_for(guard(client.scope, client.receive, client.send), 2)
+    sent = client.sent_so_far()
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert sent[2]["code"] == 1009
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_too_many_messages_close_with_1008(web_socket_class: WebSocketClass) -> None:
+    client = ScriptedClient()
+    for number in range(4):
+        client.send_text(json.dumps({"n": number}))
+    policy = Policy(messages_per_second=0.001, message_burst=3)
+    await asyncio.wait_for(
+        WebSocketGuard(echo_app(web_socket_class), policy=policy)(
+            client.scope, client.receive, client.send
+        ),
+        2,
+    )
+    sent = client.sent_so_far()
+    assert [m["type"] for m in sent] == ["websocket.accept"] + ["websocket.send"] * 3 + [
+        "websocket.close"
+    ]
+    assert (sent[-1]["code"], sent[-1]["reason"]) == (1008, "too many messages")
+
+
+def run_on_virtual_clock(scenario: Callable[[], Any]) -> None:
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        runner.run(scenario())
+
+
+def test_an_idle_client_is_closed_with_1008(web_socket_class: WebSocketClass) -> None:
+    closed_at: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        client = ScriptedClient(reply_timeout=120)  # virtual seconds
+        guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(idle_timeout=30))
+        session = asyncio.create_task(guard(client.scope, client.receive, client.send))
+        await client.next_sent()  # accept
+        for _ in range(3):  # a keepalive every 20 s keeps the connection open
+            await asyncio.sleep(20)
+            client.send_text('{"type": "keepalive"}')
+            assert json.loads((await client.next_sent())["text"])["type"] == "keepalive_ack"
+        closing = await client.next_sent()
+        closed_at.append(loop.time())
+        assert (closing["code"], closing["reason"]) == (1008, "idle for 30 s")
+        await session
+
+    run_on_virtual_clock(scenario)
+    assert closed_at == [90.0]  # 30 s after the last keepalive, at 60 s
+
+
+def test_a_client_that_does_not_read_is_dropped_and_others_go_on(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
+) -> None:
+    ended: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(send_timeout=10))
+        slow, fast = ScriptedClient(reply_timeout=120), ScriptedClient(reply_timeout=120)
+        slow_session = asyncio.create_task(guard(slow.scope, slow.receive, slow.send))
+        fast_session = asyncio.create_task(guard(fast.scope, fast.receive, fast.send))
+        await slow.next_sent()
+        await fast.next_sent()
+        slow.stop_reading()
+        slow.send_text('{"to": "slow"}')  # its echo cannot be sent
+        fast.send_text('{"to": "fast"}')
+        assert json.loads((await fast.next_sent())["text"])["to"] == "fast"  # not delayed
+        await slow_session
+        ended.append(loop.time())
+        fast.disconnect()
+        await fast_session
+
+    run_on_virtual_clock(scenario)
+    assert ended == [10.0]
+    assert "dropped: it does not read" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_each_connection_logs_its_open_and_close_but_no_message(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = ScriptedClient("/ws/chat")
+    client.send_text('{"secret": "s3cr3t-token"}')
+    client.disconnect(1001)
+    await WebSocketGuard(echo_app(web_socket_class), policy=Policy())(
+        client.scope, client.receive, client.send
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("guard")]
+    assert lines[0] == "websocket /ws/chat from 127.0.0.1:50000 open"
+    assert lines[1].startswith("websocket /ws/chat from 127.0.0.1:50000 closed with 1001 after ")
+    assert "s3cr3t" not in caplog.text
+
+
+async def test_http_and_lifespan_pass_through_untouched() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    async def nothing() -> Message:
+        return {}
+
+    async def ignore(message: Message) -> None:
+        pass
+
+    guard = WebSocketGuard(app, policy=Policy())
+    await guard({"type": "http"}, nothing, ignore)
+    await guard({"type": "lifespan"}, nothing, ignore)
+    assert seen == ["http", "lifespan"]
+
+
+async def test_a_send_after_the_server_closed_by_itself_ends_the_session_quietly(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What uvicorn raises once it has closed a connection on a protocol error.
+    refusal = "Unexpected ASGI message 'websocket.send', after sending 'websocket.close'."
+    client = ScriptedClient()
+    guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy())
+    session = asyncio.create_task(guard(client.scope, client.receive, client.send))
+    await client.next_sent()  # accept
+    client.send_error = RuntimeError(refusal)
+    client.send_text('{"to": "echo"}')  # its echo meets the refusal
+    await asyncio.wait_for(session, 2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

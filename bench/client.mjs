@@ -1,0 +1,371 @@
+// The load generator of ws-template's benchmark: node's `ws` client, driven by bench/run.py.
+//
+//   node client.mjs keepalive --url ws://127.0.0.1:PORT/ws/keepalive --connections 10 \
+//       --warmup 1 --duration 5
+//   node client.mjs counted --url ... --connections 10 --warmup 1 --round-trips 2000
+//   node client.mjs idle --url ... --connections 10000
+//   node client.mjs ticker --url ws://127.0.0.1:PORT/ws/clock --connections 5000 \
+//       --period 1 --settle 2 --duration 10
+//
+// It prints one JSON object per line on stdout: events ({"event": "window-start"}, ...) at
+// the moments bench/run.py samples the server's and this process's CPU and memory, then
+// {"event": "result", ...} with what it measured. In counted and idle modes it waits for
+// "go" (and "close") on stdin between its phases. Every connection is to 127.0.0.1 and offers no
+// permessage-deflate (the service's default clients in the benchmark send small JSON).
+// Errors end the process with a one-line message on stderr and exit code 1.
+
+import { performance } from "node:perf_hooks";
+import readline from "node:readline";
+import { parseArgs } from "node:util";
+import WebSocket from "ws";
+
+const OPTIONS = {
+  url: { type: "string" },
+  connections: { type: "string", default: "1" },
+  "open-concurrency": { type: "string", default: "50" },
+  warmup: { type: "string", default: "1" },
+  duration: { type: "string", default: "5" },
+  period: { type: "string", default: "1" },
+  settle: { type: "string", default: "2" },
+  "round-trips": { type: "string", default: "1000" },
+};
+
+// Replies that count as a round trip: a keepalive_ack, or the keepalive itself from an echo
+// server. Anything else (an error reply, say) is counted as bad and fails the run.
+const REPLY_PREFIX = Buffer.from('{"type":"keepalive');
+
+// Idle mode reports this many steps while it opens its connections (for a memory curve).
+const PROGRESS_STEPS = 10;
+// Idle mode opens, uses and closes this many connections before the server's memory is read.
+const WARMUP_CONNECTIONS = 50;
+
+function fail(message) {
+  process.stderr.write(`client.mjs: ${message}\n`);
+  process.exit(1);
+}
+
+function emit(object) {
+  process.stdout.write(`${JSON.stringify(object)}\n`);
+}
+
+function sleep(seconds) {
+  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+}
+
+/** Wall-clock time in milliseconds since the epoch, with sub-millisecond resolution. */
+function wallMs() {
+  return performance.timeOrigin + performance.now();
+}
+
+function keepaliveText() {
+  return `{"type":"keepalive","client_ns":${process.hrtime.bigint()}}`;
+}
+
+/** Percentiles of `values` (a Float64Array), by the nearest-rank method. */
+function percentiles(values) {
+  if (values.length === 0) return { p50: null, p99: null, max: null };
+  const sorted = Float64Array.from(values).sort();
+  const rank = (q) => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+  return { p50: rank(0.5), p99: rank(0.99), max: sorted[sorted.length - 1] };
+}
+
+/** A growable array of doubles. */
+class Samples {
+  constructor() {
+    this.values = new Float64Array(1 << 16);
+    this.length = 0;
+  }
+
+  push(value) {
+    if (this.length === this.values.length) {
+      const bigger = new Float64Array(this.values.length * 2);
+      bigger.set(this.values);
+      this.values = bigger;
+    }
+    this.values[this.length++] = value;
+  }
+
+  view() {
+    return this.values.subarray(0, this.length);
+  }
+}
+
+/** Open one connection; `setup` gets the socket before any message can arrive. */
+function openOne(url, setup = () => {}) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000 });
+    setup(ws);
+    ws.once("open", () => {
+      ws.removeAllListeners("error");
+      ws.on("error", () => {}); // a late error shows up as a close; counted by the caller
+      resolve(ws);
+    });
+    ws.once("error", (error) => reject(new Error(`cannot open ${url}: ${error.message}`)));
+  });
+}
+
+/** Open `count` connections, at most `concurrency` handshakes at a time.
+ *
+ * `onProgress(opened)` is called after each `progressEvery` connections (but not the last).
+ */
+async function openMany(url, count, concurrency, setup = () => {}, progressEvery = 0, onProgress) {
+  const sockets = [];
+  let next = 0;
+  async function worker() {
+    while (next < count) {
+      next += 1;
+      sockets.push(await openOne(url, setup));
+      const opened = sockets.length;
+      if (progressEvery > 0 && opened % progressEvery === 0 && opened < count) onProgress(opened);
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return sockets;
+}
+
+/** One keepalive round trip on an open socket. */
+function roundTrip(ws) {
+  return new Promise((resolve, reject) => {
+    ws.once("message", (data) => {
+      if (REPLY_PREFIX.equals(data.subarray(0, REPLY_PREFIX.length))) resolve();
+      else reject(new Error(`unexpected reply: ${data.toString().slice(0, 200)}`));
+    });
+    ws.send(keepaliveText());
+  });
+}
+
+/** Close every socket (code 1000) and wait for the closes, at most `seconds`. */
+async function closeAll(sockets, seconds = 30) {
+  const closed = sockets.map(
+    (ws) =>
+      new Promise((resolve) => {
+        if (ws.readyState === WebSocket.CLOSED) return resolve();
+        ws.once("close", resolve);
+        ws.close(1000);
+      }),
+  );
+  const timedOut = await Promise.race([
+    Promise.all(closed).then(() => false),
+    sleep(seconds).then(() => true),
+  ]);
+  if (timedOut) sockets.forEach((ws) => ws.terminate());
+}
+
+/** Keepalive round trips: each connection sends a keepalive as soon as the last is answered. */
+async function keepalive(options) {
+  const sockets = await openMany(options.url, options.connections, options["open-concurrency"]);
+  const latencies = new Samples();
+  let measuring = false;
+  let running = true;
+  let roundTrips = 0;
+  let bad = 0;
+  let closedEarly = 0;
+  let outstanding = 0;
+  for (const ws of sockets) {
+    let sentAt = 0;
+    const send = () => {
+      sentAt = performance.now();
+      outstanding += 1;
+      ws.send(keepaliveText());
+    };
+    ws.on("message", (data) => {
+      const now = performance.now();
+      outstanding -= 1;
+      if (!REPLY_PREFIX.equals(data.subarray(0, REPLY_PREFIX.length))) bad += 1;
+      else if (measuring) {
+        roundTrips += 1;
+        latencies.push(now - sentAt);
+      }
+      if (running) send();
+    });
+    ws.on("close", () => {
+      if (running) closedEarly += 1;
+    });
+    send();
+  }
+  await sleep(options.warmup);
+  emit({ event: "window-start" });
+  measuring = true;
+  const started = performance.now();
+  await sleep(options.duration);
+  measuring = false;
+  const seconds = (performance.now() - started) / 1000;
+  emit({ event: "window-end" });
+  running = false;
+  for (let waited = 0; outstanding > 0 && waited < 50; waited += 1) await sleep(0.1);
+  await closeAll(sockets);
+  if (bad > 0) fail(`${bad} replies were not keepalive answers`);
+  if (closedEarly > 0) fail(`${closedEarly} connections closed during the run`);
+  const ms = percentiles(latencies.view());
+  emit({
+    event: "result",
+    connections: sockets.length,
+    seconds,
+    round_trips: roundTrips,
+    latency_ms: ms,
+  });
+}
+
+/** A counted number of round trips, for a server under callgrind (it counts instructions).
+ *
+ * Warms up for `warmup` seconds, lets every connection fall quiet, says "paused" and waits
+ * for "go" on stdin (the moment the counting starts), then makes exactly `round-trips`
+ * round trips over its connections, one in flight on each, and says "window-end".
+ */
+async function counted(options) {
+  const stdin = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const sockets = await openMany(options.url, options.connections, options["open-concurrency"]);
+  const until = performance.now() + options.warmup * 1000;
+  const warm = async (ws) => {
+    while (performance.now() < until) await roundTrip(ws);
+  };
+  await Promise.all(sockets.map(warm));
+  emit({ event: "paused" });
+  const line = await stdin.next();
+  if (line.done || line.value.trim() !== "go") fail('expected "go" on stdin');
+  let remaining = options["round-trips"];
+  const count = async (ws) => {
+    while (remaining > 0) {
+      remaining -= 1;
+      await roundTrip(ws);
+    }
+  };
+  const started = performance.now();
+  await Promise.all(sockets.map(count));
+  const seconds = (performance.now() - started) / 1000;
+  emit({ event: "window-end" });
+  await closeAll(sockets);
+  emit({ event: "result", connections: sockets.length, seconds, round_trips: options["round-trips"] });
+}
+
+/** Idle connections: open them, prove each is served (one round trip), hold, close. */
+async function idle(options) {
+  const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const waitFor = async (word) => {
+    const line = await lines.next();
+    if (line.done || line.value.trim() !== word) fail(`expected "${word}" on stdin`);
+  };
+  // Warm the server up (imports, first-connection allocations) before its memory is read.
+  const warm = await openMany(options.url, WARMUP_CONNECTIONS, 10);
+  await Promise.all(warm.map(roundTrip));
+  await closeAll(warm);
+  emit({ event: "ready" });
+  await waitFor("go");
+  const started = performance.now();
+  const sockets = await openMany(
+    options.url,
+    options.connections,
+    options["open-concurrency"],
+    () => {},
+    Math.ceil(options.connections / PROGRESS_STEPS),
+    (opened) => emit({ event: "progress", opened }),
+  );
+  const openSeconds = (performance.now() - started) / 1000;
+  await Promise.all(sockets.map(roundTrip));
+  const servedSeconds = (performance.now() - started) / 1000;
+  let closedEarly = 0;
+  sockets.forEach((ws) => ws.on("close", () => (closedEarly += 1)));
+  emit({ event: "opened", open_seconds: openSeconds, served_seconds: servedSeconds });
+  await waitFor("close");
+  const heldClosedEarly = closedEarly;
+  await closeAll(sockets);
+  if (heldClosedEarly > 0) fail(`${heldClosedEarly} idle connections closed while held`);
+  emit({
+    event: "result",
+    connections: sockets.length,
+    open_seconds: openSeconds,
+    served_seconds: servedSeconds,
+  });
+}
+
+/** Ticker: receive ticks on every connection and measure how late each arrives.
+ *
+ * A connection's beats are at t0 + k * period, t0 being the server's send time of its first
+ * tick (seq 0, sent at once on accept, which starts the schedule). A tick's beat k is read
+ * from its server_ns (floor, with 1% of a period of slack for a timer that fires a hair
+ * early), so a beat the server skipped is not mistaken for lateness; lateness is the receive
+ * time minus the beat's time, so it includes the server's delay and the delivery.
+ */
+async function ticker(options) {
+  const periodMs = options.period * 1000;
+  const lateness = new Samples();
+  let measuring = false;
+  let running = true;
+  let ticks = 0;
+  let skippedBeats = 0;
+  let closedEarly = 0;
+  const track = (ws) => {
+    let t0 = null;
+    let lastBeat = 0;
+    ws.on("message", (data) => {
+      const receivedMs = wallMs();
+      const message = JSON.parse(data);
+      if (message.type !== "tick") return;
+      const sentMs = message.server_ns / 1e6;
+      if (message.seq === 0) {
+        t0 = sentMs;
+        return;
+      }
+      if (t0 === null) fail("a tick arrived before the connection's first tick (seq 0)");
+      const beat = Math.floor((sentMs - t0) / periodMs + 0.01);
+      if (measuring) {
+        ticks += 1;
+        skippedBeats += Math.max(0, beat - lastBeat - 1);
+        lateness.push(receivedMs - (t0 + beat * periodMs));
+      }
+      lastBeat = beat;
+    });
+    ws.on("close", () => {
+      if (running) closedEarly += 1;
+    });
+  };
+  const sockets = await openMany(
+    options.url,
+    options.connections,
+    options["open-concurrency"],
+    track,
+  );
+  emit({ event: "opened" });
+  await sleep(options.settle);
+  emit({ event: "window-start" });
+  measuring = true;
+  const started = performance.now();
+  await sleep(options.duration);
+  measuring = false;
+  const seconds = (performance.now() - started) / 1000;
+  emit({ event: "window-end" });
+  running = false;
+  await closeAll(sockets);
+  if (closedEarly > 0) fail(`${closedEarly} connections closed during the run`);
+  emit({
+    event: "result",
+    connections: sockets.length,
+    seconds,
+    ticks,
+    expected_ticks: (sockets.length * seconds) / options.period,
+    skipped_beats: skippedBeats,
+    lateness_ms: percentiles(lateness.view()),
+  });
+}
+
+const MODES = { keepalive, counted, idle, ticker };
+
+async function main() {
+  const { values, positionals } = parseArgs({ options: OPTIONS, allowPositionals: true });
+  const mode = MODES[positionals[0]];
+  if (!mode || positionals.length !== 1) fail(`usage: client.mjs {${Object.keys(MODES)}} --url ...`);
+  if (!values.url || !values.url.startsWith("ws://127.0.0.1:")) {
+    fail("--url must be a ws://127.0.0.1:PORT/... address (the benchmark stays on loopback)");
+  }
+  const options = { url: values.url };
+  for (const [name, value] of Object.entries(values)) {
+    if (name === "url") continue;
+    const number = Number(value);
+    if (!Number.isFinite(number) || number < 0) fail(`--${name} must be a number >= 0`);
+    options[name] = number;
+  }
+  await mode(options);
+  process.exit(0);
+}
+
+main().catch((error) => fail(error.message));

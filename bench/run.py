@@ -1,0 +1,404 @@
+"""Benchmark the generated websocket service against hand-written baselines (issue 7).
+
+    .venv/bin/python bench/run.py             the full run (about 12 minutes)
+    .venv/bin/python bench/run.py --smoke     tiny counts, under a minute
+
+Renders the default project (each flavour), starts it with uvicorn's defaults on 127.0.0.1,
+and drives it with node's ``ws`` client (``bench/client.mjs``) on loopback, interleaved
+(A B A B) with three baselines on the same uvicorn or beside it: (1) a FastAPI keepalive
+endpoint written the way the FastAPI docs teach, (2) a raw-ASGI echo with no JSON (the
+server's ceiling), (3) the ``websockets`` library's own server. The server is pinned to one
+CPU, the load generator to another. Writes results.md (tables, ratios, issue 7's targets),
+results.json and PNG plots to ``--output`` (default ``bench/results/<date>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the bench package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report, workloads
+from bench.loadgen import BenchError, ensure_client, installed_ws_version
+from bench.servers import (
+    BENCH,
+    SERVER_KEYS,
+    TEMPLATE,
+    RunningServer,
+    ServerSpec,
+    pinning_cpus,
+    render_projects,
+    server_specs,
+)
+
+WORKLOADS = ("keepalive", "instructions", "idle", "ticker")
+# Broadcast (issue 7: one message to 1,000 and 10,000 subscribers) joins WORKLOADS once the
+# template has broadcast; until then it is reported as not measured.
+PACKAGES = ("uvicorn", "websockets", "fastapi", "starlette", "uvloop", "httptools", "cookiecutter")
+SMOKE = workloads.Settings(
+    connections=(1, 4),
+    warmup=0.2,
+    duration=0.5,
+    idle_connections=20,
+    idle_settle=0.2,
+    ticker_connections=20,
+    tick_seconds=0.2,
+    ticker_settle=0.3,
+    ticker_duration=1.0,
+    open_concurrency=10,
+    counted_round_trips=50,
+)
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    full = workloads.Settings()
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, one repetition")
+    parser.add_argument("--output", type=Path, help="default: bench/results/<date>/")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FOLDER",
+        help="measure nothing: rewrite results.md and the plots from FOLDER/results.json",
+    )
+    parser.add_argument("--repetitions", type=int, default=3, help="runs of each figure")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--servers", nargs="+", choices=SERVER_KEYS, default=list(SERVER_KEYS))
+    parser.add_argument("--connections", type=int, nargs="+", default=list(full.connections))
+    parser.add_argument("--warmup", type=float, default=full.warmup)
+    parser.add_argument("--duration", type=float, default=full.duration)
+    parser.add_argument("--idle-connections", type=int, default=full.idle_connections)
+    parser.add_argument("--ticker-connections", type=int, default=full.ticker_connections)
+    parser.add_argument("--ticker-duration", type=float, default=full.ticker_duration)
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> workloads.Settings:
+    if args.smoke:
+        return SMOKE
+    return workloads.Settings(
+        connections=tuple(args.connections),
+        warmup=args.warmup,
+        duration=args.duration,
+        idle_connections=args.idle_connections,
+        ticker_connections=args.ticker_connections,
+        ticker_duration=args.ticker_duration,
+    )
+
+
+def check_limits(settings: workloads.Settings) -> None:
+    """Fail early, with what to do, when the open-file limit cannot hold the connections."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    most = max(settings.idle_connections, settings.ticker_connections, *settings.connections)
+    if soft != resource.RLIM_INFINITY and most + 100 > soft:
+        raise BenchError(
+            f"{most:,} connections need more open files than the limit of {soft:,} "
+            f"(ulimit -n): raise it or ask for fewer connections."
+        )
+
+
+def machine() -> dict[str, str]:
+    """What the figures came from: CPU, cores, Python, packages, node, the template commit."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    info = {
+        "cpu": model,
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    for package in PACKAGES:
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = "not installed"
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+    info["node"] = node.stdout.strip()
+    info["ws (node)"] = installed_ws_version() or "not installed"
+    commit = subprocess.run(
+        ["git", "-C", str(TEMPLATE), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    info["template commit"] = commit.stdout.strip() or "unknown"
+    return info
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+Measure = Callable[[RunningServer], workloads.Record]
+
+
+@contextmanager
+def blamed_on(server: RunningServer, workload: str) -> Iterator[None]:
+    """Add the workload, the server and the end of its log to a `BenchError` raised inside."""
+    try:
+        yield
+    except BenchError as error:
+        raise BenchError(
+            f"{workload} on {server.spec.label}: {error}\nThe end of the server's log:\n"
+            f"{server.log_tail()}"
+        ) from None
+
+
+def rotated(specs: Sequence[ServerSpec], rep: int) -> list[ServerSpec]:
+    """The servers in the order of repetition ``rep``: each round starts one further on."""
+    shift = rep % len(specs)
+    return [*specs[shift:], *specs[:shift]]
+
+
+def one_at_a_time(
+    workload: str,
+    specs: Sequence[ServerSpec],
+    repetitions: int,
+    server_cpu: int | None,
+    logs: Path,
+    measure: Measure,
+) -> list[workloads.Record]:
+    """Run ``measure`` on a fresh start of each server in turn, ``repetitions`` rounds (A B A B).
+
+    For workloads that hold many connections: one server runs at a time.
+    """
+    records = []
+    for rep in range(repetitions):
+        for spec in rotated(specs, rep):
+            with (
+                RunningServer(
+                    spec, server_cpu, logs / f"{workload}-{spec.key}-{rep}.log"
+                ) as server,
+                blamed_on(server, workload),
+            ):
+                record = {"server": spec.key, "rep": rep, **measure(server)}
+            records.append(record)
+            say(f"[{workload} {rep + 1}/{repetitions}] {spec.key}: {summary(record)}")
+    return records
+
+
+def side_by_side(
+    workload: str,
+    specs: Sequence[ServerSpec],
+    repetitions: int,
+    server_cpu: int | None,
+    logs: Path,
+    measures: Sequence[Measure],
+    wrapper: Sequence[str] = (),
+) -> list[workloads.Record]:
+    """Start every server (fresh each round), then take each measure on each server in turn.
+
+    For the keepalive workloads: the runs of one connection count on the different servers
+    follow each other within seconds, so that the ratios pair runs made in the same
+    conditions (the servers that are not under load sit idle on the same CPU). ``wrapper``
+    goes before each server's command (see `RunningServer`).
+    """
+    records = []
+    for rep in range(repetitions):
+        with ExitStack() as stack:
+            servers = [
+                stack.enter_context(
+                    RunningServer(
+                        spec, server_cpu, logs / f"{workload}-{spec.key}-{rep}.log", wrapper
+                    )
+                )
+                for spec in rotated(specs, rep)
+            ]
+            for measure in measures:
+                for server in servers:
+                    with blamed_on(server, workload):
+                        record = {"server": server.spec.key, "rep": rep, **measure(server)}
+                    records.append(record)
+                    say(
+                        f"[{workload} {rep + 1}/{repetitions}] {server.spec.key}: {summary(record)}"
+                    )
+    return records
+
+
+def summary(record: workloads.Record) -> str:
+    """One progress line for a record."""
+    if record["workload"] == "keepalive":
+        return (
+            f"{record['connections']} connections, {record['round_trips_per_s']:,.0f} "
+            f"round trips/s, p99 {record['latency_p99_ms']:.2f} ms, "
+            f"{record['server_cpu_us_per_round_trip']:.1f} us CPU/round trip, "
+            f"server {record['server_cpu']:.0%}, client {record['client_cpu']:.0%}"
+        )
+    if record["workload"] == "instructions":
+        return (
+            f"{record['connections']} connections, {record['round_trips']:,} round trips, "
+            f"{record['instructions_per_round_trip']:,.0f} instructions each"
+        )
+    if record["workload"] == "idle":
+        return (
+            f"{record['connections']:,} connections, {record['rss_per_connection_kib']:.1f} "
+            f"KiB each, {record['opens_per_s']:,.0f} opens/s, client {record['client_cpu']:.0%}"
+        )
+    return (
+        f"{record['connections']:,} connections, lateness p99 {record['lateness_p99_ms']:.1f} ms, "
+        f"server {record['server_cpu']:.0%}, client {record['client_cpu']:.0%}"
+    )
+
+
+def run(args: argparse.Namespace) -> Path:
+    settings = settings_from(args)
+    repetitions = 1 if args.smoke else args.repetitions
+    if repetitions < 1:
+        raise BenchError("--repetitions must be 1 or more.")
+    check_limits(settings)
+    ensure_client()
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    default = TEMPLATE / "build" / "bench-smoke" if args.smoke else BENCH / "results" / today
+    output: Path = (args.output or default).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    server_cpu, client_cpu, pinning = pinning_cpus()
+    started = time.monotonic()
+    records: list[workloads.Record] = []
+    with tempfile.TemporaryDirectory(prefix="ws-template-bench-") as scratch:
+        work = Path(scratch)
+        specs = server_specs(render_projects(work / "render"), settings.tick_seconds)
+        specs = [spec for spec in specs if spec.key in args.servers]
+        labels = {spec.key: spec.label for spec in specs}
+        say(f"Benchmark: {pinning}; results go to {output}")
+        tickers = [spec for spec in specs if spec.ticker_path]
+        for workload in args.workloads:
+            if workload == "keepalive":
+                measures = [
+                    partial(workloads.keepalive, connections=c, settings=settings, cpu=client_cpu)
+                    for c in settings.connections
+                ]
+                records += side_by_side(workload, specs, repetitions, server_cpu, work, measures)
+            elif workload == "instructions":
+                if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+                    say("Skipping the instructions workload: valgrind is not installed.")
+                    continue
+                folder = work / "callgrind"
+                folder.mkdir()
+                count = partial(
+                    workloads.instructions, settings=settings, cpu=client_cpu, folder=folder
+                )
+                wrapper = workloads.callgrind(folder)
+                records += side_by_side(
+                    workload, specs, repetitions, server_cpu, work, [count], wrapper
+                )
+            elif workload == "idle":
+                idle = partial(workloads.idle, settings=settings, cpu=client_cpu)
+                records += one_at_a_time(workload, specs, repetitions, server_cpu, work, idle)
+            else:
+                ticker = partial(workloads.ticker, settings=settings, cpu=client_cpu)
+                records += one_at_a_time(workload, tickers, repetitions, server_cpu, work, ticker)
+    minutes = (time.monotonic() - started) / 60
+    write_results(output, records, labels, settings, repetitions, pinning, minutes)
+    return output
+
+
+def write_results(
+    output: Path,
+    records: list[workloads.Record],
+    labels: dict[str, str],
+    settings: workloads.Settings,
+    repetitions: int,
+    pinning: str,
+    minutes: float,
+) -> None:
+    """results.json (everything measured), then the report and the plots made from it."""
+    data = {
+        "command": shlex.join(["bench/run.py", *sys.argv[1:]]),
+        "finished": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "minutes": minutes,
+        "smoke": settings == SMOKE,
+        "machine": machine(),
+        "pinning": pinning,
+        "repetitions": repetitions,
+        "settings": asdict(settings),
+        "labels": labels,
+        "records": records,
+    }
+    (output / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_report(output)
+
+
+def write_report(output: Path) -> None:
+    """results.md and the plots, from ``output/results.json``."""
+    source = output / "results.json"
+    if not source.exists():
+        raise BenchError(f"{source} does not exist: give --report the folder of a run.")
+    data = json.loads(source.read_text())
+    results = report.Results(data["records"], data["labels"])
+    plots = [
+        *report.plot_keepalive(results, output),
+        *report.plot_instructions(results, output),
+        *report.plot_memory(results, output),
+    ]
+    smoke = "**Smoke run: tiny counts and windows; its figures mean nothing.**\n\n"
+    machine_text = ", ".join(f"{key} {value}" for key, value in data["machine"].items())
+    servers = "; ".join(f"`{key}`: {label}" for key, label in data["labels"].items())
+    header = "\n".join(
+        [
+            f"# ws-template benchmark, {data['finished']}",
+            "",
+            (smoke if data["smoke"] else "")
+            + f"`.venv/bin/python {data['command']}` ({data['minutes']:.0f} min). Each figure "
+            f"is the median of {data['repetitions']} interleaved runs, ± half its range; "
+            "uvicorn with its defaults (`--ws auto`: websockets-sansio), 127.0.0.1, no "
+            f"permessage-deflate offered; {data['pinning']}.",
+            "",
+            f"Machine: {machine_text}.",
+            "",
+            f"Servers: {servers}.",
+        ]
+    )
+    text = report.markdown(results, header)
+    if plots:
+        text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    (output / "results.md").write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    try:
+        if args.report:
+            output = args.report.resolve()
+            write_report(output)
+        else:
+            output = run(args)
+    except BenchError as error:
+        print(f"bench/run.py: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"bench/run.py: {shlex.join(map(str, error.cmd))} failed", file=sys.stderr)
+        return 1
+    print((output / "results.md").read_text())
+    say(f"Written: {output / 'results.md'}, results.json and the plots beside it.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

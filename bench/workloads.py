@@ -1,0 +1,257 @@
+"""The workloads of the benchmark, each measured once against one running server.
+
+Each function runs the load generator against a started server and returns a record: a
+flat dict of what was measured (JSON-ready, written to results.json as it is):
+
+- `keepalive`: round trips per second, latency p50/p99 and server CPU per round trip with
+  N connections that each send a keepalive as soon as the last one is answered;
+- `idle`: server memory per connection and time to open N connections that then idle;
+- `ticker`: how late ticks arrive and what they cost the server with N connections on a
+  ticker endpoint;
+- `instructions`: the server's instructions per keepalive round trip, counted by valgrind's
+  callgrind: a figure that does not move with the machine's load, where times do.
+
+Broadcast (one message fanned out to 1,000 and 10,000 subscribers, issue 7) is not here:
+the template has no broadcast yet. Add a workload beside these once it has.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import (
+    BenchError,
+    Client,
+    Event,
+    Sample,
+    cpu_probe,
+    cpu_share,
+    others_share,
+    sample,
+)
+from bench.servers import RunningServer
+
+Record = dict[str, Any]
+MIB = 1024 * 1024
+_TOTALS = re.compile(r"^totals: (\d+)\n", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and durations of one benchmark run."""
+
+    connections: tuple[int, ...] = (1, 10, 100)
+    """Concurrent connections of the keepalive workload."""
+    warmup: float = 1.0
+    """Seconds of keepalive load before the measured window."""
+    duration: float = 5.0
+    """Seconds in the measured window of the keepalive workload."""
+    idle_connections: int = 10_000
+    idle_settle: float = 2.0
+    """Seconds between opening the idle connections and reading the server's memory."""
+    ticker_connections: int = 5_000
+    tick_seconds: float = 1.0
+    ticker_settle: float = 2.0
+    """Seconds between opening the ticker connections and the measured window."""
+    ticker_duration: float = 10.0
+    open_concurrency: int = 50
+    """Handshakes the load generator keeps in flight while it opens connections."""
+    counted_connections: int = 10
+    counted_round_trips: int = 2_000
+    """Round trips of the `instructions` workload (the server runs under callgrind)."""
+
+
+def keepalive(
+    server: RunningServer, connections: int, settings: Settings, cpu: int | None
+) -> Record:
+    """Keepalive round trips on ``connections`` connections, each one in flight at a time."""
+    probe_ms = cpu_probe(server.cpu)
+    samples: dict[str, tuple[Sample, Sample]] = {}
+
+    def on_event(event: Event, client: Client) -> None:
+        samples[event["event"]] = (sample(server.pid), sample(client.pid))
+
+    options = {"connections": connections, "warmup": settings.warmup}
+    options |= {"duration": settings.duration, "open-concurrency": settings.open_concurrency}
+    client = Client("keepalive", server.ws_url(server.spec.keepalive_path), options, cpu)
+    result = client.run(on_event, timeout=max(settings.warmup, settings.duration) + 60)
+    (server_start, client_start), (server_end, client_end) = (
+        samples["window-start"],
+        samples["window-end"],
+    )
+    round_trips = int(result["round_trips"])
+    server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
+    return {
+        "workload": "keepalive",
+        "connections": connections,
+        "probe_ms": probe_ms,
+        "round_trips_per_s": round_trips / float(result["seconds"]),
+        "latency_p50_ms": result["latency_ms"]["p50"],
+        "latency_p99_ms": result["latency_ms"]["p99"],
+        "server_cpu_us_per_round_trip": server_cpu_seconds / max(round_trips, 1) * 1e6,
+        "server_cpu": cpu_share(server_start, server_end),
+        "client_cpu": cpu_share(client_start, client_end),
+        "others_cpu": others_share((server_start, server_end), (client_start, client_end)),
+    }
+
+
+def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
+    """Open ``idle_connections`` connections, prove each is served, hold them, close them.
+
+    The server's memory is read after a warm-up (50 connections opened and closed), then
+    as the connections open, and once more ``idle_settle`` seconds after the last opened.
+    """
+    count = settings.idle_connections
+    probe_ms = cpu_probe(server.cpu)
+    samples: dict[str, Sample] = {}
+    memory: list[tuple[int, int]] = []  # (connections open, server RSS in bytes)
+
+    def on_event(event: Event, client: Client) -> None:
+        name = event["event"]
+        if name == "ready":
+            time.sleep(0.5)  # let the warm-up connections' teardown finish
+            samples["before"], samples["client-before"] = sample(server.pid), sample(client.pid)
+            memory.append((0, samples["before"].rss_bytes))
+            client.tell("go")
+        elif name == "progress":
+            memory.append((int(event["opened"]), sample(server.pid).rss_bytes))
+        elif name == "opened":
+            samples["opened"], samples["client-opened"] = sample(server.pid), sample(client.pid)
+            time.sleep(settings.idle_settle)
+            samples["held"] = sample(server.pid)
+            memory.append((count, samples["held"].rss_bytes))
+            client.tell("close")
+
+    options = {"connections": count, "open-concurrency": settings.open_concurrency}
+    client = Client("idle", server.ws_url(server.spec.keepalive_path), options, cpu)
+    result = client.run(on_event, timeout=settings.idle_settle + 120)
+    open_seconds = float(result["open_seconds"])
+    opening_cpu = samples["opened"].cpu_seconds - samples["before"].cpu_seconds
+    return {
+        "workload": "idle",
+        "connections": count,
+        "probe_ms": probe_ms,
+        "rss_per_connection_kib": (samples["held"].rss_bytes - samples["before"].rss_bytes)
+        / count
+        / 1024,
+        "rss_mib": samples["held"].rss_bytes / MIB,
+        "open_seconds": open_seconds,
+        "opens_per_s": count / open_seconds,
+        "server_cpu_ms_per_open": opening_cpu / count * 1e3,
+        "client_cpu": cpu_share(samples["client-before"], samples["client-opened"]),
+        "others_cpu": others_share(
+            (samples["before"], samples["opened"]),
+            (samples["client-before"], samples["client-opened"]),
+        ),
+        "memory": memory,
+    }
+
+
+def ticker(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
+    """``ticker_connections`` connections on the ticker endpoint: tick lateness, server CPU."""
+    assert server.spec.ticker_path is not None, f"{server.spec.label} has no ticker endpoint"
+    probe_ms = cpu_probe(server.cpu)
+    samples: dict[str, tuple[Sample, Sample]] = {}
+
+    def on_event(event: Event, client: Client) -> None:
+        samples[event["event"]] = (sample(server.pid), sample(client.pid))
+
+    options = {
+        "connections": settings.ticker_connections,
+        "period": settings.tick_seconds,
+        "settle": settings.ticker_settle,
+        "duration": settings.ticker_duration,
+        "open-concurrency": settings.open_concurrency,
+    }
+    client = Client("ticker", server.ws_url(server.spec.ticker_path), options, cpu)
+    result = client.run(
+        on_event, timeout=max(settings.ticker_settle, settings.ticker_duration) + 120
+    )
+    (server_start, client_start), (server_end, client_end) = (
+        samples["window-start"],
+        samples["window-end"],
+    )
+    ticks = int(result["ticks"])
+    server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
+    return {
+        "workload": "ticker",
+        "connections": settings.ticker_connections,
+        "probe_ms": probe_ms,
+        "ticks_per_s": ticks / float(result["seconds"]),
+        "ticks_received": ticks / max(float(result["expected_ticks"]), 1e-9),
+        "skipped_beats": int(result["skipped_beats"]),
+        "lateness_p50_ms": result["lateness_ms"]["p50"],
+        "lateness_p99_ms": result["lateness_ms"]["p99"],
+        "lateness_max_ms": result["lateness_ms"]["max"],
+        "server_cpu": cpu_share(server_start, server_end),
+        "server_cpu_us_per_tick": server_cpu_seconds / max(ticks, 1) * 1e6,
+        "client_cpu": cpu_share(client_start, client_end),
+        "others_cpu": others_share((server_start, server_end), (client_start, client_end)),
+    }
+
+
+def callgrind(folder: Path) -> list[str]:
+    """The command that runs a server under callgrind, counting nothing until told to.
+
+    Its dumps go to ``folder/callgrind.<pid>.<n>``.
+    """
+    out = folder / "callgrind.%p"
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+
+
+def instructions(
+    server: RunningServer, settings: Settings, cpu: int | None, folder: Path
+) -> Record:
+    """Instructions the server (started with `callgrind` and ``folder``) runs per round trip.
+
+    The load generator warms the server up, falls quiet, and makes exactly
+    ``counted_round_trips`` round trips while callgrind counts; user-space instructions
+    only (the kernel's share of the work is not in them).
+    """
+
+    def on_event(event: Event, client: Client) -> None:
+        if event["event"] == "paused":
+            _callgrind_control("--instr=on", server.pid)
+            client.tell("go")
+        elif event["event"] == "window-end":
+            _callgrind_control("--dump", server.pid)
+
+    options = {
+        "connections": settings.counted_connections,
+        "round-trips": settings.counted_round_trips,
+        "warmup": settings.warmup,
+        "open-concurrency": settings.open_concurrency,
+    }
+    client = Client("counted", server.ws_url(server.spec.keepalive_path), options, cpu)
+    result = client.run(on_event, timeout=300)
+    round_trips = int(result["round_trips"])
+    return {
+        "workload": "instructions",
+        "connections": settings.counted_connections,
+        "round_trips": round_trips,
+        "instructions_per_round_trip": _dumped_instructions(folder, server.pid) / round_trips,
+    }
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    command = ["callgrind_control", option, str(pid)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0 or "OK" not in done.stdout:
+        raise BenchError(f"{' '.join(command)} failed: {done.stdout}{done.stderr}".strip())
+
+
+def _dumped_instructions(folder: Path, pid: int, timeout: float = 60) -> int:
+    """The instruction count of the first dump of callgrind run ``pid``, once written whole."""
+    dump = folder / f"callgrind.{pid}.1"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        totals = _TOTALS.search(dump.read_text()) if dump.exists() else None
+        if totals:
+            return int(totals.group(1))
+        time.sleep(0.1)
+    raise BenchError(f"callgrind wrote no totals to {dump} within {timeout:g} s.")

@@ -19,7 +19,6 @@ Close codes the guard sends: 1008 (policy violation: rate limit, idle timeout), 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -176,16 +175,22 @@ class GuardedConnection:
         self.close_code: int | None = None  # the first close, whoever sent it
         self.closed_by_guard = False
         self.app_closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
-        self.closing: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[Message] | None = None
+        # Sends in flight, counted cheaply; the watchdog finds those that do not finish.
+        self.sends_started = 0
+        self.sends_finished = 0
+        self.stall_mark = 0
+        self.sender: asyncio.Task[Any] | None = None
+        self.dropped_sender: asyncio.Task[Any] | None = None
 
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         """Run ``app`` on this connection; log its close."""
         try:
             await app(scope, self.receive, self.send)
         finally:
-            if self.idle_timer is not None:
-                self.idle_timer.cancel()
+            if self.watchdog is not None:
+                self.watchdog.cancel()
             if self.closing is not None:
                 await self.closing
             if self.opened_at:
@@ -219,44 +224,50 @@ class GuardedConnection:
             if kind == "websocket.close":
                 return  # the guard has closed the connection already
             raise OSError("the connection was closed by the websocket guard")
-        if kind == "websocket.send":
+        if kind == "websocket.send":  # the hot path: no timer per send, two counters
+            self.sender = asyncio.current_task()
+            self.sends_started += 1
             try:
-                async with asyncio.timeout(self.policy.send_timeout):
-                    await self._send_to_server(message)
-            except TimeoutError:
-                self.closed_by_guard = True
-                self.close_code = POLICY_VIOLATION
-                self.log_event(logging.WARNING, "dropped: it does not read")
+                await self.server_send(message)
+            except RuntimeError as error:
+                if not self.closed_by_server(error):
+                    raise
+                raise OSError(f"the server has closed the connection: {error}") from error
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task is not self.dropped_sender:
+                    raise
+                task.uncancel()  # the watchdog's cancellation, not the app's
                 raise OSError("the client does not read: dropped") from None
+            finally:
+                self.sends_finished += 1
             return
         if kind == "websocket.close":
             if self.close_code is None:
                 self.close_code = message.get("code", 1000)
-            with contextlib.suppress(OSError):  # the peer or the server closed already: moot
-                await self._send_to_server(message)
+            try:
+                await self.server_send(message)
+            except OSError:
+                pass  # the peer is gone: moot
+            except RuntimeError as error:
+                if not self.closed_by_server(error):
+                    raise
             self.app_closed = True
             return
         await self.server_send(message)
         if kind == "websocket.accept":
             self.opened_at = self.last_heard = self.rate_checked = self.loop.time()
             self.log_event(logging.INFO, "open")
-            self.idle_timer = self.loop.call_at(
-                self.last_heard + self.policy.idle_timeout, self.check_idle
-            )
+            self.watchdog = self.loop.call_at(self.next_watch(self.opened_at), self.watch)
 
-    async def _send_to_server(self, message: Message) -> None:
-        """Send to the server, which may have closed the connection itself.
+    def closed_by_server(self, error: RuntimeError) -> bool:
+        """Whether a send was refused because the server closed the connection itself.
 
         uvicorn closes on a protocol error (invalid UTF-8, say) and then answers a send with
-        a RuntimeError, where the ASGI spec asks for an OSError: that one becomes an OSError,
-        which every face takes for a departed peer.
+        a RuntimeError, where the ASGI spec asks for an OSError: the guard raises that
+        OSError instead, which every face takes for a departed peer.
         """
-        try:
-            await self.server_send(message)
-        except RuntimeError as error:
-            if self.app_closed or "after sending 'websocket.close'" not in str(error):
-                raise  # the app's own mistake
-            raise OSError(f"the server has closed the connection: {error}") from error
+        return not self.app_closed and "after sending 'websocket.close'" in str(error)
 
     async def close_by_guard(self, code: int, reason: str) -> Message:
         """Close the connection with ``code``; what the app receives instead of the message."""
@@ -268,25 +279,48 @@ class GuardedConnection:
                 await self.server_send({"type": "websocket.close", "code": code, "reason": reason})
         except (OSError, TimeoutError):
             pass  # the client is gone or does not read: nothing more to tell it
+        self.release_sender()
         return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+    def release_sender(self) -> None:
+        """End a send in flight that the connection's end leaves waiting: it raises OSError."""
+        sender = self.sender
+        in_flight = self.sends_started > self.sends_finished
+        if in_flight and sender is not None and sender is not asyncio.current_task():
+            self.dropped_sender = sender
+            sender.cancel()
 
     def log_event(self, level: int, event: str) -> None:
         logger.log(
             level, "websocket %s from %s %s", self.handshake.path, _client(self.handshake), event
         )
 
-    def check_idle(self) -> None:
+    def next_watch(self, now: float) -> float:
+        """When the watchdog looks next: at the idle deadline, or a send timeout from now."""
+        return min(now + self.policy.send_timeout, self.last_heard + self.policy.idle_timeout)
+
+    def watch(self) -> None:
+        """Close an idle client; drop one that has not read since the last look.
+
+        A send still unfinished that was already under way at the previous look has waited
+        at least a send timeout (at most two): its task is cancelled, and its send raises
+        OSError, which the face takes for a departed peer.
+        """
         if self.closed_by_guard or self.close_code is not None:
             return
-        due = self.last_heard + self.policy.idle_timeout
-        if self.loop.time() < due:
-            self.idle_timer = self.loop.call_at(due, self.check_idle)
+        if self.sends_finished < self.stall_mark:  # before idleness: a stuck app reads nothing
+            self.closed_by_guard = True
+            self.close_code = POLICY_VIOLATION
+            self.log_event(logging.WARNING, "dropped: it does not read")
+            self.release_sender()
             return
-        reason = f"idle for {self.policy.idle_timeout:g} s"
-        self.closing = self.loop.create_task(self._close_idle(reason))
-
-    async def _close_idle(self, reason: str) -> None:
-        await self.close_by_guard(POLICY_VIOLATION, reason)
+        now = self.loop.time()
+        if now >= self.last_heard + self.policy.idle_timeout:
+            reason = f"idle for {self.policy.idle_timeout:g} s"
+            self.closing = self.loop.create_task(self.close_by_guard(POLICY_VIOLATION, reason))
+            return
+        self.stall_mark = self.sends_started if self.sends_started > self.sends_finished else 0
+        self.watchdog = self.loop.call_at(self.next_watch(now), self.watch)
 
 
 def origin_allowed(handshake: Handshake, scheme: str, allowed: Iterable[str]) -> bool:

@@ -241,7 +241,8 @@ def test_a_client_that_does_not_read_is_dropped_and_others_go_on(
         await fast_session
 
     run_on_virtual_clock(scenario)
-    assert ended == [10.0]
+    [seconds] = ended
+    assert 10 <= seconds <= 20  # its send waited a send timeout, at most two
     assert "dropped: it does not read" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

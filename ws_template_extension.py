@@ -26,6 +26,9 @@ KINDS = ("keepalive", "echo", "ticker")
 
 FRAMEWORKS = ("fastapi", "asgi")
 
+BROADCAST_BACKENDS = ("memory", "redis")
+"""Where broadcast endpoints meet: in one process's memory, or in Redis (many processes)."""
+
 CI_PROVIDERS = ("github", "none")
 
 YES_NO_ANSWERS = {"container": True, "init_git": False}
@@ -343,6 +346,11 @@ def answer_problems(answers: Mapping[str, object]) -> list[str]:
     framework = text.get("framework", "")
     if framework not in FRAMEWORKS:
         problems.append(f"framework {framework!r} is not one of: {', '.join(FRAMEWORKS)}")
+    backend = text.get("broadcast_backend", BROADCAST_BACKENDS[0])
+    if backend not in BROADCAST_BACKENDS:
+        problems.append(
+            f"broadcast_backend {backend!r} is not one of: {', '.join(BROADCAST_BACKENDS)}"
+        )
     ci = text.get("ci", CI_PROVIDERS[0])
     if ci not in CI_PROVIDERS:
         problems.append(f"ci {ci!r} is not one of: {', '.join(CI_PROVIDERS)}")

@@ -226,6 +226,7 @@ def test_yes_no_answers_take_the_usual_spellings(answer: bool | str, meaning: bo
 # (a replay file hands them to the hook: tests/test_plumbing.py); the checks stand behind it.
 BAD_CHOICES = [
     ({"ci": "gitlab"}, "ci 'gitlab' is not one of: github, none"),
+    ({"broadcast_backend": "kafka"}, "broadcast_backend 'kafka' is not one of: memory, redis"),
     ({"container": "maybe"}, "container 'maybe' is not a yes/no answer: use yes or no"),
     ({"init_git": ""}, "init_git '' is not a yes/no answer"),
     ({"init_git": "nope"}, "init_git 'nope' is not a yes/no answer"),

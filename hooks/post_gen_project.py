@@ -11,6 +11,7 @@ FRAMEWORK: str = json.loads(r'''{{ cookiecutter.framework | tojson }}''')  # fmt
 PACKAGE: str = json.loads(r'''{{ cookiecutter.package_name | tojson }}''')  # fmt: skip
 CI: str = json.loads(r'''{{ cookiecutter.ci | tojson }}''')  # fmt: skip
 BROADCAST_BACKEND: str = json.loads(r'''{{ cookiecutter.broadcast_backend | tojson }}''')  # fmt: skip
+KINDS: list[str] = json.loads(r'''{{ cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list | tojson }}''')  # fmt: skip
 CONTAINER: bool = json.loads(r'''{{ cookiecutter.container | ws_yes | tojson }}''')  # fmt: skip
 INIT_GIT: bool = json.loads(r'''{{ cookiecutter.init_git | ws_yes | tojson }}''')  # fmt: skip
 
@@ -110,6 +111,10 @@ for path in [*(CI_FILES if CI == "none" else []), *([] if CONTAINER else CONTAIN
 if BROADCAST_BACKEND != "redis":
     for path in REDIS_ONLY:
         (Path(PACKAGE) / path).unlink()
+    Path("tests/test_broadcast_redis.py").unlink()
+
+if "broadcast" not in KINDS:
+    Path("tests/test_broadcast.py").unlink()
 
 if INIT_GIT:
     init_git()

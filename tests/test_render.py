@@ -62,6 +62,19 @@ CASES: dict[str, dict[str, str]] = {
         "description": ODD_DESCRIPTION,
         "package_name": "odd_asgi",
     },
+    "broadcast-memory": {
+        "endpoints": "/ws/rooms/{room}:broadcast, /ws/news:broadcast, /ws/echo:echo"
+    },
+    "broadcast-redis": {"endpoints": "/ws/rooms/{room}:broadcast", "broadcast_backend": "redis"},
+    "asgi-broadcast-memory": {
+        "framework": "asgi",
+        "endpoints": "/ws/news:broadcast, /ws/clock:ticker",
+    },
+    "asgi-broadcast-redis": {
+        "framework": "asgi",
+        "endpoints": "/ws/rooms/{room}:broadcast, /ws/keepalive",
+        "broadcast_backend": "redis",
+    },
 }
 
 # The vendored files each framework keeps (the others are removed after generation).
@@ -171,6 +184,16 @@ def test_vendored_backend_is_byte_identical_to_the_template(rendered: Rendered) 
 
 def uses_redis(answers: dict[str, str]) -> bool:
     return answers.get("broadcast_backend", "memory") == "redis"
+
+
+def test_broadcast_tests_come_with_broadcast_endpoints_and_redis_ones_with_redis(
+    rendered: Rendered,
+) -> None:
+    answers, project = rendered
+    endpoints = parse_endpoints(answers.get("endpoints", DEFAULT_ENDPOINTS))
+    broadcast = any(endpoint.kind == "broadcast" for endpoint in endpoints)
+    assert (project / "tests" / "test_broadcast.py").exists() == broadcast
+    assert (project / "tests" / "test_broadcast_redis.py").exists() == uses_redis(answers)
 
 
 @pytest.mark.parametrize("rendered", case_params("asgi"), indirect=True)

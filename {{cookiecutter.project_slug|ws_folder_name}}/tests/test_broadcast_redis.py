@@ -10,6 +10,7 @@ run. Without redis-server they skip, saying why, unless ``REQUIRE_REDIS=1``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -29,6 +30,13 @@ PATH = "{{ broadcasts[0].example_url if broadcasts else "/" }}"
 UNAVAILABLE = "broadcast unavailable: the message was not sent; try again later"
 # What a server's log must not show (in lower case): errors, lost tasks, unclosed connections.
 TROUBLES = ("traceback", "task was destroyed", "never retrieved", "unclosed", "resourcewarning")
+# hypercorn (LIVE_SERVER=hypercorn) stopped with clients connected logs the cancellation of
+# its own connection tasks with a traceback: the server's, not the service's.
+HYPERCORN_CANCELLATION = re.compile(
+    r"Exception in callback StreamReaderProtocol\.connection_made.*?"
+    r"\nasyncio\.exceptions\.CancelledError\n",
+    re.DOTALL,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,7 @@ def serve(redis: RedisServer) -> LiveServer:
 
 
 def troubles(server: LiveServer) -> list[str]:
-    log = server.log.lower()
+    log = HYPERCORN_CANCELLATION.sub("", server.log).lower()
     return [sign for sign in TROUBLES if sign in log]
 
 
@@ -101,6 +109,16 @@ def test_messages_from_either_process_reach_clients_of_both_in_order(
         assert [m["seq"] for m in seen[0] if m["from"] == sender] == list(range(count))
 
 
+def got(websocket: ClientConnection, message: dict[str, Any]) -> bool:
+    """True if the broadcast of ``message`` arrives within 0.2 s (what comes first is read)."""
+    try:
+        while receive(websocket, timeout=0.2).get("message") != message:
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
 def go_through_a_restart(
     redis: RedisServer, listener: ClientConnection, sender: ClientConnection
 ) -> None:
@@ -114,19 +132,14 @@ def go_through_a_restart(
     assert receive(sender) == {"type": "error", "reason": UNAVAILABLE}
     assert time.monotonic() - started < 1.5  # refused at once, not after a timeout
     redis.start()
-    # The same connections get messages again once each server has resubscribed (its hub
-    # retries within 2 s); until then a message may be lost, never delayed.
+    # The same connections get messages again once both servers have resubscribed (each
+    # hub retries within 2 s); until then a message may be lost, never delayed.
     deadline = time.monotonic() + 15
     probe = 0
-    while True:
+    while not (got(listener, {"probe": probe}) and got(sender, {"probe": probe})):
         assert time.monotonic() < deadline, "the servers did not resubscribe"
         probe += 1
         sender.send(json.dumps({"probe": probe}))
-        try:
-            if receive(listener, timeout=0.2).get("message") == {"probe": probe}:
-                break
-        except TimeoutError:
-            pass
     after = {"text": "after the restart"}
     sender.send(json.dumps(after))
     assert receive_until(listener, after)[-1]["message"] == after
@@ -144,7 +157,7 @@ def test_clients_stay_through_a_redis_restart_and_get_errors_while_it_is_down(
         assert "reconnected to Redis" in server.log, server.log
 
 
-def test_a_stopping_server_closes_clients_with_1012_and_leaves_nothing_open(
+def test_a_stopping_server_closes_its_clients_and_leaves_nothing_open(
     own_redis: RedisServer,
 ) -> None:
     with Redis.from_url(own_redis.url) as observer:
@@ -156,7 +169,8 @@ def test_a_stopping_server_closes_clients_with_1012_and_leaves_nothing_open(
             with pytest.raises(ConnectionClosed) as closed:
                 receive(client)
             assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 1012
+            # uvicorn closes with 1012 (service restart), hypercorn with 1001 (going away).
+            assert closed.value.rcvd.code in (1001, 1012)
         deadline = time.monotonic() + 5
         while len(observer.client_list()) > before and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -7,7 +7,7 @@ Part of the websocket backend vendored by ws-template (version and upgrade notes
 A `Hub` carries messages between the connections of a channel. `MemoryHub` does it inside
 one process; `RedisHub` (``redis_hub.py``, in projects that chose the Redis backend) does it
 through Redis pub/sub, across processes and machines. Both keep their local subscribers in
-a `Fanout` and pass the same contract tests (``tests/test_broadcast.py``).
+a `Fanout` and pass the same contract tests (``tests/hub_contract.py``).
 
 Every subscription has its own bounded queue, filled without waiting: a slow subscriber
 never delays the publisher or the other subscribers. When its queue is full, its oldest

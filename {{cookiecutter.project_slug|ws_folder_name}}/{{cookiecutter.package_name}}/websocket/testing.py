@@ -233,7 +233,7 @@ class RedisServer:
     """A real ``redis-server`` on 127.0.0.1 and a free port, keeping nothing on disk.
 
     Use it as a context manager; `stop` and `start` again (a restart) keep the port, so
-    clients can reconnect. `unavailable` says why it cannot run here; a test run with
+    clients can reconnect; `pause` and `resume` freeze and thaw it. `unavailable` says why it cannot run here; a test run with
     ``REQUIRE_REDIS=1`` (`required`) should fail rather than skip then.
     """
 
@@ -310,6 +310,16 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open and nothing answers, as when
+        the network between a client and Redis fails silently. `resume` thaws it."""
+        assert self._process is not None, "the server is not started"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None, "the server is not started"
+        self._process.send_signal(signal.SIGCONT)
 
     def _wait_until_answering(self, port: int) -> bool:
         deadline = time.monotonic() + self._start_timeout

@@ -144,6 +144,28 @@ async def test_a_redis_restart_keeps_local_subscribers_who_are_told_of_the_gap(
     assert any(m.endswith("(channels subscribed: 1)") for m in messages), messages
 
 
+async def test_a_silent_redis_is_found_out_by_a_ping_and_subscribers_are_told(
+    own_redis_server: RedisServer,
+) -> None:
+    async with new_hub(own_redis_server.url, timeout=0.5, health_check_seconds=0.2) as hub:
+        subscription = await subscribed(hub, "room")
+        await asyncio.sleep(1.0)  # quiet spells: each PING is answered, nothing is lost
+        assert subscription.live
+        own_redis_server.pause()
+        try:
+            gap = await received(subscription)  # no answer to a PING within 0.2 s
+            assert gap == {"type": "dropped", "channel": "room", "count": None}
+            started = time.monotonic()
+            with pytest.raises(HubUnavailable):
+                await hub.publish("room", numbered(1))
+            assert time.monotonic() - started < 1.5  # the 0.5 s timeout, not a hang
+        finally:
+            own_redis_server.resume()
+        await wait_until("resubscribed", lambda: subscription.live)
+        await hub.publish("room", numbered(2))
+        assert await received(subscription) == {"n": 2}
+
+
 async def test_a_session_gets_an_error_reply_while_redis_is_down(
     own_redis_server: RedisServer, make_socket: SocketFactory
 ) -> None:

@@ -68,8 +68,8 @@ def demo(output: Path, port: int) -> None:
         f"Press Ctrl+C to stop.\n",
         flush=True,
     )
-    uvicorn = bin_path(project_venv, "uvicorn")
-    command = [str(uvicorn), "ws_service.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    python_of_project = str(bin_path(project_venv, "python"))
+    command = [python_of_project, "-m", "ws_service", "--host", "127.0.0.1", "--port", str(port)]
     os.chdir(project)
     os.execv(command[0], command)
 

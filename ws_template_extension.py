@@ -9,6 +9,7 @@ filter would leave a half-made project behind, so the hook stops bad answers fir
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import keyword
 import math
@@ -31,7 +32,7 @@ BROADCAST_BACKENDS = ("memory", "redis")
 
 CI_PROVIDERS = ("github", "none")
 
-YES_NO_ANSWERS = {"container": True, "init_git": False}
+YES_NO_ANSWERS = {"container": True, "init_git": False, "console_page": True}
 """Yes/no prompts (Cookiecutter booleans) and their defaults."""
 
 YES = ("1", "true", "t", "yes", "y", "on")
@@ -461,6 +462,11 @@ def _layout(expression: Call, indent: int) -> list[str]:
     return [opening, *(f"{inner}{text}," for text in texts), closing]
 
 
+def endpoint_dicts(endpoints: list[Endpoint]) -> list[dict[str, object]]:
+    """The endpoints as plain data, for ``tojson``."""
+    return [dataclasses.asdict(endpoint) for endpoint in endpoints]
+
+
 def endpoints_or_empty(answer: str) -> list[Endpoint]:
     try:
         return parse_endpoints(answer)
@@ -475,6 +481,7 @@ class WsTemplateExtension(Extension):
         super().__init__(environment)
         environment.filters.update(
             ws_endpoints=endpoints_or_empty,
+            ws_endpoint_dicts=endpoint_dicts,
             ws_answer_problems=answer_problems,
             ws_package_name=derive_package_name,
             ws_folder_name=folder_name,

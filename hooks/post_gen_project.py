@@ -14,6 +14,7 @@ BROADCAST_BACKEND: str = json.loads(r'''{{ cookiecutter.broadcast_backend | tojs
 KINDS: list[str] = json.loads(r'''{{ cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list | tojson }}''')  # fmt: skip
 CONTAINER: bool = json.loads(r'''{{ cookiecutter.container | ws_yes | tojson }}''')  # fmt: skip
 INIT_GIT: bool = json.loads(r'''{{ cookiecutter.init_git | ws_yes | tojson }}''')  # fmt: skip
+CONSOLE_PAGE: bool = json.loads(r'''{{ cookiecutter.console_page | ws_yes | tojson }}''')  # fmt: skip
 
 # Files that only one framework uses, relative to the package.
 ONLY_FOR = {
@@ -101,6 +102,9 @@ for framework, paths in ONLY_FOR.items():
     if framework != FRAMEWORK:
         for path in paths:
             (Path(PACKAGE) / path).unlink()
+
+if not CONSOLE_PAGE:
+    (Path(PACKAGE) / "console.html").unlink()
 
 for path in [*(CI_FILES if CI == "none" else []), *([] if CONTAINER else CONTAINER_FILES)]:
     if Path(path).is_dir():

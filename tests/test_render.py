@@ -48,7 +48,7 @@ CASES: dict[str, dict[str, str]] = {
     },
     "no-ci-no-container-git-init": {"ci": "none", "container": "no", "init_git": "yes"},
     "asgi-defaults": {"framework": "asgi"},
-    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo"},
+    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo", "console_page": "no"},
     "asgi-many-endpoints": {
         "framework": "asgi",
         "endpoints": "/, /ws/rooms/{room}:echo, /ws/a-b.c~d:ticker, /class, /ws/"
@@ -98,6 +98,7 @@ SHARED_BACKEND_FILES = {
     "tests/__init__.py",
     "tests/conftest.py",
     "tests/hub_contract.py",
+    "tests/sample_sessions.py",
     "tests/test_broadcast.py",
     "tests/test_guard.py",
     "tests/test_live.py",

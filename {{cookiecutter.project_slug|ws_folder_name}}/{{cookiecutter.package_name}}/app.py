@@ -5,7 +5,7 @@ Every websocket connection goes through the guard (``websocket/guard.py``): orig
 authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
 (``settings.py``), and a log line when it opens and when it closes.
 
-Run it with::
+Run it with ``python -m {{ cookiecutter.package_name }}`` (see ``__main__.py``), or any ASGI server::
 
     uvicorn {{ cookiecutter.package_name }}.app:app
 
@@ -14,14 +14,20 @@ Settings come from the environment (see ``settings.py``).
 
 from __future__ import annotations
 
-{% if broadcast -%}
-import collections.abc
-import contextlib
-{% endif -%}
 import logging
+{%- if broadcast %}
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+{%- endif %}
+{%- if cookiecutter.console_page | ws_yes %}
+from pathlib import Path
+{%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
 
 from fastapi import FastAPI
+{%- if cookiecutter.console_page | ws_yes %}
+from fastapi.responses import HTMLResponse
+{%- endif %}
 {%- endif %}
 
 from . import auth, endpoints
@@ -34,7 +40,7 @@ from .websocket.broadcast import HUB_STATE_KEY, Hub
 from .websocket.guard import Authenticator, WebSocketGuard
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
-from .websocket.asgi_backend import Router, respond_json
+from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws_yes %}respond, {% endif %}respond_json
 {%- if broadcast %}
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
@@ -44,6 +50,19 @@ from .websocket.guard import Authenticator, WebSocketGuard
 {%- if cookiecutter.framework == "fastapi" %}
 
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
+{%- endif %}
+{%- if cookiecutter.console_page | ws_yes %}
+
+CONSOLE_PAGE = Path(__file__).with_name("console.html").read_bytes()
+CONSOLE_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+{%- endif %}
+{%- if cookiecutter.framework == "fastapi" %}
 
 
 def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
@@ -55,6 +74,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
     app.add_api_route("/healthz", healthz)
+{%- if cookiecutter.console_page | ws_yes %}
+    app.add_api_route("/", console, include_in_schema=False)
+{%- endif %}
     app.add_middleware(WebSocketGuard, policy=settings.policy(), authenticate=authenticate)
     return app
 
@@ -62,6 +84,13 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 async def healthz() -> dict[str, str]:
     """Liveness probe: the process is up and serving."""
     return {"status": "ok"}
+{%- if cookiecutter.console_page | ws_yes %}
+
+
+async def console() -> HTMLResponse:
+    """The console page: try each endpoint from a browser (see console.html)."""
+    return HTMLResponse(CONSOLE_PAGE, headers=CONSOLE_HEADERS)
+{%- endif %}
 {%- else %}
 
 
@@ -74,12 +103,23 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
     app.add_http_route("/healthz", healthz)
+{%- if cookiecutter.console_page | ws_yes %}
+    app.add_http_route("/", console)
+{%- endif %}
     return WebSocketGuard(app, policy=settings.policy(), authenticate=authenticate)
 
 
 async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
     """Liveness probe: the process is up and serving."""
     await respond_json(send, {"status": "ok"})
+{%- if cookiecutter.console_page | ws_yes %}
+
+
+async def console(scope: Scope, receive: Receive, send: Send) -> None:
+    """The console page: try each endpoint from a browser (see console.html)."""
+    headers = [(name.encode(), value.encode()) for name, value in CONSOLE_HEADERS.items()]
+    await respond(send, CONSOLE_PAGE, "text/html; charset=utf-8", headers=headers)
+{%- endif %}
 {%- endif %}
 
 
@@ -94,8 +134,8 @@ def configure_logging(level: str) -> None:
 {%- if broadcast %}
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: object) -> collections.abc.AsyncIterator[dict[str, Hub]]:
+@asynccontextmanager
+async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
     """Start the broadcast hub with the service, and close it when the service stops.
 
     Handlers find it in the ASGI state (``hub_of(websocket)``); the hub comes from the

@@ -61,6 +61,14 @@ class Settings:
     max_connections: int = 10000
     idle_timeout_seconds: float = 60.0
     send_timeout_seconds: float = 10.0
+    host: str = "127.0.0.1"
+    """The runner's (python -m) settings, each also a command-line option."""
+    port: int = 8000
+    workers: int = 1
+    ws_per_message_deflate: bool = False
+    ws_ping_interval_seconds: float = 20.0
+    ws_ping_timeout_seconds: float = 20.0
+    shutdown_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -99,6 +107,21 @@ class Settings:
             ),
             send_timeout_seconds=read(
                 "SEND_TIMEOUT_SECONDS", _positive(float), cls.send_timeout_seconds
+            ),
+            host=read("HOST", _text, cls.host),
+            port=read("PORT", _port, cls.port),
+            workers=read("WORKERS", _positive(int), cls.workers),
+            ws_per_message_deflate=read(
+                "WS_PER_MESSAGE_DEFLATE", _flag, cls.ws_per_message_deflate
+            ),
+            ws_ping_interval_seconds=read(
+                "WS_PING_INTERVAL_SECONDS", _not_negative, cls.ws_ping_interval_seconds
+            ),
+            ws_ping_timeout_seconds=read(
+                "WS_PING_TIMEOUT_SECONDS", _positive(float), cls.ws_ping_timeout_seconds
+            ),
+            shutdown_timeout_seconds=read(
+                "SHUTDOWN_TIMEOUT_SECONDS", _positive(float), cls.shutdown_timeout_seconds
             ),
         )
 
@@ -148,6 +171,34 @@ def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:
         return number
 
     return read
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _port(name: str, value: str) -> int:
+    if not (value.isdigit() and int(value) < 65536):
+        raise SettingsError(f"{name}={value!r} must be a TCP port number (0 to 65535)")
+    return int(value)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} must be yes or no (or true/false, 1/0, on/off)")
+
+
+def _not_negative(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise SettingsError(f"{name}={value!r} must be a number of seconds, 0 or more")
+    return number
 
 
 def _origins(name: str, value: str) -> tuple[str, ...]:

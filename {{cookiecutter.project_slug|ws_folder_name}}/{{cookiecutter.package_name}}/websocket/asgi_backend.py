@@ -43,6 +43,7 @@ __all__ = [
     "keepalive_loop",
     "now_ns",
     "receive_json",
+    "respond",
     "respond_json",
     "run_websocket",
 ]
@@ -158,20 +159,31 @@ class Router:
             await respond_json(send, {"detail": HTTPStatus(404).phrase}, 404)
 
 
-async def respond_json(
-    send: Send, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+async def respond(
+    send: Send,
+    content: bytes,
+    content_type: str,
+    status: int = 200,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Send a complete HTTP response with ``body`` as JSON."""
-    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    """Send a complete HTTP response."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(content)).encode()),
                 *(headers or []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": content})
+
+
+async def respond_json(
+    send: Send, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a complete HTTP response with ``body`` as JSON."""
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    await respond(send, content, "application/json", status, headers)

@@ -322,7 +322,12 @@ def envelope(channel: str, message: Mapping[str, Any]) -> str:
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
+
+
+# One encoder for every message (json.dumps with options builds a new one each call), with
+# the options of session.send_json: compact, UTF-8 as is, no NaN.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def hub_of(websocket: SessionSocket) -> Hub:

@@ -113,7 +113,8 @@ class Refuse(Exception):
 
 
 Authenticator = Callable[[Handshake], Awaitable[object | None]]
-"""Called before accept: return an identity (put in ``scope["user"]``), None, or raise Refuse."""
+"""Called before accept: return an identity or None (either becomes ``scope["user"]``), or
+raise Refuse."""
 
 
 async def allow_everyone(handshake: Handshake) -> None:
@@ -150,8 +151,7 @@ class WebSocketGuard:
             _log_refusal(handshake, "authentication")
             await _refuse(scope, send, refusal.status)
             return
-        if identity is not None:
-            scope["user"] = identity
+        scope["user"] = identity  # None for an anonymous client (Starlette's websocket.user)
         self.open_connections += 1
         try:
             connection = GuardedConnection(self.policy, handshake, receive, send)

@@ -246,9 +246,7 @@ def keepalive_ack(message: Mapping[str, Any]) -> dict[str, Any]:
 
 async def send_json(websocket: SessionSocket, value: Any) -> None:
     """Send ``value`` as compact JSON text (the bytes Starlette's ``send_json`` sends)."""
-    await websocket.send_text(
-        json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    )
+    await websocket.send_text(_ENCODER.encode(value))
 
 
 async def _receive_frame(websocket: SessionSocket) -> str | bytes | None:
@@ -270,7 +268,7 @@ def _json_object(frame: str | bytes) -> dict[str, Any] | str:
     if isinstance(frame, bytes):
         return "binary frames are not accepted: send JSON objects as text"
     try:
-        value = json.loads(frame, parse_constant=_reject_constant)
+        value = _DECODER.decode(frame)
     except json.JSONDecodeError as error:
         return f"invalid JSON: {error.msg} at position {error.pos}"
     except RecursionError:
@@ -284,6 +282,12 @@ def _json_object(frame: str | bytes) -> dict[str, Any] | str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# One encoder and one decoder for every message (json.dumps and json.loads with options
+# build a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _json_type(value: object) -> str:

@@ -30,8 +30,10 @@ _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 SERVERS = {
     "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "0"],
     "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:0"],
+    "runner": ["-m", "{package}", "--host", "127.0.0.1", "--port", "0"],
 }
-"""How to start each ASGI server on 127.0.0.1 and a port the OS picks (it logs the port)."""
+"""How to start each server on 127.0.0.1 and a port the OS picks (it logs the port);
+"runner" is the project's own ``python -m <package>``."""
 
 
 def project_root() -> Path:
@@ -44,9 +46,9 @@ class LiveServer:
 
     Use it as a context manager. The OS picks a free port, read back from the server's log;
     ``env`` is added to this process's environment, ``args`` to the server's command line.
-    The server is uvicorn unless ``server`` says otherwise (a key of `SERVERS`); the
-    environment variables ``LIVE_SERVER`` and ``LIVE_SERVER_ARGS`` (split as a shell would)
-    choose them for a whole test run, e.g. ``LIVE_SERVER_ARGS="--ws wsproto" pytest``.
+    ``server`` names one of `SERVERS`. Left out, it is uvicorn, unless the environment
+    variables ``LIVE_SERVER`` and ``LIVE_SERVER_ARGS`` (split as a shell would) choose the
+    server and its options for a whole test run: ``LIVE_SERVER_ARGS="--ws wsproto" pytest``.
     """
 
     def __init__(
@@ -59,11 +61,15 @@ class LiveServer:
         cwd: Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        server = server or os.environ.get("LIVE_SERVER") or "uvicorn"
+        extra = list(args)
+        if server is None:
+            server = os.environ.get("LIVE_SERVER") or "uvicorn"
+            extra[:0] = shlex.split(os.environ.get("LIVE_SERVER_ARGS", ""))
         if server not in SERVERS:
             raise ValueError(f"Unknown server {server!r}; known: {', '.join(SERVERS)}.")
-        extra = [*shlex.split(os.environ.get("LIVE_SERVER_ARGS", "")), *args]
-        self.command = [sys.executable, *(part.format(app=app) for part in SERVERS[server]), *extra]
+        package = app.partition(".")[0]
+        parts = (part.format(app=app, package=package) for part in SERVERS[server])
+        self.command = [sys.executable, *parts, *extra]
         self._env = {**os.environ, **(env or {})}
         self._cwd = cwd or project_root()
         self._start_timeout = start_timeout

@@ -4,33 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 
-from ..backend import create_router, drain_text, every, run_websocket
-
-
-async def broken(websocket: WebSocket) -> None:
-    raise RuntimeError("a bug in a task")
-
-
-async def say_bye(websocket: WebSocket) -> None:
-    await websocket.send_text("bye")
-
-
-async def tick(websocket: WebSocket) -> None:
-    await websocket.send_text("tick")
-
-
-async def failing(websocket: WebSocket) -> None:
-    await run_websocket(websocket, broken, drain_text)
-
-
-async def finishing(websocket: WebSocket) -> None:
-    await run_websocket(websocket, say_bye)
-
-
-async def ticking(websocket: WebSocket) -> None:
-    await run_websocket(websocket, every(0.01, tick), drain_text)
+from ..backend import create_router
+from .sample_sessions import failing, finishing, ticking
 
 
 async def task_count() -> int:

@@ -5,19 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from ..asgi import Receive, Scope, Send, WebSocket
-from ..asgi_backend import Router, drain_text, every, respond_json, run_websocket
-
-
-async def broken(websocket: WebSocket) -> None:
-    raise RuntimeError("a bug in a task")
-
-
-async def say_bye(websocket: WebSocket) -> None:
-    await websocket.send_text("bye")
-
-
-async def tick(websocket: WebSocket) -> None:
-    await websocket.send_text("tick")
+from ..asgi_backend import Router, respond_json, run_websocket
+from .sample_sessions import failing, finishing, ticking
 
 
 async def echo_frames(websocket: WebSocket) -> None:
@@ -28,18 +17,6 @@ async def echo_frames(websocket: WebSocket) -> None:
             await websocket.send_text(message["text"])
         else:
             await websocket.send_bytes(message["bytes"])
-
-
-async def failing(websocket: WebSocket) -> None:
-    await run_websocket(websocket, broken, drain_text)
-
-
-async def finishing(websocket: WebSocket) -> None:
-    await run_websocket(websocket, say_bye)
-
-
-async def ticking(websocket: WebSocket) -> None:
-    await run_websocket(websocket, every(0.01, tick), drain_text)
 
 
 async def raw_echo(websocket: WebSocket) -> None:

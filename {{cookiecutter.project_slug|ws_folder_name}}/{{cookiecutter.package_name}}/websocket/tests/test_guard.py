@@ -150,6 +150,13 @@ async def test_authentication_attaches_an_identity(web_socket_class: WebSocketCl
     guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(), authenticate=from_cookie)
     await guard(client.scope, client.receive, client.send)
     assert json.loads(client.sent_so_far()[1]["text"]) == {"type": "hello", "user": "user:42"}
+    anonymous = ScriptedClient()
+    anonymous.disconnect()
+    await WebSocketGuard(echo_app(web_socket_class), policy=Policy())(
+        anonymous.scope, anonymous.receive, anonymous.send
+    )
+    assert "user" in anonymous.scope  # None: Starlette's websocket.user works for everyone
+    assert anonymous.scope["user"] is None
 
 
 async def test_an_oversized_message_closes_with_1009_and_ends_the_session(

@@ -1,0 +1,105 @@
+"""Run the service with production defaults: ``python -m <package>`` (``--help`` explains).
+
+Each option's default comes from an environment variable (see settings.py and README.md),
+so a container or process manager configures the service the same way as the flags do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from .settings import LOG_LEVELS, Settings, SettingsError, get_settings
+
+PACKAGE = __spec__.parent if __spec__ else "app"
+
+
+def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {PACKAGE}",
+        description="Serve the websocket service with uvicorn (websockets-sansio implementation).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--host", default=settings.host, help="address to listen on (HOST); 0.0.0.0 in a container")
+    add("--port", type=int, default=settings.port, help="port to listen on (PORT)")
+    add(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="worker processes (WORKERS); connection and rate limits apply per process",
+    )
+    add(
+        "--log-level",
+        choices=[level.lower() for level in LOG_LEVELS],
+        default=settings.log_level.lower(),
+        help="log level of the service and of uvicorn (LOG_LEVEL)",
+    )
+    add("--reload", action="store_true", help="restart when the code changes (development only)")
+    add(
+        "--ws-per-message-deflate",
+        action=argparse.BooleanOptionalAction,
+        default=settings.ws_per_message_deflate,
+        help="offer websocket compression (WS_PER_MESSAGE_DEFLATE): about twice the memory per "
+        "connection, and a compression-oracle risk when secrets and text an attacker chooses "
+        "share a message",
+    )
+    add(
+        "--ws-ping-interval",
+        type=float,
+        default=settings.ws_ping_interval_seconds,
+        help="seconds between the server's pings (WS_PING_INTERVAL_SECONDS); 0: no pings",
+    )
+    add(
+        "--ws-ping-timeout",
+        type=float,
+        default=settings.ws_ping_timeout_seconds,
+        help="seconds to wait for a pong before closing with 1011 (WS_PING_TIMEOUT_SECONDS)",
+    )
+    add(
+        "--shutdown-timeout",
+        type=float,
+        default=settings.shutdown_timeout_seconds,
+        help="seconds that open sessions get to end on SIGTERM (SHUTDOWN_TIMEOUT_SECONDS)",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.reload and arguments.workers > 1:
+        parser.error("--reload runs a single process: leave out --workers")
+    if not 0 <= arguments.port < 65536:
+        parser.error(f"--port {arguments.port} is not a TCP port (0 lets the system choose)")
+    if arguments.workers < 1:
+        parser.error("--workers must be at least 1")
+    return arguments
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        sys.exit(f"{PACKAGE}: {error}")
+    arguments = parse_arguments(settings, argv)
+    os.environ["LOG_LEVEL"] = arguments.log_level.upper()  # for the app, in every worker
+    uvicorn.run(
+        f"{PACKAGE}.app:app",
+        host=arguments.host,
+        port=arguments.port,
+        workers=arguments.workers,
+        reload=arguments.reload,
+        reload_dirs=[str(Path(__file__).parent)] if arguments.reload else None,
+        log_level=arguments.log_level,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_bytes,
+        ws_per_message_deflate=arguments.ws_per_message_deflate,
+        ws_ping_interval=arguments.ws_ping_interval or None,
+        ws_ping_timeout=arguments.ws_ping_timeout or None,
+        timeout_graceful_shutdown=round(arguments.shutdown_timeout) or None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from jinja2 import Environment
 from jinja2.ext import Extension
 
-KINDS = ("keepalive", "echo", "ticker")
+KINDS = ("keepalive", "echo", "ticker", "broadcast")
 """Endpoint kinds, in the order the docs list them; the first is the default."""
 
 FRAMEWORKS = ("fastapi", "asgi")
+
+BROADCAST_BACKENDS = ("memory", "redis")
+"""Where broadcast endpoints meet: in one process's memory, or in Redis (many processes)."""
 
 CI_PROVIDERS = ("github", "none")
 
@@ -88,10 +91,12 @@ HANDLER_MODULE_NAMES = frozenset(
         "echo",
         "every",
         "get_settings",
+        "hub_of",
         "itertools",
         "keepalive_loop",
         "now_ns",
         "receive_json",
+        "run_broadcast",
         "run_websocket",
         "send_tick",
         "tick_sender",
@@ -344,6 +349,17 @@ def answer_problems(answers: Mapping[str, object]) -> list[str]:
     framework = text.get("framework", "")
     if framework not in FRAMEWORKS:
         problems.append(f"framework {framework!r} is not one of: {', '.join(FRAMEWORKS)}")
+    backend = text.get("broadcast_backend", BROADCAST_BACKENDS[0])
+    kinds = {endpoint.kind for endpoint in endpoints_or_empty(text.get("endpoints", ""))}
+    if backend not in BROADCAST_BACKENDS:
+        problems.append(
+            f"broadcast_backend {backend!r} is not one of: {', '.join(BROADCAST_BACKENDS)}"
+        )
+    elif backend != BROADCAST_BACKENDS[0] and kinds and "broadcast" not in kinds:
+        problems.append(
+            f"broadcast_backend {backend!r} needs a broadcast endpoint: add one to endpoints "
+            f"(e.g. '/ws/rooms/{{room}}:broadcast') or answer {BROADCAST_BACKENDS[0]}"
+        )
     ci = text.get("ci", CI_PROVIDERS[0])
     if ci not in CI_PROVIDERS:
         problems.append(f"ci {ci!r} is not one of: {', '.join(CI_PROVIDERS)}")

@@ -10,6 +10,8 @@ from pathlib import Path
 FRAMEWORK: str = json.loads(r'''{{ cookiecutter.framework | tojson }}''')  # fmt: skip
 PACKAGE: str = json.loads(r'''{{ cookiecutter.package_name | tojson }}''')  # fmt: skip
 CI: str = json.loads(r'''{{ cookiecutter.ci | tojson }}''')  # fmt: skip
+BROADCAST_BACKEND: str = json.loads(r'''{{ cookiecutter.broadcast_backend | tojson }}''')  # fmt: skip
+KINDS: list[str] = json.loads(r'''{{ cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list | tojson }}''')  # fmt: skip
 CONTAINER: bool = json.loads(r'''{{ cookiecutter.container | ws_yes | tojson }}''')  # fmt: skip
 INIT_GIT: bool = json.loads(r'''{{ cookiecutter.init_git | ws_yes | tojson }}''')  # fmt: skip
 CONSOLE_PAGE: bool = json.loads(r'''{{ cookiecutter.console_page | ws_yes | tojson }}''')  # fmt: skip
@@ -29,6 +31,9 @@ ONLY_FOR = {
         "websocket/tests/test_asgi_backend.py",
     ],
 }
+
+# Files that only the Redis broadcast backend uses, relative to the package (they import redis).
+REDIS_ONLY = ["websocket/redis_hub.py", "websocket/tests/test_redis_hub.py"]
 
 # Project files (relative to the project) that a "no" to an option removes.
 CI_FILES = [".github"]
@@ -106,6 +111,14 @@ for path in [*(CI_FILES if CI == "none" else []), *([] if CONTAINER else CONTAIN
         shutil.rmtree(path)
     else:
         Path(path).unlink()
+
+if BROADCAST_BACKEND != "redis":
+    for path in REDIS_ONLY:
+        (Path(PACKAGE) / path).unlink()
+    Path("tests/test_broadcast_redis.py").unlink()
+
+if "broadcast" not in KINDS:
+    Path("tests/test_broadcast.py").unlink()
 
 if INIT_GIT:
     init_git()

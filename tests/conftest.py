@@ -44,16 +44,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Forget the figures of an earlier run (on the controller, not on xdist workers)."""
     if not hasattr(session.config, "workerinput"):
         shutil.rmtree(TEMPLATE / "build" / "fault-suite", ignore_errors=True)
+        shutil.rmtree(TEMPLATE / "build" / "broadcast", ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the fault suite's figures (its tests write them to build/fault-suite/)."""
-    folder = TEMPLATE / "build" / "fault-suite"
-    if not folder.is_dir():
-        return
-    terminalreporter.section("fault suite figures")
-    for path in sorted(folder.glob("*.json")):
-        terminalreporter.write_line(f"{path.stem}: {path.read_text()}")
+    """Print the figures that tests wrote to build/fault-suite/ and build/broadcast/."""
+    for name, title in (("fault-suite", "fault suite figures"), ("broadcast", "broadcast figures")):
+        folder = TEMPLATE / "build" / name
+        if not folder.is_dir():
+            continue
+        terminalreporter.section(title)
+        for path in sorted(folder.glob("*.json")):
+            terminalreporter.write_line(f"{path.stem}: {path.read_text()}")
 
 
 def tool_environment(**extra: str) -> dict[str, str]:

@@ -46,6 +46,14 @@ def test_path_parameters_are_listed_and_filled_in_example_urls() -> None:
     assert endpoint.handler == "ws_rooms_room_users_user_id"
 
 
+def test_broadcast_is_a_kind_and_redis_takes_a_broadcast_endpoint() -> None:
+    [endpoint] = parse_endpoints("/ws/rooms/{room}:broadcast")
+    assert (endpoint.kind, endpoint.handler) == ("broadcast", "ws_rooms_room")
+    answers = {**DEFAULTS, "endpoints": "/ws/rooms/{room}:broadcast, /ws/echo:echo"}
+    assert answer_problems({**answers, "broadcast_backend": "redis"}) == []
+    assert answer_problems({**answers, "broadcast_backend": "memory"}) == []
+
+
 def test_kind_defaults_to_keepalive_and_spaces_are_trimmed() -> None:
     endpoints = parse_endpoints("  /a ,/b : echo ,, ")
     assert [(e.path, e.kind) for e in endpoints] == [("/a", "keepalive"), ("/b", "echo")]
@@ -109,7 +117,10 @@ BAD_ANSWERS = [
     ({"endpoints": "/ws/a%20b"}, "'%', which is not allowed"),
     ({"endpoints": "/ws/a, /ws/a/"}, "'/ws/a/' duplicates '/ws/a'"),
     ({"endpoints": "/ws/{a}:echo, /ws/{b}"}, "'/ws/{b}' duplicates '/ws/{a}'"),
-    ({"endpoints": "/ws/x:chat"}, "unknown kind 'chat'; allowed kinds: keepalive, echo, ticker"),
+    (
+        {"endpoints": "/ws/x:chat"},
+        "unknown kind 'chat'; allowed kinds: keepalive, echo, ticker, broadcast",
+    ),
     ({"endpoints": "/ws/x:"}, "an empty kind; allowed kinds"),
     ({"endpoints": "/ws/{1x}"}, "{1x}, which is not a valid name"),
     ({"endpoints": "/ws/{}"}, "empty parameter '{}'"),
@@ -148,6 +159,11 @@ BAD_ANSWERS = [
     ({"description": "Line one\nline two"}, "description 'Line one\\nline two' contains"),
     ({"author_name": "Bell\x07"}, "author_name 'Bell\\x07' contains the control character U+0007"),
     ({"author_email": "not-an-email"}, "author_email 'not-an-email' is not an e-mail address"),
+    (
+        {"broadcast_backend": "redis"},
+        "broadcast_backend 'redis' needs a broadcast endpoint: add one to endpoints "
+        "(e.g. '/ws/rooms/{room}:broadcast') or answer memory",
+    ),
 ]
 
 
@@ -226,6 +242,7 @@ def test_yes_no_answers_take_the_usual_spellings(answer: bool | str, meaning: bo
 # (a replay file hands them to the hook: tests/test_plumbing.py); the checks stand behind it.
 BAD_CHOICES = [
     ({"ci": "gitlab"}, "ci 'gitlab' is not one of: github, none"),
+    ({"broadcast_backend": "kafka"}, "broadcast_backend 'kafka' is not one of: memory, redis"),
     ({"container": "maybe"}, "container 'maybe' is not a yes/no answer: use yes or no"),
     ({"init_git": ""}, "init_git '' is not a yes/no answer"),
     ({"init_git": "nope"}, "init_git 'nope' is not a yes/no answer"),

@@ -25,7 +25,7 @@ CHROMIUM_FLAGS = [  # no sandbox as root; no calls home, which this network refu
     "--disable-component-update",
     "--disable-sync",
 ]
-ENDPOINTS = "/ws/keepalive, /ws/rooms/{room}:echo, /ws/clock:ticker"
+ENDPOINTS = "/ws/keepalive, /ws/rooms/{room}:echo, /ws/clock:ticker, /ws/news:broadcast"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_the_console_drives_every_endpoint_kind(
         page = open_console(browser, server, errors)
         expect(page).to_have_title("Console <Test>: console")
         panels = page.locator("section.endpoint")
-        expect(panels).to_have_count(3)
+        expect(panels).to_have_count(4)
         for panel in panels.all():
             panel.locator("button.connect").click()
         for panel in panels.all():
@@ -84,6 +84,12 @@ def test_the_console_drives_every_endpoint_kind(
         echo.locator("input.message").fill("not json")
         echo.locator("button.send-message").click()
         expect(echo.locator("li.in").first).to_contain_text('"type":"error"')
+
+        news = page.locator('section[data-kind="broadcast"]')  # the sender gets its own too
+        news.locator("input.message").fill('{"headline": "hi"}')
+        news.locator("button.send-message").click()
+        expect(news.locator("li.in").first).to_contain_text('"type":"broadcast"')
+        expect(news.locator("li.in").first).to_contain_text('"message":{"headline":"hi"}')
 
         keepalive = page.locator('section[data-kind="keepalive"]')
         keepalive.locator("button.connect").click()  # now labelled Disconnect

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from websocket.testing import RedisServer  # the vendored backend, as every project has it
 
 from tests.conftest import VENDORED_BACKEND, render, run, tool_environment
 from ws_template_extension import is_yes, parse_endpoints
 
+DEFAULT_ENDPOINTS = "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker"
 ODD_NAME = "Zo\u00eb's \"Quoted\" \\ Service''' + x"
 ODD_DESCRIPTION = "Says \"hi\", 'bye' and \\n; {braces} <b>bold</b>"
 
@@ -60,6 +62,19 @@ CASES: dict[str, dict[str, str]] = {
         "description": ODD_DESCRIPTION,
         "package_name": "odd_asgi",
     },
+    "broadcast-memory": {
+        "endpoints": "/ws/rooms/{room}:broadcast, /ws/news:broadcast, /ws/echo:echo"
+    },
+    "broadcast-redis": {"endpoints": "/ws/rooms/{room}:broadcast", "broadcast_backend": "redis"},
+    "asgi-broadcast-memory": {
+        "framework": "asgi",
+        "endpoints": "/ws/news:broadcast, /ws/clock:ticker",
+    },
+    "asgi-broadcast-redis": {
+        "framework": "asgi",
+        "endpoints": "/ws/rooms/{room}:broadcast, /ws/keepalive",
+        "broadcast_backend": "redis",
+    },
 }
 
 # The vendored files each framework keeps (the others are removed after generation).
@@ -76,16 +91,21 @@ BACKEND_FILES = {
 SHARED_BACKEND_FILES = {
     "__init__.py",
     "asgi_types.py",
+    "broadcast.py",
     "guard.py",
     "session.py",
     "testing.py",
     "tests/__init__.py",
     "tests/conftest.py",
+    "tests/hub_contract.py",
     "tests/sample_sessions.py",
+    "tests/test_broadcast.py",
     "tests/test_guard.py",
     "tests/test_live.py",
     "tests/test_session.py",
 }
+# The vendored files only the Redis broadcast backend keeps (they import redis).
+REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py"}
 
 
 def case_params(framework: str | None = None) -> list[object]:
@@ -159,7 +179,22 @@ def test_vendored_backend_is_byte_identical_to_the_template(rendered: Rendered) 
     for relative, content in files.items():
         assert content == (VENDORED_BACKEND / relative).read_bytes(), relative
     framework = answers.get("framework", "fastapi")
-    assert {str(p) for p in files} == SHARED_BACKEND_FILES | BACKEND_FILES[framework]
+    redis = REDIS_BACKEND_FILES if uses_redis(answers) else set()
+    assert {str(p) for p in files} == SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis
+
+
+def uses_redis(answers: dict[str, str]) -> bool:
+    return answers.get("broadcast_backend", "memory") == "redis"
+
+
+def test_broadcast_tests_come_with_broadcast_endpoints_and_redis_ones_with_redis(
+    rendered: Rendered,
+) -> None:
+    answers, project = rendered
+    endpoints = parse_endpoints(answers.get("endpoints", DEFAULT_ENDPOINTS))
+    broadcast = any(endpoint.kind == "broadcast" for endpoint in endpoints)
+    assert (project / "tests" / "test_broadcast.py").exists() == broadcast
+    assert (project / "tests" / "test_broadcast_redis.py").exists() == uses_redis(answers)
 
 
 @pytest.mark.parametrize("rendered", case_params("asgi"), indirect=True)
@@ -174,7 +209,8 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
     dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
         "dependencies"
     ]
-    assert dependencies == ["uvicorn[standard]>=0.54"]
+    redis = ["redis>=8.1"] if uses_redis(rendered.answers) else []
+    assert dependencies == [*redis, "uvicorn[standard]>=0.54"]
 
 
 def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:
@@ -196,8 +232,7 @@ def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:
 def test_readme_lists_every_endpoint(rendered: Rendered) -> None:
     answers, project = rendered
     readme = (project / "README.md").read_text()
-    default = "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker"
-    for endpoint in parse_endpoints(answers.get("endpoints", default)):
+    for endpoint in parse_endpoints(answers.get("endpoints", DEFAULT_ENDPOINTS)):
         assert f"| `{endpoint.path}` | {endpoint.kind} |" in readme
 
 
@@ -233,7 +268,11 @@ def test_passes_its_own_pre_commit_hooks(
     )
 
 
-def test_passes_its_own_tests(project: Path) -> None:
+def test_passes_its_own_tests(rendered: Rendered) -> None:
+    answers, project = rendered
+    missing = RedisServer.unavailable()
+    if uses_redis(answers) and missing and not RedisServer.required():
+        pytest.skip(missing)  # the project's own Redis tests would skip
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
     assert " passed" in result.stdout
     assert "skipped" not in result.stdout

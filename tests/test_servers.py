@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from websocket.testing import RedisServer  # the vendored backend, as every project has it
 
 from tests.conftest import TEMPLATE, render, run, tool_environment
 
@@ -39,3 +40,27 @@ def test_autobahn_cases_pass_on_every_server_but_known_server_failures() -> None
     assert result.returncode == 0, result.stdout + result.stderr
     for server in ("uvicorn, websockets-sansio", "uvicorn, wsproto", "hypercorn"):
         assert f"| {server} | 301 |" in result.stdout, result.stdout
+
+
+def test_a_redis_broadcast_project_passes_its_tests_under_hypercorn(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    # The hub reaches connections through the ASGI lifespan state, which each server
+    # implements itself; its cross-process tests run two hypercorn servers on one Redis.
+    missing = RedisServer.unavailable()
+    if missing:
+        if RedisServer.required():
+            pytest.fail(missing)
+        pytest.skip(missing)
+    answers = {
+        "framework": "asgi",
+        "endpoints": "/ws/rooms/{room}:broadcast",
+        "broadcast_backend": "redis",
+    }
+    project = render(tmp_path, cookiecutter_config, answers)
+    env = tool_environment(**SERVERS["hypercorn"])
+    result = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=env
+    )
+    assert " passed" in result.stdout
+    assert "skipped" not in result.stdout

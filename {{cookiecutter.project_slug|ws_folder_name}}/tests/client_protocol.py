@@ -115,9 +115,32 @@ def check_ticker_endpoint(connection: JsonConnection) -> None:
     assert later["seq"] > 2, later
 
 
+def check_broadcast_endpoint(connection: JsonConnection) -> None:
+    subscribed = connection.receive_json()
+    assert subscribed["type"] == "subscribed", subscribed
+    channel = subscribed["channel"]
+    for message in (
+        {"type": "chat", "text": "h\u00e9llo \u2713", "nested": {"list": [1, 2.5, None, True]}},
+        {},
+    ):
+        connection.send_json(message)
+        relayed = receive_reply(connection)  # the sender gets its own message too
+        assert relayed == {
+            "type": "broadcast",
+            "channel": channel,
+            "server_ns": relayed["server_ns"],
+            "message": message,
+        }, relayed
+        assert abs(relayed["server_ns"] - time.time_ns()) < 5 * SECOND_NS, relayed
+    check_keepalive_answered(connection)
+    check_errors_answered(connection)
+    check_keepalive_answered(connection)
+
+
 CHECKS: dict[str, Callable[[JsonConnection], None]] = {
     "keepalive": check_keepalive_endpoint,
     "echo": check_echo_endpoint,
     "ticker": check_ticker_endpoint,
+    "broadcast": check_broadcast_endpoint,
 }
 """The protocol check of each endpoint kind."""

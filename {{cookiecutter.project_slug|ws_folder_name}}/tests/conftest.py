@@ -1,3 +1,4 @@
+{%- set redis = cookiecutter.broadcast_backend == "redis" -%}
 {%- if cookiecutter.framework == "fastapi" -%}
 """Fixtures: the app in-process (``TestClient``) and on a real uvicorn server."""
 {%- else -%}
@@ -17,9 +18,27 @@ from fastapi.testclient import TestClient
 from {{ cookiecutter.package_name }}.app import create_app
 {%- endif %}
 from {{ cookiecutter.package_name }}.settings import get_settings
-from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
 TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"}
+{%- if redis %}
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 and a free port, where broadcast endpoints meet.
+
+    Without redis-server installed the tests that need it skip, saying why; with
+    ``REQUIRE_REDIS=1`` in the environment they fail instead.
+    """
+    reason = RedisServer.unavailable()
+    if reason is not None:
+        if RedisServer.required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server
+{%- endif %}
 
 
 @pytest.fixture(autouse=True)
@@ -34,15 +53,28 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
+{%- if redis %}
+def client(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+{%- else %}
 def client() -> Iterator[TestClient]:
+{%- endif %}
     with TestClient(create_app()) as client:
         yield client
 {%- endif %}
 
 
 @pytest.fixture(scope="module")
+{%- if redis %}
+def live_server(redis_server: RedisServer) -> Iterator[LiveServer]:
+    """The app on a real uvicorn server on 127.0.0.1; its log must show no error."""
+    environment = {**TEST_ENVIRONMENT, "REDIS_URL": redis_server.url}
+    with LiveServer("{{ cookiecutter.package_name }}.app:app", env=environment) as server:
+{%- else %}
 def live_server() -> Iterator[LiveServer]:
     """The app on a real uvicorn server on 127.0.0.1; its log must show no error."""
     with LiveServer("{{ cookiecutter.package_name }}.app:app", env=TEST_ENVIRONMENT) as server:
+{%- endif %}
         yield server
     assert "Traceback" not in server.log, server.log

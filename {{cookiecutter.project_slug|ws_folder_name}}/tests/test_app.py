@@ -1,4 +1,6 @@
 {%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
+{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
 """The application around the endpoints: health check, security, settings."""
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from {{ cookiecutter.package_name }}.settings import DEFAULT_TICK_SECONDS, Settings, SettingsError
+{%- if redis %}
+from {{ cookiecutter.package_name }}.websocket.redis_hub import RedisHub
+{%- elif broadcast %}
+from {{ cookiecutter.package_name }}.websocket.broadcast import MemoryHub
+{%- endif %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 
 ANY_ENDPOINT = "{{ first.example_url }}"
@@ -84,8 +91,37 @@ def test_settings_from_environment() -> None:
         ("MAX_CONNECTIONS", "0"),
         ("IDLE_TIMEOUT_SECONDS", "forever"),
         ("ALLOWED_ORIGINS", "app.example.com"),
+{%- if broadcast %}
+        ("BROADCAST_QUEUE_SIZE", "0"),
+{%- endif %}
+{%- if redis %}
+        ("REDIS_URL", "localhost:6379"),
+        ("REDIS_TIMEOUT_SECONDS", "0"),
+{%- endif %}
     ],
 )
 def test_settings_refuse_bad_values_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+{%- if redis %}
+
+
+def test_settings_describe_the_redis_hub() -> None:
+    settings = Settings.from_env(
+        {"REDIS_URL": "rediss://redis.example:6380/1", "BROADCAST_QUEUE_SIZE": "5"}
+    )
+    hub = settings.hub()
+    assert isinstance(hub, RedisHub)
+    assert (hub.url, hub.prefix) == ("rediss://redis.example:6380/1", settings.redis_channel_prefix)
+
+
+def test_a_bad_redis_url_is_refused_without_showing_it() -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL is not a Redis URL") as refused:
+        Settings.from_env({"REDIS_URL": "https://user:s3cret@redis.example"})
+    assert "s3cret" not in str(refused.value)  # a Redis URL can hold a password
+{%- elif broadcast %}
+
+
+def test_settings_describe_the_memory_hub() -> None:
+    assert isinstance(Settings.from_env({"BROADCAST_QUEUE_SIZE": "5"}).hub(), MemoryHub)
+{%- endif %}

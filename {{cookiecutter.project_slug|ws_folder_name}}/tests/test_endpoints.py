@@ -16,7 +16,7 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 
 from .client_protocol import CHECKS, LiveConnection
 {%- set endpoints = cookiecutter.endpoints | ws_endpoints %}
-{%- for kind in ["keepalive", "echo", "ticker"] %}
+{%- for kind in ["keepalive", "echo", "ticker", "broadcast"] %}
 {%- set urls = endpoints | selectattr("kind", "equalto", kind) | map(attribute="example_url") | list %}
 {%- if urls %}
 
@@ -29,7 +29,7 @@ from .client_protocol import CHECKS, LiveConnection
 {%- endfor %}
 
 ENDPOINTS = [
-{%- for kind in ["keepalive", "echo", "ticker"] %}
+{%- for kind in ["keepalive", "echo", "ticker", "broadcast"] %}
 {%- if endpoints | selectattr("kind", "equalto", kind) | list %}
     *((url, "{{ kind }}") for url in {{ kind | upper }}_URLS),
 {%- endif %}

@@ -1,3 +1,4 @@
+{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
@@ -14,6 +15,10 @@ Settings come from the environment (see ``settings.py``).
 from __future__ import annotations
 
 import logging
+{%- if broadcast %}
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
 from pathlib import Path
 {%- endif %}
@@ -29,10 +34,16 @@ from . import auth, endpoints
 from .settings import get_settings
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.backend import create_router
+{%- if broadcast %}
+from .websocket.broadcast import HUB_STATE_KEY, Hub
+{%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
 from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws_yes %}respond, {% endif %}respond_json
+{%- if broadcast %}
+from .websocket.broadcast import HUB_STATE_KEY, Hub
+{%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
 {%- endif %}
 
@@ -58,7 +69,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     """Build the application: one router per websocket endpoint, and the health check."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    app = FastAPI(title=TITLE)
+    app = FastAPI(title=TITLE{% if broadcast %}, lifespan=lifespan{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
@@ -87,7 +98,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     """Build the application: a route per websocket endpoint, and the health check."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    app = Router()
+    app = Router({% if broadcast %}lifespan=lifespan{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
@@ -120,6 +131,19 @@ def configure_logging(level: str) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
+{%- if broadcast %}
+
+
+@asynccontextmanager
+async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
+    """Start the broadcast hub with the service, and close it when the service stops.
+
+    Handlers find it in the ASGI state (``hub_of(websocket)``); the hub comes from the
+    settings (``settings.py``). Start here anything else the service needs for its life.
+    """
+    async with get_settings().hub() as hub:
+        yield {HUB_STATE_KEY: hub}
+{%- endif %}
 
 
 app = create_app()

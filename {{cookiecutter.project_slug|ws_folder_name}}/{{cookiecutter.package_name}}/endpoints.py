@@ -4,12 +4,18 @@ A handler serves one connection for its whole life: ``run_websocket`` accepts it
 tasks it is given side by side and closes the socket when the session ends. Every endpoint
 answers ``{"type": "keepalive"}`` with a ``keepalive_ack``. To add an endpoint, write a
 handler here and mount it in ``app.py`` with one ``create_router`` line.
+{%- if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
+
+Broadcast handlers hand the connection to ``run_broadcast`` with the service's hub, which
+``app.py``'s lifespan starts and stops (see ``websocket/broadcast.py``).
+{%- endif %}
 """
 
 from __future__ import annotations
 {%- set endpoints = cookiecutter.endpoints | ws_endpoints %}
 {%- set kinds = endpoints | map(attribute="kind") | unique | list %}
-{%- set imports = ["run_websocket"] %}
+{%- set imports = [] %}
+{%- if kinds | reject("equalto", "broadcast") | list %}{% set imports = imports + ["run_websocket"] %}{% endif %}
 {%- if "keepalive" in kinds or "ticker" in kinds %}{% set imports = imports + ["keepalive_loop"] %}{% endif %}
 {%- if "echo" in kinds %}{% set imports = imports + ["receive_json"] %}{% endif %}
 {%- if "ticker" in kinds %}{% set imports = imports + ["TaskFactory", "every", "now_ns"] %}{% endif %}
@@ -26,7 +32,9 @@ from typing import Any
 {%- endif %}
 from fastapi import WebSocket
 {%- endif %}
+{%- if cookiecutter.framework == "fastapi" or "ticker" in kinds or "echo" in kinds %}
 {{ "" }}
+{%- endif %}
 {%- if "ticker" in kinds %}
 from .settings import get_settings
 {%- endif %}
@@ -36,7 +44,8 @@ from .websocket.asgi import WebSocket
 {%- set face = "backend" if cookiecutter.framework == "fastapi" else "asgi_backend" %}
 {%- set imports = imports | sort(case_sensitive=true) %}
 {%- set import_line = "from .websocket." ~ face ~ " import " ~ imports | join(", ") %}
-{%- if import_line | length <= 100 %}
+{%- if not imports %}
+{%- elif import_line | length <= 100 %}
 {{ import_line }}
 {%- else %}
 from .websocket.{{ face }} import (
@@ -44,6 +53,9 @@ from .websocket.{{ face }} import (
     {{ name }},
 {%- endfor %}
 )
+{%- endif %}
+{%- if "broadcast" in kinds %}
+from .websocket.broadcast import hub_of, run_broadcast
 {%- endif %}
 {%- for endpoint in endpoints %}
 
@@ -59,6 +71,9 @@ async def {{ endpoint.handler }}(websocket: WebSocket) -> None:
     """``{{ endpoint.path }}``: a tick every ``TICK_SECONDS``, and keepalive answers."""
     ticks = every(get_settings().tick_seconds, tick_sender())
     await run_websocket(websocket, ticks, keepalive_loop)
+{%- elif endpoint.kind == "broadcast" %}
+    """``{{ endpoint.path }}``: every JSON object goes to every client on the same path."""
+    await run_broadcast(websocket, hub_of(websocket))
 {%- endif %}
 {%- endfor %}
 {%- if "echo" in kinds %}

@@ -1,3 +1,5 @@
+{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
 """Settings of the service, read from environment variables (listed in README.md)."""
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+{% if redis -%}
+from .websocket.broadcast import Hub
+{% elif broadcast -%}
+from .websocket.broadcast import Hub, MemoryHub
+{% endif -%}
 from .websocket.guard import Policy
+{%- if redis %}
+from .websocket.redis_hub import RedisHub
+{%- endif %}
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -31,6 +41,18 @@ class Settings:
     """The level of the service's own log messages."""
     tick_seconds: float = DEFAULT_TICK_SECONDS
     """The period of ticker endpoints."""
+{%- if broadcast %}
+    broadcast_queue_size: int = 100
+    """Messages a broadcast connection may have waiting; past that, its oldest are dropped."""
+{%- endif %}
+{%- if redis %}
+    redis_url: str = "redis://localhost:6379/0"
+    """The Redis where broadcast endpoints meet: the same for every process of the service."""
+    redis_channel_prefix: str = {{ (cookiecutter.package_name ~ ":") | ws_python_string }}
+    """Put before every channel name in Redis, so that services can share one Redis."""
+    redis_timeout_seconds: float = 2.0
+    """How long a publish or a connection attempt to Redis may take."""
+{%- endif %}
     allowed_origins: tuple[str, ...] = ()
     """Comma-separated origins that browsers may connect from, besides the service's own."""
     max_message_bytes: int = 65536
@@ -59,6 +81,20 @@ class Settings:
         return cls(
             log_level=read("LOG_LEVEL", _log_level, cls.log_level),
             tick_seconds=read("TICK_SECONDS", _positive(float), cls.tick_seconds),
+{%- if broadcast %}
+            broadcast_queue_size=read(
+                "BROADCAST_QUEUE_SIZE", _positive(int), cls.broadcast_queue_size
+            ),
+{%- endif %}
+{%- if redis %}
+            redis_url=read("REDIS_URL", _redis_url, cls.redis_url),
+            redis_channel_prefix=read(
+                "REDIS_CHANNEL_PREFIX", _channel_prefix, cls.redis_channel_prefix
+            ),
+            redis_timeout_seconds=read(
+                "REDIS_TIMEOUT_SECONDS", _positive(float), cls.redis_timeout_seconds
+            ),
+{%- endif %}
             allowed_origins=read("ALLOWED_ORIGINS", _origins, cls.allowed_origins),
             max_message_bytes=read("MAX_MESSAGE_BYTES", _positive(int), cls.max_message_bytes),
             messages_per_second=read(
@@ -100,6 +136,21 @@ class Settings:
             idle_timeout=self.idle_timeout_seconds,
             send_timeout=self.send_timeout_seconds,
         )
+{%- if broadcast %}
+
+    def hub(self) -> Hub:
+        """The broadcast hub these settings describe (see websocket/broadcast.py)."""
+{%- if redis %}
+        return RedisHub(
+            self.redis_url,
+            prefix=self.redis_channel_prefix,
+            queue_size=self.broadcast_queue_size,
+            timeout=self.redis_timeout_seconds,
+        )
+{%- else %}
+        return MemoryHub(queue_size=self.broadcast_queue_size)
+{%- endif %}
+{%- endif %}
 
 
 def _log_level(name: str, value: str) -> str:
@@ -162,6 +213,23 @@ def _origins(name: str, value: str) -> tuple[str, ...]:
                 f"e.g. https://app.example.com"
             )
     return origins
+{%- if redis %}
+
+
+def _redis_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        # Not the value itself in the message: a Redis URL can hold a password.
+        raise SettingsError(
+            f"{name} is not a Redis URL: write redis://HOST:6379/0 (rediss:// for TLS, "
+            f"unix:///path/to/redis.sock for a socket)"
+        )
+    return value
+
+
+def _channel_prefix(name: str, value: str) -> str:
+    return value
+{%- endif %}
 
 
 @lru_cache

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 1.0.0. Every file in this folder is copied unchanged into each project that
+Version 1.1.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -9,12 +9,17 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``backend.py``: the FastAPI face: `create_router` plus the helpers.
 - ``asgi.py`` and ``asgi_backend.py``: the framework-free face: a `WebSocket` over the raw
   ASGI triple, and a `Router` (the ASGI application) plus the helpers.
+- ``broadcast.py``: the broadcast `Hub` interface, `MemoryHub`, bounded `Subscription`
+  queues, and `run_broadcast`, which serves a broadcast connection on any face.
+- ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
+  Redis pub/sub, across processes.
 - ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
   every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
 - ``asgi_types.py``: the ASGI callable's types.
-- ``testing.py``: `LiveServer` (an app on a real server) and `ScriptedClient`.
+- ``testing.py``: `LiveServer` (an app on a real server), `ScriptedClient` and
+  `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
 """
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"

@@ -12,23 +12,29 @@ Typical use, one handler per endpoint::
 
     app = Router()
     app.add_websocket_route("/ws/chat", chat)
+
+What the app needs for its whole life (a broadcast hub, a connection pool) comes from a
+``lifespan``, as in Starlette and FastAPI: ``Router(lifespan=lifespan)``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from http import HTTPStatus
 from typing import Any, TypeAlias
 
 from . import session
 from .asgi import WebSocket
-from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .asgi_types import ASGIApp, Receive, Scope, Send
 from .session import drain_text, every, keepalive_loop, now_ns, receive_json, run_websocket
 
 __all__ = [
     "ASGIApp",
+    "Lifespan",
     "Router",
     "TaskFactory",
     "WebSocketHandler",
@@ -47,6 +53,12 @@ WebSocketHandler: TypeAlias = Callable[[WebSocket], Awaitable[None]]
 
 TaskFactory: TypeAlias = session.TaskFactory[WebSocket]
 """Something to run for the length of a session, given its socket (see `run_websocket`)."""
+
+Lifespan: TypeAlias = Callable[["Router"], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+"""Given the app, an async context manager entered at startup and left at shutdown.
+
+What it yields, if not None, is added to the ASGI state: every connection's
+``scope["state"]`` (Starlette's ``lifespan`` works the same way)."""
 
 _PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -68,12 +80,14 @@ class Router:
     is refused before accept, which servers answer with HTTP 403 (as Starlette does; a 404
     through the ASGI denial-response extension makes uvicorn's default websockets-sansio
     implementation log a spurious error, uvicorn PR #3138). An unknown HTTP path gets 404,
-    a known one with another method 405.
+    a known one with another method 405. ``lifespan`` (see `Lifespan`) starts and stops
+    what the app needs; without one, startup and shutdown are just acknowledged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lifespan: Lifespan | None = None) -> None:
         self._websocket_routes: list[tuple[re.Pattern[str], WebSocketHandler]] = []
         self._http_routes: list[tuple[re.Pattern[str], ASGIApp, frozenset[str]]] = []
+        self._lifespan = lifespan
 
     def add_websocket_route(self, path: str, handler: WebSocketHandler | None = None) -> None:
         """Serve websocket connections to ``path`` with ``handler`` (default: `keepalive_loop`)."""
@@ -91,7 +105,33 @@ class Router:
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await self._serve_lifespan(scope, receive, send)
+
+    async def _serve_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Enter the lifespan at startup and leave it at shutdown, reporting failures.
+
+        A failure is sent to the server (which logs it and, at startup, exits) and raised.
+        """
+        await receive()  # lifespan.startup
+        context = self._lifespan(self) if self._lifespan else nullcontext()
+        started = False
+        try:
+            async with context as state:
+                if state is not None:
+                    if "state" not in scope:
+                        raise RuntimeError(
+                            "The server does not support ASGI lifespan state, which the "
+                            "app's lifespan needs; run it with uvicorn or hypercorn."
+                        )
+                    scope["state"].update(state)
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException:
+            failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": failed, "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         for pattern, handler in self._websocket_routes:
@@ -147,14 +187,3 @@ async def respond_json(
     """Send a complete HTTP response with ``body`` as JSON."""
     content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     await respond(send, content, "application/json", status, headers)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Acknowledge the server's startup and shutdown (nothing to set up or tear down)."""
-    while True:
-        message: Message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

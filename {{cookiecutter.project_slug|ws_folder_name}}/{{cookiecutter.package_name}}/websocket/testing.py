@@ -1,7 +1,8 @@
 """Test helpers: an ASGI app on a real uvicorn server, and a scripted websocket client.
 
 Part of the websocket backend vendored by ws-template (version and upgrade notes in
-``__init__.py``). Standard library only.
+``__init__.py``). Standard library only. `RedisServer` runs a real ``redis-server`` for the
+broadcast hub's tests.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -228,3 +233,116 @@ class ScriptedClient:
         while not self._from_app.empty():
             messages.append(self._from_app.get_nowait())
         return messages
+
+
+class RedisServer:
+    """A real ``redis-server`` on 127.0.0.1 and a free port, keeping nothing on disk.
+
+    Use it as a context manager; `stop` and `start` again (a restart) keep the port, so
+    clients can reconnect; `pause` and `resume` freeze and thaw it. `unavailable` says why it cannot run here; a test run with
+    ``REQUIRE_REDIS=1`` (`required`) should fail rather than skip then.
+    """
+
+    def __init__(self, start_timeout: float = 10.0) -> None:
+        self.port = 0
+        self._start_timeout = start_timeout
+        self._folder = tempfile.TemporaryDirectory(prefix="redis-server-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why no redis-server can run here, or None when it can."""
+        if shutil.which("redis-server") is None:
+            return (
+                "redis-server is not installed (apt-get install redis-server); "
+                "REQUIRE_REDIS=1 makes this a failure instead of a skip"
+            )
+        return None
+
+    @staticmethod
+    def required() -> bool:
+        """True when Redis tests must run (``REQUIRE_REDIS=1``), as in the template's CI."""
+        return os.environ.get("REQUIRE_REDIS", "") == "1"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self._folder.cleanup()
+
+    def start(self) -> None:
+        """Start the server (on its earlier port after a `stop`) and wait until it answers."""
+        for _ in range(5):  # a free port can be taken before the server binds it
+            port = self.port or _free_port()
+            self._process = subprocess.Popen(
+                [
+                    "redis-server",
+                    *("--bind", "127.0.0.1", "--port", str(port), "--dir", self._folder.name),
+                    *("--save", "", "--appendonly", "no", "--loglevel", "warning"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._wait_until_answering(port):
+                self.port = port
+                return
+            self.stop()
+            if self.port:
+                break
+        raise RuntimeError(f"redis-server did not start on 127.0.0.1:{self.port or 'a free port'}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server as a process manager would (SIGTERM, SIGKILL after ``timeout``)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open and nothing answers, as when
+        the network between a client and Redis fails silently. `resume` thaws it."""
+        assert self._process is not None, "the server is not started"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None, "the server is not started"
+        self._process.send_signal(signal.SIGCONT)
+
+    def _wait_until_answering(self, port: int) -> bool:
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline and self.running:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

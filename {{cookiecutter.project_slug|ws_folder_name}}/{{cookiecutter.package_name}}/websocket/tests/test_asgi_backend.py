@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -92,9 +93,9 @@ async def test_unknown_websocket_path_is_refused_before_accept() -> None:
     assert client.sent_so_far() == [{"type": "websocket.close", "code": 1000, "reason": ""}]
 
 
-async def test_lifespan_startup_and_shutdown_are_acknowledged() -> None:
+async def run_lifespan(app: Router, scope: Scope, sent: list[Message]) -> None:
+    """Start and stop ``app`` as a server does; its answers go to ``sent``."""
     messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent: list[Message] = []
 
     async def receive() -> Message:
         return next(messages)
@@ -102,8 +103,55 @@ async def test_lifespan_startup_and_shutdown_are_acknowledged() -> None:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await Router()({"type": "lifespan"}, receive, send)
+    await app(scope, receive, send)
+
+
+async def test_lifespan_startup_and_shutdown_are_acknowledged() -> None:
+    sent: list[Message] = []
+    await run_lifespan(Router(), {"type": "lifespan"}, sent)
     assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+async def test_the_lifespan_runs_around_the_app_s_life_and_its_state_reaches_the_scope() -> None:
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Router) -> AsyncIterator[dict[str, str]]:
+        events.append("started")
+        yield {"resource": "ready"}
+        events.append("stopped")
+
+    scope: Scope = {"type": "lifespan", "state": {}}
+    sent: list[Message] = []
+    await run_lifespan(Router(lifespan=lifespan), scope, sent)
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+    assert events == ["started", "stopped"]
+    assert scope["state"] == {"resource": "ready"}  # servers copy it into every connection
+
+
+async def test_a_failing_startup_is_reported_to_the_server_and_raised() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Router) -> AsyncIterator[None]:
+        raise OSError("the database is not there")
+        yield
+
+    sent: list[Message] = []
+    with pytest.raises(OSError, match="the database is not there"):
+        await run_lifespan(Router(lifespan=lifespan), {"type": "lifespan", "state": {}}, sent)
+    [failed] = sent
+    assert failed["type"] == "lifespan.startup.failed"
+    assert "OSError: the database is not there" in failed["message"]  # the server logs it
+
+
+async def test_lifespan_state_needs_a_server_that_supports_it() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Router) -> AsyncIterator[dict[str, str]]:
+        yield {"resource": "ready"}
+
+    sent: list[Message] = []
+    with pytest.raises(RuntimeError, match="does not support ASGI lifespan state"):
+        await run_lifespan(Router(lifespan=lifespan), {"type": "lifespan"}, sent)
+    assert [message["type"] for message in sent] == ["lifespan.startup.failed"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,179 @@
+{#- Rendered for every project; the post-gen hook keeps it only with the Redis backend. -#}
+{%- set broadcasts = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
+"""Broadcast across processes: two uvicorn servers of this service meet in one real Redis.
+
+These tests start a redis-server of their own (127.0.0.1, a free port), which they stop
+and start again, and two servers of the app on it, as two workers or two machines would
+run. Without redis-server they skip, saying why, unless ``REQUIRE_REDIS=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from redis import Redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
+
+from .conftest import TEST_ENVIRONMENT
+
+APP = "{{ cookiecutter.package_name }}.app:app"
+PATH = "{{ broadcasts[0].example_url if broadcasts else "/" }}"
+UNAVAILABLE = "broadcast unavailable: the message was not sent; try again later"
+# What a server's log must not show (in lower case): errors, lost tasks, unclosed connections.
+TROUBLES = ("traceback", "task was destroyed", "never retrieved", "unclosed", "resourcewarning")
+# hypercorn (LIVE_SERVER=hypercorn) stopped with clients connected logs the cancellation of
+# its own connection tasks with a traceback: the server's, not the service's.
+HYPERCORN_CANCELLATION = re.compile(
+    r"Exception in callback StreamReaderProtocol\.connection_made.*?"
+    r"\nasyncio\.exceptions\.CancelledError\n",
+    re.DOTALL,
+)
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for these tests alone (they restart it)."""
+    reason = RedisServer.unavailable()
+    if reason is not None:
+        if RedisServer.required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server
+
+
+def serve(redis: RedisServer) -> LiveServer:
+    # ResourceWarnings (unclosed connections) are silent unless asked for.
+    environment = {**TEST_ENVIRONMENT, "REDIS_URL": redis.url}
+    return LiveServer(APP, env={**environment, "PYTHONWARNINGS": "always::ResourceWarning"})
+
+
+def troubles(server: LiveServer) -> list[str]:
+    log = HYPERCORN_CANCELLATION.sub("", server.log).lower()
+    return [sign for sign in TROUBLES if sign in log]
+
+
+@pytest.fixture(scope="module")
+def servers(own_redis: RedisServer) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two servers of the app on one Redis; their logs must stay clean to the end."""
+    with serve(own_redis) as first, serve(own_redis) as second:
+        yield first, second
+    for server in (first, second):
+        assert troubles(server) == [], server.log
+
+
+def receive(websocket: ClientConnection, timeout: float = 5.0) -> Any:
+    return json.loads(websocket.recv(timeout=timeout))
+
+
+def subscribe(stack: ExitStack, server: LiveServer) -> ClientConnection:
+    """A client of ``server`` on PATH, once subscribed; closed with ``stack``."""
+    websocket = stack.enter_context(connect(server.ws_url(PATH)))
+    assert receive(websocket) == {"type": "subscribed", "channel": PATH}
+    return websocket
+
+
+def receive_until(websocket: ClientConnection, message: dict[str, Any]) -> list[Any]:
+    """Everything received up to the broadcast of ``message`` (100 messages at most)."""
+    received = []
+    for _ in range(100):
+        received.append(receive(websocket))
+        if received[-1].get("message") == message:
+            return received
+    raise AssertionError(f"{message} never came: {received}")
+
+
+def test_messages_from_either_process_reach_clients_of_both_in_order(
+    servers: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = servers
+    with ExitStack() as stack:
+        clients = [subscribe(stack, server) for server in (first, second, first, second)]
+        here, there = clients[0], clients[1]
+        count = 40  # from each sender
+        for seq in range(count):
+            here.send(json.dumps({"from": "here", "seq": seq}))
+            there.send(json.dumps({"from": "there", "seq": seq}))
+        seen = [[receive(client)["message"] for _ in range(2 * count)] for client in clients]
+    assert all(sequence == seen[0] for sequence in seen)  # one order on both processes
+    for sender in ("here", "there"):
+        assert [m["seq"] for m in seen[0] if m["from"] == sender] == list(range(count))
+
+
+def got(websocket: ClientConnection, message: dict[str, Any]) -> bool:
+    """True if the broadcast of ``message`` arrives within 0.2 s (what comes first is read)."""
+    try:
+        while receive(websocket, timeout=0.2).get("message") != message:
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def go_through_a_restart(
+    redis: RedisServer, listener: ClientConnection, sender: ClientConnection
+) -> None:
+    """Stop and start Redis under two clients of two servers, checking what they get."""
+    redis.stop()
+    lost = {"type": "dropped", "channel": PATH, "count": None}
+    assert receive(listener) == lost  # told that messages may be lost from here
+    assert receive(sender) == lost
+    started = time.monotonic()
+    sender.send(json.dumps({"text": "while Redis is down"}))
+    assert receive(sender) == {"type": "error", "reason": UNAVAILABLE}
+    assert time.monotonic() - started < 1.5  # refused at once, not after a timeout
+    redis.start()
+    # The same connections get messages again once both servers have resubscribed (each
+    # hub retries within 2 s); until then a message may be lost, never delayed.
+    deadline = time.monotonic() + 15
+    probe = 0
+    while not (got(listener, {"probe": probe}) and got(sender, {"probe": probe})):
+        assert time.monotonic() < deadline, "the servers did not resubscribe"
+        probe += 1
+        sender.send(json.dumps({"probe": probe}))
+    after = {"text": "after the restart"}
+    sender.send(json.dumps(after))
+    assert receive_until(listener, after)[-1]["message"] == after
+    assert receive_until(sender, after)[-1]["message"] == after
+
+
+def test_clients_stay_through_a_redis_restart_and_get_errors_while_it_is_down(
+    servers: tuple[LiveServer, LiveServer], own_redis: RedisServer
+) -> None:
+    first, second = servers
+    with ExitStack() as stack:
+        listener, sender = subscribe(stack, first), subscribe(stack, second)
+        go_through_a_restart(own_redis, listener, sender)
+    for server in servers:
+        assert "reconnected to Redis" in server.log, server.log
+
+
+def test_a_stopping_server_closes_its_clients_and_leaves_nothing_open(
+    own_redis: RedisServer,
+) -> None:
+    with Redis.from_url(own_redis.url) as observer:
+        before = len(observer.client_list())
+        with serve(own_redis) as server, ExitStack() as stack:
+            client = subscribe(stack, server)
+            assert len(observer.client_list()) > before  # the hub's connections
+            server.stop()
+            with pytest.raises(ConnectionClosed) as closed:
+                receive(client)
+            assert closed.value.rcvd is not None
+            # uvicorn closes with 1012 (service restart), hypercorn with 1001 (going away).
+            assert closed.value.rcvd.code in (1001, 1012)
+        deadline = time.monotonic() + 5
+        while len(observer.client_list()) > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(observer.client_list()) == before
+    assert "connected to Redis" in server.log, server.log
+    assert troubles(server) == [], server.log

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.encoder
+import json.scanner
 import logging
 import math
 import time
@@ -89,6 +91,9 @@ async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None
     except OSError:  # the client left during the handshake
         logger.debug("client left %s before the handshake completed", _path(websocket))
         return
+    if len(task_factories) == 1:  # nothing to run beside it: no child task to wait on
+        await _run_alone(websocket, task_factories[0])
+        return
     tasks = [
         asyncio.create_task(_run_task(factory, websocket), name=f"{_path(websocket)} {factory!r}")
         for factory in task_factories
@@ -108,6 +113,20 @@ async def _run_task(factory: TaskFactory[WS], websocket: WS) -> None:
     await factory(websocket)
 
 
+async def _run_alone(websocket: WS, factory: TaskFactory[WS]) -> None:
+    """A session of one task, run in the caller's task: the same ends, one task less to hold."""
+    close_code = NORMAL_CLOSURE
+    try:
+        await factory(websocket)
+    except asyncio.CancelledError:
+        close_code = GOING_AWAY
+        raise
+    except Exception as error:
+        close_code = _close_code_after(websocket, error)
+    finally:
+        await _close_if_open(websocket, close_code)
+
+
 async def _until_session_ends(websocket: SessionSocket, tasks: list[asyncio.Task[None]]) -> int:
     """Wait until the session is over; return the close code it deserves."""
     pending = set(tasks)
@@ -115,17 +134,21 @@ async def _until_session_ends(websocket: SessionSocket, tasks: list[asyncio.Task
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             error = None if task.cancelled() else task.exception()
-            if error is None:
-                continue
-            if _is_closed(websocket):
-                # How a departed peer reaches a task that was sending or reading.
-                logger.debug("session on %s ended by %r after close", _path(websocket), error)
-                return NORMAL_CLOSURE
-            logger.error("websocket session on %s failed", _path(websocket), exc_info=error)
-            return INTERNAL_ERROR
+            if error is not None:
+                return _close_code_after(websocket, error)
         if _is_closed(websocket):
             return NORMAL_CLOSURE
     return NORMAL_CLOSURE
+
+
+def _close_code_after(websocket: SessionSocket, error: BaseException) -> int:
+    """The close code a session deserves after a task raised ``error`` (logged if a bug)."""
+    if _is_closed(websocket):
+        # How a departed peer reaches a task that was sending or reading.
+        logger.debug("session on %s ended by %r after close", _path(websocket), error)
+        return NORMAL_CLOSURE
+    logger.error("websocket session on %s failed", _path(websocket), exc_info=error)
+    return INTERNAL_ERROR
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
@@ -195,7 +218,7 @@ async def drain_text(websocket: SessionSocket) -> None:
 
     Binary frames are discarded too. Returns quietly when the client disconnects.
     """
-    while await _receive_frame(websocket) is not None:
+    while _payload(await websocket.receive()) is not None:
         pass
 
 
@@ -210,12 +233,14 @@ def receive_json(handle: JsonHandler[WS]) -> TaskFactory[WS]:
     """
 
     async def receiving(websocket: WS) -> None:
-        while (frame := await _receive_frame(websocket)) is not None:
+        # The hot loop of every endpoint: no coroutine in it but the socket's own.
+        receive, send_text = websocket.receive, websocket.send_text
+        while (frame := _payload(await receive())) is not None:
             message = _json_object(frame)
             if isinstance(message, str):
-                await send_json(websocket, {"type": "error", "reason": message})
+                await send_text(dumps({"type": "error", "reason": message}))
             elif message.get("type") == "keepalive":
-                await send_json(websocket, keepalive_ack(message))
+                await send_text(dumps(keepalive_ack(message)))
             else:
                 await handle(websocket, message)
 
@@ -241,17 +266,16 @@ async def _answer_only_keepalives(websocket: SessionSocket, message: dict[str, A
 
 def keepalive_ack(message: Mapping[str, Any]) -> dict[str, Any]:
     """The answer to a keepalive: its fields, retyped, with the server's clock added."""
-    return {**message, "type": "keepalive_ack", "server_ns": now_ns()}
+    return {**message, "type": "keepalive_ack", "server_ns": time.time_ns()}  # now_ns()
 
 
 async def send_json(websocket: SessionSocket, value: Any) -> None:
     """Send ``value`` as compact JSON text (the bytes Starlette's ``send_json`` sends)."""
-    await websocket.send_text(_ENCODER.encode(value))
+    await websocket.send_text(dumps(value))
 
 
-async def _receive_frame(websocket: SessionSocket) -> str | bytes | None:
-    """The next data frame's payload, or None once the client has disconnected."""
-    message = await websocket.receive()
+def _payload(message: Mapping[str, Any]) -> str | bytes | None:
+    """A received message's payload, or None when it says the client has disconnected."""
     if message["type"] == "websocket.disconnect":
         return None
     text: str | None = message.get("text")
@@ -268,7 +292,7 @@ def _json_object(frame: str | bytes) -> dict[str, Any] | str:
     if isinstance(frame, bytes):
         return "binary frames are not accepted: send JSON objects as text"
     try:
-        value = _DECODER.decode(frame)
+        value = loads(frame)
     except json.JSONDecodeError as error:
         return f"invalid JSON: {error.msg} at position {error.pos}"
     except RecursionError:
@@ -284,10 +308,49 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-# One encoder and one decoder for every message (json.dumps and json.loads with options
-# build a new one per call).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# JSON on the hot path. json.loads and json.dumps add Python-level work around their C
+# parts (a decoder or encoder built per call, regular expressions for white space, a list
+# of chunks): about a fifth of the server's instructions per keepalive round trip. These
+# call the C parts directly, with the same options, so the results are json's own.
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+)
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# typeshed types the scanner's argument as a scanner (a TODO there); like json.decoder, we
+# give it the decoder whose options it copies.
+_SCAN = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
+try:
+    from _json import make_encoder
+
+    # No markers dict (check_circular=False): one shared dict would keep the marks an
+    # error left behind and be shared between threads; a new one per call costs a third.
+    # A circular value raises RecursionError instead of ValueError.
+    _C_ENCODE: make_encoder | None = make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+except ImportError:  # a Python without json's C accelerator
+    _C_ENCODE = None
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)``, rejecting NaN and Infinity, the way that is quickest for a message.
+
+    A document without surrounding white space is read by the C scanner at once; anything
+    else (white space, extra data, an error) takes json's full path, errors included.
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    return value if end == len(text) else _DECODER.decode(text)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of ``value``: ``json.dumps`` with separators ``(",", ":")``,
+    ``ensure_ascii=False``, ``allow_nan=False`` and ``check_circular=False``."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 def _json_type(value: object) -> str:

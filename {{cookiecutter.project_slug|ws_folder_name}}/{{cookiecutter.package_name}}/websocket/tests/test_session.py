@@ -14,8 +14,10 @@ from ..asgi_types import Message
 from ..session import (
     SessionSocket,
     drain_text,
+    dumps,
     every,
     keepalive_loop,
+    loads,
     next_beat,
     now_ns,
     receive_json,
@@ -327,3 +329,77 @@ def test_every_skips_missed_beats_instead_of_bursting(make_socket: SocketFactory
 )
 def test_next_beat(beat: int, elapsed: float, expected: int) -> None:
     assert next_beat(beat, elapsed, 1.0) == expected
+
+
+def reference_loads(text: str) -> Any:
+    def reject(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    return json.loads(text, parse_constant=reject)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1}',
+        ' {"a": [1, 2.5, null, true, false]} ',
+        '\n{"\\u00e9": "\\u2713", "e": "é"}\n',
+        "[" * 50 + "]" * 50,
+        "1" * 100,  # an integer longer than 64 bits stays exact
+        '"text"',
+        '{"a": 1e16, "b": -0.0, "c": 1E-7}',
+        '{"dup": 1, "dup": 2}',
+    ],
+)
+def test_loads_reads_what_json_loads_reads(text: str) -> None:
+    assert loads(text) == reference_loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "not json", '{"a": 1} x', '{"a": NaN}', '{"a": -Infinity}', '{"a":}', "[" * 100_000],
+)
+def test_loads_fails_as_json_loads_fails(text: str) -> None:
+    with pytest.raises((ValueError, RecursionError)) as ours:
+        loads(text)
+    with pytest.raises((ValueError, RecursionError)) as theirs:
+        reference_loads(text)
+    assert type(ours.value) is type(theirs.value)
+    assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": 1},
+        {"é": ["✓", 1.5, None, True, 10**30], "": {}},
+        'text with "quotes" and \n',
+        [],
+        {"nested": {"deep": [{}, [[]]]}},
+        1e16,
+        -0.0,
+    ],
+)
+def test_dumps_writes_what_json_dumps_writes(value: Any) -> None:
+    expected = json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+    )
+    assert dumps(value) == expected
+
+
+def test_dumps_refuses_what_json_dumps_refuses() -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        dumps({"a": math.nan})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps({"a": object()})
+
+
+def test_dumps_is_not_confused_by_an_earlier_failure_or_a_value_seen_twice() -> None:
+    shared: dict[str, Any] = {"x": 1}
+    with pytest.raises(TypeError):
+        dumps({"ok": shared, "bad": object()})
+    assert dumps([shared, shared]) == '[{"x":1},{"x":1}]'
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(RecursionError):
+        dumps(circular)

@@ -162,9 +162,31 @@ class WebSocketGuard:
 class GuardedConnection:
     """One websocket connection between the server and the app, with the policy applied."""
 
+    __slots__ = (  # thousands of idle connections: no __dict__ each
+        "app_closed",
+        "close_code",
+        "closed_by_guard",
+        "closing",
+        "dropped_sender",
+        "last_heard",
+        "loop",
+        "opened_at",
+        "path_and_client",
+        "policy",
+        "rate_checked",
+        "sender",
+        "sends_finished",
+        "sends_started",
+        "server_receive",
+        "server_send",
+        "stall_mark",
+        "tokens",
+        "watchdog",
+    )
+
     def __init__(self, policy: Policy, handshake: Handshake, receive: Receive, send: Send) -> None:
         self.policy = policy
-        self.handshake = handshake
+        self.path_and_client = f"{handshake.path} from {_client(handshake)}"  # for the logs
         self.server_receive = receive
         self.server_send = send
         self.loop = asyncio.get_running_loop()
@@ -205,8 +227,10 @@ class GuardedConnection:
         kind = message["type"]
         if kind == "websocket.receive":
             now = self.last_heard = self.loop.time()
-            if _size(message) > self.policy.max_message_bytes:
-                limit = self.policy.max_message_bytes
+            limit = self.policy.max_message_bytes
+            payload = message.get("text") or message.get("bytes") or ""
+            # At most 4 UTF-8 bytes a character: most messages are clearly small enough.
+            if len(payload) * 4 > limit and _size(message) > limit:
                 return await self.close_by_guard(MESSAGE_TOO_BIG, f"message over {limit} bytes")
             refill = (now - self.rate_checked) * self.policy.messages_per_second
             self.tokens = min(self.policy.message_burst, self.tokens + refill)
@@ -291,9 +315,7 @@ class GuardedConnection:
             sender.cancel()
 
     def log_event(self, level: int, event: str) -> None:
-        logger.log(
-            level, "websocket %s from %s %s", self.handshake.path, _client(self.handshake), event
-        )
+        logger.log(level, "websocket %s %s", self.path_and_client, event)
 
     def next_watch(self, now: float) -> float:
         """When the watchdog looks next: at the idle deadline, or a send timeout from now."""

@@ -135,28 +135,37 @@ class WebSocketGuard:
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
+        # The handshake is judged in a call of its own, so that nothing of it (headers,
+        # cookies) stays alive for the length of the connection.
+        connection = await self.admit(scope, receive, send)
+        if connection is None:
+            return
+        self.open_connections += 1
+        try:
+            await self.app(scope, connection.receive, connection.send)
+        finally:
+            self.open_connections -= 1
+            await connection.finish()
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> GuardedConnection | None:
+        """Apply the checks made before accept: the connection, or None if refused."""
         handshake = Handshake.from_scope(scope)
         if not origin_allowed(handshake, scope.get("scheme", "ws"), self.policy.allowed_origins):
             _log_refusal(handshake, "origin not allowed")
             await _refuse(scope, send, 403)
-            return
+            return None
         if self.open_connections >= self.policy.max_connections:
             _log_refusal(handshake, "server full", logging.WARNING)
             await _accept_and_close(receive, send, TRY_AGAIN_LATER, "server full, try again later")
-            return
+            return None
         try:
             identity = await self.authenticate(handshake)
         except Refuse as refusal:
             _log_refusal(handshake, "authentication")
             await _refuse(scope, send, refusal.status)
-            return
+            return None
         scope["user"] = identity  # None for an anonymous client (Starlette's websocket.user)
-        self.open_connections += 1
-        try:
-            connection = GuardedConnection(self.policy, handshake, receive, send)
-            await connection.run(self.app, scope)
-        finally:
-            self.open_connections -= 1
+        return GuardedConnection(self.policy, handshake, receive, send)
 
 
 class GuardedConnection:
@@ -206,19 +215,16 @@ class GuardedConnection:
         self.sender: asyncio.Task[Any] | None = None
         self.dropped_sender: asyncio.Task[Any] | None = None
 
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
-        """Run ``app`` on this connection; log its close."""
-        try:
-            await app(scope, self.receive, self.send)
-        finally:
-            if self.watchdog is not None:
-                self.watchdog.cancel()
-            if self.closing is not None:
-                await self.closing
-            if self.opened_at:
-                code = self.close_code if self.close_code is not None else "no close frame"
-                duration = self.loop.time() - self.opened_at
-                self.log_event(logging.INFO, f"closed with {code} after {duration:.3f} s")
+    async def finish(self) -> None:
+        """After the app has returned: stop watching, and log the close."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.closing is not None:
+            await self.closing
+        if self.opened_at:
+            code = self.close_code if self.close_code is not None else "no close frame"
+            duration = self.loop.time() - self.opened_at
+            self.log_event(logging.INFO, f"closed with {code} after {duration:.3f} s")
 
     async def receive(self) -> Message:
         if self.closed_by_guard:

@@ -91,8 +91,17 @@ async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None
     except OSError:  # the client left during the handshake
         logger.debug("client left %s before the handshake completed", _path(websocket))
         return
-    if len(task_factories) == 1:  # nothing to run beside it: no child task to wait on
-        await _run_alone(websocket, task_factories[0])
+    if len(task_factories) == 1:  # nothing to run beside it: run it here, no child task
+        close_code = NORMAL_CLOSURE
+        try:
+            await task_factories[0](websocket)
+        except asyncio.CancelledError:
+            close_code = GOING_AWAY
+            raise
+        except Exception as error:
+            close_code = _close_code_after(websocket, error)
+        finally:
+            await _close_if_open(websocket, close_code)
         return
     tasks = [
         asyncio.create_task(_run_task(factory, websocket), name=f"{_path(websocket)} {factory!r}")
@@ -111,20 +120,6 @@ async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None
 
 async def _run_task(factory: TaskFactory[WS], websocket: WS) -> None:
     await factory(websocket)
-
-
-async def _run_alone(websocket: WS, factory: TaskFactory[WS]) -> None:
-    """A session of one task, run in the caller's task: the same ends, one task less to hold."""
-    close_code = NORMAL_CLOSURE
-    try:
-        await factory(websocket)
-    except asyncio.CancelledError:
-        close_code = GOING_AWAY
-        raise
-    except Exception as error:
-        close_code = _close_code_after(websocket, error)
-    finally:
-        await _close_if_open(websocket, close_code)
 
 
 async def _until_session_ends(websocket: SessionSocket, tasks: list[asyncio.Task[None]]) -> int:
@@ -243,6 +238,7 @@ def receive_json(handle: JsonHandler[WS]) -> TaskFactory[WS]:
                 await send_text(dumps(keepalive_ack(message)))
             else:
                 await handle(websocket, message)
+            del frame, message  # not held while the connection idles
 
     return receiving
 
@@ -256,12 +252,15 @@ async def keepalive_loop(websocket: SessionSocket) -> None:
     if websocket.application_state.name == "CONNECTING":
         await run_websocket(websocket, keepalive_loop)
         return
-    await receive_json(_answer_only_keepalives)(websocket)
+    await _answer_keepalives(websocket)
 
 
 async def _answer_only_keepalives(websocket: SessionSocket, message: dict[str, Any]) -> None:
     reason = "this endpoint answers only keepalive messages"
     await send_json(websocket, {"type": "error", "reason": reason})
+
+
+_answer_keepalives = receive_json(_answer_only_keepalives)  # one for all: no closure each
 
 
 def keepalive_ack(message: Mapping[str, Any]) -> dict[str, Any]:

@@ -356,13 +356,14 @@ def broadcast_table(results: Results) -> str:
                     cell(get("rss_mib")),
                     cell(get("rss_growth_mib")),
                     cell(get("server_cpu_us_per_delivery")),
+                    cell(get("open_seconds")),
                     cell(get("client_cpu_fanout"), percent),
                 ]
             )
     for server, reason in results.not_measured.items():
         if server.startswith("broadcast-"):
             backend = server.removeprefix("broadcast-")
-            rows.append([backend, f"not measured: {reason}", *["-"] * 9])
+            rows.append([backend, f"not measured: {reason}", *["-"] * 10])
     header = [
         "backend",
         "subscribers",
@@ -374,6 +375,7 @@ def broadcast_table(results: Results) -> str:
         "server RSS MiB",
         "RSS growth MiB",
         "server CPU us/delivery",
+        "seconds to open the subscribers",
         "client CPU in fan-outs",
     ]
     return table(header, rows)

@@ -6,6 +6,8 @@
 //   node client.mjs idle --url ... --connections 10000
 //   node client.mjs ticker --url ws://127.0.0.1:PORT/ws/clock --connections 5000 \
 //       --period 1 --settle 2 --duration 10
+//   node client.mjs broadcast --url ws://127.0.0.1:PORT/ws/rooms/bench --connections 10000 \
+//       --messages 30 --warmup-messages 2 --interval 0.2
 //
 // It prints one JSON object per line on stdout: events ({"event": "window-start"}, ...) at
 // the moments bench/run.py samples the server's and this process's CPU and memory, then
@@ -28,6 +30,10 @@ const OPTIONS = {
   period: { type: "string", default: "1" },
   settle: { type: "string", default: "2" },
   "round-trips": { type: "string", default: "1000" },
+  messages: { type: "string", default: "30" },
+  "warmup-messages": { type: "string", default: "2" },
+  interval: { type: "string", default: "0.2" },
+  "fanout-timeout": { type: "string", default: "30" },
 };
 
 // Replies that count as a round trip: a keepalive_ack, or the keepalive itself from an echo
@@ -107,14 +113,25 @@ function openOne(url, setup = () => {}) {
 /** Open `count` connections, at most `concurrency` handshakes at a time.
  *
  * `onProgress(opened)` is called after each `progressEvery` connections (but not the last).
+ * A connection counts as open once `ready(ws)` resolves (at once by default).
  */
-async function openMany(url, count, concurrency, setup = () => {}, progressEvery = 0, onProgress) {
+async function openMany(
+  url,
+  count,
+  concurrency,
+  setup = () => {},
+  progressEvery = 0,
+  onProgress = () => {},
+  ready = async () => {},
+) {
   const sockets = [];
   let next = 0;
   async function worker() {
     while (next < count) {
       next += 1;
-      sockets.push(await openOne(url, setup));
+      const ws = await openOne(url, setup);
+      await ready(ws);
+      sockets.push(ws);
       const opened = sockets.length;
       if (progressEvery > 0 && opened % progressEvery === 0 && opened < count) onProgress(opened);
     }
@@ -348,7 +365,160 @@ async function ticker(options) {
   });
 }
 
-const MODES = { keepalive, counted, idle, ticker };
+/** Broadcast: one publisher, `connections` subscribers on one room, delivery latency.
+ *
+ * Every connection of a broadcast room (the generated service's `run_broadcast`) first gets
+ * {"type": "subscribed"}, then every JSON object published on the room, the sender's own
+ * included, as {"type": "broadcast", ..., "message": {...}}; a subscriber whose bounded queue
+ * overflowed gets {"type": "dropped", "count": n} in place of the lost messages. Here the
+ * subscribers open (`open-concurrency` handshakes in flight) and each waits for its
+ * "subscribed"; then one more connection, the publisher, sends `messages` messages, each
+ * {"seq": k, "sent_ms": performance.now()}. Message k + 1 goes `interval` seconds after
+ * message k, and never before every subscriber has message k, so fan-outs do not overlap:
+ * the figures are those of one message fanned out to every subscriber. A delivery's latency
+ * is its receive time less its send time (one clock, this process); the first
+ * `warmup-messages` messages are delivered and checked but not in the figures. Every
+ * subscriber must get every message, in order: a dropped notice, an error, a message out of
+ * order or a connection closed ends the run with a failure. The publisher's own copies are
+ * checked the same way but are not deliveries.
+ */
+async function broadcast(options) {
+  const count = options.connections;
+  const total = options.messages;
+  const warmup = Math.min(options["warmup-messages"], total);
+  const latencies = new Samples();
+  const fanoutMs = new Samples();
+  const arrivals = new Uint32Array(total);
+  const lastArrivalAt = new Float64Array(total);
+  const everyone = Array.from({ length: total }, () => {
+    let resolve;
+    const promise = new Promise((done) => (resolve = done));
+    return { promise, resolve };
+  });
+  let deliveries = 0;
+  let running = true;
+  const problems = { dropped: 0, errors: 0, out_of_order: 0, unexpected: 0, closed_early: 0 };
+  let firstProblem = null;
+  const problem = (kind, text) => {
+    problems[kind] += 1;
+    if (firstProblem !== null) return;
+    firstProblem = text;
+    setTimeout(failIfProblems, 1000); // fail soon, once the counts have had time to grow
+  };
+  const failIfProblems = () => {
+    if (firstProblem === null) return;
+    const counts = Object.entries(problems)
+      .filter(([, n]) => n > 0)
+      .map(([kind, n]) => `${kind.replaceAll("_", " ")}: ${n}`)
+      .join(", ");
+    fail(`broadcast failed (${counts}); the first: ${firstProblem}`);
+  };
+
+  // Each connection reads "subscribed" first, then the room's messages in order.
+  const follow = (ws, isSubscriber) => {
+    let subscribed;
+    let notSubscribed;
+    ws.subscribed = new Promise((resolve, reject) => {
+      subscribed = resolve;
+      notSubscribed = reject;
+    });
+    let expected = 0;
+    ws.on("message", (data) => {
+      const now = performance.now();
+      const message = JSON.parse(data);
+      if (subscribed !== null) {
+        if (message.type !== "subscribed") problem("unexpected", `before "subscribed": ${data}`);
+        subscribed();
+        subscribed = null;
+        return;
+      }
+      if (message.type === "dropped") return problem("dropped", `a subscriber got ${data}`);
+      if (message.type === "error") return problem("errors", `a connection got ${data}`);
+      if (message.type !== "broadcast") return problem("unexpected", `unexpected: ${data}`);
+      const { seq, sent_ms: sentMs } = message.message;
+      if (seq !== expected) problem("out_of_order", `message ${seq} came when ${expected} was due`);
+      expected = seq + 1;
+      if (!isSubscriber) return;
+      deliveries += 1;
+      if (seq >= warmup) latencies.push(now - sentMs);
+      arrivals[seq] += 1;
+      if (arrivals[seq] === count) {
+        lastArrivalAt[seq] = now;
+        everyone[seq].resolve();
+      }
+    });
+    ws.on("close", (code) => {
+      if (subscribed !== null) notSubscribed(new Error(`closed (${code}) before "subscribed"`));
+      else if (running) problem("closed_early", `a connection closed (${code}) during the run`);
+    });
+  };
+  const open = (isSubscriber, number) =>
+    openMany(
+      options.url,
+      number,
+      options["open-concurrency"],
+      (ws) => follow(ws, isSubscriber),
+      0,
+      () => {},
+      (ws) => ws.subscribed,
+    );
+  const started = performance.now();
+  const subscribers = await open(true, count);
+  const openSeconds = (performance.now() - started) / 1000;
+  const [publisher] = await open(false, 1);
+  emit({ event: "opened", open_seconds: openSeconds });
+
+  const timeoutMs = options["fanout-timeout"] * 1000;
+  let fanoutCpuUs = 0;
+  let fanoutWallMs = 0;
+  let windowStarted = 0;
+  for (let seq = 0; seq < total; seq += 1) {
+    if (seq === warmup) {
+      emit({ event: "window-start" });
+      windowStarted = performance.now();
+    }
+    const cpuBefore = process.cpuUsage();
+    const sentAt = performance.now();
+    publisher.send(JSON.stringify({ seq, sent_ms: sentAt }));
+    let timer;
+    const timedOut = new Promise((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
+    const late = await Promise.race([everyone[seq].promise.then(() => false), timedOut]);
+    clearTimeout(timer);
+    failIfProblems();
+    if (late) {
+      fail(`message ${seq} reached ${arrivals[seq]} of ${count} subscribers in ${timeoutMs} ms`);
+    }
+    const cpu = process.cpuUsage(cpuBefore);
+    if (seq >= warmup) {
+      fanoutMs.push(lastArrivalAt[seq] - sentAt);
+      fanoutCpuUs += cpu.user + cpu.system;
+      fanoutWallMs += performance.now() - sentAt;
+    }
+    const rest = sentAt + options.interval * 1000 - performance.now();
+    if (rest > 0 && seq + 1 < total) await sleep(rest / 1000);
+  }
+  const seconds = windowStarted ? (performance.now() - windowStarted) / 1000 : 0;
+  emit({ event: "window-end" });
+  await sleep(0.2); // a late duplicate or notice would show up now
+  running = false;
+  failIfProblems();
+  await closeAll([...subscribers, publisher]);
+  emit({
+    event: "result",
+    connections: subscribers.length,
+    messages: total,
+    measured_messages: total - warmup,
+    seconds,
+    open_seconds: openSeconds,
+    deliveries,
+    expected_deliveries: count * total,
+    latency_ms: percentiles(latencies.view()),
+    fanout_ms: percentiles(fanoutMs.view()),
+    fanout_cpu: fanoutWallMs > 0 ? fanoutCpuUs / 1000 / fanoutWallMs : 0,
+  });
+}
+
+const MODES = { keepalive, counted, idle, ticker, broadcast };
 
 async function main() {
   const { values, positionals } = parseArgs({ options: OPTIONS, allowPositionals: true });

@@ -1,15 +1,17 @@
 """Benchmark the generated websocket service against hand-written baselines (issue 7).
 
-    .venv/bin/python bench/run.py             the full run (about 12 minutes)
+    .venv/bin/python bench/run.py             the full run (about 18 minutes)
     .venv/bin/python bench/run.py --smoke     tiny counts, under a minute
 
 Renders the default project (each flavour), starts it with uvicorn's defaults on 127.0.0.1,
 and drives it with node's ``ws`` client (``bench/client.mjs``) on loopback, interleaved
 (A B A B) with three baselines on the same uvicorn or beside it: (1) a FastAPI keepalive
 endpoint written the way the FastAPI docs teach, (2) a raw-ASGI echo with no JSON (the
-server's ceiling), (3) the ``websockets`` library's own server. The server is pinned to one
-CPU, the load generator to another. Writes results.md (tables, ratios, issue 7's targets),
-results.json and PNG plots to ``--output`` (default ``bench/results/<date>/``).
+server's ceiling), (3) the ``websockets`` library's own server. The broadcast workload
+renders the service with a broadcast room for each backend (memory; Redis, on a
+redis-server started for it) and fans messages out to its subscribers. The server is pinned
+to one CPU, the load generator to another. Writes results.md (tables, ratios, issue 7's
+targets), results.json and PNG plots to ``--output`` (default ``bench/results/<date>/``).
 """
 
 from __future__ import annotations
@@ -40,18 +42,21 @@ from bench import report, workloads
 from bench.loadgen import BenchError, ensure_client, installed_ws_version
 from bench.servers import (
     BENCH,
+    BROADCAST_BACKENDS,
     SERVER_KEYS,
     TEMPLATE,
+    RedisServer,
     RunningServer,
     ServerSpec,
+    broadcast_label,
+    broadcast_spec,
     pinning_cpus,
+    render_broadcast_projects,
     render_projects,
     server_specs,
 )
 
-WORKLOADS = ("keepalive", "instructions", "idle", "ticker")
-# Broadcast (issue 7: one message to 1,000 and 10,000 subscribers) joins WORKLOADS once the
-# template has broadcast; until then it is reported as not measured.
+WORKLOADS = ("keepalive", "instructions", "idle", "ticker", "broadcast")
 PACKAGES = ("uvicorn", "websockets", "fastapi", "starlette", "uvloop", "httptools", "cookiecutter")
 SMOKE = workloads.Settings(
     connections=(1, 4),
@@ -65,6 +70,10 @@ SMOKE = workloads.Settings(
     ticker_duration=1.0,
     open_concurrency=10,
     counted_round_trips=50,
+    broadcast_subscribers=(5, 20),
+    broadcast_messages=3,
+    broadcast_warmup_messages=1,
+    broadcast_interval=0.05,
 )
 
 
@@ -91,6 +100,30 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-connections", type=int, default=full.idle_connections)
     parser.add_argument("--ticker-connections", type=int, default=full.ticker_connections)
     parser.add_argument("--ticker-duration", type=float, default=full.ticker_duration)
+    parser.add_argument(
+        "--broadcast-backends",
+        nargs="+",
+        choices=BROADCAST_BACKENDS,
+        default=list(BROADCAST_BACKENDS),
+        help="the broadcast workload runs on the generated service (fastapi flavour) with "
+        "each of these backends; --servers does not apply to it",
+    )
+    parser.add_argument(
+        "--broadcast-subscribers", type=int, nargs="+", default=list(full.broadcast_subscribers)
+    )
+    parser.add_argument(
+        "--broadcast-messages",
+        type=int,
+        default=full.broadcast_messages,
+        help="messages in the figures of each run, after "
+        f"{full.broadcast_warmup_messages} of warm-up",
+    )
+    parser.add_argument(
+        "--broadcast-interval",
+        type=float,
+        default=full.broadcast_interval,
+        help="seconds between messages (longer if a fan-out takes longer: they never overlap)",
+    )
     return parser.parse_args(argv)
 
 
@@ -104,13 +137,21 @@ def settings_from(args: argparse.Namespace) -> workloads.Settings:
         idle_connections=args.idle_connections,
         ticker_connections=args.ticker_connections,
         ticker_duration=args.ticker_duration,
+        broadcast_subscribers=tuple(args.broadcast_subscribers),
+        broadcast_messages=args.broadcast_messages,
+        broadcast_interval=args.broadcast_interval,
     )
 
 
 def check_limits(settings: workloads.Settings) -> None:
     """Fail early, with what to do, when the open-file limit cannot hold the connections."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    most = max(settings.idle_connections, settings.ticker_connections, *settings.connections)
+    most = max(
+        settings.idle_connections,
+        settings.ticker_connections,
+        *settings.connections,
+        *(count + 1 for count in settings.broadcast_subscribers),  # and the publisher
+    )
     if soft != resource.RLIM_INFINITY and most + 100 > soft:
         raise BenchError(
             f"{most:,} connections need more open files than the limit of {soft:,} "
@@ -261,6 +302,13 @@ def summary(record: workloads.Record) -> str:
             f"{record['connections']:,} connections, {record['rss_per_connection_kib']:.1f} "
             f"KiB each, {record['opens_per_s']:,.0f} opens/s, client {record['client_cpu']:.0%}"
         )
+    if record["workload"] == "broadcast":
+        return (
+            f"{record['connections']:,} subscribers, {record['deliveries']:,} deliveries, "
+            f"p50 {record['latency_p50_ms']:.1f} ms, p99 {record['latency_p99_ms']:.1f} ms, "
+            f"max {record['latency_max_ms']:.1f} ms, server RSS {record['rss_mib']:.0f} MiB, "
+            f"client {record['client_cpu_fanout']:.0%} in fan-outs"
+        )
     return (
         f"{record['connections']:,} connections, lateness p99 {record['lateness_p99_ms']:.1f} ms, "
         f"server {record['server_cpu']:.0%}, client {record['client_cpu']:.0%}"
@@ -281,6 +329,7 @@ def run(args: argparse.Namespace) -> Path:
     server_cpu, client_cpu, pinning = pinning_cpus()
     started = time.monotonic()
     records: list[workloads.Record] = []
+    not_measured: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="ws-template-bench-") as scratch:
         work = Path(scratch)
         specs = server_specs(render_projects(work / "render"), settings.tick_seconds)
@@ -311,24 +360,81 @@ def run(args: argparse.Namespace) -> Path:
             elif workload == "idle":
                 idle = partial(workloads.idle, settings=settings, cpu=client_cpu)
                 records += one_at_a_time(workload, specs, repetitions, server_cpu, work, idle)
-            else:
+            elif workload == "ticker":
                 ticker = partial(workloads.ticker, settings=settings, cpu=client_cpu)
                 records += one_at_a_time(workload, tickers, repetitions, server_cpu, work, ticker)
+            else:
+                records += broadcast_runs(
+                    args.broadcast_backends,
+                    settings,
+                    repetitions,
+                    (server_cpu, client_cpu),
+                    work,
+                    labels,
+                    not_measured,
+                )
     minutes = (time.monotonic() - started) / 60
-    write_results(output, records, labels, settings, repetitions, pinning, minutes)
+    write_results(output, records, labels, not_measured, settings, repetitions, pinning, minutes)
     return output
+
+
+def broadcast_runs(
+    backends: Sequence[str],
+    settings: workloads.Settings,
+    repetitions: int,
+    cpus: tuple[int | None, int | None],
+    work: Path,
+    labels: dict[str, str],
+    not_measured: dict[str, str],
+) -> list[workloads.Record]:
+    """The broadcast workload: each backend in turn (A B A B) at each subscriber count.
+
+    The Redis backend's server shares one redis-server, started for the workload on the
+    server's CPU and stopped after it. Without redis-server the Redis backend is not
+    measured, and ``not_measured`` says why. ``labels`` gets the servers' labels.
+    """
+    server_cpu, client_cpu = cpus
+    missing = RedisServer.missing() if "redis" in backends else None
+    if missing:
+        not_measured["broadcast-redis"] = missing
+        labels["broadcast-redis"] = broadcast_label("redis")
+        say(f"Not measuring broadcast through Redis: {missing}.")
+        backends = [backend for backend in backends if backend != "redis"]
+    projects = render_broadcast_projects(work / "render-broadcast", backends)
+    records: list[workloads.Record] = []
+    with ExitStack() as stack:
+        redis = None
+        if "redis" in projects:
+            redis = stack.enter_context(RedisServer(server_cpu, work / "redis-server.log"))
+        specs = [
+            broadcast_spec(backend, project, redis.url if redis else None)
+            for backend, project in projects.items()
+        ]
+        labels.update({spec.key: spec.label for spec in specs})
+        for subscribers in settings.broadcast_subscribers:
+            measure = partial(
+                workloads.broadcast,
+                subscribers=subscribers,
+                settings=settings,
+                cpu=client_cpu,
+                redis=redis,
+            )
+            records += one_at_a_time("broadcast", specs, repetitions, server_cpu, work, measure)
+    return records
 
 
 def write_results(
     output: Path,
     records: list[workloads.Record],
     labels: dict[str, str],
+    not_measured: dict[str, str],
     settings: workloads.Settings,
     repetitions: int,
     pinning: str,
     minutes: float,
 ) -> None:
-    """results.json (everything measured), then the report and the plots made from it."""
+    """results.json (everything measured, and why some server was not), then the report
+    and the plots made from it."""
     data = {
         "command": shlex.join(["bench/run.py", *sys.argv[1:]]),
         "finished": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -339,6 +445,7 @@ def write_results(
         "repetitions": repetitions,
         "settings": asdict(settings),
         "labels": labels,
+        "not_measured": not_measured,
         "records": records,
     }
     (output / "results.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -351,11 +458,12 @@ def write_report(output: Path) -> None:
     if not source.exists():
         raise BenchError(f"{source} does not exist: give --report the folder of a run.")
     data = json.loads(source.read_text())
-    results = report.Results(data["records"], data["labels"])
+    results = report.Results(data["records"], data["labels"], data.get("not_measured", {}))
     plots = [
         *report.plot_keepalive(results, output),
         *report.plot_instructions(results, output),
         *report.plot_memory(results, output),
+        *report.plot_broadcast(results, output),
     ]
     smoke = "**Smoke run: tiny counts and windows; its figures mean nothing.**\n\n"
     machine_text = ", ".join(f"{key} {value}" for key, value in data["machine"].items())

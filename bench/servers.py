@@ -2,7 +2,9 @@
 
 Every server runs as its own process on 127.0.0.1 and a port the OS picks, pinned to one
 CPU, with its log in a file (uvicorn logs each connection at its default level, so the
-log must not be a pipe that nobody reads).
+log must not be a pipe that nobody reads). The broadcast workload has servers of its own:
+the fastapi flavour rendered with a broadcast room for each backend, the Redis one beside
+a `RedisServer` started for the run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +30,12 @@ BASELINES = BENCH / "baselines"
 
 SERVER_KEYS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
 """The keys of the servers that `server_specs` gives, in its order."""
+BROADCAST_BACKENDS = ("memory", "redis")
+"""The template's broadcast backends (its ``broadcast_backend`` answer), in run order."""
+BROADCAST_ENDPOINTS = "/ws/keepalive, /ws/rooms/{room}:broadcast"
+"""The ``endpoints`` answer of the broadcast workload's projects."""
+BROADCAST_ROOM = "/ws/rooms/bench"
+"""The one room (channel) that every subscriber of the broadcast workload joins."""
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
@@ -45,6 +54,7 @@ class ServerSpec:
     keepalive_path: str
     ticker_path: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    broadcast_path: str | None = None
 
 
 def uvicorn(app: str) -> tuple[str, ...]:
@@ -54,24 +64,41 @@ def uvicorn(app: str) -> tuple[str, ...]:
 
 def render_projects(output: Path) -> dict[str, Path]:
     """Render the default project once per flavour into ``output``; flavour -> project folder."""
+    return {
+        flavour: _render(output, flavour, {"framework": flavour}) for flavour in ("fastapi", "asgi")
+    }
+
+
+def render_broadcast_projects(output: Path, backends: Sequence[str]) -> dict[str, Path]:
+    """Render the default flavour (fastapi) with a broadcast room, once per backend in
+    ``backends``, into ``output``; backend -> project folder."""
+    return {
+        backend: _render(
+            output,
+            f"broadcast-{backend}",
+            {"endpoints": BROADCAST_ENDPOINTS, "broadcast_backend": backend},
+        )
+        for backend in backends
+    }
+
+
+def _render(output: Path, name: str, answers: Mapping[str, str]) -> Path:
+    """Render the template with ``answers`` (the rest by default) into ``output/name``."""
     output.mkdir(parents=True, exist_ok=True)
     config = output / "cookiecutter-config.yaml"
     config.write_text(
         f'cookiecutters_dir: "{output / "cookiecutters"}"\nreplay_dir: "{output / "replay"}"\n'
     )
-    projects = {}
-    for flavour in ("fastapi", "asgi"):
-        folder = output / flavour
-        folder.mkdir(parents=True, exist_ok=True)
-        project = cookiecutter(
-            str(TEMPLATE),
-            no_input=True,
-            output_dir=str(folder),
-            config_file=str(config),
-            extra_context={"framework": flavour},
-        )
-        projects[flavour] = Path(project)
-    return projects
+    folder = output / name
+    folder.mkdir(parents=True, exist_ok=True)
+    project = cookiecutter(
+        str(TEMPLATE),
+        no_input=True,
+        output_dir=str(folder),
+        config_file=str(config),
+        extra_context=dict(answers),
+    )
+    return Path(project)
 
 
 LOAD_TEST_LIMITS = {
@@ -132,6 +159,33 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
             "/ws/keepalive",
         ),
     ]
+
+
+def broadcast_label(backend: str) -> str:
+    """What the broadcast workload's server on ``backend`` is, for people."""
+    where = "in memory (one process)" if backend == "memory" else "through Redis pub/sub"
+    return f"generated service, fastapi flavour, broadcast {where}"
+
+
+def broadcast_spec(backend: str, project: Path, redis_url: str | None = None) -> ServerSpec:
+    """The server of the broadcast workload on ``backend``: the generated service (fastapi
+    flavour) with a broadcast room, on the Redis at ``redis_url`` for the Redis backend.
+
+    Its broadcast queue keeps its default size (100 messages per connection).
+    """
+    env = dict(LOAD_TEST_LIMITS)
+    if backend == "redis":
+        assert redis_url is not None, "the Redis backend needs a Redis URL"
+        env["REDIS_URL"] = redis_url
+    return ServerSpec(
+        f"broadcast-{backend}",
+        broadcast_label(backend),
+        uvicorn("ws_service.app:app"),
+        project,
+        "/ws/keepalive",
+        env=env,
+        broadcast_path=BROADCAST_ROOM,
+    )
 
 
 def pinned(command: Sequence[str], cpu: int | None) -> list[str]:
@@ -236,3 +290,97 @@ class RunningServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class RedisServer:
+    """A ``redis-server`` on 127.0.0.1 and a free port, keeping nothing on disk, its log in
+    a file; started by entering the context, stopped on exit. `missing` says whether one
+    can run here at all."""
+
+    def __init__(self, cpu: int | None, log: Path, start_timeout: float = 10) -> None:
+        self.cpu = cpu
+        self.log = log
+        self.port = 0
+        self._start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def missing() -> str | None:
+        """Why no redis-server can run here, or None when one can."""
+        if shutil.which("redis-server") is None:
+            return "redis-server is not installed (apt-get install redis-server)"
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "redis-server is not started"
+        return self._process.pid
+
+    def __enter__(self) -> RedisServer:
+        for _ in range(5):  # a free port can be taken before the server binds it
+            port = _free_port()
+            command = [
+                "redis-server",
+                *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(self.log.parent)),
+                *("--save", "", "--appendonly", "no", "--logfile", str(self.log)),
+            ]
+            self._process = subprocess.Popen(
+                pinned(command, self.cpu),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._answers(port):
+                self.port = port
+                return self
+            self.stop()
+        raise RuntimeError(f"redis-server did not start; the end of its log:\n{self._log_tail()}")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the server (SIGTERM), SIGKILL after ``timeout``."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _answers(self, port: int) -> bool:
+        """Wait until the server answers PING on ``port``; False if it exits or stays silent."""
+        assert self._process is not None
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline and self._process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def _log_tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -9,10 +9,9 @@ flat dict of what was measured (JSON-ready, written to results.json as it is):
 - `ticker`: how late ticks arrive and what they cost the server with N connections on a
   ticker endpoint;
 - `instructions`: the server's instructions per keepalive round trip, counted by valgrind's
-  callgrind: a figure that does not move with the machine's load, where times do.
-
-Broadcast (one message fanned out to 1,000 and 10,000 subscribers, issue 7) is not here:
-the template has no broadcast yet. Add a workload beside these once it has.
+  callgrind: a figure that does not move with the machine's load, where times do;
+- `broadcast`: how long one message takes to reach each of N subscribers of a broadcast
+  room, one fan-out at a time, with every delivery checked (issue 7: 1,000 and 10,000).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from bench.loadgen import (
     others_share,
     sample,
 )
-from bench.servers import RunningServer
+from bench.servers import RedisServer, RunningServer
 
 Record = dict[str, Any]
 MIB = 1024 * 1024
@@ -64,6 +63,16 @@ class Settings:
     counted_connections: int = 10
     counted_round_trips: int = 2_000
     """Round trips of the `instructions` workload (the server runs under callgrind)."""
+    broadcast_subscribers: tuple[int, ...] = (1_000, 10_000)
+    """Subscribers of the broadcast workload's room, one run per count."""
+    broadcast_messages: int = 30
+    """Messages of each broadcast run in its figures (after its warm-up messages)."""
+    broadcast_warmup_messages: int = 2
+    """Messages of each broadcast run delivered and checked, but not in its figures."""
+    broadcast_interval: float = 0.2
+    """Seconds from one broadcast message to the next (longer if a fan-out takes longer)."""
+    broadcast_fanout_timeout: float = 30.0
+    """Seconds one broadcast message may take to reach every subscriber before the run fails."""
 
 
 def keepalive(
@@ -192,6 +201,79 @@ def ticker(server: RunningServer, settings: Settings, cpu: int | None) -> Record
         "server_cpu_us_per_tick": server_cpu_seconds / max(ticks, 1) * 1e6,
         "client_cpu": cpu_share(client_start, client_end),
         "others_cpu": others_share((server_start, server_end), (client_start, client_end)),
+    }
+
+
+def broadcast(
+    server: RunningServer,
+    subscribers: int,
+    settings: Settings,
+    cpu: int | None,
+    redis: RedisServer | None = None,
+) -> Record:
+    """Fan messages out to ``subscribers`` connections of one broadcast room, one at a time.
+
+    The load generator opens the subscribers, then publishes ``broadcast_messages`` (after
+    ``broadcast_warmup_messages``) from one more connection, each once the last has reached
+    every subscriber and ``broadcast_interval`` after it; it fails unless every subscriber
+    gets every message, in order, with no drop. Latency is a delivery's receive time less
+    its send time. The server's memory is read before the subscribers open, once they are
+    open, and after the last message; ``redis`` (the Redis backend's server) has its CPU
+    time read too.
+    """
+    assert server.spec.broadcast_path is not None, f"{server.spec.label} has no broadcast room"
+    probe_ms = cpu_probe(server.cpu)
+    before = sample(server.pid)
+    samples: dict[str, tuple[Sample, Sample, Sample | None]] = {}
+
+    def on_event(event: Event, client: Client) -> None:
+        redis_sample = sample(redis.pid) if redis is not None else None
+        samples[event["event"]] = (sample(server.pid), sample(client.pid), redis_sample)
+
+    options = {
+        "connections": subscribers,
+        "messages": settings.broadcast_warmup_messages + settings.broadcast_messages,
+        "warmup-messages": settings.broadcast_warmup_messages,
+        "interval": settings.broadcast_interval,
+        "fanout-timeout": settings.broadcast_fanout_timeout,
+        "open-concurrency": settings.open_concurrency,
+    }
+    client = Client("broadcast", server.ws_url(server.spec.broadcast_path), options, cpu)
+    window = options["messages"] * settings.broadcast_interval
+    result = client.run(on_event, timeout=window + settings.broadcast_fanout_timeout + 120)
+    opened = samples["opened"][0]
+    (server_start, client_start, redis_start), (server_end, client_end, redis_end) = (
+        samples["window-start"],
+        samples["window-end"],
+    )
+    deliveries = int(result["deliveries"])
+    measured = subscribers * settings.broadcast_messages
+    server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
+    redis_cpu = cpu_share(redis_start, redis_end) if redis_start and redis_end else None
+    others = others_share((server_start, server_end), (client_start, client_end))
+    return {
+        "workload": "broadcast",
+        "backend": server.spec.key.removeprefix("broadcast-"),
+        "connections": subscribers,
+        "probe_ms": probe_ms,
+        "messages": settings.broadcast_messages,
+        "deliveries": deliveries,
+        "expected_deliveries": int(result["expected_deliveries"]),
+        "latency_p50_ms": result["latency_ms"]["p50"],
+        "latency_p99_ms": result["latency_ms"]["p99"],
+        "latency_max_ms": result["latency_ms"]["max"],
+        "fanout_p50_ms": result["fanout_ms"]["p50"],
+        "fanout_max_ms": result["fanout_ms"]["max"],
+        "open_seconds": float(result["open_seconds"]),
+        "rss_mib": server_end.rss_bytes / MIB,
+        "rss_growth_mib": (server_end.rss_bytes - before.rss_bytes) / MIB,
+        "rss_messages_growth_mib": (server_end.rss_bytes - opened.rss_bytes) / MIB,
+        "server_cpu": cpu_share(server_start, server_end),
+        "server_cpu_us_per_delivery": server_cpu_seconds / max(measured, 1) * 1e6,
+        "redis_cpu": redis_cpu,
+        "client_cpu": cpu_share(client_start, client_end),
+        "client_cpu_fanout": float(result["fanout_cpu"]),
+        "others_cpu": max(0.0, others - (redis_cpu or 0.0)),
     }
 
 

@@ -1,55 +1,160 @@
 """The benchmark (bench/run.py) runs end to end in its smoke mode and writes its report.
 
 Figures are never asserted: they depend on the machine and on whatever else runs on it.
+What is asserted is that each workload ran on its servers, and that broadcast delivered
+every message to every subscriber (the load generator fails the run otherwise). The main
+smoke run measures broadcast in memory; broadcast through Redis has a smoke run of its own,
+so that it can be skipped alone where redis-server is missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from bench import report
+from bench.loadgen import CLIENT, ensure_client
+from bench.servers import RedisServer
 from tests.conftest import TEMPLATE
 
 SERVERS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
 
 
-def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        str(TEMPLATE / "bench" / "run.py"),
-        "--smoke",
-        "--output",
-        str(tmp_path),
-    ]
+@dataclass(frozen=True)
+class SmokeRun:
+    folder: Path
+    stdout: str
+    report: str
+    data: dict[str, Any]
+
+    def runs(self, workload: str, server: str) -> list[dict[str, Any]]:
+        return [
+            r for r in self.data["records"] if r["workload"] == workload and r["server"] == server
+        ]
+
+
+def smoke_run(folder: Path, *options: str) -> SmokeRun:
+    """``bench/run.py --smoke`` with ``options``, its report and results.json in ``folder``."""
+    command = [sys.executable, str(TEMPLATE / "bench" / "run.py"), "--smoke"]
+    command += ["--output", str(folder), *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    report = (folder / "results.md").read_text()
+    data = json.loads((folder / "results.json").read_text())
+    return SmokeRun(folder, result.stdout, report, data)
 
-    report = (tmp_path / "results.md").read_text()
-    assert result.stdout.strip() == report.strip()  # the report is printed too
+
+def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> None:
+    smoke = smoke_run(tmp_path, "--broadcast-backends", "memory")
+    assert smoke.stdout.strip() == smoke.report.strip()  # the report is printed too
     headings = ["Issue 7 targets", "Keepalive round trips", "Idle connections", "Ticker"]
     headings += ["Broadcast", "Load generator", "Plots"]
     if shutil.which("valgrind"):
         headings.append("Server instructions per round trip")
     for heading in headings:
-        assert f"\n## {heading}\n" in report, heading
-    assert "| generated service, fastapi flavour | (1) FastAPI as its docs teach |" in report
-    assert "not measured: the template has no broadcast yet" in report
+        assert f"\n## {heading}\n" in smoke.report, heading
+    assert "| generated service, fastapi flavour | (1) FastAPI as its docs teach |" in smoke.report
+    assert "no broadcast yet" not in smoke.report
 
-    data = json.loads((tmp_path / "results.json").read_text())
-    measured = {(r["workload"], r["server"]) for r in data["records"]}
+    measured = {(r["workload"], r["server"]) for r in smoke.data["records"]}
     for server in SERVERS:
         assert ("keepalive", server) in measured
         assert ("idle", server) in measured
     assert {("ticker", "generated-fastapi"), ("ticker", "generated-asgi")} <= measured
-    for plot in ("throughput.png", "latency.png", "memory.png"):
-        assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG"), plot
+    assert_broadcast_measured(smoke, "memory")
+    for plot in ("throughput.png", "latency.png", "memory.png", "broadcast.png"):
+        assert (smoke.folder / plot).read_bytes().startswith(b"\x89PNG"), plot
 
 
-def test_an_unknown_server_stops_the_benchmark_with_a_usage_message(tmp_path: Path) -> None:
+def test_smoke_run_measures_broadcast_through_redis_with_every_delivery(tmp_path: Path) -> None:
+    missing = RedisServer.missing()
+    if missing:
+        reason = f"broadcast through Redis cannot be measured: {missing}"
+        if os.environ.get("REQUIRE_REDIS", "") == "1":  # as websocket.testing.RedisServer
+            pytest.fail(f"{reason}; REQUIRE_REDIS=1 makes this a failure")
+        pytest.skip(f"{reason}; REQUIRE_REDIS=1 makes this a failure instead of a skip")
+    smoke = smoke_run(tmp_path, "--workloads", "broadcast", "--broadcast-backends", "redis")
+    assert smoke.data["not_measured"] == {}
+    assert_broadcast_measured(smoke, "redis")
+    assert (smoke.folder / "broadcast.png").read_bytes().startswith(b"\x89PNG")
+
+
+def assert_broadcast_measured(smoke: SmokeRun, backend: str) -> None:
+    """Every subscriber count of the smoke settings ran, each delivery made, on ``backend``."""
+    runs = smoke.runs("broadcast", f"broadcast-{backend}")
+    counts = smoke.data["settings"]["broadcast_subscribers"]
+    assert sorted(r["connections"] for r in runs) == sorted(counts)
+    for run in runs:
+        assert run["deliveries"] == run["expected_deliveries"] > 0, run
+        assert run["latency_p99_ms"] is not None, run
+    assert f"\n| {backend} | {max(counts):,} | " in smoke.report
+
+
+def test_an_unknown_server_stops_the_benchmark_with_a_usage_message() -> None:
     command = [sys.executable, str(TEMPLATE / "bench" / "run.py"), "--servers", "nginx"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert "--servers: invalid choice: 'nginx'" in result.stderr
+
+
+def test_a_broadcast_run_fails_when_a_subscriber_is_sent_a_drop_notice() -> None:
+    ensure_client()
+    stdout, stderr, code = asyncio.run(broadcast_to_a_room_that_drops(subscribers=3))
+    assert code == 1, stdout + stderr
+    assert "broadcast failed (dropped: 1)" in stderr
+    assert '"type":"dropped"' in stderr
+    assert '"event":"result"' not in stdout
+
+
+async def broadcast_to_a_room_that_drops(subscribers: int) -> tuple[str, str, int]:
+    """Run client.mjs broadcast against a room that tells its first subscriber that a
+    message was dropped, and relays every message to the others as the service does."""
+    connections: list[ServerConnection] = []
+
+    async def room(websocket: ServerConnection) -> None:
+        connections.append(websocket)
+        await websocket.send('{"type":"subscribed","channel":"/ws/rooms/bench"}')
+        async for text in websocket:
+            message = text if isinstance(text, str) else text.decode()
+            envelope = f'{{"type":"broadcast","channel":"/ws/rooms/bench","message":{message}}}'
+            for index, connection in enumerate(connections):
+                dropped = '{"type":"dropped","channel":"/ws/rooms/bench","count":1}'
+                await connection.send(dropped if index == 0 else envelope)
+
+    async with serve(room, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await asyncio.create_subprocess_exec(
+            "node",
+            str(CLIENT),
+            "broadcast",
+            f"--url=ws://127.0.0.1:{port}/ws/rooms/bench",
+            f"--connections={subscribers}",
+            "--messages=2",
+            "--interval=0",
+            "--fanout-timeout=10",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(client.communicate(), 60)
+    assert client.returncode is not None
+    return stdout.decode(), stderr.decode(), client.returncode
+
+
+def test_the_report_says_why_broadcast_through_redis_was_not_measured() -> None:
+    labels = {"broadcast-redis": "generated service, fastapi flavour, broadcast through Redis"}
+    missing = "redis-server is not installed (apt-get install redis-server)"
+    results = report.Results([], labels, {"broadcast-redis": missing})
+    text = report.markdown(results, "# header")
+    assert f"| redis | not measured: {missing} |" in text
+    target = "broadcast in memory (one process) to 10,000 subscribers, delivery p99 | <= 250 ms"
+    assert f"{target} | not measured in this run (no broadcast run with 10,000" in text

@@ -220,6 +220,9 @@ class Fanout:
     def subscriptions(self, channel: str) -> list[Subscription]:
         return list(self._channels.get(channel, ()))
 
+    def has_subscriptions(self, channel: str) -> bool:
+        return channel in self._channels  # remove() drops a channel's empty set
+
     def deliver(self, channel: str, text: str) -> None:
         for subscription in self._channels.get(channel, ()):
             if subscription.live:

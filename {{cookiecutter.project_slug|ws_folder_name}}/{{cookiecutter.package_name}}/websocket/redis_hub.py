@@ -133,7 +133,7 @@ class RedisHub(Hub):
             raise HubClosed("broadcast unavailable: the service is stopping")
         subscription = self._fanout.add(channel)
         async with self._commands:
-            await self._follow(channel)
+            await self._follow(channel, joining=subscription)
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
@@ -163,23 +163,25 @@ class RedisHub(Hub):
             retry=retry,
         )
 
-    async def _follow(self, channel: str) -> None:
+    async def _follow(self, channel: str, joining: Subscription | None = None) -> None:
         """Make the pub/sub connection follow the local subscribers of ``channel``.
 
-        Called with the command lock held. Without a connection there is nothing to do:
-        the connection task subscribes to every channel when it connects.
+        Called with the command lock held, ``joining`` being a subscription just added.
+        Without a connection there is nothing to do: the connection task subscribes to
+        every channel when it connects. Constant time in the channel's subscriber count:
+        10,000 clients joining one room must not walk it 10,000 times.
         """
         pubsub = self._pubsub
         if pubsub is None:
             return
-        wanted = bool(self._fanout.subscriptions(channel))
+        wanted = self._fanout.has_subscriptions(channel)
         try:
             if wanted and channel not in self._subscribed:
                 self._subscribed.add(channel)
                 self._unconfirmed[channel] += 1
                 await pubsub.subscribe(self.prefix + channel)
-            elif wanted and not self._unconfirmed[channel]:
-                self._go_live(channel)  # Redis confirmed this channel already
+            elif joining is not None and not self._unconfirmed[channel]:
+                joining.go_live()  # Redis confirmed this channel already; the others are live
             elif not wanted and channel in self._subscribed:
                 self._subscribed.discard(channel)
                 await pubsub.unsubscribe(self.prefix + channel)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import urllib.request
 
@@ -13,7 +14,13 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from {{ cookiecutter.package_name }}.settings import DEFAULT_TICK_SECONDS, Settings, SettingsError
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import (
+    DEFAULT_TICK_SECONDS,
+    Settings,
+    SettingsError,
+    get_settings,
+)
 {%- if redis %}
 from {{ cookiecutter.package_name }}.websocket.redis_hub import RedisHub
 {%- elif broadcast %}
@@ -71,12 +78,26 @@ def test_settings_from_environment() -> None:
             "TICK_SECONDS": " 0.25 ",
             "ALLOWED_ORIGINS": "https://app.example.com, https://admin.example.com/",
             "MAX_CONNECTIONS": "50",
+            "GC_THRESHOLD": "5000",
         }
     )
+    assert settings.gc_threshold == 5000
     assert settings.log_level == "DEBUG"
     assert settings.tick_seconds == 0.25
     assert settings.allowed_origins == ("https://app.example.com", "https://admin.example.com")
     assert settings.policy().max_connections == 50
+
+
+def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = gc.get_threshold()
+    monkeypatch.setenv("GC_THRESHOLD", "12345")
+    get_settings.cache_clear()
+    try:
+        create_app()
+        assert gc.get_threshold() == (12345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -90,6 +111,7 @@ def test_settings_from_environment() -> None:
         ("MAX_MESSAGE_BYTES", "1.5"),
         ("MAX_CONNECTIONS", "0"),
         ("IDLE_TIMEOUT_SECONDS", "forever"),
+        ("GC_THRESHOLD", "0"),
         ("ALLOWED_ORIGINS", "app.example.com"),
 {%- if broadcast %}
         ("BROADCAST_QUEUE_SIZE", "0"),

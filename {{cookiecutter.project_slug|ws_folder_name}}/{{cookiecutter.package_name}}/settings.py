@@ -61,6 +61,8 @@ class Settings:
     max_connections: int = 10000
     idle_timeout_seconds: float = 60.0
     send_timeout_seconds: float = 10.0
+    gc_threshold: int = 100_000
+    """Allocations between two young-generation passes of Python's garbage collector."""
     host: str = "127.0.0.1"
     """The runner's (python -m) settings, each also a command-line option."""
     port: int = 8000
@@ -108,6 +110,7 @@ class Settings:
             send_timeout_seconds=read(
                 "SEND_TIMEOUT_SECONDS", _positive(float), cls.send_timeout_seconds
             ),
+            gc_threshold=read("GC_THRESHOLD", _positive(int), cls.gc_threshold),
             host=read("HOST", _text, cls.host),
             port=read("PORT", _port, cls.port),
             workers=read("WORKERS", _positive(int), cls.workers),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -165,7 +165,7 @@ class WebSocketGuard:
             await _refuse(scope, send, refusal.status)
             return None
         scope["user"] = identity  # None for an anonymous client (Starlette's websocket.user)
-        return GuardedConnection(self.policy, handshake, receive, send)
+        return GuardedConnection(self.policy, scope, receive, send)
 
 
 class GuardedConnection:
@@ -180,9 +180,9 @@ class GuardedConnection:
         "last_heard",
         "loop",
         "opened_at",
-        "path_and_client",
         "policy",
         "rate_checked",
+        "scope",
         "sender",
         "sends_finished",
         "sends_started",
@@ -193,9 +193,9 @@ class GuardedConnection:
         "watchdog",
     )
 
-    def __init__(self, policy: Policy, handshake: Handshake, receive: Receive, send: Send) -> None:
+    def __init__(self, policy: Policy, scope: Scope, receive: Receive, send: Send) -> None:
         self.policy = policy
-        self.path_and_client = f"{handshake.path} from {_client(handshake)}"  # for the logs
+        self.scope = scope  # held by the app anyway; the logs read path and client from it
         self.server_receive = receive
         self.server_send = send
         self.loop = asyncio.get_running_loop()
@@ -321,7 +321,8 @@ class GuardedConnection:
             sender.cancel()
 
     def log_event(self, level: int, event: str) -> None:
-        logger.log(level, "websocket %s %s", self.path_and_client, event)
+        path, client = self.scope.get("path", ""), self.scope.get("client")
+        logger.log(level, "websocket %s from %s %s", path, _address(client), event)
 
     def next_watch(self, now: float) -> float:
         """When the watchdog looks next: at the idle deadline, or a send timeout from now."""
@@ -395,11 +396,13 @@ def _parse_cookies(header: str) -> dict[str, str]:
 
 
 def _log_refusal(handshake: Handshake, why: str, level: int = logging.INFO) -> None:
-    logger.log(level, "websocket %s from %s refused: %s", handshake.path, _client(handshake), why)
+    logger.log(
+        level, "websocket %s from %s refused: %s", handshake.path, _address(handshake.client), why
+    )
 
 
-def _client(handshake: Handshake) -> str:
-    return f"{handshake.client[0]}:{handshake.client[1]}" if handshake.client else "?"
+def _address(client: Sequence[object] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 async def _refuse(scope: Scope, send: Send, status: int) -> None:

@@ -14,8 +14,9 @@ Typical use, one handler per endpoint::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from typing import TypeAlias, get_type_hints
 
 from fastapi import APIRouter, WebSocket
 
@@ -49,11 +50,33 @@ def create_router(endpoint: str, handler: WebSocketHandler | None = None) -> API
     serves each connection and defaults to `keepalive_loop`. Returns an ``APIRouter`` with
     one websocket entrypoint, for ``app.include_router``.
     """
-    serve = handler or keepalive_loop
+    router = APIRouter()
+    router.add_api_websocket_route(endpoint, _entrypoint(handler or keepalive_loop), name=endpoint)
+    return router
+
+
+def _entrypoint(serve: WebSocketHandler) -> WebSocketHandler:
+    """What FastAPI calls for each connection: ``serve`` itself when FastAPI can call it so
+    (a coroutine function of one ``WebSocket`` parameter), else a wrapper that calls it.
+
+    Either way ``serve`` gets the connection and nothing else; calling it directly saves a
+    coroutine frame per open connection.
+    """
+    try:
+        parameters = list(inspect.signature(serve).parameters.values())
+        hints = get_type_hints(serve)
+    except (NameError, TypeError, ValueError):  # unresolvable annotations, not a function
+        parameters, hints = [], {}
+    if (
+        inspect.iscoroutinefunction(serve)
+        and len(parameters) == 1
+        and parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and parameters[0].default is inspect.Parameter.empty
+        and hints.get(parameters[0].name) is WebSocket
+    ):
+        return serve
 
     async def websocket_entrypoint(websocket: WebSocket) -> None:
         await serve(websocket)
 
-    router = APIRouter()
-    router.add_api_websocket_route(endpoint, websocket_entrypoint, name=endpoint)
-    return router
+    return websocket_entrypoint

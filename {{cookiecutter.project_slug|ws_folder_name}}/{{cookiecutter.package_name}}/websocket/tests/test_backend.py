@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 
-from fastapi import FastAPI, WebSocket
+from fastapi import APIRouter, FastAPI, WebSocket
+from fastapi.routing import APIWebSocketRoute
 from fastapi.testclient import TestClient
 
 from .. import backend
-from ..backend import create_router, drain_text, run_websocket
+from ..backend import create_router, drain_text, keepalive_loop, run_websocket
 
 DOCUMENTED_API = {
     "create_router",
@@ -79,3 +80,30 @@ def test_create_router_hands_path_parameters_to_the_handler() -> None:
     app.include_router(create_router("/rooms/{room}", room))
     with TestClient(app) as client, client.websocket_connect("/rooms/lobby") as websocket:
         assert websocket.receive_json() == {"room": "lobby"}
+
+
+def endpoint_of(router: APIRouter) -> object:
+    (route,) = router.routes
+    assert isinstance(route, APIWebSocketRoute)
+    return route.endpoint
+
+
+def test_create_router_calls_a_websocket_handler_itself_and_wraps_any_other() -> None:
+    async def plain(websocket: WebSocket) -> None:
+        await run_websocket(websocket, drain_text)
+
+    async def with_option(websocket: WebSocket, greeting: str = "hi") -> None:
+        async def greet(websocket: WebSocket) -> None:
+            await websocket.send_json({"greeting": greeting})
+
+        await run_websocket(websocket, greet, drain_text)
+
+    assert endpoint_of(create_router("/plain", plain)) is plain  # no frame in between
+    assert endpoint_of(create_router("/default")) is not keepalive_loop  # SessionSocket
+    assert endpoint_of(create_router("/option", with_option)) is not with_option
+    app = FastAPI()
+    app.include_router(create_router("/option", with_option))
+    # Wrapped, the handler gets the connection and nothing else: FastAPI does not take
+    # ``greeting`` for a query parameter.
+    with TestClient(app) as client, client.websocket_connect("/option?greeting=x") as websocket:
+        assert websocket.receive_json() == {"greeting": "hi"}

@@ -1,6 +1,6 @@
 """Benchmark the generated websocket service against hand-written baselines (issue 7).
 
-    .venv/bin/python bench/run.py             the full run (about 18 minutes)
+    .venv/bin/python bench/run.py             the full run (about 15 minutes)
     .venv/bin/python bench/run.py --smoke     tiny counts, under a minute
 
 Renders the default project (each flavour), starts it with uvicorn's defaults on 127.0.0.1,

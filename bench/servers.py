@@ -281,15 +281,7 @@ class RunningServer:
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the server as a process manager would (SIGTERM), SIGKILL after ``timeout``."""
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _terminate(self._process, timeout)
 
 
 class RedisServer:
@@ -351,14 +343,7 @@ class RedisServer:
     def stop(self, timeout: float = 10) -> None:
         """Stop the server (SIGTERM), SIGKILL after ``timeout``."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _terminate(process, timeout)
 
     def _answers(self, port: int) -> bool:
         """Wait until the server answers PING on ``port``; False if it exits or stays silent."""
@@ -378,6 +363,18 @@ class RedisServer:
     def _log_tail(self, lines: int = 20) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """End ``process`` with SIGTERM, and SIGKILL if it still runs after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _free_port() -> int:

@@ -76,9 +76,10 @@ def now_ns() -> int:
 async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:
     """Run one websocket session with composable async tasks.
 
-    Accepts the connection, starts one task per factory and waits. The session ends when
-    the client disconnects, when every task has returned, or when a task raises. On the
-    way out every task still running is cancelled and awaited (none outlives this call)
+    Accepts the connection, starts one task per factory (a single factory runs in the
+    caller's own task) and waits. The session ends when the client disconnects, when every
+    task has returned, or when a task raises. On the way out every task still running is
+    cancelled and awaited (none outlives this call)
     and the socket, if still open, is closed: 1000 normally, 1011 after an unexpected
     error, which is logged once with its traceback and the endpoint path. A disconnect
     never escapes from here; cancellation of this call does, after the cleanup.

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 1.1.0. Every file in this folder is copied unchanged into each project that
+Version 1.2.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -20,6 +20,11 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+1.2.0: JSON through json's C parts directly (`session.loads`/`session.dumps`, the bytes of
+``json.loads``/``json.dumps`` with the same options); a one-task session runs in the
+caller's task; `create_router` mounts a handler of one ``WebSocket`` parameter as it is;
+the guard holds less per connection; `RedisHub` subscribes in constant time.
 """
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"

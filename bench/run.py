@@ -50,6 +50,7 @@ from bench.servers import (
     ServerSpec,
     broadcast_label,
     broadcast_spec,
+    pin,
     pinning_cpus,
     render_broadcast_projects,
     render_projects,
@@ -394,7 +395,7 @@ def broadcast_runs(
     measured, and ``not_measured`` says why. ``labels`` gets the servers' labels.
     """
     server_cpu, client_cpu = cpus
-    missing = RedisServer.missing() if "redis" in backends else None
+    missing = RedisServer.unavailable() if "redis" in backends else None
     if missing:
         not_measured["broadcast-redis"] = missing
         labels["broadcast-redis"] = broadcast_label("redis")
@@ -405,7 +406,8 @@ def broadcast_runs(
     with ExitStack() as stack:
         redis = None
         if "redis" in projects:
-            redis = stack.enter_context(RedisServer(server_cpu, work / "redis-server.log"))
+            redis = stack.enter_context(RedisServer())
+            pin(redis.pid, server_cpu)
         specs = [
             broadcast_spec(backend, project, redis.url if redis else None)
             for backend, project in projects.items()

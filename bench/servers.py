@@ -4,7 +4,7 @@ Every server runs as its own process on 127.0.0.1 and a port the OS picks, pinne
 CPU, with its log in a file (uvicorn logs each connection at its default level, so the
 log must not be a pipe that nobody reads). The broadcast workload has servers of its own:
 the fastapi flavour rendered with a broadcast room for each backend, the Redis one beside
-a `RedisServer` started for the run.
+a redis-server started for the run (the vendored backend's `RedisServer`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cookiecutter.main import cookiecutter
+from websocket.testing import RedisServer as RedisServer  # the vendored backend's, re-exported
 
 BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
@@ -193,6 +193,12 @@ def pinned(command: Sequence[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *command] if cpu is not None else list(command)
 
 
+def pin(pid: int, cpu: int | None) -> None:
+    """Move the running process ``pid`` to CPU ``cpu`` alone (nothing for None)."""
+    if cpu is not None:
+        subprocess.run(["taskset", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+
+
 def pinning_cpus() -> tuple[int | None, int | None, str]:
     """The CPUs for the server and the load generator, and a note saying how they are pinned."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -281,103 +287,12 @@ class RunningServer:
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the server as a process manager would (SIGTERM), SIGKILL after ``timeout``."""
-        _terminate(self._process, timeout)
-
-
-class RedisServer:
-    """A ``redis-server`` on 127.0.0.1 and a free port, keeping nothing on disk, its log in
-    a file; started by entering the context, stopped on exit. `missing` says whether one
-    can run here at all."""
-
-    def __init__(self, cpu: int | None, log: Path, start_timeout: float = 10) -> None:
-        self.cpu = cpu
-        self.log = log
-        self.port = 0
-        self._start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def missing() -> str | None:
-        """Why no redis-server can run here, or None when one can."""
-        if shutil.which("redis-server") is None:
-            return "redis-server is not installed (apt-get install redis-server)"
-        return None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, "redis-server is not started"
-        return self._process.pid
-
-    def __enter__(self) -> RedisServer:
-        for _ in range(5):  # a free port can be taken before the server binds it
-            port = _free_port()
-            command = [
-                "redis-server",
-                *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(self.log.parent)),
-                *("--save", "", "--appendonly", "no", "--logfile", str(self.log)),
-            ]
-            self._process = subprocess.Popen(
-                pinned(command, self.cpu),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._answers(port):
-                self.port = port
-                return self
-            self.stop()
-        raise RuntimeError(f"redis-server did not start; the end of its log:\n{self._log_tail()}")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def stop(self, timeout: float = 10) -> None:
-        """Stop the server (SIGTERM), SIGKILL after ``timeout``."""
-        process, self._process = self._process, None
-        _terminate(process, timeout)
-
-    def _answers(self, port: int) -> bool:
-        """Wait until the server answers PING on ``port``; False if it exits or stays silent."""
-        assert self._process is not None
-        deadline = time.monotonic() + self._start_timeout
-        while time.monotonic() < deadline and self._process.poll() is None:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if connection.recv(64).startswith(b"+PONG"):
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.05)
-        return False
-
-    def _log_tail(self, lines: int = 20) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """End ``process`` with SIGTERM, and SIGKILL if it still runs after ``timeout``."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websocket.testing import RedisServer  # the vendored backend, as every project has it
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench import report
 from bench.loadgen import CLIENT, ensure_client
-from bench.servers import RedisServer
 from tests.conftest import TEMPLATE
 
 SERVERS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
@@ -77,12 +76,12 @@ def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> No
 
 
 def test_smoke_run_measures_broadcast_through_redis_with_every_delivery(tmp_path: Path) -> None:
-    missing = RedisServer.missing()
+    missing = RedisServer.unavailable()
     if missing:
         reason = f"broadcast through Redis cannot be measured: {missing}"
-        if os.environ.get("REQUIRE_REDIS", "") == "1":  # as websocket.testing.RedisServer
-            pytest.fail(f"{reason}; REQUIRE_REDIS=1 makes this a failure")
-        pytest.skip(f"{reason}; REQUIRE_REDIS=1 makes this a failure instead of a skip")
+        if RedisServer.required():
+            pytest.fail(reason)
+        pytest.skip(reason)
     smoke = smoke_run(tmp_path, "--workloads", "broadcast", "--broadcast-backends", "redis")
     assert smoke.data["not_measured"] == {}
     assert_broadcast_measured(smoke, "redis")

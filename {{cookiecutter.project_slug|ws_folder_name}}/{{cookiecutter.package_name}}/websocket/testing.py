@@ -272,6 +272,12 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (to pin it to a CPU or read its CPU time, say)."""
+        assert self._process is not None, "the server is not started"
+        return self._process.pid
+
     def __enter__(self) -> RedisServer:
         self.start()
         return self

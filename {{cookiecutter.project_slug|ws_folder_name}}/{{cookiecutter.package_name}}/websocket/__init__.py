@@ -24,7 +24,8 @@ A project keeps the face its framework uses.
 1.2.0: JSON through json's C parts directly (`session.loads`/`session.dumps`, the bytes of
 ``json.loads``/``json.dumps`` with the same options); a one-task session runs in the
 caller's task; `create_router` mounts a handler of one ``WebSocket`` parameter as it is;
-the guard holds less per connection; `RedisHub` subscribes in constant time.
+the guard holds less per connection; `RedisHub` subscribes in constant time;
+`testing.RedisServer` has a ``pid``.
 """
 
 __version__ = "1.2.0"

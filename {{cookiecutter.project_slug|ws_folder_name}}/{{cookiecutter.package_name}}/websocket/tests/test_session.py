@@ -399,6 +399,13 @@ def test_dumps_is_not_confused_by_an_earlier_failure_or_a_value_seen_twice() -> 
     with pytest.raises(TypeError):
         dumps({"ok": shared, "bad": object()})
     assert dumps([shared, shared]) == '[{"x":1},{"x":1}]'
+    # A failure inside a value that lives on: an encoder sharing one marker dict between
+    # calls keeps the value's mark and then calls it circular.
+    lasting: list[Any] = [1, object()]
+    with pytest.raises(TypeError):
+        dumps(lasting)
+    lasting.pop()
+    assert dumps(lasting) == "[1]"
     circular: list[Any] = []
     circular.append(circular)
     with pytest.raises(RecursionError):

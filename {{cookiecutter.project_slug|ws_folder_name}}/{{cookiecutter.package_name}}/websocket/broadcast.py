@@ -6,24 +6,45 @@ Part of the websocket backend vendored by ws-template (version and upgrade notes
 
 A `Hub` carries messages between the connections of a channel. `MemoryHub` does it inside
 one process; `RedisHub` (``redis_hub.py``, in projects that chose the Redis backend) does it
-through Redis pub/sub, across processes and machines. Both keep their local subscribers in
-a `Fanout` and pass the same contract tests (``tests/hub_contract.py``).
+through Redis, across processes and machines. Both keep their local subscribers in a
+`Fanout` and pass the same contract tests (``tests/hub_contract.py``).
+
+**Positions.** Every message published on a channel gets the channel's next ``offset``
+(1, 2, 3, ... with no gaps, the same on every process) and the channel's ``epoch``, a string
+that names the channel's current history and changes only when that history is lost (a
+memory hub restarted, Redis lost the channel's keys). `Hub.publish` returns the message's
+`Position`.
+
+**History and recovery.** A hub keeps each channel's last ``history_size`` messages (0: none)
+for ``history_ttl`` seconds after its last publish, and the channel's position for at least a
+day. A subscription made with ``since`` (a `Position` the client reached) first receives every
+message after it, from the history, then the live ones: no gap, no duplicate. When the history
+cannot cover the gap (another epoch, too old, or ``since`` ahead of the channel), the
+subscription starts from the channel's current position and says it did not recover.
 
 Every subscription has its own bounded queue, filled without waiting: a slow subscriber
 never delays the publisher or the other subscribers. When its queue is full, its oldest
-queued message is dropped (it gets the newest ones) and the gap is reported to it in order,
-as ``{"type": "dropped", "channel": ..., "count": n}``; ``"count": null`` marks a gap of
-unknown size, when a hub lost its backend for a while. Messages already queued are sent
-before the gap notice; nothing is ever reordered.
+queued message is dropped (it gets the newest ones) and the gap is reported to it in
+order. Each subscription checks the offsets it is given, so it never sends a message twice
+or out of order, and reports any gap it sees (the hub's own, not only a full queue).
 
-The client protocol of a broadcast connection (`run_broadcast`):
+The client protocol of a broadcast connection (`run_broadcast`); a *position* is an
+``offset`` and an ``epoch``, the next message having ``offset + 1``:
 
-- ``{"type": "subscribed", "channel": ...}`` comes first, once the connection receives
-  the channel's messages (at once in memory; once Redis confirms the subscription);
+- ``{"type": "subscribed", "channel", "offset", "epoch"}`` comes first, once the connection
+  receives the channel's messages, with the position they continue from. A connection
+  opened with ``?since=OFFSET&epoch=EPOCH`` also gets ``"recovered": true`` (every message
+  after that position follows, then the live ones) or ``"recovered": false`` (they could
+  not be recovered: reload your state; messages continue from the position given). A
+  malformed ``since`` or ``epoch`` gets ``{"type": "error", "reason"}`` and a close (1008);
 - each JSON object the client sends, keepalives aside, is published to the channel and
   reaches every connection on it, the sender's included, as ``{"type": "broadcast",
-  "channel": ..., "server_ns": ..., "message": {...}}``; every connection sees the
+  "channel", "offset", "epoch", "server_ns", "message": {...}}``; every connection sees the
   channel's messages in the same order;
+- ``{"type": "dropped", "channel", "count", "offset", "epoch"}`` reports ``count`` messages
+  lost just before the position given (``null``: an unknown number, as when the epoch
+  changed); the client can resume after the position it had reached by reconnecting with
+  ``since``, while the history still holds those messages;
 - a message the hub cannot publish (its backend is unreachable) gets ``{"type": "error",
   "reason": ...}`` at once, and the session goes on;
 - when the hub closes (the service shuts down), the connection is closed with 1012.
@@ -33,13 +54,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
 import json
 import logging
-from collections import deque
-from collections.abc import Mapping
+import re
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Protocol, Self
+from urllib.parse import parse_qs
 
 from .session import (
     WS,
@@ -55,9 +81,17 @@ from .session import (
 logger = logging.getLogger(__name__)
 
 SERVICE_RESTART: Final = 1012
+POLICY_VIOLATION: Final = 1008
 HUB_STATE_KEY: Final = "broadcast_hub"
 """Where the app's lifespan puts its hub in the ASGI state (see `hub_of`)."""
 DEFAULT_QUEUE_SIZE: Final = 100
+DEFAULT_HISTORY_SIZE: Final = 100
+DEFAULT_HISTORY_TTL: Final = 300.0
+POSITION_TTL: Final = 86400.0
+"""A channel keeps its position this long after its last publish (or its history TTL, if
+longer), so that a client that saw nothing new for a while still resumes without a reload."""
+MAX_EPOCH_LENGTH: Final = 64
+_EPOCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class HubUnavailable(Exception):
@@ -68,14 +102,46 @@ class HubClosed(HubUnavailable):
     """The hub is closed (the service is stopping): nothing can be published any more."""
 
 
-@dataclass
+class Position(NamedTuple):
+    """A place in a channel's stream: after the message numbered ``offset`` of ``epoch``."""
+
+    offset: int
+    epoch: str
+
+
+def new_epoch() -> str:
+    """A fresh epoch: random, so a history that was lost never seems to continue."""
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One published message: its position and the text every subscriber is sent."""
+
+    offset: int
+    epoch: str
+    text: str
+
+
+@dataclass(slots=True)
 class _Gap:
-    """Messages lost at this place in a subscription's queue; None when the count is unknown."""
+    """``count`` messages lost just before the position ``offset``/``epoch`` (count None:
+    unknown)."""
 
     count: int | None
+    offset: int
+    epoch: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class _Replayed:
+    """A message from the history, sent on resume: never dropped to make room (the history
+    is bounded by its own size)."""
+
+    publication: Publication
+
+
+@dataclass(frozen=True, slots=True)
 class _Notice:
     """A notice for the subscriber (never dropped to make room)."""
 
@@ -85,21 +151,32 @@ class _Notice:
 class Subscription:
     """One connection's place on a channel: the queue of what to send it, bounded.
 
-    Hubs fill it with `deliver` (never waits); the connection empties it with `next`.
+    A new subscription waits (it buffers what the hub delivers, up to its queue size) until
+    the hub `resume`\\ s it with the channel's position and, when it asked for them with
+    ``since``, the messages it missed. Hubs fill it with `deliver` (never waits); the
+    connection empties it with `next`.
     """
 
-    def __init__(self, channel: str, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self, channel: str, queue_size: int = DEFAULT_QUEUE_SIZE, since: Position | None = None
+    ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}.")
         self.channel = channel
         self.queue_size = queue_size
+        self.since = since
+        """The position the client asked to resume from, if any."""
+        self.recovered: bool | None = None
+        """Once resumed with ``since``: whether every message after it could be sent."""
         self.dropped = 0
         """How many messages were dropped because the queue was full."""
-        self.live = False
-        """True while the hub delivers the channel's messages to this subscription."""
-        self._entries: deque[str | _Gap | _Notice] = deque()
+        self._offset = 0
+        self._epoch = ""
+        self._resumed = False
+        self._held: deque[Publication] | None = deque(maxlen=queue_size)
+        """What the hub delivered while the subscription waits to be resumed; None when live."""
+        self._entries: deque[Publication | _Replayed | _Gap | _Notice] = deque()
         self._messages = 0
-        self._ever_live = False
         self._ended = False
         self._wakeup = asyncio.Event()
 
@@ -107,34 +184,76 @@ class Subscription:
     def ended(self) -> bool:
         return self._ended
 
-    def go_live(self) -> None:
-        """From now on the channel's messages arrive; the first time, say so to the client."""
-        if self._ended or self.live:
+    @property
+    def live(self) -> bool:
+        """True while the channel's messages go straight to the client's queue."""
+        return self._held is None and not self._ended
+
+    @property
+    def waiting(self) -> bool:
+        """True while the subscription waits for the hub to `resume` it."""
+        return self._held is not None and not self._ended
+
+    @property
+    def position(self) -> Position | None:
+        """The position of the last message queued or accounted for; None before `resume`."""
+        return Position(self._offset, self._epoch) if self._resumed else None
+
+    @property
+    def history_after(self) -> int | None:
+        """The offset after which this subscription needs the channel's history, if any."""
+        if self._resumed:
+            return self._offset
+        return None if self.since is None else self.since.offset
+
+    def resume(self, history: Sequence[Publication], top: Position) -> None:
+        """Go live at the channel's position ``top``, after the ``history`` it needs.
+
+        ``history`` holds the channel's messages in order (those at or before the
+        subscription's position are skipped). The first time, the subscribed notice is
+        queued, with ``recovered`` when the subscription was made with ``since``; later
+        (the hub lost its backend meanwhile), a gap the history does not cover is
+        reported. Then what arrived while it waited follows, duplicates skipped.
+        """
+        if self._held is None or self._ended:
             return
-        self.live = True
-        if not self._ever_live:
-            self._ever_live = True
-            self._put(_Notice(subscribed_notice(self.channel)))
+        if not self._resumed:
+            self._resumed = True
+            since = self.since
+            start = top
+            if since is not None:
+                self.recovered = _recoverable(since, top, history)
+                start = since if self.recovered else top
+            self._offset, self._epoch = start
+            self._put(_Notice(subscribed_notice(self.channel, start, self.recovered)))
+        for publication in history:
+            self._accept(publication, replayed=True)
+        if top.epoch != self._epoch:
+            self._put(_Gap(None, top.offset, top.epoch))
+            self._offset, self._epoch = top
+        elif top.offset > self._offset:
+            self._put(_Gap(top.offset - self._offset, top.offset, top.epoch))
+            self._offset = top.offset
+        held, self._held = self._held, None
+        for publication in held:
+            self._accept(publication)
 
-    def interrupt(self) -> None:
-        """The hub lost its backend: messages published from now on may never arrive."""
-        if self.live:
-            self.live = False
-            self._put(_Gap(None))
+    def hold(self) -> None:
+        """The hub lost its backend: wait for it to `resume` this subscription."""
+        if self._held is None and not self._ended:
+            self._held = deque(maxlen=self.queue_size)
 
-    def deliver(self, text: str) -> None:
+    def deliver(self, publication: Publication) -> None:
         """Queue one message; when the queue is full, drop the oldest queued message."""
-        if self._ended:
+        if self._held is not None:
+            if not self._ended:
+                self._held.append(publication)
             return
-        if self._messages >= self.queue_size:
-            self._drop_oldest()
-        self._messages += 1
-        self._put(text)
+        self._accept(publication)
 
     def end(self) -> None:
         """No more messages will come: `next` returns what is queued, then None."""
         self._ended = True
-        self.live = False
         self._wakeup.set()
 
     async def next(self) -> str | None:
@@ -145,59 +264,103 @@ class Subscription:
             self._wakeup.clear()
             await self._wakeup.wait()
         entry = self._entries.popleft()
-        if isinstance(entry, _Notice):
+        if type(entry) is Publication:
+            self._messages -= 1
             return entry.text
+        if type(entry) is _Replayed:
+            return entry.publication.text
         if isinstance(entry, _Gap):
-            return dropped_notice(self.channel, entry.count)
-        self._messages -= 1
-        return entry
+            return dropped_notice(self.channel, entry.count, Position(entry.offset, entry.epoch))
+        assert isinstance(entry, _Notice)
+        return entry.text
 
-    def _put(self, entry: str | _Gap | _Notice) -> None:
+    def _accept(self, publication: Publication, replayed: bool = False) -> None:
+        """Queue ``publication`` if it is new, after a gap if some came before it unseen."""
+        if self._ended:
+            return
+        if publication.epoch == self._epoch:
+            missed = publication.offset - self._offset - 1
+            if missed < 0:
+                return  # already queued or accounted for
+            if missed:
+                self._put(_Gap(missed, publication.offset - 1, publication.epoch))
+        else:
+            self._put(_Gap(None, publication.offset - 1, publication.epoch))
+            self._epoch = publication.epoch
+        self._offset = publication.offset
+        if replayed:
+            self._entries.append(_Replayed(publication))
+            self._wakeup.set()
+            return
+        if self._messages >= self.queue_size:
+            self._drop_oldest()
+        self._messages += 1
+        self._entries.append(publication)
+        self._wakeup.set()
+
+    def _put(self, entry: _Gap | _Notice) -> None:  # a gap joins one just before it
         last = self._entries[-1] if self._entries else None
         if isinstance(entry, _Gap) and isinstance(last, _Gap):
-            last.count = _added(last.count, entry.count)
+            self._entries[-1] = _joined(last, entry)
         else:
             self._entries.append(entry)
         self._wakeup.set()
 
     def _drop_oldest(self) -> None:
         """Drop the oldest queued message; a gap takes its place (or grows, beside one)."""
-        index = next(i for i, entry in enumerate(self._entries) if isinstance(entry, str))
-        del self._entries[index]
+        index = next(i for i, entry in enumerate(self._entries) if type(entry) is Publication)
+        oldest = self._entries[index]
+        assert isinstance(oldest, Publication)
+        gap = _Gap(1, oldest.offset, oldest.epoch)
         self._messages -= 1
         self.dropped += 1
-        gaps = [
-            i
-            for i in (index - 1, index)
-            if 0 <= i < len(self._entries) and isinstance(self._entries[i], _Gap)
-        ]
-        if not gaps:
-            self._entries.insert(index, _Gap(1))
-            return
-        gap = self._entries[gaps[0]]
-        assert isinstance(gap, _Gap)
-        gap.count = _added(gap.count, 1)
-        if len(gaps) == 2:  # the dropped message sat between two gaps: one gap now
-            second = self._entries[gaps[1]]
-            assert isinstance(second, _Gap)
-            gap.count = _added(gap.count, second.count)
-            del self._entries[gaps[1]]
+        after = self._entries[index + 1] if index + 1 < len(self._entries) else None
+        if isinstance(after, _Gap):
+            gap = _joined(gap, after)
+            del self._entries[index + 1]
+        before = self._entries[index - 1] if index else None
+        if isinstance(before, _Gap):
+            self._entries[index - 1] = _joined(before, gap)
+            del self._entries[index]
+        else:
+            self._entries[index] = gap
 
 
-def _added(count: int | None, more: int | None) -> int | None:
-    """Two gaps' sizes together; unknown if either is."""
-    return None if count is None or more is None else count + more
+def _joined(first: _Gap, second: _Gap) -> _Gap:
+    """Two gaps side by side as one: the sizes added (unknown if either is), up to the second."""
+    count = None if first.count is None or second.count is None else first.count + second.count
+    return _Gap(count, second.offset, second.epoch)
+
+
+def _recoverable(since: Position, top: Position, history: Sequence[Publication]) -> bool:
+    """Whether ``history`` holds every message after ``since`` up to ``top``."""
+    if since.epoch != top.epoch or since.offset > top.offset:
+        return False
+    if since.offset == top.offset:
+        return True
+    return bool(history) and history[0].offset <= since.offset + 1
+
+
+def after(history: Sequence[Publication], offset: int | None) -> Sequence[Publication]:
+    """The messages of ``history`` (contiguous offsets, in order) after ``offset``; none for
+    None."""
+    if offset is None or not history:
+        return ()
+    start = offset + 1 - history[0].offset
+    if start <= 0:
+        return history
+    return list(itertools.islice(history, start, None))
 
 
 class Fanout:
-    """A hub's local subscriptions, by channel: delivers a channel's messages to each live one."""
+    """A hub's local subscriptions, by channel: delivers a channel's messages to each one."""
 
     def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self.queue_size = queue_size
         self._channels: dict[str, set[Subscription]] = {}
 
-    def add(self, channel: str) -> Subscription:
-        subscription = Subscription(channel, self.queue_size)
+    def add(self, channel: str, since: Position | None = None) -> Subscription:
+        subscription = Subscription(channel, self.queue_size, since)
         self._channels.setdefault(channel, set()).add(subscription)
         return subscription
 
@@ -223,10 +386,15 @@ class Fanout:
     def has_subscriptions(self, channel: str) -> bool:
         return channel in self._channels  # remove() drops a channel's empty set
 
-    def deliver(self, channel: str, text: str) -> None:
+    def deliver(self, channel: str, publication: Publication) -> None:
         for subscription in self._channels.get(channel, ()):
-            if subscription.live:
-                subscription.deliver(text)
+            subscription.deliver(publication)
+
+    def hold_all(self) -> None:
+        """Every subscription waits to be resumed (the hub lost its backend)."""
+        for subscribers in self._channels.values():
+            for subscription in subscribers:
+                subscription.hold()
 
     def end_all(self) -> None:
         for subscribers in self._channels.values():
@@ -236,10 +404,10 @@ class Fanout:
 
 
 class Hub(abc.ABC):
-    """Carries messages between the connections of each channel.
+    """Carries messages between the connections of each channel, with positions and history.
 
     Use it as an async context manager (``async with hub:``), which starts and closes it,
-    or call `start` and `close`. ``publish`` delivers a text to every live subscription of
+    or call `start` and `close`. ``publish`` delivers a message to every subscription of
     the channel, in this process and, for hubs with a backend, in every process on it.
     """
 
@@ -248,15 +416,21 @@ class Hub(abc.ABC):
         """Get ready to publish and subscribe."""
 
     @abc.abstractmethod
-    async def publish(self, channel: str, text: str) -> None:
-        """Send ``text`` to every subscription of ``channel``, or raise `HubUnavailable`.
+    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
+        """Send ``message`` to every subscription of ``channel``; return its position.
 
-        Returns without waiting for subscribers: each has its own bounded queue.
+        Subscribers receive ``{"type": "broadcast", "channel", "offset", "epoch",
+        "server_ns", "message"}``. Raises `HubUnavailable` when it cannot be sent, and
+        TypeError or ValueError for a message that is not JSON. Returns without waiting for
+        subscribers: each has its own bounded queue.
         """
 
     @abc.abstractmethod
-    async def subscribe(self, channel: str) -> Subscription:
-        """A new subscription to ``channel``; it receives messages once it is live."""
+    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
+        """A new subscription to ``channel``, resumed after ``since`` if the history allows.
+
+        It receives its subscribed notice, then messages, once the hub has its position.
+        """
 
     @abc.abstractmethod
     async def unsubscribe(self, subscription: Subscription) -> None:
@@ -279,26 +453,74 @@ class Hub(abc.ABC):
         await self.close()
 
 
-class MemoryHub(Hub):
-    """A hub inside one process: reaches the connections of this process only."""
+class _Stream:
+    """A channel's position and its last messages, in a `MemoryHub`."""
 
-    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    __slots__ = ("epoch", "history", "history_until", "kept_until", "offset")
+
+    def __init__(self, history_size: int) -> None:
+        self.epoch = new_epoch()
+        self.offset = 0
+        self.history: deque[Publication] = deque(maxlen=history_size)
+        self.history_until = 0.0
+        self.kept_until = 0.0
+
+
+class MemoryHub(Hub):
+    """A hub inside one process: reaches the connections of this process only.
+
+    Channels' positions and histories live in the process and are lost with it (a new epoch
+    then). ``clock`` (seconds, monotonic) is for tests.
+    """
+
+    def __init__(
+        self,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        *,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_ttl: float = DEFAULT_HISTORY_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if history_size < 0 or history_ttl <= 0:
+            raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._clock = clock
         self._fanout = Fanout(queue_size)
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        """By time kept until, soonest first."""
         self._closed = False
 
     async def start(self) -> None:
         self._closed = False
 
-    async def publish(self, channel: str, text: str) -> None:
+    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be published.")
-        self._fanout.deliver(channel, text)
+        head, tail = envelope_parts(channel, message)
+        now = self._clock()
+        stream = self._stream(channel, now)
+        stream.offset += 1
+        publication = Publication(
+            stream.offset, stream.epoch, joined(head, stream.offset, stream.epoch, tail)
+        )
+        if self.history_size:
+            stream.history.append(publication)
+        stream.history_until = now + self.history_ttl
+        stream.kept_until = now + max(self.history_ttl, POSITION_TTL)
+        self._streams.move_to_end(channel)
+        self._fanout.deliver(channel, publication)
+        return Position(publication.offset, publication.epoch)
 
-    async def subscribe(self, channel: str) -> Subscription:
+    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be subscribed.")
-        subscription = self._fanout.add(channel)
-        subscription.go_live()
+        stream = self._stream(channel, self._clock())
+        subscription = self._fanout.add(channel, since)
+        history: Sequence[Publication] = stream.history
+        subscription.resume(
+            after(history, subscription.history_after), Position(stream.offset, stream.epoch)
+        )
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
@@ -307,21 +529,65 @@ class MemoryHub(Hub):
     async def close(self) -> None:
         self._closed = True
         self._fanout.end_all()
+        self._streams.clear()
+
+    def _stream(self, channel: str, now: float) -> _Stream:
+        """``channel``'s stream, new if it had none; forgets streams no longer kept."""
+        while self._streams:
+            oldest_channel, oldest = next(iter(self._streams.items()))
+            if oldest.kept_until > now:
+                break
+            if self._fanout.has_subscriptions(oldest_channel):  # kept while subscribed
+                oldest.kept_until = now + max(self.history_ttl, POSITION_TTL)
+                self._streams.move_to_end(oldest_channel)
+            else:
+                del self._streams[oldest_channel]
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream(self.history_size)
+            stream.kept_until = now + max(self.history_ttl, POSITION_TTL)
+        elif stream.history_until <= now:
+            stream.history.clear()
+        return stream
 
 
-def subscribed_notice(channel: str) -> str:
-    return _compact({"type": "subscribed", "channel": channel})
+def subscribed_notice(channel: str, position: Position, recovered: bool | None = None) -> str:
+    notice: dict[str, Any] = {
+        "type": "subscribed",
+        "channel": channel,
+        "offset": position.offset,
+        "epoch": position.epoch,
+    }
+    if recovered is not None:
+        notice["recovered"] = recovered
+    return _compact(notice)
 
 
-def dropped_notice(channel: str, count: int | None) -> str:
-    return _compact({"type": "dropped", "channel": channel, "count": count})
-
-
-def envelope(channel: str, message: Mapping[str, Any]) -> str:
-    """The text that every connection on ``channel`` receives for a client's ``message``."""
+def dropped_notice(channel: str, count: int | None, position: Position) -> str:
     return _compact(
-        {"type": "broadcast", "channel": channel, "server_ns": now_ns(), "message": message}
+        {
+            "type": "dropped",
+            "channel": channel,
+            "count": count,
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
     )
+
+
+def envelope_parts(channel: str, message: Mapping[str, Any]) -> tuple[str, str]:
+    """The text every subscriber receives for ``message``, cut where its position goes.
+
+    `joined` puts the two parts and a position together; `RedisHub` does the same inside
+    Redis, where the offset is given. TypeError or ValueError for a message that is not JSON.
+    """
+    head = '{"type":"broadcast","channel":' + _compact(channel) + ',"offset":'
+    tail = ',"server_ns":' + str(now_ns()) + ',"message":' + _compact(message) + "}"
+    return head, tail
+
+
+def joined(head: str, offset: int, epoch: str, tail: str) -> str:
+    return head + str(offset) + ',"epoch":"' + epoch + '"' + tail
 
 
 def _compact(value: Any) -> str:
@@ -333,9 +599,21 @@ def _compact(value: Any) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def hub_of(websocket: SessionSocket) -> Hub:
-    """The hub that the app's lifespan put in the ASGI state (under `HUB_STATE_KEY`)."""
-    state = websocket.scope.get("state") or {}
+class HasScope(Protocol):
+    """What carries an ASGI scope: a websocket, a Starlette/FastAPI ``Request``, ..."""
+
+    @property
+    def scope(self) -> Mapping[str, Any]: ...
+
+
+def hub_of(connection: HasScope | Mapping[str, Any]) -> Hub:
+    """The hub that the app's lifespan put in the ASGI state (under `HUB_STATE_KEY`).
+
+    ``connection`` is a websocket, an HTTP request (``hub_of(request)`` in a FastAPI route)
+    or an ASGI scope.
+    """
+    scope = connection if isinstance(connection, Mapping) else connection.scope
+    state = scope.get("state") or {}
     hub = state.get(HUB_STATE_KEY)
     if not isinstance(hub, Hub):
         raise RuntimeError(
@@ -345,15 +623,44 @@ def hub_of(websocket: SessionSocket) -> Hub:
     return hub
 
 
+def since_of(query_string: bytes) -> Position | None:
+    """The position a client asks to resume from: ``?since=OFFSET&epoch=EPOCH``, or None.
+
+    Raises ValueError, with a sentence for the client, when they are malformed.
+    """
+    if b"since" not in query_string and b"epoch" not in query_string:
+        return None
+    query = parse_qs(query_string.decode("latin-1"))
+    since, epoch = query.get("since", []), query.get("epoch", [])
+    if not since and not epoch:
+        return None
+    if len(since) != 1 or len(epoch) != 1:
+        raise ValueError("give since and epoch together, once each, to resume a channel")
+    offset, name = since[0], epoch[0]
+    if not (offset.isascii() and offset.isdigit() and len(offset) <= 18):
+        raise ValueError("since must be the offset of a message: a whole number, 0 or more")
+    if not _EPOCH.fullmatch(name):
+        raise ValueError(
+            f"epoch must be the epoch of a message: up to {MAX_EPOCH_LENGTH} letters, "
+            "digits or _.:-"
+        )
+    return Position(int(offset), name)
+
+
 async def run_broadcast(websocket: WS, hub: Hub, channel: str | None = None) -> None:
     """Serve one connection of a broadcast endpoint until it ends (see the module's docs).
 
     ``channel`` defaults to the connection's path, so ``/ws/rooms/{room}`` has one channel
-    per room. Accepts and closes the socket as `run_websocket` does; the subscription
-    ends with the session.
+    per room. A query ``?since=OFFSET&epoch=EPOCH`` resumes after that position. Accepts
+    and closes the socket as `run_websocket` does; the subscription ends with the session.
     """
     channel = channel or str(websocket.scope["path"])
-    subscription = await hub.subscribe(channel)
+    try:
+        since = since_of(websocket.scope.get("query_string", b""))
+    except ValueError as error:
+        await run_websocket(websocket, _refusal(str(error)))
+        return
+    subscription = await hub.subscribe(channel, since)
     try:
         await run_websocket(websocket, _relay(subscription), receive_json(_publisher(hub, channel)))
     finally:
@@ -364,6 +671,14 @@ async def run_broadcast(websocket: WS, hub: Hub, channel: str | None = None) -> 
                 channel,
                 subscription.dropped,
             )
+
+
+def _refusal(reason: str) -> TaskFactory[SessionSocket]:
+    async def refusing(websocket: SessionSocket) -> None:
+        await send_json(websocket, {"type": "error", "reason": reason})
+        await websocket.close(POLICY_VIOLATION)
+
+    return refusing
 
 
 def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
@@ -378,7 +693,7 @@ def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
 def _publisher(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:
     async def publish(websocket: SessionSocket, message: dict[str, Any]) -> None:
         try:
-            await hub.publish(channel, envelope(channel, message))
+            await hub.publish(channel, message)
         except HubUnavailable as error:
             await send_json(websocket, {"type": "error", "reason": str(error)})
 

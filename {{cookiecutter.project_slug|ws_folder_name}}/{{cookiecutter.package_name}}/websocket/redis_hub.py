@@ -1,25 +1,37 @@
-"""`RedisHub`: the broadcast hub across processes and machines, through Redis pub/sub.
+"""`RedisHub`: the broadcast hub across processes and machines, through Redis.
 
 Part of the websocket backend vendored by ws-template (version and upgrade notes in
 ``__init__.py``); only projects whose broadcast backend is Redis have it. It uses redis-py's
 asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.py``).
 
-- **Publishing** is one ``PUBLISH`` per message, on a pool of connections. If Redis cannot be
-  reached, `publish` raises `HubUnavailable` at once (connection refused) or after
-  ``timeout`` seconds (no answer): it never hangs. A pooled connection found closed (as
-  after a Redis restart) is replaced and the command sent once more, at once.
+- **Publishing** is one Lua script per message, so it is one atomic step in Redis: it bumps
+  the channel's offset (a hash, which also holds the epoch), appends the message to the
+  channel's history (a stream trimmed to ``history_size`` entries, entry id = offset,
+  expiring ``history_ttl`` seconds after the last publish) and publishes it prefixed
+  with its offset and epoch. Every process therefore sees a channel's messages with
+  contiguous offsets in one order. If Redis cannot be reached, `publish` raises
+  `HubUnavailable` at once (connection refused) or after ``timeout`` seconds (no answer):
+  it never hangs. A pooled connection found closed (as after a Redis restart) is replaced
+  and the command sent once more, at once. Any process can publish: ``async with
+  RedisHub(url, prefix=...) as hub: await hub.publish(channel, message)``.
 - **Subscribing** uses one pub/sub connection per hub (per process) for every channel that
   has local subscribers: ``SUBSCRIBE`` when a channel gets its first local subscriber,
-  ``UNSUBSCRIBE`` when its last one leaves. A subscription goes live when Redis confirms.
+  ``UNSUBSCRIBE`` when its last one leaves. Once Redis confirms, the hub reads the
+  channel's position and the history its subscribers need (one script, one round trip),
+  while what arrives meanwhile waits in each subscription; then they go live, each
+  checking offsets so that nothing is sent twice. Later subscribers of a live channel
+  without ``since`` go live at once from the position the hub follows.
 - **Reconnecting.** One task holds the pub/sub connection. When it breaks (Redis restarts,
   the network fails, or Redis stays silent for ``health_check_seconds`` after a ``PING``
-  sent after as long a quiet), every live subscription gets a gap of unknown size (Redis
-  pub/sub is at-most-once: what is published meanwhile is lost), and the task reconnects
-  with capped exponential backoff (50 ms doubling up to 2 s, jittered) and subscribes again
-  to every channel that still has local subscribers. Local subscribers stay, and go live
-  again when Redis confirms.
-- **Names.** A channel is ``prefix + channel`` on Redis, so several services (or staging and
-  production) can share one Redis.
+  sent after as long a quiet), every subscription waits, and the task reconnects with
+  capped exponential backoff (50 ms doubling up to 2 s, jittered) and subscribes again to
+  every channel that still has local subscribers. Each subscription is then filled from
+  the history, in order, with what was published meanwhile; only what the history no
+  longer holds is reported lost (``dropped`` with its count, or ``null`` when Redis lost
+  the channel's keys: a new epoch).
+- **Names.** A channel is ``prefix + channel`` on Redis, its keys ``prefix{channel}:meta``
+  and ``prefix{channel}:history`` (the braces keep them in one Redis Cluster slot), so
+  several services (or staging and production) can share one Redis.
 
 Redis disconnects a subscriber that lets its output buffer grow too far
 (``client-output-buffer-limit pubsub``: 32 MiB, or 8 MiB for a minute, by default). This hub
@@ -33,6 +45,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,10 +53,26 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from .broadcast import DEFAULT_QUEUE_SIZE, Fanout, Hub, HubClosed, HubUnavailable, Subscription
+from .broadcast import (
+    DEFAULT_HISTORY_SIZE,
+    DEFAULT_HISTORY_TTL,
+    DEFAULT_QUEUE_SIZE,
+    POSITION_TTL,
+    Fanout,
+    Hub,
+    HubClosed,
+    HubUnavailable,
+    Position,
+    Publication,
+    Subscription,
+    after,
+    envelope_parts,
+    new_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +81,51 @@ CONNECTION_ERRORS: Final = (RedisError, OSError, TimeoutError)
 FIRST_RETRY_SECONDS: Final = 0.05
 LAST_RETRY_SECONDS: Final = 2.0
 
+# KEYS: meta, history. ARGV: pub/sub channel, text head, text tail, epoch if new,
+# history size, history TTL (ms), position TTL (ms). The text is the envelope with its
+# offset and epoch put in (see broadcast.envelope_parts); it is published after them.
+PUBLISH_SCRIPT: Final = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local text = ARGV[2] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
+if tonumber(ARGV[5]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], offset .. '-0', 't', text)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PUBLISH', ARGV[1], offset .. ' ' .. epoch .. ' ' .. text)
+return {offset, epoch}
+"""
+
+# KEYS: meta, history. ARGV: epoch if new, first offset wanted ('' for none), position TTL.
+READ_SCRIPT: Final = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('DEL', KEYS[2])
+end
+local entries = {}
+if ARGV[2] ~= '' then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[2] .. '-0', '+')
+end
+return {redis.call('HGET', KEYS[1], 'offset'), epoch, entries}
+"""
+
 
 class RedisHub(Hub):
-    """A hub whose channels are Redis pub/sub channels: it reaches every process on one Redis.
+    """A hub whose channels live on Redis: it reaches every process on one Redis.
 
     ``url`` is a Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS, ``unix://``).
-    ``timeout`` bounds a publish and a connection attempt, in seconds.
+    ``timeout`` bounds a publish, a history read and a connection attempt, in seconds.
+    Every process of a service must use the same ``prefix``, ``history_size`` and
+    ``history_ttl``.
     """
 
     def __init__(
@@ -66,16 +134,26 @@ class RedisHub(Hub):
         *,
         prefix: str = "",
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_ttl: float = DEFAULT_HISTORY_TTL,
         timeout: float = 2.0,
         health_check_seconds: float = 10.0,
     ) -> None:
+        if history_size < 0 or history_ttl <= 0:
+            raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
         self.url = url
         self.prefix = prefix
+        self.history_size = history_size
+        self.history_ttl = history_ttl
         self.timeout = timeout
         self.health_check_seconds = health_check_seconds
+        self._history_ms = max(1, round(history_ttl * 1000))
+        self._position_ms = max(self._history_ms, round(POSITION_TTL * 1000))
         self._fanout = Fanout(queue_size)
         self._client: Redis | None = None
-        """For publishing."""
+        """For publishing and reading history."""
+        self._publish_script: AsyncScript | None = None
+        self._read_script: AsyncScript | None = None
         self._subscriber: Redis | None = None
         """For the pub/sub connection, which the hub alone reconnects."""
         self._task: asyncio.Task[None] | None = None
@@ -91,6 +169,10 @@ class RedisHub(Hub):
         """Channels subscribed on the current connection (confirmed or not)."""
         self._unconfirmed: Counter[str] = Counter()
         """SUBSCRIBE commands sent on the current connection that Redis has not confirmed."""
+        self._latest: dict[str, Position] = {}
+        """The position of each channel followed on the current connection, once synced."""
+        self._syncing: dict[str, asyncio.Task[None]] = {}
+        """Channels whose waiting subscriptions are being resumed."""
 
     @property
     def connected(self) -> bool:
@@ -107,6 +189,8 @@ class RedisHub(Hub):
             return
         self._closed = False
         self._client = self._new_client(Retry(NoBackoff(), 1, (RedisConnectionError,)))
+        self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
+        self._read_script = self._client.register_script(READ_SCRIPT)
         self._subscriber = self._new_client(Retry(NoBackoff(), 0, ()))
         self._task = asyncio.create_task(self._hold_connection(self._subscriber), name="RedisHub")
         try:
@@ -115,23 +199,35 @@ class RedisHub(Hub):
         except TimeoutError:
             pass  # the connection task logs it and keeps trying
 
-    async def publish(self, channel: str, text: str) -> None:
-        client = self._client
-        if self._closed or client is None:
+    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
+        script = self._publish_script
+        if self._closed or script is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
+        head, tail = envelope_parts(channel, message)
+        keys = self._keys(channel)
+        args: list[str | int] = [
+            self.prefix + channel,
+            head,
+            tail,
+            new_epoch(),
+            self.history_size,
+            self._history_ms,
+            self._position_ms,
+        ]
         try:
             async with asyncio.timeout(self.timeout):
-                await client.publish(self.prefix + channel, text)
+                offset, epoch = await script(keys=keys, args=args)
         except CONNECTION_ERRORS as error:
             logger.debug("publishing on %s failed: %r", channel, error)
             raise HubUnavailable(
                 "broadcast unavailable: the message was not sent; try again later"
             ) from error
+        return Position(int(offset), str(epoch))
 
-    async def subscribe(self, channel: str) -> Subscription:
+    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
         if self._closed:
             raise HubClosed("broadcast unavailable: the service is stopping")
-        subscription = self._fanout.add(channel)
+        subscription = self._fanout.add(channel, since)
         async with self._commands:
             await self._follow(channel, joining=subscription)
         return subscription
@@ -144,12 +240,16 @@ class RedisHub(Hub):
     async def close(self) -> None:
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        tasks = [*self._syncing.values(), *([task] if task is not None else [])]
+        self._syncing.clear()
+        for each in tasks:
+            each.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         self._fanout.end_all()
         clients = [self._client, self._subscriber]
         self._client = self._subscriber = None
+        self._publish_script = self._read_script = None
         for client in clients:
             if client is not None:
                 await client.aclose()
@@ -162,6 +262,26 @@ class RedisHub(Hub):
             socket_connect_timeout=self.timeout,
             retry=retry,
         )
+
+    def _keys(self, channel: str) -> list[str]:
+        tagged = f"{self.prefix}{{{channel}}}"
+        return [tagged + ":meta", tagged + ":history"]
+
+    async def _read(self, channel: str, offset: int | None) -> tuple[Position, list[Publication]]:
+        """``channel``'s position and its history after ``offset``, in one atomic read."""
+        script = self._read_script
+        if self._closed or script is None:
+            raise HubClosed("broadcast unavailable: the service is stopping")
+        first = "" if offset is None else str(offset + 1)
+        async with asyncio.timeout(self.timeout):
+            top, epoch, entries = await script(
+                keys=self._keys(channel), args=[new_epoch(), first, self._position_ms]
+            )
+        history = [
+            Publication(int(entry_id.partition("-")[0]), epoch, fields[1])
+            for entry_id, fields in entries
+        ]
+        return Position(int(top), epoch), history
 
     async def _follow(self, channel: str, joining: Subscription | None = None) -> None:
         """Make the pub/sub connection follow the local subscribers of ``channel``.
@@ -181,12 +301,52 @@ class RedisHub(Hub):
                 self._unconfirmed[channel] += 1
                 await pubsub.subscribe(self.prefix + channel)
             elif joining is not None and not self._unconfirmed[channel]:
-                joining.go_live()  # Redis confirmed this channel already; the others are live
+                latest = self._latest.get(channel)
+                if latest is not None and joining.since is None:
+                    joining.resume((), latest)  # the channel is followed: live at once
+                else:
+                    self._sync_soon(channel)
             elif not wanted and channel in self._subscribed:
                 self._subscribed.discard(channel)
+                self._latest.pop(channel, None)
                 await pubsub.unsubscribe(self.prefix + channel)
         except CONNECTION_ERRORS as error:  # the connection task sees the loss too
             logger.debug("pub/sub command for %s failed: %r", channel, error)
+
+    def _sync_soon(self, channel: str) -> None:
+        if channel not in self._syncing and not self._closed:
+            self._syncing[channel] = asyncio.create_task(
+                self._sync(channel), name=f"RedisHub sync {channel}"
+            )
+
+    async def _sync(self, channel: str) -> None:
+        """Resume the waiting subscriptions of ``channel`` (Redis confirmed it)."""
+        pubsub = self._pubsub
+        attempts = 0
+        try:
+            while self._pubsub is pubsub and channel in self._subscribed:
+                waiting = [s for s in self._fanout.subscriptions(channel) if s.waiting]
+                if not waiting:
+                    return
+                offsets = [s.history_after for s in waiting]
+                offset = min((o for o in offsets if o is not None), default=None)
+                try:
+                    top, history = await self._read(channel, offset)
+                except HubClosed:
+                    return
+                except CONNECTION_ERRORS as error:
+                    logger.debug("reading the history of %s failed: %r", channel, error)
+                    attempts += 1
+                    await asyncio.sleep(_backoff(attempts))
+                    continue
+                if self._pubsub is not pubsub or channel not in self._subscribed:
+                    return  # the connection was lost meanwhile: the next one syncs again
+                self._latest[channel] = _newer(self._latest.get(channel), top)
+                for subscription in waiting:
+                    subscription.resume(after(history, subscription.history_after), top)
+        finally:
+            if self._syncing.get(channel) is asyncio.current_task():
+                del self._syncing[channel]
 
     async def _hold_connection(self, client: Redis) -> None:
         """The hub's task: connect, listen, and after any loss reconnect and resubscribe."""
@@ -216,8 +376,8 @@ class RedisHub(Hub):
                     lost_at = loop.time()
                     what = "lost the connection to" if self._pubsub is pubsub else "cannot reach"
                     logger.warning(
-                        "%s Redis at %s (%s); broadcast messages are lost until it is back; "
-                        "retrying",
+                        "%s Redis at %s (%s); broadcast waits, and catches up from the "
+                        "history when it is back; retrying",
                         what,
                         _shown(self.url),
                         _reason(error),
@@ -272,33 +432,52 @@ class RedisHub(Hub):
             return  # unsubscribe confirmations and PING answers
         channel = str(message["channel"]).removeprefix(self.prefix)
         if kind == "message":
-            self._fanout.deliver(channel, str(message["data"]))
+            offset, _, rest = str(message["data"]).partition(" ")
+            epoch, _, text = rest.partition(" ")
+            if not (offset.isdigit() and epoch and text):
+                logger.warning(
+                    "ignored a message on %s published without a position (another "
+                    "version of the service on the same Redis and prefix?)",
+                    channel,
+                )
+                return
+            publication = Publication(int(offset), epoch, text)
+            if channel in self._latest:
+                self._latest[channel] = _newer(
+                    self._latest[channel], Position(publication.offset, epoch)
+                )
+            self._fanout.deliver(channel, publication)
             return
         self._unconfirmed[channel] -= 1
         if self._unconfirmed[channel] <= 0:
             del self._unconfirmed[channel]
             if channel in self._subscribed:
-                self._go_live(channel)
-
-    def _go_live(self, channel: str) -> None:
-        for subscription in self._fanout.subscriptions(channel):
-            subscription.go_live()
+                self._sync_soon(channel)
 
     async def _drop_connection(self, pubsub: PubSub) -> None:
-        """Forget ``pubsub``; live subscriptions get a gap, unless the hub is closing."""
+        """Forget ``pubsub``; subscriptions wait for the next, unless the hub is closing."""
         if self._pubsub is pubsub:
             self._pubsub = None
             self._connected.clear()
             self._subscribed.clear()
             self._unconfirmed.clear()
+            self._latest.clear()
+            for task in self._syncing.values():
+                task.cancel()
+            self._syncing.clear()
             if not self._closed:
-                for channel in self._fanout.channels():
-                    for subscription in self._fanout.subscriptions(channel):
-                        subscription.interrupt()
+                self._fanout.hold_all()
         try:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py types
         except CONNECTION_ERRORS as error:
             logger.debug("closing the pub/sub connection failed: %r", error)
+
+
+def _newer(known: Position | None, seen: Position) -> Position:
+    """The position a channel is at, given the one ``known`` and one just ``seen``."""
+    if known is None or known.epoch != seen.epoch or seen.offset > known.offset:
+        return seen
+    return known
 
 
 def _backoff(attempts: int) -> float:

@@ -236,15 +236,18 @@ class ScriptedClient:
 
 
 class RedisServer:
-    """A real ``redis-server`` on 127.0.0.1 and a free port, keeping nothing on disk.
+    """A real ``redis-server`` on 127.0.0.1 and a free port, in a temporary folder.
 
     Use it as a context manager; `stop` and `start` again (a restart) keep the port, so
-    clients can reconnect; `pause` and `resume` freeze and thaw it. `unavailable` says why it cannot run here; a test run with
-    ``REQUIRE_REDIS=1`` (`required`) should fail rather than skip then.
+    clients can reconnect; `pause` and `resume` freeze and thaw it. A restart loses the
+    data, unless ``keep_data`` (an append-only file written at every command).
+    `unavailable` says why it cannot run here; a test run with ``REQUIRE_REDIS=1``
+    (`required`) should fail rather than skip then.
     """
 
-    def __init__(self, start_timeout: float = 10.0) -> None:
+    def __init__(self, start_timeout: float = 10.0, *, keep_data: bool = False) -> None:
         self.port = 0
+        self.keep_data = keep_data
         self._start_timeout = start_timeout
         self._folder = tempfile.TemporaryDirectory(prefix="redis-server-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -299,7 +302,12 @@ class RedisServer:
                 [
                     "redis-server",
                     *("--bind", "127.0.0.1", "--port", str(port), "--dir", self._folder.name),
-                    *("--save", "", "--appendonly", "no", "--loglevel", "warning"),
+                    *("--save", "", "--loglevel", "warning"),
+                    *(
+                        ("--appendonly", "yes", "--appendfsync", "always")
+                        if self.keep_data
+                        else ("--appendonly", "no")
+                    ),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

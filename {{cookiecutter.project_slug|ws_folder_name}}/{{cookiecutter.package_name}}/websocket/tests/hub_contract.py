@@ -1,8 +1,9 @@
 """The contract of every broadcast hub, as a class of tests to inherit.
 
 ``test_broadcast.py`` runs it on `MemoryHub` and ``test_redis_hub.py`` (projects with the
-Redis backend) on `RedisHub` over a real redis-server: a subclass gives a ``hub`` fixture,
-a started hub whose subscriptions hold `QUEUE_SIZE` messages.
+Redis backend) on `RedisHub` over a real redis-server: a subclass gives a ``make_hub``
+fixture, which starts a hub with the options given (closed after the test), and
+``lose_history``, which loses every channel's history the way that hub can (a restart).
 """
 
 from __future__ import annotations
@@ -10,15 +11,29 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import pytest
 
 from ..asgi_types import Message
-from ..broadcast import Hub, HubUnavailable, Subscription, run_broadcast
+from ..broadcast import Hub, HubUnavailable, Position, Subscription, run_broadcast
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 
 QUEUE_SIZE = 8
+HISTORY_SIZE = 20
 SECOND_NS = 1_000_000_000
+
+
+class HubFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        history_size: int = HISTORY_SIZE,
+        history_ttl: float = 300.0,
+    ) -> Awaitable[Hub]: ...
 
 
 async def received(subscription: Subscription, within: float = 5.0) -> Any:
@@ -28,15 +43,40 @@ async def received(subscription: Subscription, within: float = 5.0) -> Any:
     return json.loads(text)
 
 
-async def subscribed(hub: Hub, channel: str) -> Subscription:
-    """A subscription to ``channel`` that is live (its subscribed notice has come)."""
-    subscription = await hub.subscribe(channel)
-    assert await received(subscription) == {"type": "subscribed", "channel": channel}
+async def subscribed(
+    hub: Hub, channel: str, since: Position | None = None, within: float = 5.0
+) -> Subscription:
+    """A live subscription to ``channel``, its subscribed notice taken and checked."""
+    subscription = await hub.subscribe(channel, since)
+    notice = await received(subscription, within)
+    assert (notice["type"], notice["channel"]) == ("subscribed", channel), notice
+    assert (type(notice["offset"]), type(notice["epoch"])) == (int, str), notice
+    assert ("recovered" in notice) == (since is not None), notice
     return subscription
 
 
-def numbered(number: int) -> str:
-    return json.dumps({"n": number})
+async def notice_of(hub: Hub, channel: str, since: Position | None = None) -> dict[str, Any]:
+    """The subscribed notice a new subscription to ``channel`` gets (it then ends)."""
+    subscription = await hub.subscribe(channel, since)
+    try:
+        notice: dict[str, Any] = await received(subscription)
+    finally:
+        await hub.unsubscribe(subscription)
+    return notice
+
+
+def numbered(number: int) -> dict[str, int]:
+    return {"n": number}
+
+
+async def messages(subscription: Subscription, count: int) -> list[Any]:
+    """The next ``count`` broadcast messages' ``message``, checking their offsets follow."""
+    seen = [await received(subscription) for _ in range(count)]
+    for delivery in seen:
+        assert delivery["type"] == "broadcast", seen
+    offsets = [delivery["offset"] for delivery in seen]
+    assert offsets == list(range(offsets[0], offsets[0] + count)), offsets
+    return [delivery["message"] for delivery in seen]
 
 
 def json_sent(message: Message) -> Any:
@@ -45,56 +85,99 @@ def json_sent(message: Message) -> Any:
 
 
 async def open_session(
-    hub: Hub, make_socket: SocketFactory, path: str
-) -> tuple[ScriptedClient, asyncio.Task[None]]:
-    """A broadcast session on ``path``, accepted and subscribed."""
+    hub: Hub, make_socket: SocketFactory, path: str, query: bytes = b""
+) -> tuple[ScriptedClient, asyncio.Task[None], dict[str, Any]]:
+    """A broadcast session on ``path``, accepted and subscribed, with its notice."""
     client = ScriptedClient(path, reply_timeout=5.0)
+    client.scope["query_string"] = query
     task = asyncio.create_task(run_broadcast(make_socket(client), hub))
     assert (await client.next_sent())["type"] == "websocket.accept"
-    assert json_sent(await client.next_sent()) == {"type": "subscribed", "channel": path}
-    return client, task
+    notice = json_sent(await client.next_sent())
+    assert (notice["type"], notice["channel"]) == ("subscribed", path), notice
+    return client, task, notice
 
 
 class HubContract:
-    """What every hub does. Subclasses provide the ``hub`` fixture."""
+    """What every hub does. Subclasses provide ``make_hub`` and ``lose_history``."""
 
-    async def test_a_subscription_starts_with_the_subscribed_notice(self, hub: Hub) -> None:
+    @pytest.fixture
+    async def hub(self, make_hub: HubFactory) -> Hub:
+        return await make_hub()
+
+    # Delivery
+
+    async def test_a_new_channel_starts_at_offset_0_and_tells_its_epoch(self, hub: Hub) -> None:
+        notice = await notice_of(hub, "/ws/news")
+        assert notice["offset"] == 0, notice
+        assert notice["epoch"], notice
+        assert set(notice) == {"type", "channel", "offset", "epoch"}
+        assert (await notice_of(hub, "/ws/news"))["epoch"] == notice["epoch"]
         subscription = await subscribed(hub, "/ws/news")
         assert subscription.live
 
-    async def test_a_message_reaches_every_subscriber_of_its_channel_and_no_other(
+    async def test_each_message_gets_the_next_offset_and_every_subscriber_sees_it(
         self, hub: Hub
     ) -> None:
         first, second = await subscribed(hub, "a"), await subscribed(hub, "a")
         other = await subscribed(hub, "b")
-        await hub.publish("a", numbered(1))
-        await hub.publish("b", numbered(2))
-        assert await received(first) == {"n": 1}
-        assert await received(second) == {"n": 1}
-        assert await received(other) == {"n": 2}  # and not 1 before it
+        sent_ns = time.time_ns()
+        positions = [await hub.publish("a", numbered(n)) for n in range(3)]
+        on_b = await hub.publish("b", numbered(9))
+        epoch = positions[0].epoch
+        assert positions == [Position(n, epoch) for n in (1, 2, 3)]
+        assert on_b.offset == 1
+        assert on_b.epoch != epoch
+        for subscription in (first, second):
+            for n, position in enumerate(positions):
+                delivery = await received(subscription)
+                assert delivery == {
+                    "type": "broadcast",
+                    "channel": "a",
+                    "offset": position.offset,
+                    "epoch": epoch,
+                    "server_ns": delivery["server_ns"],
+                    "message": {"n": n},
+                }
+                assert abs(delivery["server_ns"] - sent_ns) < 5 * SECOND_NS
+        assert (await received(other))["message"] == {"n": 9}  # and not a's before it
+        assert (await notice_of(hub, "a"))["offset"] == 3  # a newcomer starts after them
 
     async def test_messages_arrive_in_the_order_they_were_published(self, hub: Hub) -> None:
         subscription = await subscribed(hub, "ordered")
         for number in range(QUEUE_SIZE):
             await hub.publish("ordered", numbered(number))
-        assert [await received(subscription) for _ in range(QUEUE_SIZE)] == [
+        assert await messages(subscription, QUEUE_SIZE) == [
             {"n": number} for number in range(QUEUE_SIZE)
         ]
 
-    async def test_a_slow_subscriber_drops_its_oldest_messages_and_is_told_how_many(
+    async def test_a_message_that_is_not_json_is_refused_and_takes_no_offset(
+        self, hub: Hub
+    ) -> None:
+        with pytest.raises(ValueError, match="Out of range float values"):
+            await hub.publish("strict", {"n": float("nan")})
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            await hub.publish("strict", {"n": object()})
+        assert (await hub.publish("strict", numbered(1))).offset == 1
+
+    async def test_a_slow_subscriber_drops_its_oldest_messages_and_is_told_where(
         self, hub: Hub
     ) -> None:
         fast, slow = await subscribed(hub, "c"), await subscribed(hub, "c")
         sent = 30
         for number in range(sent):
-            await hub.publish("c", numbered(number))
-            assert await received(fast) == {"n": number}  # never held up by the slow one
-        # The slow one read nothing: it gets the count of what it lost, then the newest.
+            position = await hub.publish("c", numbered(number))
+            assert (await received(fast))["message"] == {"n": number}  # never held up
+        # The slow one read nothing: it gets the count of what it lost and the position it
+        # is at after them, then the newest.
         lost = sent - QUEUE_SIZE
-        assert await received(slow) == {"type": "dropped", "channel": "c", "count": lost}
-        assert [await received(slow) for _ in range(QUEUE_SIZE)] == [
-            {"n": number} for number in range(lost, sent)
-        ]
+        assert await received(slow) == {
+            "type": "dropped",
+            "channel": "c",
+            "count": lost,
+            "offset": lost,
+            "epoch": position.epoch,
+        }
+        assert await messages(slow, QUEUE_SIZE) == [{"n": number} for number in range(lost, sent)]
         assert (slow.dropped, fast.dropped) == (lost, 0)
 
     async def test_an_unsubscribed_subscription_ends_and_the_channel_goes_on(
@@ -105,47 +188,148 @@ class HubContract:
         await hub.unsubscribe(leaving)  # again: harmless
         assert await leaving.next() is None
         await hub.publish("d", numbered(1))
-        assert await received(staying) == {"n": 1}
+        assert (await received(staying))["message"] == {"n": 1}
 
-    async def test_a_channel_whose_subscribers_all_left_can_be_joined_again(self, hub: Hub) -> None:
+    async def test_a_channel_whose_subscribers_all_left_keeps_its_position(self, hub: Hub) -> None:
+        first = await hub.publish("e", numbered(1))
         await hub.unsubscribe(await subscribed(hub, "e"))
         again = await subscribed(hub, "e")
-        await hub.publish("e", numbered(1))
-        assert await received(again) == {"n": 1}
+        assert await hub.publish("e", numbered(2)) == Position(2, first.epoch)
+        assert (await received(again))["offset"] == 2
 
     async def test_closing_ends_every_subscription_after_what_it_had_queued(self, hub: Hub) -> None:
         reader, idle = await subscribed(hub, "f"), await subscribed(hub, "f")
         await hub.publish("f", numbered(1))
-        assert await received(reader) == {"n": 1}  # so it is in the idle one's queue too
+        assert (await received(reader))["message"] == {"n": 1}  # in the idle one's queue too
         await hub.close()
-        assert await received(idle) == {"n": 1}
+        assert (await received(idle))["message"] == {"n": 1}
         assert await idle.next() is None
         assert await reader.next() is None
-        try:
+        with pytest.raises(HubUnavailable):
             await hub.publish("f", numbered(2))
-        except HubUnavailable:
-            pass
-        else:
-            raise AssertionError("a closed hub published")
         await hub.close()  # again: harmless
+
+    # History and recovery
+
+    async def test_a_subscriber_resuming_within_the_history_gets_every_missed_message_once(
+        self, hub: Hub
+    ) -> None:
+        watcher = await subscribed(hub, "g")
+        for number in range(5):
+            reached = await hub.publish("g", numbered(number))
+        live = [await received(watcher) for _ in range(5)]
+        for number in range(5, 9):  # missed by a client that left at `reached`
+            await hub.publish("g", numbered(number))
+        back = await hub.subscribe("g", reached)
+        assert await received(back) == {
+            "type": "subscribed",
+            "channel": "g",
+            "offset": 5,
+            "epoch": reached.epoch,
+            "recovered": True,
+        }
+        assert back.recovered is True
+        assert await messages(back, 4) == [{"n": n} for n in range(5, 9)]
+        await hub.publish("g", numbered(9))
+        assert (await received(back))["offset"] == 10  # then the live ones, no gap
+        # What the history gives is what subscribers were sent, to the byte.
+        recovered = await hub.subscribe("g", Position(0, reached.epoch))
+        assert (await received(recovered))["recovered"] is True
+        assert [await received(recovered) for _ in range(5)] == live
+
+    async def test_resuming_at_the_channel_position_recovers_nothing_missed(self, hub: Hub) -> None:
+        top = await hub.publish("h", numbered(1))
+        back = await subscribed(hub, "h", top)
+        assert back.recovered is True
+        await hub.publish("h", numbered(2))
+        assert (await received(back))["offset"] == 2
+        quiet = await notice_of(hub, "quiet")  # a channel with no message yet
+        assert (await notice_of(hub, "quiet", Position(0, quiet["epoch"])))["recovered"] is True
+
+    async def test_a_gap_older_than_the_history_is_not_recovered(self, hub: Hub) -> None:
+        first = await hub.publish("i", numbered(0))
+        for number in range(1, HISTORY_SIZE + 2):
+            top = await hub.publish("i", numbered(number))
+        # Message 2 is no longer kept: resuming after 1 cannot be whole.
+        notice = await notice_of(hub, "i", first)
+        assert notice == {
+            "type": "subscribed",
+            "channel": "i",
+            "offset": top.offset,
+            "epoch": top.epoch,
+            "recovered": False,
+        }
+        oldest_kept = Position(top.offset - HISTORY_SIZE, top.epoch)
+        resumed = await subscribed(hub, "i", oldest_kept)
+        assert resumed.recovered is True
+        assert len(await messages(resumed, HISTORY_SIZE)) == HISTORY_SIZE
+
+    async def test_another_epoch_or_a_position_ahead_is_not_recovered(self, hub: Hub) -> None:
+        top = await hub.publish("j", numbered(1))
+        for since in (Position(1, "not-" + top.epoch), Position(top.offset + 1, top.epoch)):
+            notice = await notice_of(hub, "j", since)
+            assert (notice["recovered"], notice["offset"], notice["epoch"]) == (
+                False,
+                top.offset,
+                top.epoch,
+            )
+
+    async def test_without_history_only_a_client_that_missed_nothing_recovers(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(history_size=0)
+        first = await hub.publish("k", numbered(1))
+        second = await hub.publish("k", numbered(2))
+        assert second == Position(2, first.epoch)  # positions still count
+        assert (await notice_of(hub, "k", first))["recovered"] is False
+        assert (await notice_of(hub, "k", second))["recovered"] is True
+
+    async def test_the_history_expires_its_ttl_after_the_last_publish_the_position_stays(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(history_ttl=2.0)
+        first = await hub.publish("l", numbered(1))
+        await asyncio.sleep(1.2)
+        top = await hub.publish("l", numbered(2))  # the TTL counts from here
+        await asyncio.sleep(1.2)
+        assert (await notice_of(hub, "l", first))["recovered"] is True
+        await asyncio.sleep(1.5)
+        notice = await notice_of(hub, "l", first)
+        assert (notice["recovered"], notice["offset"], notice["epoch"]) == (False, 2, top.epoch)
+        assert (await notice_of(hub, "l", top))["recovered"] is True
+        assert await hub.publish("l", numbered(3)) == Position(3, top.epoch)
+
+    async def test_a_lost_history_changes_the_epoch_and_a_resume_says_not_recovered(
+        self, make_hub: HubFactory, lose_history: Callable[[Hub], Awaitable[Hub]]
+    ) -> None:
+        hub = await make_hub()
+        reached = await hub.publish("m", numbered(1))
+        hub = await lose_history(hub)
+        notice = await notice_of(hub, "m", reached)
+        assert notice["recovered"] is False, notice
+        assert notice["epoch"] != reached.epoch, notice
+        after = await hub.publish("m", numbered(2))
+        assert after == Position(notice["offset"] + 1, notice["epoch"])
+
+    # Sessions
 
     async def test_a_session_relays_each_message_to_every_connection_sender_included(
         self, hub: Hub, make_socket: SocketFactory
     ) -> None:
-        sender, sending = await open_session(hub, make_socket, "/ws/rooms/lobby")
-        listener, listening = await open_session(hub, make_socket, "/ws/rooms/lobby")
-        elsewhere, elsewhere_task = await open_session(hub, make_socket, "/ws/rooms/attic")
-        sent_ns = time.time_ns()
+        sender, sending, notice = await open_session(hub, make_socket, "/ws/rooms/lobby")
+        listener, listening, _ = await open_session(hub, make_socket, "/ws/rooms/lobby")
+        elsewhere, elsewhere_task, _ = await open_session(hub, make_socket, "/ws/rooms/attic")
         sender.send_text('{"type": "chat", "text": "h\\u00e9llo"}')
         for client in (sender, listener):
             message = json_sent(await client.next_sent())
             assert message == {
                 "type": "broadcast",
                 "channel": "/ws/rooms/lobby",
+                "offset": notice["offset"] + 1,
+                "epoch": notice["epoch"],
                 "server_ns": message["server_ns"],
                 "message": {"type": "chat", "text": "h\u00e9llo"},
             }
-            assert abs(message["server_ns"] - sent_ns) < 5 * SECOND_NS
         elsewhere.send_text('{"type": "keepalive", "n": 1}')
         reply = json_sent(await elsewhere.next_sent())  # not the lobby's message
         assert reply["type"] == "keepalive_ack", reply
@@ -153,10 +337,47 @@ class HubContract:
             client.disconnect()
         await asyncio.wait_for(asyncio.gather(sending, listening, elsewhere_task), 5)
 
+    async def test_a_session_resumes_with_since_and_epoch_in_its_query(
+        self, hub: Hub, make_socket: SocketFactory
+    ) -> None:
+        reached = await hub.publish("/ws/rooms/q", numbered(1))
+        await hub.publish("/ws/rooms/q", numbered(2))
+        query = f"since={reached.offset}&epoch={reached.epoch}".encode()
+        client, task, notice = await open_session(hub, make_socket, "/ws/rooms/q", query)
+        assert (notice["recovered"], notice["offset"]) == (True, 1)
+        missed = json_sent(await client.next_sent())
+        assert (missed["offset"], missed["message"]) == (2, {"n": 2})
+        client.disconnect()
+        await asyncio.wait_for(task, 5)
+
+    @pytest.mark.parametrize(
+        ("query", "reason"),
+        [
+            (b"since=3", "give since and epoch together, once each, to resume a channel"),
+            (b"since=1&since=2&epoch=e", "give since and epoch together"),
+            (b"since=-1&epoch=e", "since must be the offset of a message"),
+            (b"since=one&epoch=e", "since must be the offset of a message"),
+            (b"since=1&epoch=" + b"e" * 65, "epoch must be the epoch of a message"),
+            (b"since=1&epoch=%22%7D", "epoch must be the epoch of a message"),
+        ],
+    )
+    async def test_a_malformed_resume_query_gets_an_error_and_a_close(
+        self, hub: Hub, make_socket: SocketFactory, query: bytes, reason: str
+    ) -> None:
+        client = ScriptedClient("/ws/rooms/r", reply_timeout=5.0)
+        client.scope["query_string"] = query
+        task = asyncio.create_task(run_broadcast(make_socket(client), hub))
+        assert (await client.next_sent())["type"] == "websocket.accept"
+        error = json_sent(await client.next_sent())
+        assert error["type"] == "error", error
+        assert error["reason"].startswith(reason), error
+        assert (await client.next_sent())["code"] == 1008
+        await asyncio.wait_for(task, 5)
+
     async def test_a_session_answers_keepalives_and_bad_frames_itself(
         self, hub: Hub, make_socket: SocketFactory
     ) -> None:
-        client, task = await open_session(hub, make_socket, "/ws/chat")
+        client, task, _ = await open_session(hub, make_socket, "/ws/chat")
         client.send_text('{"type": "keepalive", "client_ns": 7}')
         ack = json_sent(await client.next_sent())
         assert (ack["type"], ack["client_ns"]) == ("keepalive_ack", 7)
@@ -171,7 +392,7 @@ class HubContract:
     async def test_closing_the_hub_closes_its_sessions_with_1012(
         self, hub: Hub, make_socket: SocketFactory
     ) -> None:
-        client, task = await open_session(hub, make_socket, "/ws/chat")
+        client, task, _ = await open_session(hub, make_socket, "/ws/chat")
         await hub.close()
         assert await client.next_sent() == {"type": "websocket.close", "code": 1012, "reason": ""}
         await asyncio.wait_for(task, 5)

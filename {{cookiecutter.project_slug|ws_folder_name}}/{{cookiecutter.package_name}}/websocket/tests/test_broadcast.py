@@ -3,26 +3,60 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from ..broadcast import HUB_STATE_KEY, MemoryHub, Subscription, hub_of
+from ..broadcast import (
+    HUB_STATE_KEY,
+    Hub,
+    MemoryHub,
+    Position,
+    Publication,
+    Subscription,
+    hub_of,
+)
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
-from .hub_contract import QUEUE_SIZE, HubContract, received
+from .hub_contract import QUEUE_SIZE, HubContract, HubFactory, received
 
 
 class TestMemoryHub(HubContract):
     @pytest.fixture
-    async def hub(self) -> AsyncIterator[MemoryHub]:
-        async with MemoryHub(queue_size=QUEUE_SIZE) as hub:
-            yield hub
+    async def make_hub(self) -> AsyncIterator[HubFactory]:
+        hubs: list[Hub] = []
+
+        async def make(
+            *, queue_size: int = QUEUE_SIZE, history_size: int = 20, history_ttl: float = 300.0
+        ) -> Hub:
+            hub = MemoryHub(queue_size, history_size=history_size, history_ttl=history_ttl)
+            hubs.append(hub)
+            await hub.start()
+            return hub
+
+        yield make
+        for hub in hubs:
+            await hub.close()
+
+    @pytest.fixture
+    def lose_history(self, make_hub: HubFactory) -> Callable[[Hub], object]:
+        async def restart(hub: Hub) -> Hub:  # a memory hub's history is its process's
+            await hub.close()
+            return await make_hub()
+
+        return restart
 
 
-def live_subscription(queue_size: int = 3) -> Subscription:
+EPOCH = "e1"
+
+
+def message(offset: int, epoch: str = EPOCH) -> Publication:
+    return Publication(offset, epoch, f"m{offset}")
+
+
+def live_subscription(queue_size: int = 3, at: int = 0) -> Subscription:
     subscription = Subscription("/ws/news", queue_size)
-    subscription.go_live()
+    subscription.resume((), Position(at, EPOCH))
     return subscription
 
 
@@ -35,62 +69,145 @@ async def everything_in(subscription: Subscription) -> list[object]:
     return items
 
 
-SUBSCRIBED = {"type": "subscribed", "channel": "/ws/news"}
+def subscribed(offset: int = 0, **recovered: bool) -> dict[str, object]:
+    notice: dict[str, object] = {"type": "subscribed", "channel": "/ws/news", "offset": offset}
+    return notice | {"epoch": EPOCH} | recovered
 
 
-def dropped(count: int | None) -> dict[str, object]:
-    return {"type": "dropped", "channel": "/ws/news", "count": count}
+def dropped(count: int | None, offset: int, epoch: str = EPOCH) -> dict[str, object]:
+    notice: dict[str, object] = {"type": "dropped", "channel": "/ws/news", "count": count}
+    return notice | {"offset": offset, "epoch": epoch}
 
 
 async def test_a_full_queue_drops_its_oldest_message_and_reports_the_gap_in_place() -> None:
     subscription = live_subscription(queue_size=3)
-    for number in range(5):
-        subscription.deliver(f"m{number}")
+    for offset in range(1, 6):
+        subscription.deliver(message(offset))
     assert subscription.dropped == 2
-    assert await everything_in(subscription) == [SUBSCRIBED, dropped(2), "m2", "m3", "m4"]
+    assert await everything_in(subscription) == [subscribed(), dropped(2, 2), "m3", "m4", "m5"]
 
 
 async def test_what_the_client_already_took_is_not_counted_as_dropped() -> None:
     subscription = live_subscription(queue_size=2)
-    subscription.deliver("m0")
-    assert await received(subscription) == SUBSCRIBED
-    assert await subscription.next() == "m0"
-    for number in range(1, 4):
-        subscription.deliver(f"m{number}")
-    assert await everything_in(subscription) == [dropped(1), "m2", "m3"]
+    subscription.deliver(message(1))
+    assert await received(subscription) == subscribed()
+    assert await subscription.next() == "m1"
+    for offset in range(2, 5):
+        subscription.deliver(message(offset))
+    assert await everything_in(subscription) == [dropped(1, 2), "m3", "m4"]
 
 
-async def test_a_lost_backend_leaves_a_gap_of_unknown_size_where_it_happened() -> None:
+async def test_duplicates_are_skipped_and_a_gap_in_offsets_is_reported() -> None:
     subscription = live_subscription(queue_size=5)
-    subscription.deliver("m0")
-    subscription.interrupt()
-    subscription.go_live()  # resubscribed: no second subscribed notice
-    subscription.deliver("m1")
-    assert await everything_in(subscription) == [SUBSCRIBED, "m0", dropped(None), "m1"]
+    for offset in (1, 1, 2, 5, 4, 6):
+        subscription.deliver(message(offset))
+    assert await everything_in(subscription) == [
+        subscribed(),
+        "m1",
+        "m2",
+        dropped(2, 4),
+        "m5",
+        "m6",
+    ]
+
+
+async def test_another_epoch_is_a_gap_of_unknown_size_then_its_messages() -> None:
+    subscription = live_subscription(queue_size=5, at=7)
+    subscription.deliver(message(8))
+    subscription.deliver(message(3, "e2"))
+    subscription.deliver(message(4, "e2"))
+    assert await everything_in(subscription) == [
+        subscribed(7),
+        "m8",
+        dropped(None, 2, "e2"),
+        "m3",
+        "m4",
+    ]
+
+
+async def test_a_subscription_waits_and_buffers_until_resumed_then_merges_in_order() -> None:
+    subscription = Subscription("/ws/news", 3, since=Position(2, EPOCH))
+    assert subscription.waiting
+    assert not subscription.live
+    assert subscription.history_after == 2
+    subscription.deliver(message(5))  # live ones arrive while the history is read
+    subscription.deliver(message(6))
+    history = [message(3), message(4), message(5)]
+    subscription.resume(history, Position(5, EPOCH))
+    assert subscription.live
+    assert subscription.recovered is True
+    assert await everything_in(subscription) == [
+        subscribed(2, recovered=True),
+        "m3",
+        "m4",
+        "m5",
+        "m6",
+    ]
+
+
+async def test_the_history_replayed_on_resume_is_never_dropped_for_a_small_queue() -> None:
+    subscription = Subscription("/ws/news", 2, since=Position(0, EPOCH))
+    subscription.resume([message(offset) for offset in range(1, 6)], Position(5, EPOCH))
+    subscription.deliver(message(6))
+    assert await everything_in(subscription) == [subscribed(0, recovered=True)] + [
+        f"m{offset}" for offset in range(1, 7)
+    ]
+
+
+async def test_a_resume_the_history_cannot_cover_starts_from_the_top_without_recovery() -> None:
+    subscription = Subscription("/ws/news", 3, since=Position(1, EPOCH))
+    subscription.deliver(message(9))
+    subscription.resume([message(5), message(6), message(7), message(8)], Position(8, EPOCH))
+    assert subscription.recovered is False
+    assert await everything_in(subscription) == [subscribed(8, recovered=False), "m9"]
+
+
+async def test_a_held_subscription_catches_up_from_the_history_and_reports_what_is_gone() -> None:
+    subscription = live_subscription(queue_size=5, at=0)
+    subscription.deliver(message(1))
+    subscription.hold()  # the hub lost its backend
+    assert subscription.history_after == 1
+    subscription.resume([message(4), message(5)], Position(5, EPOCH))  # 2 and 3 are gone
+    subscription.deliver(message(6))
+    assert await everything_in(subscription) == [
+        subscribed(),
+        "m1",
+        dropped(2, 3),
+        "m4",
+        "m5",
+        "m6",
+    ]
+
+
+async def test_a_held_subscription_whose_epoch_is_gone_is_told_its_new_position() -> None:
+    subscription = live_subscription(queue_size=5, at=4)
+    subscription.hold()
+    subscription.resume((), Position(0, "e2"))
+    subscription.deliver(message(1, "e2"))
+    assert await everything_in(subscription) == [subscribed(4), dropped(None, 0, "e2"), "m1"]
 
 
 async def test_gaps_side_by_side_become_one_and_unknown_stays_unknown() -> None:
     subscription = live_subscription(queue_size=2)
-    subscription.deliver("m0")
-    subscription.interrupt()
-    subscription.go_live()
-    for number in range(1, 4):  # m0 and m1 are dropped on either side of the unknown gap
-        subscription.deliver(f"m{number}")
-    assert await everything_in(subscription) == [SUBSCRIBED, dropped(None), "m2", "m3"]
+    subscription.deliver(message(1))
+    subscription.deliver(message(1, "e2"))  # an unknown gap after m1
+    for offset in range(2, 4):  # m1 and e2's m1 are dropped on either side of it
+        subscription.deliver(message(offset, "e2"))
+    assert await everything_in(subscription) == [subscribed(), dropped(None, 1, "e2"), "m2", "m3"]
 
 
 async def test_the_subscribed_notice_is_never_dropped_to_make_room() -> None:
     subscription = live_subscription(queue_size=1)
-    for number in range(4):
-        subscription.deliver(f"m{number}")
-    assert await everything_in(subscription) == [SUBSCRIBED, dropped(3), "m3"]
+    for offset in range(1, 5):
+        subscription.deliver(message(offset))
+    assert await everything_in(subscription) == [subscribed(), dropped(3, 3), "m4"]
 
 
 async def test_an_ended_subscription_takes_no_more_messages() -> None:
     subscription = live_subscription()
     subscription.end()
-    subscription.deliver("m0")
-    assert await everything_in(subscription) == [SUBSCRIBED]
+    subscription.deliver(message(1))
+    assert await everything_in(subscription) == [subscribed()]
 
 
 def test_a_queue_holds_at_least_one_message() -> None:
@@ -98,11 +215,27 @@ def test_a_queue_holds_at_least_one_message() -> None:
         Subscription("/ws/news", 0)
 
 
+async def test_a_memory_hub_forgets_a_channel_nobody_follows_after_its_position_ttl() -> None:
+    now = [0.0]
+    async with MemoryHub(history_ttl=10.0, clock=lambda: now[0]) as hub:
+        kept = await hub.publish("/ws/kept", {"n": 1})
+        subscription = await hub.subscribe("/ws/kept")
+        gone = await hub.publish("/ws/gone", {"n": 1})
+        now[0] += 2 * 86400  # two days: past the position TTL of both
+        await hub.publish("/ws/other", {"n": 1})  # a publish sweeps what is no longer kept
+        assert (await hub.publish("/ws/kept", {"n": 2})) == Position(2, kept.epoch)
+        again = await hub.publish("/ws/gone", {"n": 2})
+        assert again.offset == 1
+        assert again.epoch != gone.epoch
+        await hub.unsubscribe(subscription)
+
+
 async def test_the_hub_is_found_in_the_asgi_state(make_socket: SocketFactory) -> None:
     client = ScriptedClient("/ws/news")
     async with MemoryHub() as hub:
         client.scope["state"] = {HUB_STATE_KEY: hub}
         assert hub_of(make_socket(client)) is hub
+        assert hub_of(client.scope) is hub
 
 
 async def test_without_a_hub_in_the_state_the_error_says_what_to_do(

@@ -8,30 +8,43 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import socket
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from ..broadcast import HubUnavailable, run_broadcast
+from ..broadcast import Hub, HubUnavailable, Position, Subscription, run_broadcast
 from ..redis_hub import RedisHub
 from ..testing import RedisServer, ScriptedClient
 from .conftest import SocketFactory
-from .hub_contract import QUEUE_SIZE, HubContract, json_sent, numbered, received, subscribed
+from .hub_contract import (
+    HISTORY_SIZE,
+    QUEUE_SIZE,
+    HubContract,
+    HubFactory,
+    json_sent,
+    messages,
+    numbered,
+    received,
+    subscribed,
+)
 
 _prefixes = itertools.count()
 
 
-def redis_server_or_skip() -> RedisServer:
+def redis_server_or_skip(*, keep_data: bool = False) -> RedisServer:
     reason = RedisServer.unavailable()
     if reason is not None:
         if RedisServer.required():
             pytest.fail(reason)
         pytest.skip(reason)
-    return RedisServer()
+    return RedisServer(keep_data=keep_data)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +61,52 @@ def own_redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def new_hub(url: str, **options: float) -> RedisHub:
+def new_hub(url: str, **options: Any) -> RedisHub:
     """A hub with a prefix of its own: tests that share a server do not hear each other."""
-    return RedisHub(url, prefix=f"test-{next(_prefixes)}:", queue_size=QUEUE_SIZE, **options)
+    options = {"queue_size": QUEUE_SIZE, "history_size": HISTORY_SIZE} | options
+    return RedisHub(url, prefix=f"test-{next(_prefixes)}:", **options)
+
+
+@pytest.fixture
+def keeping_redis_server() -> Iterator[RedisServer]:
+    """A redis-server for one test whose restarts keep the data (an append-only file)."""
+    with redis_server_or_skip(keep_data=True) as server:
+        yield server
 
 
 class TestRedisHub(HubContract):
     @pytest.fixture
-    async def hub(self, redis_server: RedisServer) -> AsyncIterator[RedisHub]:
-        async with new_hub(redis_server.url) as hub:
-            yield hub
+    async def make_hub(self, redis_server: RedisServer) -> AsyncIterator[HubFactory]:
+        hubs: list[Hub] = []
+
+        async def make(
+            *,
+            queue_size: int = QUEUE_SIZE,
+            history_size: int = HISTORY_SIZE,
+            history_ttl: float = 300.0,
+        ) -> Hub:
+            hub = new_hub(
+                redis_server.url,
+                queue_size=queue_size,
+                history_size=history_size,
+                history_ttl=history_ttl,
+            )
+            hubs.append(hub)
+            await hub.start()
+            return hub
+
+        yield make
+        for hub in hubs:
+            await hub.close()
+
+    @pytest.fixture
+    def lose_history(self, redis_server: RedisServer) -> Callable[[Hub], Awaitable[Hub]]:
+        async def flush(hub: Hub) -> Hub:  # Redis loses every key, as in a restart without data
+            async with Redis.from_url(redis_server.url) as client:
+                await client.flushall()
+            return hub
+
+        return flush
 
 
 async def wait_until(condition: str, check: Callable[[], bool], within: float = 10.0) -> None:
@@ -79,12 +128,79 @@ async def test_two_hubs_on_one_redis_deliver_to_each_other_in_one_order(
         for number in range(QUEUE_SIZE // 2):
             await first.publish("room", numbered(number))
             await second.publish("room", numbered(100 + number))
-        seen_here = [await received(here) for _ in range(QUEUE_SIZE)]
-        seen_there = [await received(there) for _ in range(QUEUE_SIZE)]
+        seen_here = await messages(here, QUEUE_SIZE)
+        seen_there = await messages(there, QUEUE_SIZE)
     assert seen_here == seen_there
     numbers = [message["n"] for message in seen_here]
     assert [n for n in numbers if n < 100] == list(range(QUEUE_SIZE // 2))
     assert [n for n in numbers if n >= 100] == [100 + n for n in range(QUEUE_SIZE // 2)]
+
+
+PUBLISHER = """
+import asyncio, importlib, sys
+url, prefix, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+RedisHub = importlib.import_module(sys.argv[5]).RedisHub
+async def main():
+    async with RedisHub(url, prefix=prefix, history_size=1000) as hub:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for n in range(count):
+            await hub.publish("room", {"by": name, "n": n})
+asyncio.run(main())
+"""
+
+
+async def test_publishers_in_several_processes_give_contiguous_offsets_in_one_order(
+    redis_server: RedisServer,
+) -> None:
+    # Three processes publish at once on one channel; two hubs (two more processes, as
+    # far as Redis knows) see offsets 1..N with no gap and in one order, each process's
+    # messages in the order it sent them, and the history holds the same.
+    count, names = 300, ["p0", "p1", "p2"]
+    prefix = f"test-{next(_prefixes)}:"
+    first, second = (
+        new_hub(redis_server.url, queue_size=1000, history_size=1000),
+        new_hub(redis_server.url, queue_size=1000, history_size=1000),
+    )
+    first.prefix = second.prefix = prefix
+    module = RedisHub.__module__
+    async with first, second:
+        here, there = await subscribed(first, "room"), await subscribed(second, "room")
+        processes = [
+            await asyncio.create_subprocess_exec(
+                *(sys.executable, "-c", PUBLISHER, redis_server.url, prefix, name, str(count)),
+                module,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for name in names
+        ]
+        try:
+            for process in processes:
+                assert process.stdout is not None
+                assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
+            for process in processes:  # all at once
+                assert process.stdin is not None
+                process.stdin.write(b"go\n")
+            total = count * len(names)
+            seen_here = [await received(here, within=30) for _ in range(total)]
+            seen_there = [await received(there, within=30) for _ in range(total)]
+        finally:
+            for process in processes:
+                if process.stdin is not None:
+                    process.stdin.close()
+                assert await asyncio.wait_for(process.wait(), 30) == 0
+    assert [d["offset"] for d in seen_here] == list(range(1, total + 1))
+    assert seen_here == seen_there
+    for name in names:
+        assert [d["message"]["n"] for d in seen_here if d["message"]["by"] == name] == list(
+            range(count)
+        )
+    async with new_hub(redis_server.url, history_size=1000) as reader:
+        reader.prefix = prefix
+        replay = await subscribed(reader, "room", Position(0, seen_here[0]["epoch"]))
+        assert replay.recovered is True
+        assert [await received(replay) for _ in range(total)] == seen_here
 
 
 async def test_a_hub_starts_while_redis_is_down_and_subscribers_go_live_when_it_is_up(
@@ -95,9 +211,10 @@ async def test_a_hub_starts_while_redis_is_down_and_subscribers_go_live_when_it_
         waiting = await hub.subscribe("later")
         assert not waiting.live
         own_redis_server.start()
-        assert await received(waiting, within=10) == {"type": "subscribed", "channel": "later"}
+        notice = await received(waiting, within=10)
+        assert (notice["type"], notice["offset"]) == ("subscribed", 0)
         await hub.publish("later", numbered(1))
-        assert await received(waiting) == {"n": 1}
+        assert (await received(waiting))["message"] == {"n": 1}
 
 
 async def test_publishing_while_redis_is_down_fails_at_once(
@@ -123,28 +240,126 @@ async def test_publishing_to_a_redis_that_does_not_answer_gives_up_after_the_tim
             assert time.monotonic() - started < 2.0  # the 0.5 s timeout, not a hang
 
 
-async def test_a_redis_restart_keeps_local_subscribers_who_are_told_of_the_gap(
-    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+class Traffic:
+    """Live traffic on one channel through a fault: a publisher hub publishing without a
+    pause (retrying while Redis is away), three subscribers on another hub reading all."""
+
+    def __init__(self, url: str) -> None:
+        self.publisher = new_hub(url, queue_size=1000, history_size=1000, timeout=0.5)
+        self.subscriber = new_hub(url, queue_size=1000, history_size=1000, timeout=0.5)
+        self.subscriber.prefix = self.publisher.prefix
+        self.published: list[int] = []
+        self.received: list[list[dict[str, Any]]] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Traffic:
+        await self.publisher.start()
+        await self.subscriber.start()
+        for _ in range(3):
+            subscription = await subscribed(self.subscriber, "room")
+            seen: list[dict[str, Any]] = []
+            self.received.append(seen)
+            self._tasks.append(asyncio.create_task(self._read(subscription, seen)))
+        self._tasks.append(asyncio.create_task(self._publish()))
+        await wait_until("publishing", lambda: len(self.published) >= 20)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self.subscriber.close()
+        await self.publisher.close()
+
+    async def _publish(self) -> None:
+        number = 0
+        while not self._stop.is_set():
+            try:
+                position = await self.publisher.publish("room", numbered(number))
+            except HubUnavailable:
+                await asyncio.sleep(0.05)
+                continue
+            self.published.append(position.offset)
+            number += 1
+            await asyncio.sleep(0.002)
+
+    async def _read(self, subscription: Subscription, seen: list[dict[str, Any]]) -> None:
+        give_up = None
+        while not self._stop.is_set() or not seen or seen[-1].get("offset") != self.published[-1]:
+            if self._stop.is_set():
+                give_up = give_up or time.monotonic() + 20  # the check says what is missing
+                if time.monotonic() > give_up:
+                    return
+            try:
+                text = await asyncio.wait_for(subscription.next(), 0.2)
+            except TimeoutError:
+                continue
+            assert text is not None
+            seen.append(json.loads(text))
+
+    async def go_on(self, more: int = 50) -> None:
+        """Let ``more`` messages more be published and delivered after a fault."""
+        target = len(self.published) + more
+        await wait_until("publishing again", lambda: len(self.published) >= target, within=20)
+
+    def check_every_subscriber_got_every_message_once(self) -> None:
+        for seen in self.received:
+            assert [d["type"] for d in seen if d["type"] != "broadcast"] == []
+            offsets = [d["offset"] for d in seen]
+            assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), offsets
+            assert offsets[0] <= self.published[0]
+            assert offsets[-1] == self.published[-1]
+            assert [d["message"]["n"] for d in seen if d["offset"] >= self.published[0]] == list(
+                range(len(self.published))
+            )
+
+
+async def test_pubsub_connections_killed_under_traffic_lose_no_message(
+    redis_server: RedisServer,
+) -> None:
+    async with Traffic(redis_server.url) as traffic, Redis.from_url(redis_server.url) as admin:
+        for _ in range(3):
+            await admin.client_kill_filter(_type="pubsub")
+            await traffic.go_on()
+    traffic.check_every_subscriber_got_every_message_once()
+
+
+async def test_a_redis_restart_that_keeps_its_data_loses_no_message_under_traffic(
+    keeping_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=RedisHub.__module__)
-    async with new_hub(own_redis_server.url) as hub:
-        subscription = await subscribed(hub, "room")
-        await hub.publish("room", numbered(1))
-        assert await received(subscription) == {"n": 1}
-        own_redis_server.stop()
-        gap = await received(subscription)  # as soon as the hub notices the loss
-        assert gap == {"type": "dropped", "channel": "room", "count": None}
-        own_redis_server.start()
-        await wait_until("resubscribed", lambda: subscription.live)
-        await hub.publish("room", numbered(2))
-        assert await received(subscription) == {"n": 2}
+    async with Traffic(keeping_redis_server.url) as traffic:
+        keeping_redis_server.stop()
+        await asyncio.sleep(0.5)
+        keeping_redis_server.start()
+        await traffic.go_on()
+    traffic.check_every_subscriber_got_every_message_once()
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith("lost the connection to Redis at redis://127.0.0.1:") for m in messages)
     assert any(m.startswith("reconnected to Redis") for m in messages), messages
     assert any(m.endswith("(channels subscribed: 1)") for m in messages), messages
 
 
-async def test_a_silent_redis_is_found_out_by_a_ping_and_subscribers_are_told(
+async def test_a_redis_restart_that_loses_its_data_is_a_new_epoch_told_to_subscribers(
+    own_redis_server: RedisServer,
+) -> None:
+    async with new_hub(own_redis_server.url) as hub:
+        subscription = await subscribed(hub, "room")
+        before = await hub.publish("room", numbered(1))
+        assert (await received(subscription))["offset"] == 1
+        own_redis_server.stop()
+        own_redis_server.start()
+        await wait_until("resubscribed", lambda: subscription.live)
+        gap = await received(subscription)
+        assert (gap["type"], gap["count"], gap["offset"]) == ("dropped", None, 0), gap
+        assert gap["epoch"] != before.epoch, gap
+        after = await hub.publish("room", numbered(2))
+        assert after.epoch == gap["epoch"]
+        assert (await received(subscription))["offset"] == after.offset == 1
+        assert (await hub.subscribe("room", before)).recovered in (None, False)
+
+
+async def test_a_silent_redis_is_found_out_by_a_ping_and_subscribers_catch_up(
     own_redis_server: RedisServer,
 ) -> None:
     async with new_hub(own_redis_server.url, timeout=0.5, health_check_seconds=0.2) as hub:
@@ -153,8 +368,8 @@ async def test_a_silent_redis_is_found_out_by_a_ping_and_subscribers_are_told(
         assert subscription.live
         own_redis_server.pause()
         try:
-            gap = await received(subscription)  # no answer to a PING within 0.2 s
-            assert gap == {"type": "dropped", "channel": "room", "count": None}
+            await wait_until("found out", lambda: not hub.connected)  # no PONG within 0.2 s
+            assert subscription.waiting
             started = time.monotonic()
             with pytest.raises(HubUnavailable):
                 await hub.publish("room", numbered(1))
@@ -162,8 +377,9 @@ async def test_a_silent_redis_is_found_out_by_a_ping_and_subscribers_are_told(
         finally:
             own_redis_server.resume()
         await wait_until("resubscribed", lambda: subscription.live)
-        await hub.publish("room", numbered(2))
-        assert await received(subscription) == {"n": 2}
+        position = await hub.publish("room", numbered(2))
+        delivery = await received(subscription)
+        assert (delivery["offset"], delivery["message"]) == (position.offset, {"n": 2})
 
 
 async def test_a_session_gets_an_error_reply_while_redis_is_down(
@@ -201,7 +417,7 @@ async def test_closing_the_hub_leaves_no_connection_or_task_behind(
     await hub.start()
     subscription = await subscribed(hub, "room")
     await hub.publish("room", numbered(1))
-    assert await received(subscription) == {"n": 1}
+    assert (await received(subscription))["message"] == {"n": 1}
     assert await connected_clients() == before + 2  # pub/sub, and one for publishing
     await hub.close()
     assert len(asyncio.all_tasks()) == tasks_before

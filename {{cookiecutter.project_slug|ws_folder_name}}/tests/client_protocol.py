@@ -118,16 +118,21 @@ def check_ticker_endpoint(connection: JsonConnection) -> None:
 def check_broadcast_endpoint(connection: JsonConnection) -> None:
     subscribed = connection.receive_json()
     assert subscribed["type"] == "subscribed", subscribed
-    channel = subscribed["channel"]
+    channel, offset, epoch = subscribed["channel"], subscribed["offset"], subscribed["epoch"]
+    assert isinstance(offset, int), subscribed
+    assert isinstance(epoch, str), subscribed
     for message in (
         {"type": "chat", "text": "h\u00e9llo \u2713", "nested": {"list": [1, 2.5, None, True]}},
         {},
     ):
         connection.send_json(message)
         relayed = receive_reply(connection)  # the sender gets its own message too
+        offset += 1  # each message on the channel the next offset
         assert relayed == {
             "type": "broadcast",
             "channel": channel,
+            "offset": offset,
+            "epoch": epoch,
             "server_ns": relayed["server_ns"],
             "message": message,
         }, relayed

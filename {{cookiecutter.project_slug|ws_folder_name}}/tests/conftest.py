@@ -20,7 +20,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
-TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"}
+TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"{% if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}, "PUBLISH_API_KEY": "test-key-0123456789abcdef"{% endif %}}
 {%- if redis %}
 
 

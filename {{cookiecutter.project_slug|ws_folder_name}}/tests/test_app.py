@@ -115,6 +115,11 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
         ("ALLOWED_ORIGINS", "app.example.com"),
 {%- if broadcast %}
         ("BROADCAST_QUEUE_SIZE", "0"),
+        ("HISTORY_SIZE", "-1"),
+        ("HISTORY_SIZE", "lots"),
+        ("HISTORY_TTL_SECONDS", "0"),
+        ("PUBLISH_API_KEY", "short"),
+        ("PUBLISH_API_KEY", "a key with spaces in it"),
 {%- endif %}
 {%- if redis %}
         ("REDIS_URL", "localhost:6379"),
@@ -130,11 +135,17 @@ def test_settings_refuse_bad_values_naming_the_variable(name: str, value: str) -
 
 def test_settings_describe_the_redis_hub() -> None:
     settings = Settings.from_env(
-        {"REDIS_URL": "rediss://redis.example:6380/1", "BROADCAST_QUEUE_SIZE": "5"}
+        {
+            "REDIS_URL": "rediss://redis.example:6380/1",
+            "BROADCAST_QUEUE_SIZE": "5",
+            "HISTORY_SIZE": "0",
+            "HISTORY_TTL_SECONDS": "30",
+        }
     )
     hub = settings.hub()
     assert isinstance(hub, RedisHub)
     assert (hub.url, hub.prefix) == ("rediss://redis.example:6380/1", settings.redis_channel_prefix)
+    assert (hub.history_size, hub.history_ttl) == (0, 30.0)
 
 
 def test_a_bad_redis_url_is_refused_without_showing_it() -> None:
@@ -145,5 +156,18 @@ def test_a_bad_redis_url_is_refused_without_showing_it() -> None:
 
 
 def test_settings_describe_the_memory_hub() -> None:
-    assert isinstance(Settings.from_env({"BROADCAST_QUEUE_SIZE": "5"}).hub(), MemoryHub)
+    hub = Settings.from_env({"BROADCAST_QUEUE_SIZE": "5", "HISTORY_SIZE": "7"}).hub()
+    assert isinstance(hub, MemoryHub)
+    assert (hub.history_size, hub.history_ttl) == (7, 300.0)
+{%- endif %}
+{%- if broadcast %}
+
+
+def test_the_publish_api_key_is_a_secret_never_shown() -> None:
+    with pytest.raises(SettingsError, match="PUBLISH_API_KEY must be at least") as refused:
+        Settings.from_env({"PUBLISH_API_KEY": "hunter2"})
+    assert "hunter2" not in str(refused.value)
+    settings = Settings.from_env({"PUBLISH_API_KEY": "k" * 16 + "-s3cret"})
+    assert settings.publish_api_key == "k" * 16 + "-s3cret"
+    assert "s3cret" not in repr(settings)
 {%- endif %}

@@ -1,18 +1,32 @@
 {%- set endpoints = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
-"""Broadcast endpoints on a real uvicorn server: each message reaches every client of its path."""
+{%- set redis = cookiecutter.broadcast_backend == "redis" -%}
+"""Broadcast endpoints on a real uvicorn server: each message reaches every client of its
+path, a client that reconnects resumes where it was, and ``POST /api/publish`` publishes."""
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
+{%- if cookiecutter.framework == "fastapi" %}
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+{%- endif %}
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+{{ "" }}
+{%- if cookiecutter.framework == "fastapi" %}
+from {{ cookiecutter.package_name }}.websocket.broadcast import hub_of
+{%- endif %}
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
-from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+from .conftest import TEST_ENVIRONMENT
 
 BROADCAST_PATHS = [
 {%- for endpoint in endpoints %}
@@ -20,7 +34,9 @@ BROADCAST_PATHS = [
 {%- endfor %}
 ]
 
-OpenClient = Callable[[str], ClientConnection]
+API_KEY = TEST_ENVIRONMENT["PUBLISH_API_KEY"]
+
+OpenClient = Callable[..., ClientConnection]
 
 
 def filled(path: str, value: str) -> str:
@@ -37,9 +53,16 @@ def clients(live_server: LiveServer) -> Iterator[OpenClient]:
     """Opens subscribed clients on a path; closes them all at the end of the test."""
     with ExitStack() as stack:
 
-        def open_client(path: str) -> ClientConnection:
-            websocket = stack.enter_context(connect(live_server.ws_url(path)))
-            assert receive(websocket) == {"type": "subscribed", "channel": path}
+        def open_client(path: str, query: str = "", **recovered: bool) -> ClientConnection:
+            websocket = stack.enter_context(connect(live_server.ws_url(path + query)))
+            notice = receive(websocket)
+            assert notice == {
+                "type": "subscribed",
+                "channel": path,
+                "offset": notice["offset"],
+                "epoch": notice["epoch"],
+                **recovered,
+            }
             return websocket
 
         yield open_client
@@ -83,3 +106,207 @@ def test_every_client_sees_each_sender_s_messages_in_order_and_in_one_order(
     assert all(sequence == seen[0] for sequence in seen)  # one order for everyone
     for number in range(len(senders)):
         assert [m["seq"] for m in seen[0] if m["sender"] == number] == list(range(count))
+
+
+def publish(
+    server: LiveServer,
+    body: bytes | dict[str, Any],
+    key: str | None = API_KEY,
+    method: str = "POST",
+) -> tuple[int, dict[str, Any]]:
+    """Call ``POST /api/publish`` on ``server``: the status and the JSON answer."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(
+        server.url("/api/publish"), data=data if method == "POST" else None, headers=headers
+    )
+    request.method = method
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def test_a_client_that_reconnects_with_its_position_gets_what_it_missed_once(
+    clients: OpenClient, live_server: LiveServer
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "resume")
+    leaving, staying = clients(url), clients(url)
+    staying.send(json.dumps({"n": 1}))
+    reached = receive(leaving)
+    leaving.close()  # gone, with the position of the last message it received
+    for n in (2, 3):
+        staying.send(json.dumps({"n": n}))
+    assert publish(live_server, {"channel": url, "message": {"n": 4}})[0] == 200
+    back = clients(url, f"?since={reached['offset']}&epoch={reached['epoch']}", recovered=True)
+    missed = [receive(back) for _ in range(3)]
+    assert [(m["offset"], m["message"]) for m in missed] == [
+        (reached["offset"] + n - 1, {"n": n}) for n in (2, 3, 4)
+    ]
+    staying.send(json.dumps({"n": 5}))  # then the live ones, no gap
+    assert receive(back)["offset"] == reached["offset"] + 4
+
+
+def test_a_client_whose_position_cannot_be_resumed_is_told_to_reload(
+    clients: OpenClient,
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "reload")
+    sender = clients(url)
+    sender.send(json.dumps({"n": 1}))
+    top = receive(sender)
+    back = clients(url, "?since=1&epoch=not-this-channels", recovered=False)
+    back.send(json.dumps({"n": 2}))
+    assert receive(back)["offset"] == top["offset"] + 1
+
+
+@pytest.mark.parametrize("query", ["?since=1", "?since=x&epoch=e", "?since=1&epoch=%22"])
+def test_a_malformed_resume_gets_an_error_and_a_close(live_server: LiveServer, query: str) -> None:
+    with connect(live_server.ws_url(filled(BROADCAST_PATHS[0], "bad") + query)) as websocket:
+        assert receive(websocket)["type"] == "error"
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+
+
+def test_the_publish_api_reaches_every_client_of_the_channel(
+    clients: OpenClient, live_server: LiveServer
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "api")
+    listeners = [clients(url), clients(url)]
+    status, answer = publish(live_server, {"channel": url, "message": {"text": "from HTTP"}})
+    assert status == 200, answer
+    assert answer == {"channel": url, "offset": answer["offset"], "epoch": answer["epoch"]}
+    for listener in listeners:
+        relayed = receive(listener)
+        assert (relayed["offset"], relayed["epoch"], relayed["message"]) == (
+            answer["offset"],
+            answer["epoch"],
+            {"text": "from HTTP"},
+        )
+
+
+ANY_CHANNEL = "<a broadcast channel>"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "method", "status", "detail"),
+    [
+        (
+            {"channel": ANY_CHANNEL, "message": {}},
+            None,
+            "POST",
+            401,
+            "Send the key as Authorization: Bearer <PUBLISH_API_KEY>.",
+        ),
+        (
+            {"channel": ANY_CHANNEL, "message": {}},
+            "wrong-key-0123456789",
+            "POST",
+            403,
+            "The publish API key is wrong.",
+        ),
+        (b"{not json", API_KEY, "POST", 400, "The body is not JSON (UTF-8)."),
+        (b"\xff", API_KEY, "POST", 400, "The body is not JSON (UTF-8)."),
+        ({"message": {}}, API_KEY, "POST", 422, "The body must be"),
+        (
+            {"channel": "/nowhere", "message": {}},
+            API_KEY,
+            "POST",
+            422,
+            'The channel "/nowhere" is the path of no broadcast endpoint.',
+        ),
+        (
+            {"channel": ANY_CHANNEL, "message": [1]},
+            API_KEY,
+            "POST",
+            422,
+            "The message must be a JSON object.",
+        ),
+        (
+            {"channel": ANY_CHANNEL, "message": {"x": "y" * 70000}},
+            API_KEY,
+            "POST",
+            413,
+            "The message is over MAX_MESSAGE_BYTES (65536 bytes).",
+        ),
+        (
+            {"channel": ANY_CHANNEL, "message": {}},
+            API_KEY,
+            "GET",
+            405,
+            "/api/publish takes POST requests only.",
+        ),
+    ],
+)
+def test_the_publish_api_refuses_what_it_cannot_publish_and_publishes_nothing(
+    clients: OpenClient,
+    live_server: LiveServer,
+    body: bytes | dict[str, Any],
+    key: str | None,
+    method: str,
+    status: int,
+    detail: str,
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "refused")
+    listener = clients(url)
+    if isinstance(body, dict) and body.get("channel") == ANY_CHANNEL:
+        body = {**body, "channel": url}
+    refused, answer = publish(live_server, body, key, method)
+    assert refused == status, answer
+    assert answer["detail"].startswith(detail), answer
+    published, answer = publish(live_server, {"channel": url, "message": {"n": "after"}})
+    assert published == 200, answer
+    assert receive(listener)["message"] == {"n": "after"}  # the refused one never came
+
+
+@pytest.fixture
+{%- if redis %}
+def keyless_server(redis_server: RedisServer) -> Iterator[LiveServer]:
+    environment = {**TEST_ENVIRONMENT, "PUBLISH_API_KEY": "", "REDIS_URL": redis_server.url}
+{%- else %}
+def keyless_server() -> Iterator[LiveServer]:
+    environment = {**TEST_ENVIRONMENT, "PUBLISH_API_KEY": ""}
+{%- endif %}
+    with LiveServer("{{ cookiecutter.package_name }}.app:app", env=environment) as server:
+        yield server
+
+
+def test_without_a_key_the_publish_api_refuses_every_call_and_says_so(
+    keyless_server: LiveServer,
+) -> None:
+    body = {"channel": filled(BROADCAST_PATHS[0], "1"), "message": {}}
+    for key in (None, API_KEY, ""):
+        assert publish(keyless_server, body, key) == (
+            403,
+            {"detail": "The publish API is off: set PUBLISH_API_KEY to turn it on."},
+        )
+    assert keyless_server.log.count("/api/publish refuses every call") == 1, keyless_server.log
+{%- if cookiecutter.framework == "fastapi" %}
+
+
+def test_an_http_route_of_the_app_publishes_with_hub_of_request(client: TestClient) -> None:
+    # The README's example: application code reaches the hub through the request.
+    app = client.app
+    assert isinstance(app, FastAPI)
+    url = filled(BROADCAST_PATHS[0], "route")
+
+    @app.post("/notify")
+    async def notify(request: Request) -> dict[str, int | str]:
+        position = await hub_of(request).publish(url, {"text": "shipped"})
+        return {"offset": position.offset, "epoch": position.epoch}
+
+    with client.websocket_connect(url) as websocket:
+        assert websocket.receive_json()["type"] == "subscribed"
+        answer = client.post("/notify").json()
+        relayed = websocket.receive_json()
+        assert (relayed["offset"], relayed["epoch"], relayed["message"]) == (
+            answer["offset"],
+            answer["epoch"],
+            {"text": "shipped"},
+        )
+{%- endif %}

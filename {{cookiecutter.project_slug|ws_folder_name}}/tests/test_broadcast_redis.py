@@ -24,6 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
 
 from .conftest import TEST_ENVIRONMENT
+from .test_broadcast import publish
 
 APP = "{{ cookiecutter.package_name }}.app:app"
 PATH = "{{ broadcasts[0].example_url if broadcasts else "/" }}"
@@ -75,10 +76,11 @@ def receive(websocket: ClientConnection, timeout: float = 5.0) -> Any:
     return json.loads(websocket.recv(timeout=timeout))
 
 
-def subscribe(stack: ExitStack, server: LiveServer) -> ClientConnection:
+def subscribe(stack: ExitStack, server: LiveServer, query: str = "") -> ClientConnection:
     """A client of ``server`` on PATH, once subscribed; closed with ``stack``."""
-    websocket = stack.enter_context(connect(server.ws_url(PATH)))
-    assert receive(websocket) == {"type": "subscribed", "channel": PATH}
+    websocket = stack.enter_context(connect(server.ws_url(PATH + query)))
+    notice = receive(websocket)
+    assert (notice["type"], notice["channel"]) == ("subscribed", PATH), notice
     return websocket
 
 
@@ -109,41 +111,92 @@ def test_messages_from_either_process_reach_clients_of_both_in_order(
         assert [m["seq"] for m in seen[0] if m["from"] == sender] == list(range(count))
 
 
-def got(websocket: ClientConnection, message: dict[str, Any]) -> bool:
-    """True if the broadcast of ``message`` arrives within 0.2 s (what comes first is read)."""
-    try:
-        while receive(websocket, timeout=0.2).get("message") != message:
-            pass
-    except TimeoutError:
-        return False
-    return True
-
-
 def go_through_a_restart(
     redis: RedisServer, listener: ClientConnection, sender: ClientConnection
 ) -> None:
-    """Stop and start Redis under two clients of two servers, checking what they get."""
+    """Stop and start Redis (losing its data) under two clients of two servers."""
+    sender.send(json.dumps({"text": "before"}))
+    before = receive(listener)
+    assert receive(sender) == before
     redis.stop()
-    lost = {"type": "dropped", "channel": PATH, "count": None}
-    assert receive(listener) == lost  # told that messages may be lost from here
-    assert receive(sender) == lost
     started = time.monotonic()
     sender.send(json.dumps({"text": "while Redis is down"}))
     assert receive(sender) == {"type": "error", "reason": UNAVAILABLE}
     assert time.monotonic() - started < 1.5  # refused at once, not after a timeout
     redis.start()
-    # The same connections get messages again once both servers have resubscribed (each
-    # hub retries within 2 s); until then a message may be lost, never delayed.
+    # Probes until both clients get one again (each hub retries within 2 s); a probe sent
+    # before Redis answers gets an error reply, one sent later is never lost.
+    seen: dict[ClientConnection, list[Any]] = {listener: [], sender: []}
     deadline = time.monotonic() + 15
     probe = 0
-    while not (got(listener, {"probe": probe}) and got(sender, {"probe": probe})):
+    while not all(any(m.get("message") == {"probe": probe} for m in s) for s in seen.values()):
         assert time.monotonic() < deadline, "the servers did not resubscribe"
         probe += 1
         sender.send(json.dumps({"probe": probe}))
+        for client, received in seen.items():
+            received.extend(receive_all(client, timeout=0.2))
     after = {"text": "after the restart"}
     sender.send(json.dumps(after))
-    assert receive_until(listener, after)[-1]["message"] == after
-    assert receive_until(sender, after)[-1]["message"] == after
+    for client, received in seen.items():
+        received.extend(receive_until(client, after))
+        # Told that the channel's history is gone (a new epoch: "reload your state"), then
+        # every message of the new epoch, once, in order.
+        rest = [m for m in received if m["type"] != "error"]
+        assert rest[0] == {
+            "type": "dropped",
+            "channel": PATH,
+            "count": None,
+            "offset": 0,
+            "epoch": rest[0]["epoch"],
+        }, rest
+        assert rest[0]["epoch"] != before["epoch"]
+        assert [m["offset"] for m in rest[1:]] == list(range(1, len(rest))), rest
+        assert {m["epoch"] for m in rest} == {rest[0]["epoch"]}
+
+
+def receive_all(websocket: ClientConnection, timeout: float) -> list[Any]:
+    """Everything that arrives until nothing has for ``timeout`` seconds."""
+    received = []
+    try:
+        while True:
+            received.append(receive(websocket, timeout=timeout))
+    except TimeoutError:
+        return received
+
+
+def test_a_client_resumes_on_the_other_process_with_every_message_it_missed(
+    servers: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = servers
+    with ExitStack() as stack:
+        sender = subscribe(stack, second)
+        leaving = stack.enter_context(connect(first.ws_url(PATH)))
+        assert receive(leaving)["type"] == "subscribed"
+        sender.send(json.dumps({"n": 0}))
+        reached = receive(leaving)
+        leaving.close()  # the client leaves the first process with this position
+        for n in range(1, 6):  # from a websocket client of the second process
+            sender.send(json.dumps({"n": n}))
+        assert receive_until(sender, {"n": 5})[-1]["message"] == {"n": 5}
+        for n in range(6, 9):  # through the HTTP API of the first
+            status, answer = publish(first, {"channel": PATH, "message": {"n": n}})
+            assert status == 200, answer
+        query = f"?since={reached['offset']}&epoch={reached['epoch']}"
+        back = stack.enter_context(connect(second.ws_url(PATH + query)))
+        assert receive(back) == {
+            "type": "subscribed",
+            "channel": PATH,
+            "offset": reached["offset"],
+            "epoch": reached["epoch"],
+            "recovered": True,
+        }
+        missed = [receive(back) for _ in range(8)]
+        assert [(m["offset"] - reached["offset"], m["message"]) for m in missed] == [
+            (n, {"n": n}) for n in range(1, 9)
+        ]
+        sender.send(json.dumps({"n": 9}))  # then the live ones
+        live = receive(back)
+        assert (live["offset"] - reached["offset"], live["message"]) == (9, {"n": 9})
 
 
 def test_clients_stay_through_a_redis_restart_and_get_errors_while_it_is_down(

@@ -1,5 +1,6 @@
 {%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
-"""The ASGI application: the service's websocket endpoints, plus ``GET /healthz``.
+"""The ASGI application: the service's websocket endpoints, plus ``GET /healthz``{% if broadcast %}
+and ``POST /api/publish`` (``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
 authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
@@ -29,16 +30,23 @@ from fastapi import FastAPI
 {%- if cookiecutter.console_page | ws_yes %}
 from fastapi.responses import HTMLResponse
 {%- endif %}
+{%- if broadcast %}
+from starlette.routing import Route
+{%- endif %}
 {%- endif %}
 
 from . import auth, endpoints
-from .settings import get_settings
+from .settings import {% if broadcast %}Settings, {% endif %}get_settings
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.backend import create_router
 {%- if broadcast %}
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+{%- if broadcast %}
+from .websocket.publish_api import PATH as PUBLISH_PATH
+from .websocket.publish_api import PublishAPI
+{%- endif %}
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
 from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws_yes %}respond, {% endif %}respond_json
@@ -46,6 +54,21 @@ from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+{%- if broadcast %}
+from .websocket.publish_api import PATH as PUBLISH_PATH
+from .websocket.publish_api import PublishAPI
+{%- endif %}
+{%- endif %}
+{%- if broadcast %}
+
+logger = logging.getLogger(__name__)
+
+BROADCAST_PATHS = [
+{%- for endpoint in cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") %}
+    "{{ endpoint.path }}",
+{%- endfor %}
+]
+"""The broadcast endpoints' paths: the channels that ``POST /api/publish`` may publish to."""
 {%- endif %}
 
 {%- if cookiecutter.framework == "fastapi" %}
@@ -76,6 +99,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
     app.add_api_route("/healthz", healthz)
+{%- if broadcast %}
+    app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
     app.add_api_route("/", console, include_in_schema=False)
 {%- endif %}
@@ -106,6 +132,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
     app.add_http_route("/healthz", healthz)
+{%- if broadcast %}
+    app.add_http_route(PUBLISH_PATH, publish_api(settings), methods=None)
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
     app.add_http_route("/", console)
 {%- endif %}
@@ -123,6 +152,19 @@ async def console(scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(name.encode(), value.encode()) for name, value in CONSOLE_HEADERS.items()]
     await respond(send, CONSOLE_PAGE, "text/html; charset=utf-8", headers=headers)
 {%- endif %}
+{%- endif %}
+
+
+{%- if broadcast %}
+
+
+def publish_api(settings: Settings) -> PublishAPI:
+    """``POST /api/publish``: publish to a broadcast channel over HTTP (see README.md)."""
+    return PublishAPI(
+        BROADCAST_PATHS,
+        api_key=settings.publish_api_key,
+        max_message_bytes=settings.max_message_bytes,
+    )
 {%- endif %}
 
 
@@ -152,10 +194,14 @@ def configure_logging(level: str) -> None:
 async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
     """Start the broadcast hub with the service, and close it when the service stops.
 
-    Handlers find it in the ASGI state (``hub_of(websocket)``); the hub comes from the
-    settings (``settings.py``). Start here anything else the service needs for its life.
+    Handlers and routes find it in the ASGI state (``hub_of(websocket)``,
+    ``hub_of(request)``); the hub comes from the settings (``settings.py``). Start here
+    anything else the service needs for its life.
     """
-    async with get_settings().hub() as hub:
+    settings = get_settings()
+    if not settings.publish_api_key:
+        logger.warning("%s refuses every call: PUBLISH_API_KEY is not set", PUBLISH_PATH)
+    async with settings.hub() as hub:
         yield {HUB_STATE_KEY: hub}
 {%- endif %}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass{% if broadcast %}, field{% endif %}
 from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -24,6 +24,9 @@ from .websocket.redis_hub import RedisHub
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+{%- if broadcast %}
+MIN_API_KEY_LENGTH = 16
+{%- endif %}
 
 Value = TypeVar("Value")
 
@@ -44,6 +47,12 @@ class Settings:
 {%- if broadcast %}
     broadcast_queue_size: int = 100
     """Messages a broadcast connection may have waiting; past that, its oldest are dropped."""
+    history_size: int = 100
+    """Messages each broadcast channel keeps for clients that resume (0: no history)."""
+    history_ttl_seconds: float = 300.0
+    """How long a channel keeps its history after its last message."""
+    publish_api_key: str = field(default="", repr=False)
+    """The key of ``POST /api/publish`` (``Authorization: Bearer <key>``); empty: it refuses."""
 {%- endif %}
 {%- if redis %}
     redis_url: str = "redis://localhost:6379/0"
@@ -87,6 +96,11 @@ class Settings:
             broadcast_queue_size=read(
                 "BROADCAST_QUEUE_SIZE", _positive(int), cls.broadcast_queue_size
             ),
+            history_size=read("HISTORY_SIZE", _count, cls.history_size),
+            history_ttl_seconds=read(
+                "HISTORY_TTL_SECONDS", _positive(float), cls.history_ttl_seconds
+            ),
+            publish_api_key=read("PUBLISH_API_KEY", _api_key, cls.publish_api_key),
 {%- endif %}
 {%- if redis %}
             redis_url=read("REDIS_URL", _redis_url, cls.redis_url),
@@ -148,10 +162,16 @@ class Settings:
             self.redis_url,
             prefix=self.redis_channel_prefix,
             queue_size=self.broadcast_queue_size,
+            history_size=self.history_size,
+            history_ttl=self.history_ttl_seconds,
             timeout=self.redis_timeout_seconds,
         )
 {%- else %}
-        return MemoryHub(queue_size=self.broadcast_queue_size)
+        return MemoryHub(
+            self.broadcast_queue_size,
+            history_size=self.history_size,
+            history_ttl=self.history_ttl_seconds,
+        )
 {%- endif %}
 {%- endif %}
 
@@ -178,6 +198,24 @@ def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:
 
 def _text(name: str, value: str) -> str:
     return value
+{%- if broadcast %}
+
+
+def _count(name: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise SettingsError(f"{name}={value!r} must be a whole number, 0 or more")
+    return int(value)
+
+
+def _api_key(name: str, value: str) -> str:
+    # Not the value itself in the message: it is a secret.
+    if len(value) < MIN_API_KEY_LENGTH or not value.isprintable() or " " in value:
+        raise SettingsError(
+            f"{name} must be at least {MIN_API_KEY_LENGTH} characters with no space; make "
+            f"one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
+{%- endif %}
 
 
 def _port(name: str, value: str) -> int:

@@ -86,7 +86,7 @@ class Router:
 
     def __init__(self, lifespan: Lifespan | None = None) -> None:
         self._websocket_routes: list[tuple[re.Pattern[str], WebSocketHandler]] = []
-        self._http_routes: list[tuple[re.Pattern[str], ASGIApp, frozenset[str]]] = []
+        self._http_routes: list[tuple[re.Pattern[str], ASGIApp, frozenset[str] | None]] = []
         self._lifespan = lifespan
 
     def add_websocket_route(self, path: str, handler: WebSocketHandler | None = None) -> None:
@@ -94,10 +94,13 @@ class Router:
         self._websocket_routes.append((_compile(path), handler or keepalive_loop))
 
     def add_http_route(
-        self, path: str, app: ASGIApp, methods: tuple[str, ...] = ("GET", "HEAD")
+        self, path: str, app: ASGIApp, methods: tuple[str, ...] | None = ("GET", "HEAD")
     ) -> None:
-        """Serve HTTP requests to ``path`` with the ASGI application ``app``."""
-        self._http_routes.append((_compile(path), app, frozenset(methods)))
+        """Serve HTTP requests to ``path`` with the ASGI application ``app``; ``methods``
+        None: every method (``app`` answers those it does not take)."""
+        self._http_routes.append(
+            (_compile(path), app, None if methods is None else frozenset(methods))
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -147,7 +150,7 @@ class Router:
         for pattern, app, methods in self._http_routes:
             match = pattern.fullmatch(scope["path"])
             if match:
-                if scope["method"] in methods:
+                if methods is None or scope["method"] in methods:
                     scope["path_params"] = match.groupdict()
                     await app(scope, receive, send)
                     return

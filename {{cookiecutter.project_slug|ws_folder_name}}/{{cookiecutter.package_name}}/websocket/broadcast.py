@@ -55,7 +55,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
-import json
 import logging
 import re
 import secrets
@@ -72,6 +71,7 @@ from .session import (
     JsonHandler,
     SessionSocket,
     TaskFactory,
+    dumps,
     now_ns,
     receive_json,
     run_websocket,
@@ -200,11 +200,22 @@ class Subscription:
         return Position(self._offset, self._epoch) if self._resumed else None
 
     @property
-    def history_after(self) -> int | None:
-        """The offset after which this subscription needs the channel's history, if any."""
-        if self._resumed:
-            return self._offset
-        return None if self.since is None else self.since.offset
+    def history_since(self) -> Position | None:
+        """The position after which this subscription needs the channel's history, if any."""
+        return self.position if self._resumed else self.since
+
+    def needed(self, history: Sequence[Publication]) -> Sequence[Publication]:
+        """What this subscription needs of ``history`` (a channel's messages, contiguous,
+        in order, of one epoch): those after its position, all of them if of another epoch."""
+        since = self.history_since
+        if since is None or not history:
+            return ()
+        if since.epoch != history[0].epoch:
+            return history
+        start = since.offset + 1 - history[0].offset
+        if start <= 0:
+            return history
+        return list(itertools.islice(history, start, None))
 
     def resume(self, history: Sequence[Publication], top: Position) -> None:
         """Go live at the channel's position ``top``, after the ``history`` it needs.
@@ -339,17 +350,6 @@ def _recoverable(since: Position, top: Position, history: Sequence[Publication])
     if since.offset == top.offset:
         return True
     return bool(history) and history[0].offset <= since.offset + 1
-
-
-def after(history: Sequence[Publication], offset: int | None) -> Sequence[Publication]:
-    """The messages of ``history`` (contiguous offsets, in order) after ``offset``; none for
-    None."""
-    if offset is None or not history:
-        return ()
-    start = offset + 1 - history[0].offset
-    if start <= 0:
-        return history
-    return list(itertools.islice(history, start, None))
 
 
 class Fanout:
@@ -517,9 +517,8 @@ class MemoryHub(Hub):
             raise HubClosed("The broadcast hub is closed; nothing can be subscribed.")
         stream = self._stream(channel, self._clock())
         subscription = self._fanout.add(channel, since)
-        history: Sequence[Publication] = stream.history
         subscription.resume(
-            after(history, subscription.history_after), Position(stream.offset, stream.epoch)
+            subscription.needed(stream.history), Position(stream.offset, stream.epoch)
         )
         return subscription
 
@@ -590,13 +589,7 @@ def joined(head: str, offset: int, epoch: str, tail: str) -> str:
     return head + str(offset) + ',"epoch":"' + epoch + '"' + tail
 
 
-def _compact(value: Any) -> str:
-    return _ENCODER.encode(value)
-
-
-# One encoder for every message (json.dumps with options builds a new one each call), with
-# the options of session.send_json: compact, UTF-8 as is, no NaN.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_compact = dumps  # compact, UTF-8 as is, no NaN: what session.send_json sends
 
 
 class HasScope(Protocol):

@@ -69,7 +69,6 @@ from .broadcast import (
     Position,
     Publication,
     Subscription,
-    after,
     envelope_parts,
     new_epoch,
 )
@@ -102,7 +101,8 @@ redis.call('PUBLISH', ARGV[1], offset .. ' ' .. epoch .. ' ' .. text)
 return {offset, epoch}
 """
 
-# KEYS: meta, history. ARGV: epoch if new, first offset wanted ('' for none), position TTL.
+# KEYS: meta, history. ARGV: epoch if new, first offset wanted ('' for none), position TTL,
+# the epoch of that offset (another epoch: the whole history is wanted).
 READ_SCRIPT: Final = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -113,7 +113,9 @@ if not epoch then
 end
 local entries = {}
 if ARGV[2] ~= '' then
-  entries = redis.call('XRANGE', KEYS[2], ARGV[2] .. '-0', '+')
+  local first = '-'
+  if epoch == ARGV[4] then first = ARGV[2] .. '-0' end
+  entries = redis.call('XRANGE', KEYS[2], first, '+')
 end
 return {redis.call('HGET', KEYS[1], 'offset'), epoch, entries}
 """
@@ -267,15 +269,18 @@ class RedisHub(Hub):
         tagged = f"{self.prefix}{{{channel}}}"
         return [tagged + ":meta", tagged + ":history"]
 
-    async def _read(self, channel: str, offset: int | None) -> tuple[Position, list[Publication]]:
-        """``channel``'s position and its history after ``offset``, in one atomic read."""
+    async def _read(
+        self, channel: str, since: Position | None
+    ) -> tuple[Position, list[Publication]]:
+        """``channel``'s position and its history after ``since`` (all of it if ``since`` is
+        of another epoch; none for None), in one atomic read."""
         script = self._read_script
         if self._closed or script is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
-        first = "" if offset is None else str(offset + 1)
+        first, epoch = ("", "") if since is None else (str(since.offset + 1), since.epoch)
         async with asyncio.timeout(self.timeout):
             top, epoch, entries = await script(
-                keys=self._keys(channel), args=[new_epoch(), first, self._position_ms]
+                keys=self._keys(channel), args=[new_epoch(), first, self._position_ms, epoch]
             )
         history = [
             Publication(int(entry_id.partition("-")[0]), epoch, fields[1])
@@ -328,10 +333,8 @@ class RedisHub(Hub):
                 waiting = [s for s in self._fanout.subscriptions(channel) if s.waiting]
                 if not waiting:
                     return
-                offsets = [s.history_after for s in waiting]
-                offset = min((o for o in offsets if o is not None), default=None)
                 try:
-                    top, history = await self._read(channel, offset)
+                    top, history = await self._read(channel, _earliest(waiting))
                 except HubClosed:
                     return
                 except CONNECTION_ERRORS as error:
@@ -343,7 +346,7 @@ class RedisHub(Hub):
                     return  # the connection was lost meanwhile: the next one syncs again
                 self._latest[channel] = _newer(self._latest.get(channel), top)
                 for subscription in waiting:
-                    subscription.resume(after(history, subscription.history_after), top)
+                    subscription.resume(subscription.needed(history), top)
         finally:
             if self._syncing.get(channel) is asyncio.current_task():
                 del self._syncing[channel]
@@ -471,6 +474,19 @@ class RedisHub(Hub):
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py types
         except CONNECTION_ERRORS as error:
             logger.debug("closing the pub/sub connection failed: %r", error)
+
+
+def _earliest(subscriptions: list[Subscription]) -> Position | None:
+    """The earliest position after which ``subscriptions`` need the history, if any does.
+
+    Positions of several epochs (rare: Redis lost the channel's keys meanwhile) ask for
+    the whole history (an epoch nobody has)."""
+    wanted = [s.history_since for s in subscriptions if s.history_since is not None]
+    if not wanted:
+        return None
+    if len({position.epoch for position in wanted}) > 1:
+        return Position(0, "")
+    return min(wanted)
 
 
 def _newer(known: Position | None, seen: Position) -> Position:

@@ -129,7 +129,7 @@ async def test_a_subscription_waits_and_buffers_until_resumed_then_merges_in_ord
     subscription = Subscription("/ws/news", 3, since=Position(2, EPOCH))
     assert subscription.waiting
     assert not subscription.live
-    assert subscription.history_after == 2
+    assert subscription.history_since == Position(2, EPOCH)
     subscription.deliver(message(5))  # live ones arrive while the history is read
     subscription.deliver(message(6))
     history = [message(3), message(4), message(5)]
@@ -166,7 +166,7 @@ async def test_a_held_subscription_catches_up_from_the_history_and_reports_what_
     subscription = live_subscription(queue_size=5, at=0)
     subscription.deliver(message(1))
     subscription.hold()  # the hub lost its backend
-    assert subscription.history_after == 1
+    assert subscription.history_since == Position(1, EPOCH)
     subscription.resume([message(4), message(5)], Position(5, EPOCH))  # 2 and 3 are gone
     subscription.deliver(message(6))
     assert await everything_in(subscription) == [

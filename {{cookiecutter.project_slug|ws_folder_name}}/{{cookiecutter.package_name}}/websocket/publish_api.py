@@ -1,0 +1,184 @@
+"""`PublishAPI`: ``POST /api/publish``, how code outside the service publishes to a channel.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). A raw ASGI application, standard library only, mounted by the app of
+both faces (FastAPI's ``app.add_route``, the `Router`'s ``add_http_route``)::
+
+    POST /api/publish
+    Authorization: Bearer <PUBLISH_API_KEY>
+    Content-Type: application/json
+
+    {"channel": "/ws/rooms/lobby", "message": {"text": "hello"}}
+
+answers ``200 {"channel": ..., "offset": ..., "epoch": ...}`` once the hub has published
+the message: every client of the channel receives it as if a client had sent it. Every
+refusal is a JSON ``{"detail": "<one sentence>"}`` and publishes nothing:
+
+- 403 while no key is configured (the API is off until then), or for a wrong key, and 401
+  for a missing one; keys are compared in constant time, and neither keys nor messages
+  are ever logged;
+- 400 for a body that is not JSON, 422 for one that is not ``{"channel": "...",
+  "message": {...}}`` or whose channel matches no broadcast endpoint, 413 for a message
+  over ``max_message_bytes`` (the limit clients have);
+- 405 for another method than POST, 503 when the hub cannot publish (Redis is down).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, Final
+
+from .asgi_types import Receive, Scope, Send
+from .broadcast import Hub, HubUnavailable, hub_of
+from .session import dumps, loads
+
+logger = logging.getLogger(__name__)
+
+PATH: Final = "/api/publish"
+BODY_OVERHEAD: Final = 4096
+"""Bytes a request body may have besides its message (the channel, the JSON around)."""
+
+
+class PublishAPI:
+    """The ASGI application of ``POST /api/publish`` (see the module's docs).
+
+    ``channels`` are the path templates of the broadcast endpoints (``/ws/rooms/{room}``):
+    a channel is published to only if it matches one, each ``{name}`` matching one path
+    segment. ``api_key`` empty turns the API off. ``hub`` finds the hub from the scope.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[str],
+        *,
+        api_key: str,
+        max_message_bytes: int,
+        hub: Callable[[Mapping[str, Any]], Hub] = hub_of,
+    ) -> None:
+        self._templates = [template.split("/") for template in channels]
+        self._key = api_key.encode()
+        self._max_message_bytes = max_message_bytes
+        self._hub = hub
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError(f"PublishAPI serves HTTP, not {scope['type']!r}")
+        status, body = await self._publish(scope, receive)
+        headers = []
+        if status == HTTPStatus.UNAUTHORIZED:
+            headers.append((b"www-authenticate", b'Bearer realm="publish"'))
+        elif status == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers.append((b"allow", b"POST"))
+        content = dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+    def matches(self, channel: str) -> bool:
+        """Whether ``channel`` is the path of a broadcast endpoint."""
+        segments = channel.split("/")
+        return any(
+            len(template) == len(segments)
+            and all(
+                part == segment or (part.startswith("{") and part.endswith("}") and segment != "")
+                for part, segment in zip(template, segments, strict=True)
+            )
+            for template in self._templates
+        )
+
+    async def _publish(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        if scope["method"] != "POST":
+            return _refused(HTTPStatus.METHOD_NOT_ALLOWED, f"{PATH} takes POST requests only.")
+        if not self._key:
+            return _refused(
+                HTTPStatus.FORBIDDEN, "The publish API is off: set PUBLISH_API_KEY to turn it on."
+            )
+        given = _bearer(scope)
+        if given is None:
+            return _refused(
+                HTTPStatus.UNAUTHORIZED, "Send the key as Authorization: Bearer <PUBLISH_API_KEY>."
+            )
+        if not hmac.compare_digest(given, self._key):
+            return _refused(HTTPStatus.FORBIDDEN, "The publish API key is wrong.")
+        body = await _body(receive, self._max_message_bytes + BODY_OVERHEAD)
+        if body is None:
+            return _refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"The message is over MAX_MESSAGE_BYTES ({self._max_message_bytes} bytes).",
+            )
+        try:
+            request = loads(body.decode("utf-8"))
+        except ValueError:
+            return _refused(HTTPStatus.BAD_REQUEST, "The body is not JSON (UTF-8).")
+        if not isinstance(request, dict) or set(request) != {"channel", "message"}:
+            return _refused(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                'The body must be {"channel": "<path>", "message": {...}}, nothing else.',
+            )
+        channel, message = request["channel"], request["message"]
+        if not isinstance(channel, str) or not self.matches(channel):
+            return _refused(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                f"The channel {dumps(channel)[:200]} is the path of no broadcast endpoint.",
+            )
+        if not isinstance(message, dict):
+            return _refused(HTTPStatus.UNPROCESSABLE_ENTITY, "The message must be a JSON object.")
+        if len(dumps(message).encode()) > self._max_message_bytes:
+            return _refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"The message is over MAX_MESSAGE_BYTES ({self._max_message_bytes} bytes).",
+            )
+        try:
+            position = await self._hub(scope).publish(channel, message)
+        except HubUnavailable as error:
+            return _refused(HTTPStatus.SERVICE_UNAVAILABLE, f"{str(error).capitalize()}.")
+        return HTTPStatus.OK, {
+            "channel": channel,
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+
+
+def _refused(status: HTTPStatus, reason: str) -> tuple[int, dict[str, Any]]:
+    return status, {"detail": reason}
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    """The key of the request's ``Authorization: Bearer <key>`` header, if it has one."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, key = bytes(value).strip().partition(b" ")
+            if scheme.lower() == b"bearer" and key.strip():
+                return key.strip()
+    return None
+
+
+async def _body(receive: Receive, limit: int) -> bytes | None:
+    """The request's body; None once it is over ``limit`` bytes (the rest is not read)."""
+    body = bytearray()
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":  # gone before the end: publish nothing
+            return b""
+        body += event.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not event.get("more_body", False):
+            return bytes(body)

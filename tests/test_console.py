@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.error
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from websocket.testing import LiveServer
+from websockets.sync.client import connect
 
 from tests.conftest import render
 
@@ -58,7 +60,10 @@ def test_the_console_drives_every_endpoint_kind(
     project = render(tmp_path, cookiecutter_config, answers)
     errors: list[str] = []
     with LiveServer(
-        "console_test.app:app", server="runner", env={"TICK_SECONDS": "0.2"}, cwd=project
+        "console_test.app:app",
+        server="runner",
+        env={"TICK_SECONDS": "0.2", "MAX_MESSAGE_BYTES": "4096"},
+        cwd=project,
     ) as server:
         with urllib.request.urlopen(server.url("/"), timeout=5) as response:
             assert "connect-src 'self'" in response.headers["content-security-policy"]
@@ -90,6 +95,29 @@ def test_the_console_drives_every_endpoint_kind(
         news.locator("button.send-message").click()
         expect(news.locator("li.in").first).to_contain_text('"type":"broadcast"')
         expect(news.locator("li.in").first).to_contain_text('"message":{"headline":"hi"}')
+        expect(news.locator(".recovery")).to_have_text("live")
+        expect(news.locator(".offset")).to_have_text("1")
+
+        # Disconnect, miss two messages, Connect: the panel resumes with what it missed.
+        news.locator("button.connect").click()
+        expect(news.locator(".state")).to_have_text("closed 1000 (closed from the console)")
+        with connect(server.ws_url("/ws/news")) as other:
+            assert json.loads(other.recv(timeout=5))["type"] == "subscribed"
+            for n in (1, 2):
+                other.send(json.dumps({"missed": n}))
+                assert json.loads(other.recv(timeout=5))["message"] == {"missed": n}
+        news.locator("button.connect").click()
+        expect(news.locator(".recovery")).to_have_text("recovered")
+        expect(news.locator("li.in").first).to_contain_text('"message":{"missed":2}')
+        expect(news.locator("li.in").nth(1)).to_contain_text('"message":{"missed":1}')
+        expect(news.locator(".offset")).to_have_text("3")
+        # A connection the service drops (a frame over MAX_MESSAGE_BYTES: 1009) comes back
+        # by itself, at its position.
+        news.locator("input.message").fill(json.dumps({"big": "x" * 5000}))
+        news.locator("button.send-message").click()
+        expect(news.locator("li.note").first).to_have_text(re.compile("closed with 1009"))
+        expect(news.locator(".state")).to_have_text("open")
+        expect(news.locator(".recovery")).to_have_text("recovered")
 
         keepalive = page.locator('section[data-kind="keepalive"]')
         keepalive.locator("button.connect").click()  # now labelled Disconnect

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 1.2.0. Every file in this folder is copied unchanged into each project that
+Version 2.0.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -12,7 +12,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``broadcast.py``: the broadcast `Hub` interface, `MemoryHub`, bounded `Subscription`
   queues, and `run_broadcast`, which serves a broadcast connection on any face.
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
-  Redis pub/sub, across processes.
+  Redis (pub/sub, and a stream per channel for its history), across processes.
+- ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` for code outside the service.
 - ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
   every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
 - ``asgi_types.py``: the ASGI callable's types.
@@ -21,6 +22,18 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 
 A project keeps the face its framework uses.
 
+2.0.0: broadcast channels have positions and history. Every message gets its channel's next
+``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and
+``dropped`` notices, which now carry the position); `Hub.publish(channel, message)` takes the
+message object and returns its `Position` (was: a text, returning None);
+`Hub.subscribe(channel, since)` and ``?since=&epoch=`` resume after a position from the
+history (``history_size``, ``history_ttl``); `RedisHub` publishes with a Lua script and
+fills the gaps of a lost connection from the history; `PublishAPI`; `hub_of` takes a request
+or a scope too; `Router.add_http_route` takes ``methods=None`` (every method);
+`testing.RedisServer(keep_data=True)`. Upgrading: all processes on one Redis must run 2.0.0
+(a 1.x process's plain ``PUBLISH`` is ignored by 2.0.0 ones, with a warning), or use a new
+``REDIS_CHANNEL_PREFIX``.
+
 1.2.0: JSON through json's C parts directly (`session.loads`/`session.dumps`, the bytes of
 ``json.loads``/``json.dumps`` with the same options); a one-task session runs in the
 caller's task; `create_router` mounts a handler of one ``WebSocket`` parameter as it is;
@@ -28,4 +41,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "1.2.0"
+__version__ = "2.0.0"

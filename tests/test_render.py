@@ -93,6 +93,7 @@ SHARED_BACKEND_FILES = {
     "asgi_types.py",
     "broadcast.py",
     "guard.py",
+    "publish_api.py",
     "session.py",
     "testing.py",
     "tests/__init__.py",
@@ -102,6 +103,7 @@ SHARED_BACKEND_FILES = {
     "tests/test_broadcast.py",
     "tests/test_guard.py",
     "tests/test_live.py",
+    "tests/test_publish_api.py",
     "tests/test_session.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).

@@ -1,0 +1,118 @@
+"""`PublishAPI` called as an ASGI app, on a `MemoryHub`: what it publishes and refuses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ..asgi_types import Message
+from ..broadcast import MemoryHub
+from ..publish_api import PublishAPI
+from .hub_contract import received
+
+KEY = "k" * 24
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[MemoryHub]:
+    async with MemoryHub() as hub:
+        yield hub
+
+
+def api_on(hub: MemoryHub, key: str = KEY) -> PublishAPI:
+    return PublishAPI(
+        ["/ws/rooms/{room}", "/ws/news"], api_key=key, max_message_bytes=100, hub=lambda _: hub
+    )
+
+
+async def call(
+    api: PublishAPI,
+    body: bytes,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    method: str = "POST",
+    chunk: int = 0,
+) -> tuple[int, dict[bytes, bytes], Any]:
+    """One request to ``api``: its status, headers and JSON body (``chunk``: body in parts)."""
+    parts = [body[i : i + chunk] for i in range(0, len(body), chunk)] if chunk else [body]
+    events: list[Message] = [
+        {"type": "http.request", "body": part, "more_body": n < len(parts) - 1}
+        for n, part in enumerate(parts)
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return events.pop(0) if events else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/api/publish",
+        "headers": [(b"authorization", b"Bearer " + KEY.encode())] if headers is None else headers,
+        "state": {},
+    }
+    await api(scope, receive, send)
+    start, content = sent
+    return start["status"], dict(start["headers"]), json.loads(content["body"])
+
+
+def test_channels_match_the_broadcast_paths_one_segment_per_parameter() -> None:
+    api = PublishAPI(["/ws/rooms/{room}", "/ws/news"], api_key=KEY, max_message_bytes=100)
+    assert api.matches("/ws/rooms/lobby")
+    assert api.matches("/ws/news")
+    for channel in ("/ws/rooms/", "/ws/rooms/a/b", "/ws/rooms", "/ws/newsx", "ws/news", ""):
+        assert not api.matches(channel), channel
+
+
+async def test_a_published_message_reaches_subscribers_and_its_position_is_answered(
+    hub: MemoryHub,
+) -> None:
+    api = api_on(hub)
+    subscription = await hub.subscribe("/ws/rooms/lobby")
+    await received(subscription)
+    body = json.dumps({"channel": "/ws/rooms/lobby", "message": {"text": "hé"}}).encode()
+    status, headers, answer = await call(api, body, chunk=7)
+    assert status == 200
+    assert headers[b"content-type"] == b"application/json"
+    delivery = await received(subscription)
+    assert answer == {"channel": "/ws/rooms/lobby", "offset": 1, "epoch": delivery["epoch"]}
+    assert (delivery["offset"], delivery["message"]) == (1, {"text": "hé"})
+
+
+@pytest.mark.parametrize(
+    ("key", "headers", "status", "challenge"),
+    [
+        ("", None, 403, False),
+        (KEY, [], 401, True),
+        (KEY, [(b"authorization", b"Basic " + KEY.encode())], 401, True),
+        (KEY, [(b"authorization", b"Bearer " + KEY.encode()[:-1])], 403, False),
+        (KEY, [(b"authorization", b"Bearer " + KEY.encode() + b"x")], 403, False),
+    ],
+)
+async def test_without_the_right_key_nothing_is_published(
+    hub: MemoryHub,
+    key: str,
+    headers: list[tuple[bytes, bytes]] | None,
+    status: int,
+    challenge: bool,
+) -> None:
+    body = json.dumps({"channel": "/ws/news", "message": {}}).encode()
+    refused, answered_headers, answer = await call(api_on(hub, key), body, headers=headers)
+    assert refused == status
+    assert (b"www-authenticate" in answered_headers) == challenge
+    assert KEY not in json.dumps(answer)
+    assert (await hub.publish("/ws/news", {})).offset == 1  # the refused one took no offset
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_all_read(hub: MemoryHub) -> None:
+    status, _, answer = await call(api_on(hub), b"x" * 10_000, chunk=1000)
+    assert (status, answer) == (
+        413,
+        {"detail": "The message is over MAX_MESSAGE_BYTES (100 bytes)."},
+    )

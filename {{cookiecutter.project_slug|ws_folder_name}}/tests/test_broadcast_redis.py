@@ -9,6 +9,7 @@ run. Without redis-server they skip, saying why, unless ``REQUIRE_REDIS=1``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -21,6 +22,8 @@ from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from {{ cookiecutter.package_name }}.settings import get_settings
+from {{ cookiecutter.package_name }}.websocket.broadcast import Position
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
 
 from .conftest import TEST_ENVIRONMENT
@@ -197,6 +200,32 @@ def test_a_client_resumes_on_the_other_process_with_every_message_it_missed(
         sender.send(json.dumps({"n": 9}))  # then the live ones
         live = receive(back)
         assert (live["offset"] - reached["offset"], live["message"]) == (9, {"n": 9})
+
+
+def test_another_process_publishes_with_the_hub_of_the_settings(
+    servers: tuple[LiveServer, LiveServer], own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's call, from this test process: clients get it as if a client had sent it.
+    monkeypatch.setenv("REDIS_URL", own_redis.url)
+    get_settings.cache_clear()
+
+    async def publish_once() -> Position:
+        async with get_settings().hub() as hub:
+            return await hub.publish(PATH, {"text": "from a worker"})
+
+    with ExitStack() as stack:
+        clients = [subscribe(stack, server) for server in servers]
+        position = asyncio.run(publish_once())
+        for client in clients:
+            relayed = receive(client)
+            assert relayed == {
+                "type": "broadcast",
+                "channel": PATH,
+                "offset": position.offset,
+                "epoch": position.epoch,
+                "server_ns": relayed["server_ns"],
+                "message": {"text": "from a worker"},
+            }
 
 
 def test_clients_stay_through_a_redis_restart_and_get_errors_while_it_is_down(

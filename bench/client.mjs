@@ -368,9 +368,11 @@ async function ticker(options) {
 /** Broadcast: one publisher, `connections` subscribers on one room, delivery latency.
  *
  * Every connection of a broadcast room (the generated service's `run_broadcast`) first gets
- * {"type": "subscribed"}, then every JSON object published on the room, the sender's own
- * included, as {"type": "broadcast", ..., "message": {...}}; a subscriber whose bounded queue
- * overflowed gets {"type": "dropped", "count": n} in place of the lost messages. Here the
+ * {"type": "subscribed", "offset", "epoch"} (the room's position), then every JSON object
+ * published on the room, the sender's own included, as {"type": "broadcast", "offset",
+ * "epoch", ..., "message": {...}}, each offset the last + 1; a subscriber whose bounded queue
+ * overflowed gets {"type": "dropped", "count": n, "offset", "epoch"} in place of the lost
+ * messages. Here the
  * subscribers open (`open-concurrency` handshakes in flight) and each waits for its
  * "subscribed"; then one more connection, the publisher, sends `messages` messages, each
  * {"seq": k, "sent_ms": performance.now()}. Message k + 1 goes `interval` seconds after
@@ -378,8 +380,9 @@ async function ticker(options) {
  * the figures are those of one message fanned out to every subscriber. A delivery's latency
  * is its receive time less its send time (one clock, this process); the first
  * `warmup-messages` messages are delivered and checked but not in the figures. Every
- * subscriber must get every message, in order: a dropped notice, an error, a message out of
- * order or a connection closed ends the run with a failure. The publisher's own copies are
+ * subscriber must get every message, in order, at contiguous offsets of one epoch (which
+ * catches a loss or a duplicate even where `seq` would not): a dropped notice, an error, a
+ * message out of order or off its offset, or a connection closed ends the run with a failure. The publisher's own copies are
  * checked the same way but are not deliveries.
  */
 async function broadcast(options) {
@@ -397,7 +400,14 @@ async function broadcast(options) {
   });
   let deliveries = 0;
   let running = true;
-  const problems = { dropped: 0, errors: 0, out_of_order: 0, unexpected: 0, closed_early: 0 };
+  const problems = {
+    dropped: 0,
+    errors: 0,
+    out_of_order: 0,
+    offset_gaps: 0,
+    unexpected: 0,
+    closed_early: 0,
+  };
   let firstProblem = null;
   const problem = (kind, text) => {
     problems[kind] += 1;
@@ -414,7 +424,8 @@ async function broadcast(options) {
     fail(`broadcast failed (${counts}); the first: ${firstProblem}`);
   };
 
-  // Each connection reads "subscribed" first, then the room's messages in order.
+  // Each connection reads "subscribed" first, then the room's messages in order, each at
+  // the position after the last: the offset after it, in the same epoch.
   const follow = (ws, isSubscriber) => {
     let subscribed;
     let notSubscribed;
@@ -423,18 +434,35 @@ async function broadcast(options) {
       notSubscribed = reject;
     });
     let expected = 0;
+    let offset = null;
+    let epoch = null;
     ws.on("message", (data) => {
       const now = performance.now();
       const message = JSON.parse(data);
       if (subscribed !== null) {
         if (message.type !== "subscribed") problem("unexpected", `before "subscribed": ${data}`);
+        else if (!Number.isInteger(message.offset) || typeof message.epoch !== "string") {
+          problem("unexpected", `"subscribed" without a position: ${data}`);
+        }
+        ({ offset, epoch } = message);
         subscribed();
         subscribed = null;
         return;
       }
-      if (message.type === "dropped") return problem("dropped", `a subscriber got ${data}`);
+      if (message.type === "dropped") {
+        ({ offset, epoch } = message); // the position after the loss
+        return problem("dropped", `a subscriber got ${data}`);
+      }
       if (message.type === "error") return problem("errors", `a connection got ${data}`);
       if (message.type !== "broadcast") return problem("unexpected", `unexpected: ${data}`);
+      if (message.offset !== offset + 1 || message.epoch !== epoch) {
+        problem(
+          "offset_gaps",
+          `offset ${message.offset} of epoch ${message.epoch} came after offset ${offset} ` +
+            `of epoch ${epoch}`,
+        );
+      }
+      ({ offset, epoch } = message);
       const { seq, sent_ms: sentMs } = message.message;
       if (seq !== expected) problem("out_of_order", `message ${seq} came when ${expected} was due`);
       expected = seq + 1;

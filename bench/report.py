@@ -34,9 +34,13 @@ COLORS = {
     "raw-asgi-echo": "#7f7f7f",
     "websockets": "#9467bd",
     "broadcast-memory": "#1f77b4",
+    "broadcast-memory-nohistory": "#9ecae1",
     "broadcast-redis": "#d62728",
+    "broadcast-redis-nohistory": "#fc9272",
 }
 BROADCAST_TARGET_SUBSCRIBERS = 10_000
+HISTORY_CPU_GOAL = 1.10
+"""Issue 12's goal: server CPU per delivery with history on at most this times that with it off."""
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,7 @@ def broadcast_table(results: Results) -> str:
             rows.append(
                 [
                     runs[0]["backend"],
+                    history_text(runs[0].get("history")),
                     f"{count:,}",
                     cell(get("latency_p50_ms")),
                     cell(get("latency_p99_ms")),
@@ -362,10 +367,12 @@ def broadcast_table(results: Results) -> str:
             )
     for server, reason in results.not_measured.items():
         if server.startswith("broadcast-"):
-            backend = server.removeprefix("broadcast-")
-            rows.append([backend, f"not measured: {reason}", *["-"] * 10])
+            backend, _, kept = server.removeprefix("broadcast-").partition("-")
+            history = "off" if kept == "nohistory" else "on"
+            rows.append([backend, history, f"not measured: {reason}", *["-"] * 10])
     header = [
         "backend",
+        "history",
         "subscribers",
         "delivery p50 ms",
         "p99 ms",
@@ -377,6 +384,85 @@ def broadcast_table(results: Results) -> str:
         "server CPU us/delivery",
         "seconds to open the subscribers",
         "client CPU in fan-outs",
+    ]
+    return table(header, rows)
+
+
+def history_text(size: Any) -> str:
+    """A record's ``history`` for people: its size, ``off`` for 0, ``-`` if unknown."""
+    if size is None:
+        return "-"
+    return "off" if int(size) == 0 else f"on ({int(size)})"
+
+
+def history_pairs(results: Results) -> list[tuple[str, str, str]]:
+    """(backend, server with history on, server with history off) for each backend that
+    was measured both ways, in run order."""
+    on: dict[str, str] = {}
+    off: dict[str, str] = {}
+    for server in results.servers("broadcast"):
+        run = results.runs("broadcast", server)[0]
+        if run.get("history") is None or run.get("backend") is None:
+            continue
+        (on if int(run["history"]) > 0 else off).setdefault(run["backend"], server)
+    return [(backend, on[backend], off[backend]) for backend in on if backend in off]
+
+
+def history_table(results: Results) -> str:
+    """The cost of history (issue 12): each figure with history on and off, and their ratio
+    paired by repetition (on/off: above 1.00x, history costs that much more)."""
+    metrics = [
+        ("server_cpu_us_per_delivery", "server CPU us/delivery"),
+        ("fanout_p50_ms", "fan-out p50 ms (last subscriber)"),
+        ("latency_p50_ms", "delivery latency p50 ms"),
+        ("latency_p99_ms", "delivery latency p99 ms"),
+        ("redis_cpu", "Redis CPU share (of a core, whole window)"),
+        ("redis_cpu_us_per_message", "Redis CPU us/message"),
+    ]
+    rows = []
+    for backend, on, off in history_pairs(results):
+        for count in results.connections("broadcast"):
+            if not (results.runs("broadcast", on, count) and results.runs("broadcast", off, count)):
+                continue
+            for key, title in metrics:
+                if key.startswith("redis_") and backend != "redis":
+                    continue
+                if any(r.get(key) is None for r in results.runs("broadcast", on, count)):
+                    continue
+                fmt = percent if key == "redis_cpu" else number
+                ratio = results.ratio("broadcast", key, on, off, count)
+                goal = "-"
+                if key == "server_cpu_us_per_delivery":
+                    target = at_most("", HISTORY_CPU_GOAL, ratio)
+                    goal = (
+                        f"<= {HISTORY_CPU_GOAL:.2f}x: "
+                        + {
+                            True: "met",
+                            False: "**not met**",
+                            None: "-",
+                        }[target.met]
+                    )
+                    if target.met is not None and not target.firm:
+                        goal += " (not every run agrees)"
+                rows.append(
+                    [
+                        backend,
+                        f"{count:,}",
+                        title,
+                        cell(results.figure("broadcast", on, key, count), fmt),
+                        cell(results.figure("broadcast", off, key, count), fmt),
+                        ratio_text(ratio) if ratio else "-",
+                        goal,
+                    ]
+                )
+    header = [
+        "backend",
+        "subscribers",
+        "figure",
+        "history on",
+        "history off",
+        "on/off (median, range)",
+        "issue 12 goal",
     ]
     return table(header, rows)
 
@@ -633,6 +719,19 @@ def markdown(results: Results, header: str) -> str:
             "CPU is per delivery over the measured messages; client CPU is the load "
             "generator's busy share while fan-outs are under way.\n\n" + broadcast_table(results)
         )
+    if history_pairs(results):
+        sections.append(
+            "## Cost of history\n\nThe same broadcast runs, paired: each backend's server with "
+            "the channel history on (each message also kept in the channel's history: a deque "
+            "in memory, or a Redis stream appended by the Lua script that publishes) and off "
+            "(`HISTORY_SIZE=0`), started in turn (A B A B) at each subscriber count. A ratio is "
+            "on/off within each repetition, then the median and range of those; above 1.00x, "
+            "history costs that much more. Issue 12's goal: at most "
+            f"{HISTORY_CPU_GOAL - 1:.0%} more server CPU per delivery with history on. The "
+            "Redis backend's share of the history work runs in redis-server (its own CPU time, "
+            "also on the server's CPU), so its CPU is given beside the service's.\n\n"
+            + history_table(results)
+        )
     if any("probe_ms" in r for r in results.records):
         sections.append("## Noise\n\n" + steadiness(results))
     if any("client_cpu" in r for r in results.records):
@@ -800,6 +899,14 @@ def plot_memory(results: Results, output: Path) -> list[Path]:
     return [path]
 
 
+def _broadcast_name(results: Results, server: str) -> str:
+    """``memory``, ``redis, history off``, ...: a broadcast server's backend and history."""
+    run = results.runs("broadcast", server)[0]
+    history = run.get("history")
+    off = history is not None and not history
+    return str(run["backend"]) + (", history off" if off else "")
+
+
 def plot_broadcast(results: Results, output: Path) -> list[Path]:
     """broadcast.png: delivery latency p50 and p99 by subscribers, one colour per backend."""
     servers = results.servers("broadcast")
@@ -816,7 +923,7 @@ def plot_broadcast(results: Results, output: Path) -> list[Path]:
                 [c * _dodge(index, servers) for c, _ in shown],
                 [f.median for _, f in shown],
                 yerr=[[f.median - f.low for _, f in shown], [f.high - f.median for _, f in shown]],
-                label=f"{results.runs('broadcast', server)[0]['backend']}, {name}",
+                label=f"{_broadcast_name(results, server)}, {name}",
                 color=COLORS.get(server),
                 linestyle=style,
                 marker="o",

@@ -9,8 +9,9 @@ and drives it with node's ``ws`` client (``bench/client.mjs``) on loopback, inte
 endpoint written the way the FastAPI docs teach, (2) a raw-ASGI echo with no JSON (the
 server's ceiling), (3) the ``websockets`` library's own server. The broadcast workload
 renders the service with a broadcast room for each backend (memory; Redis, on a
-redis-server started for it) and fans messages out to its subscribers. The server is pinned
-to one CPU, the load generator to another. Writes results.md (tables, ratios, issue 7's
+redis-server started for it), each with the channel history on and off, and fans messages
+out to its subscribers (the runs with and without history side by side, A B A B, to measure
+what history costs). The server is pinned to one CPU, the load generator to another. Writes results.md (tables, ratios, issue 7's
 targets), results.json and PNG plots to ``--output`` (default ``bench/results/<date>/``).
 """
 
@@ -43,11 +44,13 @@ from bench.loadgen import BenchError, ensure_client, installed_ws_version
 from bench.servers import (
     BENCH,
     BROADCAST_BACKENDS,
+    BROADCAST_HISTORY,
     SERVER_KEYS,
     TEMPLATE,
     RedisServer,
     RunningServer,
     ServerSpec,
+    broadcast_key,
     broadcast_label,
     broadcast_spec,
     pin,
@@ -108,6 +111,14 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(BROADCAST_BACKENDS),
         help="the broadcast workload runs on the generated service (fastapi flavour) with "
         "each of these backends; --servers does not apply to it",
+    )
+    parser.add_argument(
+        "--broadcast-history",
+        nargs="+",
+        choices=BROADCAST_HISTORY,
+        default=list(BROADCAST_HISTORY),
+        help="run each broadcast backend with the channel history on (HISTORY_SIZE=100), "
+        "off (HISTORY_SIZE=0), or both, interleaved (the report's 'Cost of history')",
     )
     parser.add_argument(
         "--broadcast-subscribers", type=int, nargs="+", default=list(full.broadcast_subscribers)
@@ -306,6 +317,7 @@ def summary(record: workloads.Record) -> str:
     if record["workload"] == "broadcast":
         return (
             f"{record['connections']:,} subscribers, {record['deliveries']:,} deliveries, "
+            f"{record['server_cpu_us_per_delivery']:.1f} us CPU/delivery, "
             f"p50 {record['latency_p50_ms']:.1f} ms, p99 {record['latency_p99_ms']:.1f} ms, "
             f"max {record['latency_max_ms']:.1f} ms, server RSS {record['rss_mib']:.0f} MiB, "
             f"client {record['client_cpu_fanout']:.0%} in fan-outs"
@@ -367,6 +379,7 @@ def run(args: argparse.Namespace) -> Path:
             else:
                 records += broadcast_runs(
                     args.broadcast_backends,
+                    [kept == "on" for kept in dict.fromkeys(args.broadcast_history)],
                     settings,
                     repetitions,
                     (server_cpu, client_cpu),
@@ -381,6 +394,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def broadcast_runs(
     backends: Sequence[str],
+    history: Sequence[bool],
     settings: workloads.Settings,
     repetitions: int,
     cpus: tuple[int | None, int | None],
@@ -388,17 +402,19 @@ def broadcast_runs(
     labels: dict[str, str],
     not_measured: dict[str, str],
 ) -> list[workloads.Record]:
-    """The broadcast workload: each backend in turn (A B A B) at each subscriber count.
+    """The broadcast workload: each backend with each of ``history`` (True: the channel
+    history on, False: off) in turn (A B A B) at each subscriber count.
 
-    The Redis backend's server shares one redis-server, started for the workload on the
+    The Redis backend's servers share one redis-server, started for the workload on the
     server's CPU and stopped after it. Without redis-server the Redis backend is not
     measured, and ``not_measured`` says why. ``labels`` gets the servers' labels.
     """
     server_cpu, client_cpu = cpus
     missing = RedisServer.unavailable() if "redis" in backends else None
     if missing:
-        not_measured["broadcast-redis"] = missing
-        labels["broadcast-redis"] = broadcast_label("redis")
+        for kept in history:
+            not_measured[broadcast_key("redis", kept)] = missing
+            labels[broadcast_key("redis", kept)] = broadcast_label("redis", kept)
         say(f"Not measuring broadcast through Redis: {missing}.")
         backends = [backend for backend in backends if backend != "redis"]
     projects = render_broadcast_projects(work / "render-broadcast", backends)
@@ -409,8 +425,9 @@ def broadcast_runs(
             redis = stack.enter_context(RedisServer())
             pin(redis.pid, server_cpu)
         specs = [
-            broadcast_spec(backend, project, redis.url if redis else None)
+            broadcast_spec(backend, project, redis.url if redis else None, kept)
             for backend, project in projects.items()
+            for kept in history
         ]
         labels.update({spec.key: spec.label for spec in specs})
         for subscribers in settings.broadcast_subscribers:

@@ -4,7 +4,8 @@ Every server runs as its own process on 127.0.0.1 and a port the OS picks, pinne
 CPU, with its log in a file (uvicorn logs each connection at its default level, so the
 log must not be a pipe that nobody reads). The broadcast workload has servers of its own:
 the fastapi flavour rendered with a broadcast room for each backend, the Redis one beside
-a redis-server started for the run (the vendored backend's `RedisServer`).
+a redis-server started for the run (the vendored backend's `RedisServer`), each started
+with the channel history on (the default ``HISTORY_SIZE``) and off (``HISTORY_SIZE=0``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ BROADCAST_ENDPOINTS = "/ws/keepalive, /ws/rooms/{room}:broadcast"
 """The ``endpoints`` answer of the broadcast workload's projects."""
 BROADCAST_ROOM = "/ws/rooms/bench"
 """The one room (channel) that every subscriber of the broadcast workload joins."""
+HISTORY_SIZE = 100
+"""The history each channel keeps when history is on: the service's default ``HISTORY_SIZE``."""
+BROADCAST_HISTORY = ("on", "off")
+"""History on (``HISTORY_SIZE`` messages per channel) and off (``HISTORY_SIZE=0``): the
+broadcast workload runs each backend both ways, side by side, to measure what history costs."""
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
@@ -55,6 +61,10 @@ class ServerSpec:
     ticker_path: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     broadcast_path: str | None = None
+    backend: str | None = None
+    """The broadcast backend (``memory``, ``redis``) of a broadcast workload's server."""
+    history_size: int | None = None
+    """The ``HISTORY_SIZE`` of a broadcast workload's server (0: history off)."""
 
 
 def uvicorn(app: str) -> tuple[str, ...]:
@@ -161,30 +171,42 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
     ]
 
 
-def broadcast_label(backend: str) -> str:
+def broadcast_key(backend: str, history: bool = True) -> str:
+    """The key of the broadcast workload's server on ``backend``, with history on or off."""
+    return f"broadcast-{backend}" + ("" if history else "-nohistory")
+
+
+def broadcast_label(backend: str, history: bool = True) -> str:
     """What the broadcast workload's server on ``backend`` is, for people."""
     where = "in memory (one process)" if backend == "memory" else "through Redis pub/sub"
-    return f"generated service, fastapi flavour, broadcast {where}"
+    kept = f"history {HISTORY_SIZE}" if history else "history off"
+    return f"generated service, fastapi flavour, broadcast {where}, {kept}"
 
 
-def broadcast_spec(backend: str, project: Path, redis_url: str | None = None) -> ServerSpec:
+def broadcast_spec(
+    backend: str, project: Path, redis_url: str | None = None, history: bool = True
+) -> ServerSpec:
     """The server of the broadcast workload on ``backend``: the generated service (fastapi
-    flavour) with a broadcast room, on the Redis at ``redis_url`` for the Redis backend.
+    flavour) with a broadcast room, on the Redis at ``redis_url`` for the Redis backend,
+    keeping each channel's last `HISTORY_SIZE` messages (``history``) or none.
 
     Its broadcast queue keeps its default size (100 messages per connection).
     """
-    env = dict(LOAD_TEST_LIMITS)
+    size = HISTORY_SIZE if history else 0
+    env = dict(LOAD_TEST_LIMITS) | {"HISTORY_SIZE": str(size)}
     if backend == "redis":
         assert redis_url is not None, "the Redis backend needs a Redis URL"
         env["REDIS_URL"] = redis_url
     return ServerSpec(
-        f"broadcast-{backend}",
-        broadcast_label(backend),
+        broadcast_key(backend, history),
+        broadcast_label(backend, history),
         uvicorn("ws_service.app:app"),
         project,
         "/ws/keepalive",
         env=env,
         broadcast_path=BROADCAST_ROOM,
+        backend=backend,
+        history_size=size,
     )
 
 

@@ -11,7 +11,8 @@ flat dict of what was measured (JSON-ready, written to results.json as it is):
 - `instructions`: the server's instructions per keepalive round trip, counted by valgrind's
   callgrind: a figure that does not move with the machine's load, where times do;
 - `broadcast`: how long one message takes to reach each of N subscribers of a broadcast
-  room, one fan-out at a time, with every delivery checked (issue 7: 1,000 and 10,000).
+  room, one fan-out at a time, with every delivery checked (issue 7: 1,000 and 10,000),
+  on each backend with channel history on and off (issue 12: what history costs).
 """
 
 from __future__ import annotations
@@ -216,10 +217,11 @@ def broadcast(
     The load generator opens the subscribers, then publishes ``broadcast_messages`` (after
     ``broadcast_warmup_messages``) from one more connection, each once the last has reached
     every subscriber and ``broadcast_interval`` after it; it fails unless every subscriber
-    gets every message, in order, with no drop. Latency is a delivery's receive time less
-    its send time. The server's memory is read before the subscribers open, once they are
-    open, and after the last message; ``redis`` (the Redis backend's server) has its CPU
-    time read too.
+    gets every message, in order, with no drop, its offsets contiguous. Latency is a
+    delivery's receive time less its send time. The server's memory is read before the
+    subscribers open, once they are open, and after the last message; ``redis`` (the Redis
+    backend's server) has its CPU time read too. The record says the server's backend and
+    its ``history`` (``HISTORY_SIZE``, 0 for off).
     """
     assert server.spec.broadcast_path is not None, f"{server.spec.label} has no broadcast room"
     probe_ms = cpu_probe(server.cpu)
@@ -249,11 +251,16 @@ def broadcast(
     deliveries = int(result["deliveries"])
     measured = subscribers * settings.broadcast_messages
     server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
-    redis_cpu = cpu_share(redis_start, redis_end) if redis_start and redis_end else None
+    redis_cpu, redis_cpu_us = None, None
+    if redis_start and redis_end:
+        redis_cpu = cpu_share(redis_start, redis_end)
+        redis_cpu_seconds = redis_end.cpu_seconds - redis_start.cpu_seconds
+        redis_cpu_us = redis_cpu_seconds / max(settings.broadcast_messages, 1) * 1e6
     others = others_share((server_start, server_end), (client_start, client_end))
     return {
         "workload": "broadcast",
-        "backend": server.spec.key.removeprefix("broadcast-"),
+        "backend": server.spec.backend,
+        "history": server.spec.history_size,
         "connections": subscribers,
         "probe_ms": probe_ms,
         "messages": settings.broadcast_messages,
@@ -271,6 +278,7 @@ def broadcast(
         "server_cpu": cpu_share(server_start, server_end),
         "server_cpu_us_per_delivery": server_cpu_seconds / max(measured, 1) * 1e6,
         "redis_cpu": redis_cpu,
+        "redis_cpu_us_per_message": redis_cpu_us,
         "client_cpu": cpu_share(client_start, client_end),
         "client_cpu_fanout": float(result["fanout_cpu"]),
         "others_cpu": max(0.0, others - (redis_cpu or 0.0)),

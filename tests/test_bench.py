@@ -89,14 +89,25 @@ def test_smoke_run_measures_broadcast_through_redis_with_every_delivery(tmp_path
 
 
 def assert_broadcast_measured(smoke: SmokeRun, backend: str) -> None:
-    """Every subscriber count of the smoke settings ran, each delivery made, on ``backend``."""
-    runs = smoke.runs("broadcast", f"broadcast-{backend}")
+    """Every subscriber count of the smoke settings ran, each delivery made, on ``backend``
+    with history on and off, and the report has the cost of history."""
     counts = smoke.data["settings"]["broadcast_subscribers"]
-    assert sorted(r["connections"] for r in runs) == sorted(counts)
-    for run in runs:
-        assert run["deliveries"] == run["expected_deliveries"] > 0, run
-        assert run["latency_p99_ms"] is not None, run
-    assert f"\n| {backend} | {max(counts):,} | " in smoke.report
+    for server, history in ((backend, 100), (f"{backend}-nohistory", 0)):
+        runs = smoke.runs("broadcast", f"broadcast-{server}")
+        assert sorted(r["connections"] for r in runs) == sorted(counts)
+        for run in runs:
+            assert run["backend"] == backend, run
+            assert run["history"] == history, run
+            assert run["deliveries"] == run["expected_deliveries"] > 0, run
+            assert run["latency_p99_ms"] is not None, run
+    assert f"\n| {backend} | on (100) | {max(counts):,} | " in smoke.report
+    assert f"\n| {backend} | off | {max(counts):,} | " in smoke.report
+    assert "\n## Cost of history\n" in smoke.report
+    cpu = f"\n| {backend} | {max(counts):,} | server CPU us/delivery | "
+    assert cpu in smoke.report
+    assert "<= 1.10x: " in smoke.report.split(cpu, 1)[1].splitlines()[0]
+    if backend == "redis":
+        assert f"\n| redis | {max(counts):,} | Redis CPU us/message | " in smoke.report
 
 
 def test_an_unknown_server_stops_the_benchmark_with_a_usage_message() -> None:
@@ -108,27 +119,60 @@ def test_an_unknown_server_stops_the_benchmark_with_a_usage_message() -> None:
 
 def test_a_broadcast_run_fails_when_a_subscriber_is_sent_a_drop_notice() -> None:
     ensure_client()
-    stdout, stderr, code = asyncio.run(broadcast_to_a_room_that_drops(subscribers=3))
+    stdout, stderr, code = asyncio.run(broadcast_to_a_faulty_room("drop", subscribers=3))
     assert code == 1, stdout + stderr
     assert "broadcast failed (dropped: 1)" in stderr
     assert '"type":"dropped"' in stderr
     assert '"event":"result"' not in stdout
 
 
-async def broadcast_to_a_room_that_drops(subscribers: int) -> tuple[str, str, int]:
-    """Run client.mjs broadcast against a room that tells its first subscriber that a
-    message was dropped, and relays every message to the others as the service does."""
+def test_a_broadcast_run_fails_when_a_subscriber_skips_an_offset() -> None:
+    ensure_client()
+    stdout, stderr, code = asyncio.run(broadcast_to_a_faulty_room("skip", subscribers=3))
+    assert code == 1, stdout + stderr
+    assert "broadcast failed (offset gaps: 1)" in stderr  # its seq is right: only offsets tell
+    assert "offset 7 of epoch e1 came after offset 5 of epoch e1" in stderr
+    assert '"event":"result"' not in stdout
+
+
+def test_a_well_behaved_room_passes_the_broadcast_client() -> None:
+    """The fake room itself, without its fault, passes: the failures above are the faults'."""
+    ensure_client()
+    stdout, stderr, code = asyncio.run(broadcast_to_a_faulty_room("none", subscribers=3))
+    assert code == 0, stdout + stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["event"] == "result"
+    assert result["deliveries"] == result["expected_deliveries"] == 6
+
+
+async def broadcast_to_a_faulty_room(fault: str, subscribers: int) -> tuple[str, str, int]:
+    """Run client.mjs broadcast against a room that relays every message to every connection
+    as the service does (positions from offset 5 of epoch e1), with one ``fault`` on its first
+    subscriber: ``drop`` tells it the first message was dropped in its place, ``skip`` gives
+    it the second message one offset too far on (its ``seq`` still right), ``none`` no fault."""
     connections: list[ServerConnection] = []
+    channel = '"channel":"/ws/rooms/bench"'
+    offset = 4
 
     async def room(websocket: ServerConnection) -> None:
+        nonlocal offset
         connections.append(websocket)
-        await websocket.send('{"type":"subscribed","channel":"/ws/rooms/bench"}')
+        await websocket.send(f'{{"type":"subscribed",{channel},"offset":{offset},"epoch":"e1"}}')
         async for text in websocket:
             message = text if isinstance(text, str) else text.decode()
-            envelope = f'{{"type":"broadcast","channel":"/ws/rooms/bench","message":{message}}}'
+            offset += 1
             for index, connection in enumerate(connections):
-                dropped = '{"type":"dropped","channel":"/ws/rooms/bench","count":1}'
-                await connection.send(dropped if index == 0 else envelope)
+                at = offset
+                if index == 0 and fault == "drop" and offset == 5:
+                    notice = f'{{"type":"dropped",{channel},"count":1,"offset":5,"epoch":"e1"}}'
+                    await connection.send(notice)
+                    continue
+                if index == 0 and fault == "skip" and offset == 6:
+                    at += 1
+                await connection.send(
+                    f'{{"type":"broadcast",{channel},"offset":{at},"epoch":"e1",'
+                    f'"server_ns":0,"message":{message}}}'
+                )
 
     async with serve(room, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
@@ -139,6 +183,7 @@ async def broadcast_to_a_room_that_drops(subscribers: int) -> tuple[str, str, in
             f"--url=ws://127.0.0.1:{port}/ws/rooms/bench",
             f"--connections={subscribers}",
             "--messages=2",
+            "--warmup-messages=0",
             "--interval=0",
             "--fanout-timeout=10",
             stdout=asyncio.subprocess.PIPE,
@@ -150,10 +195,16 @@ async def broadcast_to_a_room_that_drops(subscribers: int) -> tuple[str, str, in
 
 
 def test_the_report_says_why_broadcast_through_redis_was_not_measured() -> None:
-    labels = {"broadcast-redis": "generated service, fastapi flavour, broadcast through Redis"}
+    labels = {
+        "broadcast-redis": "generated service, fastapi flavour, broadcast through Redis",
+        "broadcast-redis-nohistory": "the same, history off",
+    }
     missing = "redis-server is not installed (apt-get install redis-server)"
-    results = report.Results([], labels, {"broadcast-redis": missing})
+    not_measured = dict.fromkeys(labels, missing)
+    results = report.Results([], labels, not_measured)
     text = report.markdown(results, "# header")
-    assert f"| redis | not measured: {missing} |" in text
+    assert f"| redis | on | not measured: {missing} |" in text
+    assert f"| redis | off | not measured: {missing} |" in text
+    assert "## Cost of history" not in text  # nothing measured, nothing to compare
     target = "broadcast in memory (one process) to 10,000 subscribers, delivery p99 | <= 250 ms"
     assert f"{target} | not measured in this run (no broadcast run with 10,000" in text

@@ -138,9 +138,11 @@ def test_a_client_that_reconnects_with_its_position_gets_what_it_missed_once(
     leaving, staying = clients(url), clients(url)
     staying.send(json.dumps({"n": 1}))
     reached = receive(leaving)
+    assert receive(staying) == reached
     leaving.close()  # gone, with the position of the last message it received
     for n in (2, 3):
         staying.send(json.dumps({"n": n}))
+        assert receive(staying)["message"] == {"n": n}  # published before the next one
     assert publish(live_server, {"channel": url, "message": {"n": 4}})[0] == 200
     back = clients(url, f"?since={reached['offset']}&epoch={reached['epoch']}", recovered=True)
     missed = [receive(back) for _ in range(3)]

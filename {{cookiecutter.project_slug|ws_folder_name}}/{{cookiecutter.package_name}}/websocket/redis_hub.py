@@ -266,7 +266,7 @@ class RedisHub(Hub):
         )
 
     def _keys(self, channel: str) -> list[str]:
-        tagged = f"{self.prefix}{{{channel}}}"
+        tagged = self.prefix + "{" + channel + "}"  # one Redis Cluster slot for both
         return [tagged + ":meta", tagged + ":history"]
 
     async def _read(

@@ -122,7 +122,9 @@ async def test_failed_send_to_departed_client_ends_session_quietly(
     await asyncio.wait_for(session, 2)
 
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert client.sent_so_far() == []  # no close attempted into a dead connection
+    # No close attempted into a dead connection (a tick or two may have gone out before the
+    # error was set, on a busy machine).
+    assert {message["type"] for message in client.sent_so_far()} <= {"websocket.send"}
 
 
 async def test_cancelling_the_session_cancels_tasks_and_closes_1001(

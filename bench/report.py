@@ -80,6 +80,10 @@ def percent(value: float) -> str:
     return f"{value:.0%}"
 
 
+def fine_percent(value: float) -> str:
+    return f"{value:.1%}"
+
+
 def ratio_text(figure: Figure) -> str:
     return f"{figure.median:.2f}x ({figure.low:.2f}-{figure.high:.2f})"
 
@@ -416,8 +420,9 @@ def history_table(results: Results) -> str:
         ("fanout_p50_ms", "fan-out p50 ms (last subscriber)"),
         ("latency_p50_ms", "delivery latency p50 ms"),
         ("latency_p99_ms", "delivery latency p99 ms"),
-        ("redis_cpu", "Redis CPU share (of a core, whole window)"),
-        ("redis_cpu_us_per_message", "Redis CPU us/message"),
+        ("redis_cpu", "Redis CPU (share of a core over the window, pauses included)"),
+        ("redis_cpu_us_per_message", "Redis CPU us/message (housekeeping included)"),
+        ("redis_command_us_per_message", "Redis command time us/message (commandstats)"),
     ]
     rows = []
     for backend, on, off in history_pairs(results):
@@ -429,7 +434,7 @@ def history_table(results: Results) -> str:
                     continue
                 if any(r.get(key) is None for r in results.runs("broadcast", on, count)):
                     continue
-                fmt = percent if key == "redis_cpu" else number
+                fmt = fine_percent if key == "redis_cpu" else number
                 ratio = results.ratio("broadcast", key, on, off, count)
                 goal = "-"
                 if key == "server_cpu_us_per_delivery":

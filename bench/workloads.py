@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis import Redis
+
 from bench.loadgen import (
     BenchError,
     Client,
@@ -220,17 +222,20 @@ def broadcast(
     gets every message, in order, with no drop, its offsets contiguous. Latency is a
     delivery's receive time less its send time. The server's memory is read before the
     subscribers open, once they are open, and after the last message; ``redis`` (the Redis
-    backend's server) has its CPU time read too. The record says the server's backend and
+    backend's server) has its CPU time read too, from its own ``INFO cpu`` (to the
+    microsecond, where /proc counts in clock ticks), and the time it spent in commands
+    (``INFO commandstats``: without its event loop and housekeeping). The record says the server's backend and
     its ``history`` (``HISTORY_SIZE``, 0 for off).
     """
     assert server.spec.broadcast_path is not None, f"{server.spec.label} has no broadcast room"
     probe_ms = cpu_probe(server.cpu)
     before = sample(server.pid)
-    samples: dict[str, tuple[Sample, Sample, Sample | None]] = {}
+    samples: dict[str, tuple[Sample, Sample, tuple[float, float] | None]] = {}
+    redis_client = Redis.from_url(redis.url, socket_timeout=10) if redis is not None else None
 
     def on_event(event: Event, client: Client) -> None:
-        redis_sample = sample(redis.pid) if redis is not None else None
-        samples[event["event"]] = (sample(server.pid), sample(client.pid), redis_sample)
+        redis_times = _redis_times(redis_client) if redis_client is not None else None
+        samples[event["event"]] = (sample(server.pid), sample(client.pid), redis_times)
 
     options = {
         "connections": subscribers,
@@ -242,7 +247,11 @@ def broadcast(
     }
     client = Client("broadcast", server.ws_url(server.spec.broadcast_path), options, cpu)
     window = options["messages"] * settings.broadcast_interval
-    result = client.run(on_event, timeout=window + settings.broadcast_fanout_timeout + 120)
+    try:
+        result = client.run(on_event, timeout=window + settings.broadcast_fanout_timeout + 120)
+    finally:
+        if redis_client is not None:
+            redis_client.close()
     opened = samples["opened"][0]
     (server_start, client_start, redis_start), (server_end, client_end, redis_end) = (
         samples["window-start"],
@@ -251,11 +260,12 @@ def broadcast(
     deliveries = int(result["deliveries"])
     measured = subscribers * settings.broadcast_messages
     server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
-    redis_cpu, redis_cpu_us = None, None
-    if redis_start and redis_end:
-        redis_cpu = cpu_share(redis_start, redis_end)
-        redis_cpu_seconds = redis_end.cpu_seconds - redis_start.cpu_seconds
+    redis_cpu, redis_cpu_us, redis_command_us = None, None, None
+    if redis_start is not None and redis_end is not None:
+        redis_cpu_seconds = redis_end[0] - redis_start[0]
+        redis_cpu = redis_cpu_seconds / max(server_end.at - server_start.at, 1e-9)
         redis_cpu_us = redis_cpu_seconds / max(settings.broadcast_messages, 1) * 1e6
+        redis_command_us = (redis_end[1] - redis_start[1]) / max(settings.broadcast_messages, 1)
     others = others_share((server_start, server_end), (client_start, client_end))
     return {
         "workload": "broadcast",
@@ -279,10 +289,25 @@ def broadcast(
         "server_cpu_us_per_delivery": server_cpu_seconds / max(measured, 1) * 1e6,
         "redis_cpu": redis_cpu,
         "redis_cpu_us_per_message": redis_cpu_us,
+        "redis_command_us_per_message": redis_command_us,
         "client_cpu": cpu_share(client_start, client_end),
         "client_cpu_fanout": float(result["fanout_cpu"]),
         "others_cpu": max(0.0, others - (redis_cpu or 0.0)),
     }
+
+
+def _redis_times(client: Redis) -> tuple[float, float]:
+    """The user + system CPU time redis-server has used, in seconds (its ``INFO cpu``), and
+    the microseconds it spent running commands, ``INFO`` itself left out (``INFO
+    commandstats``: the publishing script's, the subscribe and history commands')."""
+    cpu = client.info("cpu")
+    commands = client.info("commandstats")
+    command_us = sum(
+        float(stats["usec"])
+        for name, stats in commands.items()
+        if name.startswith("cmdstat_") and name != "cmdstat_info"
+    )
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), command_us
 
 
 def callgrind(folder: Path) -> list[str]:

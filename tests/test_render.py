@@ -92,6 +92,7 @@ SHARED_BACKEND_FILES = {
     "__init__.py",
     "asgi_types.py",
     "broadcast.py",
+    "client.py",
     "guard.py",
     "publish_api.py",
     "session.py",

@@ -14,6 +14,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
   Redis (pub/sub, and a stream per channel for its history), across processes.
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` for code outside the service.
+- ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
+  and resumes broadcast channels (``python -m <package>.client URL``).
 - ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
   every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
 - ``asgi_types.py``: the ASGI callable's types.
@@ -30,7 +32,7 @@ message object and returns its `Position` (was: a text, returning None);
 history (``history_size``, ``history_ttl``); `RedisHub` publishes with a Lua script and
 fills the gaps of a lost connection from the history; `PublishAPI`; `hub_of` takes a request
 or a scope too; `Router.add_http_route` takes ``methods=None`` (every method);
-`testing.RedisServer(keep_data=True)`. Upgrading: all processes on one Redis must run 2.0.0
+`testing.RedisServer(keep_data=True)`, `LiveServer.restart()`; `client.Client`. Upgrading: all processes on one Redis must run 2.0.0
 (a 1.x process's plain ``PUBLISH`` is ignored by 2.0.0 ones, with a warning), or use a new
 ``REDIS_CHANNEL_PREFIX``.
 

@@ -28,11 +28,11 @@ from .asgi_types import Message
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
 SERVERS = {
-    "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "0"],
-    "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:0"],
-    "runner": ["-m", "{package}", "--host", "127.0.0.1", "--port", "0"],
+    "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "{port}"],
+    "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:{port}"],
+    "runner": ["-m", "{package}", "--host", "127.0.0.1", "--port", "{port}"],
 }
-"""How to start each server on 127.0.0.1 and a port the OS picks (it logs the port);
+"""How to start each server on 127.0.0.1 and a port (0: the OS picks one; it logs the port);
 "runner" is the project's own ``python -m <package>``."""
 
 
@@ -67,9 +67,8 @@ class LiveServer:
             extra[:0] = shlex.split(os.environ.get("LIVE_SERVER_ARGS", ""))
         if server not in SERVERS:
             raise ValueError(f"Unknown server {server!r}; known: {', '.join(SERVERS)}.")
-        package = app.partition(".")[0]
-        parts = (part.format(app=app, package=package) for part in SERVERS[server])
-        self.command = [sys.executable, *parts, *extra]
+        self._app, self._server, self._extra = app, server, extra
+        self.command = self._command(0)
         self._env = {**os.environ, **(env or {})}
         self._cwd = cwd or project_root()
         self._start_timeout = start_timeout
@@ -78,6 +77,22 @@ class LiveServer:
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.port = 0
+
+    def _command(self, port: int) -> list[str]:
+        package = self._app.partition(".")[0]
+        parts = (
+            part.format(app=self._app, package=package, port=port) for part in SERVERS[self._server]
+        )
+        return [sys.executable, *parts, *self._extra]
+
+    def restart(self) -> None:
+        """Stop the server (as `stop` does) and start it again on the same port."""
+        port = self.port
+        self.stop()
+        self._lines.append(f"--- restarted on port {port} ---\n")
+        self._started.clear()
+        self.command = self._command(port)
+        self.__enter__()
 
     def __enter__(self) -> LiveServer:
         self._process = subprocess.Popen(

@@ -1,0 +1,121 @@
+{%- set endpoints = cookiecutter.endpoints | ws_endpoints -%}
+{%- set broadcasts = endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
+{%- set redis = broadcasts and cookiecutter.broadcast_backend == "redis" -%}
+"""The Python client (``client.py``) on a real server: keepalives, refusals{% if broadcasts %}, and a restart
+under a connected client that resumes{% endif %}."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable{% if broadcasts %}, Iterator{% endif %}
+{%- if broadcasts %}
+from typing import Any
+{%- endif %}
+
+import pytest
+
+from {{ cookiecutter.package_name }}.client import Client, Refused
+{%- if redis %}
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
+{%- else %}
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+{%- endif %}
+{%- if broadcasts %}
+
+from .conftest import TEST_ENVIRONMENT
+{%- endif %}
+
+FIRST_URL = "{{ endpoints[0].example_url }}"
+
+
+async def wait_for(condition: str, check: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"not {condition} after {within} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_client_measures_keepalive_round_trips(live_server: LiveServer) -> None:
+    async with Client(live_server.ws_url(FIRST_URL), keepalive_seconds=0.05) as client:
+        await wait_for("a keepalive answered", lambda: client.round_trip is not None)
+        assert client.round_trip is not None
+        assert 0 < client.round_trip < 5
+        assert client.connections == 1
+
+
+async def test_a_refused_handshake_is_not_retried(live_server: LiveServer) -> None:
+    async with Client(live_server.ws_url("/no/such/endpoint")) as client:
+        with pytest.raises(Refused, match="HTTP 403"):
+            await asyncio.wait_for(client.receive(), 10)
+        with pytest.raises(Refused):
+            await client.send({"text": "anyone?"})
+        assert client.connections == 0
+{%- if broadcasts %}
+
+
+BROADCAST_URL = "{{ broadcasts[0].example_url }}"
+COUNT = 60
+
+
+@pytest.fixture
+{%- if redis %}
+def restarting(redis_server: RedisServer) -> Iterator[LiveServer]:
+    environment = {**TEST_ENVIRONMENT, "REDIS_URL": redis_server.url}
+{%- else %}
+def restarting() -> Iterator[LiveServer]:
+    environment = TEST_ENVIRONMENT
+{%- endif %}
+    """A server of the app for one test, which restarts it (on the same port)."""
+    with LiveServer("{{ cookiecutter.package_name }}.app:app", env=environment) as server:
+        yield server
+
+
+def numbers(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["message"]["n"] for m in messages if m["type"] == "broadcast"]
+
+
+async def test_a_client_reconnects_after_a_restart_and_resumes(
+    restarting: LiveServer, live_server: LiveServer
+) -> None:
+    # The listener is on the server that restarts; the publisher (another client) is on
+    # {% if redis %}the other server, on the same Redis: nothing it publishes meanwhile may be lost{% else %}the same one (the memory hub's history goes with the process){% endif %}.
+    options: dict[str, Any] = {"first_retry_seconds": 0.05, "last_retry_seconds": 0.5}
+    publisher_server = {{ "live_server" if redis else "restarting" }}
+    async with (
+        Client(restarting.ws_url(BROADCAST_URL), **options) as listener,
+        Client(publisher_server.ws_url(BROADCAST_URL), **options) as publisher,
+    ):
+        assert (await listener.receive())["type"] == "subscribed"
+        assert (await publisher.receive())["type"] == "subscribed"
+        for n in range(COUNT):
+            await publisher.send({"n": n})
+            if n == COUNT // 3:
+                await asyncio.to_thread(restarting.restart)
+            await asyncio.sleep(0.01)
+        received: list[dict[str, Any]] = []
+        while not numbers(received) or numbers(received)[-1] != COUNT - 1:
+            received.append(await asyncio.wait_for(listener.receive(), 20))
+    assert listener.connections == 2
+    notices = [m for m in received if m["type"] == "subscribed"]
+{%- if redis %}
+    assert notices == [
+        {
+            "type": "subscribed",
+            "channel": BROADCAST_URL,
+            "offset": notices[0]["offset"],
+            "epoch": notices[0]["epoch"],
+            "recovered": True,
+        }
+    ]
+    assert listener.recovered is True
+    assert numbers(received) == list(range(COUNT))  # every message, once, in order
+    offsets = [m["offset"] for m in received if m["type"] == "broadcast"]
+    assert offsets == list(range(offsets[0], offsets[0] + COUNT))
+{%- else %}
+    # A new process is a new epoch: the client is told it could not recover, and goes on.
+    assert [notice["recovered"] for notice in notices] == [False]
+    assert listener.recovered is False
+    seen = numbers(received)
+    assert seen == sorted(set(seen))  # in order, none twice
+{%- endif %}
+{%- endif %}

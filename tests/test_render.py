@@ -213,7 +213,8 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
         "dependencies"
     ]
     redis = ["redis>=8.1"] if uses_redis(rendered.answers) else []
-    assert dependencies == [*redis, "uvicorn[standard]>=0.54"]
+    # websockets is the Python client's library (websocket/client.py), not a framework.
+    assert dependencies == [*redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
 
 
 def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:

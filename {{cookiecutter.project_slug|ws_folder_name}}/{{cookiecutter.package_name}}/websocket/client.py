@@ -221,8 +221,8 @@ class Client:
                 async for frame in connection:
                     self._take(frame)
                 # A close frame came: websockets ends the loop on 1000/1001 without raising.
-                protocol = connection.protocol
-                raise ConnectionClosed(protocol.close_rcvd, protocol.close_sent)
+                await connection.wait_closed()
+                raise connection.protocol.close_exc
             finally:
                 keepalives.cancel()
                 self._connected.clear()

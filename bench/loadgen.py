@@ -13,6 +13,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -113,7 +114,11 @@ def ensure_client() -> str:
         npm = shutil.which("npm")
         if npm is None:
             raise BenchError("npm is not installed: install it to set up bench/node_modules.")
-        subprocess.run([npm, "ci", "--prefix", str(BENCH), "--no-audit", "--no-fund"], check=True)
+        subprocess.run(  # npm's output to stderr: stdout carries the report
+            [npm, "ci", "--prefix", str(BENCH), "--no-audit", "--no-fund"],
+            check=True,
+            stdout=sys.stderr,
+        )
     return version.stdout.strip()
 
 

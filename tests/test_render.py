@@ -91,6 +91,7 @@ BACKEND_FILES = {
 SHARED_BACKEND_FILES = {
     "__init__.py",
     "asgi_types.py",
+    "asyncapi.py",
     "broadcast.py",
     "client.py",
     "guard.py",

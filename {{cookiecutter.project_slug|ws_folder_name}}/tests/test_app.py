@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 from websockets.typing import Origin
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -27,6 +27,8 @@ from {{ cookiecutter.package_name }}.websocket.redis_hub import RedisHub
 from {{ cookiecutter.package_name }}.websocket.broadcast import MemoryHub
 {%- endif %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+
+from .contract import connect
 
 ANY_ENDPOINT = "{{ first.example_url }}"
 
@@ -60,7 +62,7 @@ def receive_until_closed(websocket: ClientConnection) -> None:
 
 def test_an_oversized_message_closes_with_1009(live_server: LiveServer) -> None:
     with connect(live_server.ws_url(ANY_ENDPOINT), max_size=None) as websocket:
-        websocket.send('{"big": "' + "x" * 70_000 + '"}')
+        websocket.send_unchecked('{"big": "' + "x" * 70_000 + '"}')
         with pytest.raises(ConnectionClosedError) as closed:
             receive_until_closed(websocket)
     assert closed.value.rcvd is not None

@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 from redis import Redis
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.websocket.broadcast import Position
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
 
 from .conftest import TEST_ENVIRONMENT
+from .contract import connect
 from .test_broadcast import publish
 
 APP = "{{ cookiecutter.package_name }}.app:app"

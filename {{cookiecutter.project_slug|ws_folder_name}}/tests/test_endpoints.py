@@ -10,11 +10,11 @@ import pytest
 {%- if cookiecutter.framework == "fastapi" %}
 from fastapi.testclient import TestClient
 {%- endif %}
-from websockets.sync.client import connect
 
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 
 from .client_protocol import CHECKS, LiveConnection
+from .contract import connect
 {%- set endpoints = cookiecutter.endpoints | ws_endpoints %}
 {%- for kind in ["keepalive", "echo", "ticker", "broadcast"] %}
 {%- set urls = endpoints | selectattr("kind", "equalto", kind) | map(attribute="example_url") | list %}

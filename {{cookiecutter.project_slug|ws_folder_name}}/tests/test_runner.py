@@ -10,9 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 from websockets.exceptions import ConnectionClosedError
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+
+from .contract import connect
 
 APP = "{{ cookiecutter.package_name }}.app:app"
 ANY_ENDPOINT = "{{ first.example_url }}"

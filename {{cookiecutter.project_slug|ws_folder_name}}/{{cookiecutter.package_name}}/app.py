@@ -1,6 +1,7 @@
 {%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
-"""The ASGI application: the service's websocket endpoints, plus ``GET /healthz``{% if broadcast %}
-and ``POST /api/publish`` (``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}.
+"""The ASGI application: the service's websocket endpoints, plus ``GET /healthz``,
+``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %} and ``POST /api/publish``
+(``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
 authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
@@ -25,8 +26,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 {%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 {%- if cookiecutter.console_page | ws_yes %}
 from fastapi.responses import HTMLResponse
 {%- endif %}
@@ -38,7 +40,8 @@ from starlette.routing import Route
 from . import auth, endpoints
 from .settings import {% if broadcast %}Settings, {% endif %}get_settings
 {%- if cookiecutter.framework == "fastapi" %}
-from .websocket.backend import create_router
+from .websocket.asyncapi import document
+from .websocket.backend import create_router, websocket_routes
 {%- if broadcast %}
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
@@ -50,6 +53,8 @@ from .websocket.publish_api import PublishAPI
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
 from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws_yes %}respond, {% endif %}respond_json
+from .websocket.asgi_types import ASGIApp
+from .websocket.asyncapi import document
 {%- if broadcast %}
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
@@ -71,10 +76,8 @@ BROADCAST_PATHS = [
 """The broadcast endpoints' paths: the channels that ``POST /api/publish`` may publish to."""
 {%- endif %}
 
-{%- if cookiecutter.framework == "fastapi" %}
-
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
-{%- endif %}
+DESCRIPTION = {{ cookiecutter.description | ws_python_string }}
 {%- if cookiecutter.console_page | ws_yes %}
 
 CONSOLE_PAGE = Path(__file__).with_name("console.html").read_bytes()
@@ -99,6 +102,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
     app.add_api_route("/healthz", healthz)
+    app.add_api_route("/asyncapi.json", asyncapi, include_in_schema=False)
 {%- if broadcast %}
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
 {%- endif %}
@@ -112,6 +116,13 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 async def healthz() -> dict[str, str]:
     """Liveness probe: the process is up and serving."""
     return {"status": "ok"}
+
+
+async def asyncapi(request: Request) -> dict[str, Any]:
+    """The websocket endpoints as an AsyncAPI 3.0 document (see websocket/asyncapi.py)."""
+    host = request.headers.get("host", "127.0.0.1:8000")
+    routes = websocket_routes(request.app.routes)
+    return document(routes, title=TITLE, description=DESCRIPTION, host=host)
 {%- if cookiecutter.console_page | ws_yes %}
 
 
@@ -132,6 +143,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
     app.add_http_route("/healthz", healthz)
+    app.add_http_route("/asyncapi.json", asyncapi_of(app))
 {%- if broadcast %}
     app.add_http_route(PUBLISH_PATH, publish_api(settings), methods=None)
 {%- endif %}
@@ -144,6 +156,17 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
 async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
     """Liveness probe: the process is up and serving."""
     await respond_json(send, {"status": "ok"})
+
+
+def asyncapi_of(router: Router) -> ASGIApp:
+    """``GET /asyncapi.json``: the router's websocket endpoints as an AsyncAPI 3.0 document."""
+
+    async def asyncapi(scope: Scope, receive: Receive, send: Send) -> None:
+        host = dict(scope["headers"]).get(b"host", b"127.0.0.1:8000").decode("latin-1")
+        routes = router.websocket_routes()
+        await respond_json(send, document(routes, title=TITLE, description=DESCRIPTION, host=host))
+
+    return asyncapi
 {%- if cookiecutter.console_page | ws_yes %}
 
 

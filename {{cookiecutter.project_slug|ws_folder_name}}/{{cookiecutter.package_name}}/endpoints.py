@@ -3,7 +3,8 @@
 A handler serves one connection for its whole life: ``run_websocket`` accepts it, runs the
 tasks it is given side by side and closes the socket when the session ends. Every endpoint
 answers ``{"type": "keepalive"}`` with a ``keepalive_ack``. To add an endpoint, write a
-handler here and mount it in ``app.py`` with one ``create_router`` line.
+handler here, declare its messages for ``GET /asyncapi.json`` (``websocket/asyncapi.py``) and
+mount it in ``app.py`` with one ``create_router`` line.
 {%- if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
 
 Broadcast handlers hand the connection to ``run_broadcast`` with the service's hub, which
@@ -41,9 +42,24 @@ from .settings import get_settings
 {%- if cookiecutter.framework == "asgi" %}
 from .websocket.asgi import WebSocket
 {%- endif %}
+{%- set ns = namespace(declared=[]) %}
+{%- for kind in ["broadcast", "echo", "keepalive", "ticker"] %}{% if kind in kinds %}{% set ns.declared = ns.declared + [kind | upper ~ "_ENDPOINT"] %}{% endif %}{% endfor %}
+{%- set asyncapi_line = "from .websocket.asyncapi import " ~ (ns.declared + ["declares"]) | join(", ") %}
+{%- macro asyncapi_import() %}
+{%- if asyncapi_line | length <= 100 %}
+{{ asyncapi_line }}
+{%- else %}
+from .websocket.asyncapi import (
+{%- for name in ns.declared + ["declares"] %}
+    {{ name }},
+{%- endfor %}
+)
+{%- endif %}
+{%- endmacro %}
 {%- set face = "backend" if cookiecutter.framework == "fastapi" else "asgi_backend" %}
 {%- set imports = imports | sort(case_sensitive=true) %}
 {%- set import_line = "from .websocket." ~ face ~ " import " ~ imports | join(", ") %}
+{%- if face == "backend" %}{{ asyncapi_import() }}{% endif %}{#- isort: asgi_backend < asyncapi < backend #}
 {%- if not imports %}
 {%- elif import_line | length <= 100 %}
 {{ import_line }}
@@ -54,12 +70,14 @@ from .websocket.{{ face }} import (
 {%- endfor %}
 )
 {%- endif %}
+{%- if face == "asgi_backend" %}{{ asyncapi_import() }}{% endif %}
 {%- if "broadcast" in kinds %}
 from .websocket.broadcast import hub_of, run_broadcast
 {%- endif %}
 {%- for endpoint in endpoints %}
 
 
+@declares({{ endpoint.kind | upper }}_ENDPOINT)
 async def {{ endpoint.handler }}(websocket: WebSocket) -> None:
 {%- if endpoint.kind == "keepalive" %}
     """``{{ endpoint.path }}``: answers each keepalive with a keepalive_ack."""

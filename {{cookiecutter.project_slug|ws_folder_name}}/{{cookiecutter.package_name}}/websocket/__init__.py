@@ -16,6 +16,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
   and resumes broadcast channels (``python -m <package>.client URL``).
+- ``asyncapi.py``: `declares` and `Messages` (what an endpoint's clients send and what it
+  sends them) and `document`, the AsyncAPI 3.0 document of the mounted endpoints.
 - ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
   every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
 - ``asgi_types.py``: the ASGI callable's types.
@@ -32,7 +34,9 @@ message object and returns its `Position` (was: a text, returning None);
 history (``history_size``, ``history_ttl``); `RedisHub` publishes with a Lua script and
 fills the gaps of a lost connection from the history; `PublishAPI`; `hub_of` takes a request
 or a scope too; `Router.add_http_route` takes ``methods=None`` (every method);
-`testing.RedisServer(keep_data=True)`, `LiveServer.restart()`; `client.Client`. Upgrading: all processes on one Redis must run 2.0.0
+`testing.RedisServer(keep_data=True)`, `LiveServer.restart()`; `client.Client`; ``asyncapi.py``,
+`backend.websocket_routes` and `Router.websocket_routes` (what ``GET /asyncapi.json``
+describes). Upgrading: all processes on one Redis must run 2.0.0
 (a 1.x process's plain ``PUBLISH`` is ignored by 2.0.0 ones, with a warning), or use a new
 ``REDIS_CHANNEL_PREFIX``.
 

@@ -85,13 +85,17 @@ class Router:
     """
 
     def __init__(self, lifespan: Lifespan | None = None) -> None:
-        self._websocket_routes: list[tuple[re.Pattern[str], WebSocketHandler]] = []
+        self._websocket_routes: list[tuple[str, re.Pattern[str], WebSocketHandler]] = []
         self._http_routes: list[tuple[re.Pattern[str], ASGIApp, frozenset[str] | None]] = []
         self._lifespan = lifespan
 
     def add_websocket_route(self, path: str, handler: WebSocketHandler | None = None) -> None:
         """Serve websocket connections to ``path`` with ``handler`` (default: `keepalive_loop`)."""
-        self._websocket_routes.append((_compile(path), handler or keepalive_loop))
+        self._websocket_routes.append((path, _compile(path), handler or keepalive_loop))
+
+    def websocket_routes(self) -> list[tuple[str, WebSocketHandler]]:
+        """The websocket routes, as (path, handler), in the order they were added."""
+        return [(path, handler) for path, _, handler in self._websocket_routes]
 
     def add_http_route(
         self, path: str, app: ASGIApp, methods: tuple[str, ...] | None = ("GET", "HEAD")
@@ -137,7 +141,7 @@ class Router:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for pattern, handler in self._websocket_routes:
+        for _, pattern, handler in self._websocket_routes:
             match = pattern.fullmatch(scope["path"])
             if match:
                 scope["path_params"] = match.groupdict()

@@ -15,10 +15,12 @@ Typical use, one handler per endpoint::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeAlias, get_type_hints
 
 from fastapi import APIRouter, WebSocket
+from fastapi.routing import APIWebSocketRoute, iter_route_contexts
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from . import session
 from .session import drain_text, every, keepalive_loop, now_ns, receive_json, run_websocket
@@ -33,6 +35,7 @@ __all__ = [
     "now_ns",
     "receive_json",
     "run_websocket",
+    "websocket_routes",
 ]
 
 WebSocketHandler: TypeAlias = Callable[[WebSocket], Awaitable[None]]
@@ -53,6 +56,16 @@ def create_router(endpoint: str, handler: WebSocketHandler | None = None) -> API
     router = APIRouter()
     router.add_api_websocket_route(endpoint, _entrypoint(handler or keepalive_loop), name=endpoint)
     return router
+
+
+def websocket_routes(routes: Sequence[BaseRoute]) -> list[tuple[str, object]]:
+    """The websocket endpoints among ``routes`` (an app's ``app.routes``), as (path, handler),
+    included routers walked into with their prefixes: what ``GET /asyncapi.json`` describes."""
+    return [
+        (context.path, context.endpoint)
+        for context in iter_route_contexts(routes)
+        if isinstance(context.original_route, APIWebSocketRoute | WebSocketRoute) and context.path
+    ]
 
 
 def _entrypoint(serve: WebSocketHandler) -> WebSocketHandler:
@@ -79,4 +92,7 @@ def _entrypoint(serve: WebSocketHandler) -> WebSocketHandler:
     async def websocket_entrypoint(websocket: WebSocket) -> None:
         await serve(websocket)
 
+    # Keep what was set on serve (its AsyncAPI declaration, say), not its signature: FastAPI
+    # must see this wrapper's.
+    vars(websocket_entrypoint).update(getattr(serve, "__dict__", {}))
     return websocket_entrypoint

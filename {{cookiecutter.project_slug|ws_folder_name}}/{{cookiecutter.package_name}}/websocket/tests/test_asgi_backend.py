@@ -175,3 +175,22 @@ def test_unknown_paths_are_refused_on_a_real_server(server: LiveServer) -> None:
         urllib.request.urlopen(server.url("/nowhere"), timeout=5)
     missing.value.close()  # it holds the connection
     assert missing.value.code == 404
+
+
+def test_websocket_routes_lists_what_was_added_in_order() -> None:
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.close()
+
+    router = Router()
+    router.add_websocket_route("/ws/chat", chat)
+    router.add_http_route("/healthz", respond_healthz)
+    router.add_websocket_route("/ws/rooms/{room}")
+
+    assert router.websocket_routes() == [
+        ("/ws/chat", chat),
+        ("/ws/rooms/{room}", asgi_backend.keepalive_loop),
+    ]
+
+
+async def respond_healthz(scope: Scope, receive: Receive, send: Send) -> None:
+    await respond_json(send, {"status": "ok"})

@@ -9,7 +9,14 @@ from fastapi.routing import APIWebSocketRoute
 from fastapi.testclient import TestClient
 
 from .. import backend
-from ..backend import create_router, drain_text, keepalive_loop, run_websocket
+from ..asyncapi import KEEPALIVE_ENDPOINT, declares, messages_of
+from ..backend import (
+    create_router,
+    drain_text,
+    keepalive_loop,
+    run_websocket,
+    websocket_routes,
+)
 
 DOCUMENTED_API = {
     "create_router",
@@ -21,6 +28,7 @@ DOCUMENTED_API = {
     "keepalive_loop",
     "WebSocketHandler",
     "TaskFactory",
+    "websocket_routes",
 }
 
 
@@ -107,3 +115,31 @@ def test_create_router_calls_a_websocket_handler_itself_and_wraps_any_other() ->
     # ``greeting`` for a query parameter.
     with TestClient(app) as client, client.websocket_connect("/option?greeting=x") as websocket:
         assert websocket.receive_json() == {"greeting": "hi"}
+
+
+def test_websocket_routes_finds_every_websocket_endpoint_with_its_prefix() -> None:
+    app = FastAPI()
+    app.include_router(create_router("/ws/a"))
+    outer, inner = APIRouter(prefix="/v1"), APIRouter(prefix="/rooms")
+    inner.include_router(create_router("/{room}", keepalive_loop))
+    outer.include_router(inner)
+    app.include_router(outer)
+    app.add_api_route("/healthz", lambda: {})
+
+    found = websocket_routes(app.routes)
+
+    assert [path for path, _ in found] == ["/ws/a", "/v1/rooms/{room}"]
+
+
+def test_a_wrapped_handler_keeps_its_asyncapi_declaration() -> None:
+    @declares(KEEPALIVE_ENDPOINT)
+    async def serve(websocket: WebSocket, greeting: str = "hi") -> None:  # FastAPI can't call it
+        await keepalive_loop(websocket)
+
+    app = FastAPI()
+    app.include_router(create_router("/ws/wrapped", serve))
+
+    [(path, handler)] = websocket_routes(app.routes)
+    assert path == "/ws/wrapped"
+    assert handler is not serve  # create_router wrapped it
+    assert messages_of(handler) is KEEPALIVE_ENDPOINT

@@ -102,6 +102,7 @@ SHARED_BACKEND_FILES = {
     "tests/conftest.py",
     "tests/hub_contract.py",
     "tests/sample_sessions.py",
+    "tests/test_asyncapi.py",
     "tests/test_broadcast.py",
     "tests/test_guard.py",
     "tests/test_live.py",

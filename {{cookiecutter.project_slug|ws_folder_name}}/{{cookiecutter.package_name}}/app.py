@@ -120,9 +120,9 @@ async def healthz() -> dict[str, str]:
 
 async def asyncapi(request: Request) -> dict[str, Any]:
     """The websocket endpoints as an AsyncAPI 3.0 document (see websocket/asyncapi.py)."""
-    host = request.headers.get("host", "127.0.0.1:8000")
+    host, secure = request.headers.get("host", "127.0.0.1:8000"), request.url.scheme == "https"
     routes = websocket_routes(request.app.routes)
-    return document(routes, title=TITLE, description=DESCRIPTION, host=host)
+    return document(routes, title=TITLE, description=DESCRIPTION, host=host, secure=secure)
 {%- if cookiecutter.console_page | ws_yes %}
 
 
@@ -163,8 +163,10 @@ def asyncapi_of(router: Router) -> ASGIApp:
 
     async def asyncapi(scope: Scope, receive: Receive, send: Send) -> None:
         host = dict(scope["headers"]).get(b"host", b"127.0.0.1:8000").decode("latin-1")
+        secure = scope.get("scheme") == "https"
         routes = router.websocket_routes()
-        await respond_json(send, document(routes, title=TITLE, description=DESCRIPTION, host=host))
+        served = document(routes, title=TITLE, description=DESCRIPTION, host=host, secure=secure)
+        await respond_json(send, served)
 
     return asyncapi
 {%- if cookiecutter.console_page | ws_yes %}

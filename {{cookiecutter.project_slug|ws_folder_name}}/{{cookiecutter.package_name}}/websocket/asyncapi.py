@@ -194,9 +194,10 @@ def document(
     version: str = "0.1.0",
     description: str = "",
     host: str = "127.0.0.1:8000",
+    secure: bool = False,
 ) -> dict[str, Any]:
     """The AsyncAPI document of ``endpoints`` (path, handler); handlers that declared no
-    `Messages` are left out."""
+    `Messages` are left out. ``host`` and ``secure`` (wss) name the server that serves it."""
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     components: dict[str, Any] = {}
@@ -249,10 +250,10 @@ def document(
         },
         "defaultContentType": "application/json",
         "servers": {
-            "local": {
+            "service": {
                 "host": host,
-                "protocol": "ws",
-                "description": "The service run with python -m, on this machine.",
+                "protocol": "wss" if secure else "ws",
+                "description": "The server that served this document.",
             }
         },
         "channels": channels,

@@ -1,0 +1,92 @@
+"""`asyncapi.document`: channels, operations and components of the declared handlers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..asyncapi import (
+    BROADCAST_ENDPOINT,
+    ECHO_ENDPOINT,
+    ERROR,
+    KEEPALIVE,
+    KEEPALIVE_ENDPOINT,
+    Messages,
+    declares,
+    document,
+    messages_of,
+)
+
+
+@declares(KEEPALIVE_ENDPOINT)
+async def keepalive(websocket: object) -> None: ...
+
+
+@declares(BROADCAST_ENDPOINT)
+async def rooms(websocket: object) -> None: ...
+
+
+async def undeclared(websocket: object) -> None: ...
+
+
+def messages(doc: dict[str, Any], key: str, action: str) -> list[str]:
+    [operation] = [
+        o
+        for o in doc["operations"].values()
+        if o["channel"]["$ref"] == f"#/channels/{key}" and o["action"] == action
+    ]
+    return [ref["$ref"].rsplit("/", 1)[-1] for ref in operation["messages"]]
+
+
+def test_one_channel_per_declared_endpoint_with_its_parameters_and_query() -> None:
+    doc = document(
+        [("/ws/a-b", keepalive), ("/ws/a_b", keepalive), ("/x", undeclared), ("/r/{room}", rooms)],
+        title="T",
+        host="example.com:443",
+        secure=True,
+    )
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["servers"]["service"] == {
+        "host": "example.com:443",
+        "protocol": "wss",
+        "description": "The server that served this document.",
+    }
+    assert {key: c["address"] for key, c in doc["channels"].items()} == {
+        "ws_a_b": "/ws/a-b",
+        "ws_a_b_2": "/ws/a_b",
+        "r_room": "/r/{room}",
+    }
+    assert list(doc["channels"]["r_room"]["parameters"]) == ["room"]
+    assert doc["channels"]["r_room"]["bindings"]["ws"]["query"] == BROADCAST_ENDPOINT.query
+    assert "bindings" not in doc["channels"]["ws_a_b"]
+    assert messages(doc, "r_room", "receive") == ["keepalive", "publish"]
+    assert messages(doc, "r_room", "send") == [
+        "subscribed",
+        "broadcast",
+        "dropped",
+        "keepalive_ack",
+        "error",
+    ]
+
+
+def test_a_name_with_two_schemas_gets_two_components() -> None:
+    @declares(Messages(client={"keepalive": KEEPALIVE}, server={"error": {"type": "object"}}))
+    async def odd(websocket: object) -> None: ...
+
+    @declares(ECHO_ENDPOINT)
+    async def echo(websocket: object) -> None: ...
+
+    doc = document([("/odd", odd), ("/echo", echo)], title="T")
+    components = doc["components"]["messages"]
+    assert components["error"]["payload"] == {"type": "object"}
+    assert components["error_2"]["payload"] == ERROR
+    assert messages(doc, "echo", "send") == ["keepalive_ack", "echo", "error_2"]
+
+
+def test_a_declaration_is_found_through_functools_wraps() -> None:
+    @functools.wraps(keepalive)
+    async def wrapper(websocket: object) -> None: ...
+
+    del wrapper.__dict__["__asyncapi_messages__"]  # wraps copied it; follow __wrapped__ instead
+    assert messages_of(wrapper) is KEEPALIVE_ENDPOINT
+    assert messages_of(undeclared) is None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }}.client import Client, Refused
+from {{ cookiecutter.package_name }}.client import Client, Refused{% if broadcasts %}, service_message{% endif %}
 {%- if redis %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
 {%- else %}
@@ -71,7 +71,9 @@ def restarting() -> Iterator[LiveServer]:
 
 
 def numbers(messages: list[dict[str, Any]]) -> list[int]:
-    return [m["message"]["n"] for m in messages if m["type"] == "broadcast"]
+    """The ``n`` of each broadcast among ``messages`` (typed as the client types them)."""
+    typed = [service_message(m) for m in messages]
+    return [t["message"]["n"] for t in typed if t is not None and t["type"] == "broadcast"]
 
 
 async def test_a_client_reconnects_after_a_restart_and_resumes(

@@ -10,14 +10,37 @@ connection is lost and resumes broadcast channels where it was. In code::
         async for message in client:
             ...
 
-The client is `websocket.client.Client` (retry rules and options there).
+The client is `websocket.client.Client` (retry rules and options there); `service_message`
+narrows a received object to the service's own message types (`Broadcast`, ...).
 """
 
 import sys
 
-from .websocket.client import Client, Refused, main
+from .websocket.client import (
+    Broadcast,
+    Client,
+    Dropped,
+    Error,
+    Refused,
+    ServiceMessage,
+    Subscribed,
+    Tick,
+    main,
+    service_message,
+)
 
-__all__ = ["Client", "Refused", "main"]
+__all__ = [
+    "Broadcast",
+    "Client",
+    "Dropped",
+    "Error",
+    "Refused",
+    "ServiceMessage",
+    "Subscribed",
+    "Tick",
+    "main",
+    "service_message",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,10 @@ Part of the websocket backend vendored by ws-template (version and upgrade notes
   history still holds. The ``subscribed`` notice after a reconnect is passed on like any
   message; `recovered` says whether the last resume recovered everything (False: reload
   your state).
+- **Typed.** `Subscribed`, `Broadcast`, `Dropped`, `Tick` and `Error` are the service's own
+  messages as types (the schemas of ``asyncapi.py``, which ``GET /asyncapi.json`` serves);
+  `service_message` narrows a received object to one of them, or None (an echo, or a
+  message of your own handlers).
 - `send` waits for a connection; a message sent while the connection fails is sent again
   on the next one only if `send` has not returned (``send`` returns once the message is
   written).
@@ -43,7 +47,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self, TypedDict, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -54,6 +58,80 @@ logger = logging.getLogger(__name__)
 RETRIED_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013})
 """Close codes after which the client reconnects; any other close ends it (`Refused`)."""
 POSITION_TYPES: Final = frozenset({"subscribed", "broadcast", "dropped"})
+
+
+class _Position(TypedDict):
+    type: Literal["subscribed"]
+    channel: str
+    offset: int
+    epoch: str
+
+
+class Subscribed(_Position, total=False):  # NotRequired is not seen under string annotations
+    """The first message on a broadcast endpoint: the channel's position (`recovered` after a
+    resume)."""
+
+    recovered: bool
+
+
+class Broadcast(TypedDict):
+    """A message of a broadcast channel, with its position."""
+
+    type: Literal["broadcast"]
+    channel: str
+    offset: int
+    epoch: str
+    server_ns: int
+    message: dict[str, Any]
+
+
+class Dropped(TypedDict):
+    """Messages lost just before this position (``count`` None: unknown)."""
+
+    type: Literal["dropped"]
+    channel: str
+    count: int | None
+    offset: int
+    epoch: str
+
+
+class Tick(TypedDict):
+    """A ticker endpoint's tick."""
+
+    type: Literal["tick"]
+    seq: int
+    server_ns: int
+
+
+class Error(TypedDict):
+    """The answer to a message the service could not take; the connection goes on."""
+
+    type: Literal["error"]
+    reason: str
+
+
+ServiceMessage = Subscribed | Broadcast | Dropped | Tick | Error
+SERVICE_MESSAGES: Final[Mapping[str, type[Any]]] = {
+    "subscribed": Subscribed,
+    "broadcast": Broadcast,
+    "dropped": Dropped,
+    "tick": Tick,
+    "error": Error,
+}
+
+
+def service_message(message: Mapping[str, Any]) -> ServiceMessage | None:
+    """``message`` as the service message its ``type`` names, if it has that message's
+    fields; else None. Narrow further on ``["type"]``::
+
+        typed = service_message(message)
+        if typed is not None and typed["type"] == "broadcast":
+            show(typed["offset"], typed["message"])
+    """
+    kind = SERVICE_MESSAGES.get(str(message.get("type")))
+    if kind is None or not kind.__required_keys__ <= message.keys():
+        return None
+    return cast(ServiceMessage, message)
 
 
 class Refused(Exception):

@@ -11,11 +11,13 @@ from ..asyncapi import (
     ERROR,
     KEEPALIVE,
     KEEPALIVE_ENDPOINT,
+    TICKER_ENDPOINT,
     Messages,
     declares,
     document,
     messages_of,
 )
+from ..client import SERVICE_MESSAGES, service_message
 
 
 @declares(KEEPALIVE_ENDPOINT)
@@ -90,3 +92,22 @@ def test_a_declaration_is_found_through_functools_wraps() -> None:
     del wrapper.__dict__["__asyncapi_messages__"]  # wraps copied it; follow __wrapped__ instead
     assert messages_of(wrapper) is KEEPALIVE_ENDPOINT
     assert messages_of(undeclared) is None
+
+
+def test_the_client_types_are_the_document_s_messages() -> None:
+    schemas = {**BROADCAST_ENDPOINT.server, **TICKER_ENDPOINT.server}
+    for name, kind in SERVICE_MESSAGES.items():
+        schema = schemas[name]
+        assert kind.__required_keys__ == set(schema["required"]), name
+        assert kind.__required_keys__ | kind.__optional_keys__ <= set(schema["properties"]), name
+        if not schema["additionalProperties"]:
+            assert kind.__optional_keys__ == set(schema["properties"]) - set(schema["required"])
+
+
+def test_service_message_narrows_by_type_and_fields() -> None:
+    broadcast = {"type": "broadcast", "channel": "/c", "offset": 1, "epoch": "e", "server_ns": 5}
+    assert service_message(broadcast) is None  # no "message"
+    assert service_message({**broadcast, "message": {}}) == {**broadcast, "message": {}}
+    assert service_message({"type": "shout", "text": "HI"}) is None
+    assert service_message({"text": "no type"}) is None
+    assert service_message({"type": "error", "reason": "r"}) == {"type": "error", "reason": "r"}

@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 {%- if broadcasts %}
 
 from .conftest import TEST_ENVIRONMENT
+from .contract import Contract
 {%- endif %}
 
 FIRST_URL = "{{ endpoints[0].example_url }}"
@@ -70,6 +71,17 @@ def restarting() -> Iterator[LiveServer]:
         yield server
 
 
+def check_against_the_document(
+    server: LiveServer, received: list[dict[str, Any]], sent: list[dict[str, Any]]
+) -> None:
+    """What the client received and sent, checked against the served /asyncapi.json."""
+    channel = Contract.served_by(server.url("")).channel(BROADCAST_URL)
+    for message in received:
+        channel.check("server", message)
+    for message in sent:
+        channel.check("client", message)
+
+
 def numbers(messages: list[dict[str, Any]]) -> list[int]:
     """The ``n`` of each broadcast among ``messages`` (typed as the client types them)."""
     typed = [service_message(m) for m in messages]
@@ -110,6 +122,7 @@ async def test_a_client_reconnects_after_a_restart_and_resumes(
         }
     ]
     assert listener.recovered is True
+    check_against_the_document(restarting, received, sent=[{"n": n} for n in range(COUNT)])
     assert numbers(received) == list(range(COUNT))  # every message, once, in order
     offsets = [m["offset"] for m in received if m["type"] == "broadcast"]
     assert offsets == list(range(offsets[0], offsets[0] + COUNT))
@@ -117,6 +130,7 @@ async def test_a_client_reconnects_after_a_restart_and_resumes(
     # A new process is a new epoch: the client is told it could not recover, and goes on.
     assert [notice["recovered"] for notice in notices] == [False]
     assert listener.recovered is False
+    check_against_the_document(restarting, received, sent=[{"n": n} for n in range(COUNT)])
     seen = numbers(received)
     assert seen == sorted(set(seen))  # in order, none twice
 {%- endif %}

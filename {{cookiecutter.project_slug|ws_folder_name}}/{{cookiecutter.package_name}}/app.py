@@ -1,6 +1,8 @@
 {%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set metrics = cookiecutter.metrics | ws_yes -%}
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``{% if broadcast %}
-and ``POST /api/publish`` (``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}.
+and ``POST /api/publish`` (``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}{% if metrics %}
+and ``GET /metrics`` (Prometheus, ``websocket/metrics.py``; ``METRICS_ENABLED``, ``METRICS_API_KEY``){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
 authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
@@ -30,7 +32,7 @@ from fastapi import FastAPI
 {%- if cookiecutter.console_page | ws_yes %}
 from fastapi.responses import HTMLResponse
 {%- endif %}
-{%- if broadcast %}
+{%- if broadcast or metrics %}
 from starlette.routing import Route
 {%- endif %}
 {%- endif %}
@@ -43,6 +45,10 @@ from .websocket.backend import create_router
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+{%- if metrics %}
+from .websocket.metrics import PATH as METRICS_PATH
+from .websocket.metrics import Metrics, MetricsEndpoint
+{%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PublishAPI
@@ -54,6 +60,10 @@ from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+{%- if metrics %}
+from .websocket.metrics import PATH as METRICS_PATH
+from .websocket.metrics import Metrics, MetricsEndpoint
+{%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PublishAPI
@@ -94,6 +104,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level)
     configure_gc(settings.gc_threshold)
+{%- if metrics %}
+    metrics = Metrics() if settings.metrics_enabled else None
+{%- endif %}
     app = FastAPI(title=TITLE{% if broadcast %}, lifespan=lifespan{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
@@ -102,10 +115,21 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 {%- if broadcast %}
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
 {%- endif %}
+{%- if metrics %}
+    if metrics is not None:
+        endpoint = MetricsEndpoint(metrics, api_key=settings.metrics_api_key)
+        app.router.routes.append(Route(METRICS_PATH, endpoint))
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
     app.add_api_route("/", console, include_in_schema=False)
 {%- endif %}
+{%- if metrics %}
+    app.add_middleware(
+        WebSocketGuard, policy=settings.policy(), authenticate=authenticate, observer=metrics
+    )
+{%- else %}
     app.add_middleware(WebSocketGuard, policy=settings.policy(), authenticate=authenticate)
+{%- endif %}
     return app
 
 
@@ -127,6 +151,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     settings = get_settings()
     configure_logging(settings.log_level)
     configure_gc(settings.gc_threshold)
+{%- if metrics %}
+    metrics = Metrics() if settings.metrics_enabled else None
+{%- endif %}
     app = Router({% if broadcast %}lifespan=lifespan{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
@@ -135,10 +162,21 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
 {%- if broadcast %}
     app.add_http_route(PUBLISH_PATH, publish_api(settings), methods=None)
 {%- endif %}
+{%- if metrics %}
+    if metrics is not None:
+        endpoint = MetricsEndpoint(metrics, api_key=settings.metrics_api_key)
+        app.add_http_route(METRICS_PATH, endpoint, methods=None)
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
     app.add_http_route("/", console)
 {%- endif %}
+{%- if metrics %}
+    return WebSocketGuard(
+        app, policy=settings.policy(), authenticate=authenticate, observer=metrics
+    )
+{%- else %}
     return WebSocketGuard(app, policy=settings.policy(), authenticate=authenticate)
+{%- endif %}
 
 
 async def healthz(scope: Scope, receive: Receive, send: Send) -> None:

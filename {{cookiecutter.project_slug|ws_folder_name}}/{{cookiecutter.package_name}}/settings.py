@@ -1,5 +1,6 @@
 {%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
 {%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
+{%- set metrics = cookiecutter.metrics | ws_yes -%}
 """Settings of the service, read from environment variables (listed in README.md)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass{% if broadcast %}, field{% endif %}
+from dataclasses import dataclass{% if broadcast or metrics %}, field{% endif %}
 from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from .websocket.redis_hub import RedisHub
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-{%- if broadcast %}
+{%- if broadcast or metrics %}
 MIN_API_KEY_LENGTH = 16
 {%- endif %}
 
@@ -61,6 +62,12 @@ class Settings:
     """Put before every channel name in Redis, so that services can share one Redis."""
     redis_timeout_seconds: float = 2.0
     """How long a publish or a connection attempt to Redis may take."""
+{%- endif %}
+{%- if metrics %}
+    metrics_enabled: bool = True
+    """Whether ``GET /metrics`` serves the Prometheus metrics (off: it answers 404)."""
+    metrics_api_key: str = field(default="", repr=False)
+    """If set, ``GET /metrics`` wants ``Authorization: Bearer <key>``; empty: open to all."""
 {%- endif %}
     allowed_origins: tuple[str, ...] = ()
     """Comma-separated origins that browsers may connect from, besides the service's own."""
@@ -110,6 +117,10 @@ class Settings:
             redis_timeout_seconds=read(
                 "REDIS_TIMEOUT_SECONDS", _positive(float), cls.redis_timeout_seconds
             ),
+{%- endif %}
+{%- if metrics %}
+            metrics_enabled=read("METRICS_ENABLED", _flag, cls.metrics_enabled),
+            metrics_api_key=read("METRICS_API_KEY", _api_key, cls.metrics_api_key),
 {%- endif %}
             allowed_origins=read("ALLOWED_ORIGINS", _origins, cls.allowed_origins),
             max_message_bytes=read("MAX_MESSAGE_BYTES", _positive(int), cls.max_message_bytes),
@@ -205,6 +216,8 @@ def _count(name: str, value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise SettingsError(f"{name}={value!r} must be a whole number, 0 or more")
     return int(value)
+{%- endif %}
+{%- if broadcast or metrics %}
 
 
 def _api_key(name: str, value: str) -> str:

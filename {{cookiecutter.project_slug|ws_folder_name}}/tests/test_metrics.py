@@ -217,7 +217,8 @@ def test_with_two_workers_the_figures_are_the_services(tmp_path: Path) -> None:
         LiveServer(APP, server="runner", env=environment, args=["--workers", "2"]) as server,
         ExitStack() as connections,
     ):
-        wait_for(lambda: len(worker_pids(server)) == 2, timeout=30)
+        # Workers listen once started (the supervisor only binds the socket).
+        wait_for(lambda: server.log.count("Application startup complete") == 2, timeout=30)
         websockets = [connections.enter_context(connect(server.ws_url(URL))) for _ in range(16)]
         for websocket in websockets:
             answer_keepalive(websocket)

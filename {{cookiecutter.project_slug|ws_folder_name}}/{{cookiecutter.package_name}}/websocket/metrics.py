@@ -121,7 +121,10 @@ class Metrics(GuardObserver):
     """
 
     def __init__(self) -> None:
-        self.multiprocess = multiprocess_directory() is not None
+        directory = multiprocess_directory()
+        self.multiprocess = directory is not None
+        if directory is not None:  # the runner makes it; a server started otherwise may not
+            Path(directory).mkdir(parents=True, exist_ok=True)
         self.registry = CollectorRegistry(auto_describe=True)
         if not self.multiprocess:  # these collectors read this process only
             ProcessCollector(registry=self.registry)

@@ -31,7 +31,9 @@ A project keeps the face its framework uses.
 opens and closes (code, and the limit if the guard closed), and gets a `Tally` per endpoint
 that the guard counts messages, bytes and error replies in; `Router` puts the `Route` that
 took a request in ``scope["route"]`` (its ``path`` is the template, as in Starlette);
-``metrics.py``.
+`Hub.count_in(BroadcastStats())` has a hub count publications, deliveries, drops,
+recoveries, delivery lag and (Redis) its connection in plain counters;
+`Publication.published_ns`; ``metrics.py``.
 
 2.0.0: broadcast channels have positions and history. Every message gets its channel's next
 ``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and

@@ -1,4 +1,6 @@
 {%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
+{%- set broadcasts = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
+{%- set redis = broadcasts and cookiecutter.broadcast_backend == "redis" -%}
 """``GET /metrics``: the figures move as connections open, talk, are refused and close.
 
 Every test runs against a real uvicorn server; with ``--workers 2`` the figures are the
@@ -6,7 +8,10 @@ whole service's (prometheus-client's multiprocess mode, set up by ``python -m``)
 """
 
 from __future__ import annotations
-
+{{ "" }}
+{%- if broadcasts %}
+import json
+{%- endif %}
 import os
 import re
 import signal
@@ -23,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
 from .conftest import TEST_ENVIRONMENT
 
@@ -33,6 +38,10 @@ ENDPOINT = "{{ first.path }}"
 URL = "{{ first.example_url }}"
 """A concrete path of that endpoint."""
 KEEPALIVE = '{"type": "keepalive", "client_ns": 1}'
+{%- if broadcasts %}
+BROADCAST = "{{ broadcasts[0].path }}"
+BROADCAST_URL = "{{ broadcasts[0].example_url }}"
+{%- endif %}
 Figures = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -91,10 +100,21 @@ def receive_until_closed(websocket: ClientConnection) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
+{%- if redis %}
+def environment(redis_server: RedisServer) -> dict[str, str]:
+    """The tests' settings, and the test Redis."""
+    return {**TEST_ENVIRONMENT, "REDIS_URL": redis_server.url}
+{%- else %}
+def environment() -> dict[str, str]:
+    """The tests' settings."""
+    return dict(TEST_ENVIRONMENT)
+{%- endif %}
+
+
+@pytest.fixture(scope="module")
+def server(environment: dict[str, str]) -> Iterator[LiveServer]:
     """The app on uvicorn with a small size limit, so that a test can exceed it."""
-    environment = {**TEST_ENVIRONMENT, "MAX_MESSAGE_BYTES": "1000"}
-    with LiveServer(APP, env=environment) as server:
+    with LiveServer(APP, env={**environment, "MAX_MESSAGE_BYTES": "1000"}) as server:
         yield server
     assert "Traceback" not in server.log, server.log
 
@@ -192,13 +212,13 @@ def test_a_close_for_a_limit_is_counted_with_its_code(server: LiveServer) -> Non
     wait_for(counted)
 
 
-def test_metrics_can_want_a_key_or_be_turned_off() -> None:
+def test_metrics_can_want_a_key_or_be_turned_off(environment: dict[str, str]) -> None:
     key = "metrics-key-0123456789"
-    with LiveServer(APP, env={**TEST_ENVIRONMENT, "METRICS_API_KEY": key}) as protected:
+    with LiveServer(APP, env={**environment, "METRICS_API_KEY": key}) as protected:
         assert status_of_scrape(protected) == 401
         assert status_of_scrape(protected, {"Authorization": "Bearer not-the-key-at-all"}) == 401
         assert scrape(protected, {"Authorization": f"Bearer {key}"})
-    with LiveServer(APP, env={**TEST_ENVIRONMENT, "METRICS_ENABLED": "no"}) as off:
+    with LiveServer(APP, env={**environment, "METRICS_ENABLED": "no"}) as off:
         assert status_of_scrape(off) == 404
         with connect(off.ws_url(URL)) as websocket:
             answer_keepalive(websocket)
@@ -208,13 +228,15 @@ def worker_pids(server: LiveServer) -> list[int]:
     return [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", server.log)]
 
 
-def test_with_two_workers_the_figures_are_the_services(tmp_path: Path) -> None:
+def test_with_two_workers_the_figures_are_the_services(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
     """Sixteen connections spread over two workers: every scrape, whichever worker answers,
     counts all of them; when a worker is killed, its connections leave the open gauge."""
-    environment = {**TEST_ENVIRONMENT, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    shared = {**environment, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     open_gauge = "websocket_connections_open"
     with (
-        LiveServer(APP, server="runner", env=environment, args=["--workers", "2"]) as server,
+        LiveServer(APP, server="runner", env=shared, args=["--workers", "2"]) as server,
         ExitStack() as connections,
     ):
         # Workers listen once started (the supervisor only binds the socket).
@@ -239,3 +261,44 @@ def test_with_two_workers_the_figures_are_the_services(tmp_path: Path) -> None:
                 pass
         assert survivors < 16
         wait_for(lambda: figure(scrape(server), open_gauge, endpoint=ENDPOINT) == survivors)
+{%- if broadcasts %}
+
+
+def receive_type(websocket: ClientConnection, kind: str) -> dict[str, object]:
+    for _ in range(100):
+        message = json.loads(websocket.recv(timeout=5))
+        if message["type"] == kind:
+            return dict(message)
+    raise AssertionError(f"no {kind} message")
+
+
+def test_a_broadcast_moves_the_published_delivery_lag_and_recovery_figures(
+    server: LiveServer,
+) -> None:
+    before = scrape(server)
+    url = server.ws_url(BROADCAST_URL)
+    with connect(url) as first, connect(url) as second:
+        position = receive_type(first, "subscribed")
+        receive_type(second, "subscribed")
+        first.send('{"text": "hello"}')
+        receive_type(first, "broadcast")
+        receive_type(second, "broadcast")
+
+        def counted() -> bool:
+            after = scrape(server)
+            return (
+                moved(before, after, "broadcast_messages_published_total") == 1
+                and moved(before, after, "broadcast_deliveries_total") == 2
+                and moved(before, after, "broadcast_delivery_lag_seconds_count") == 2
+            )
+
+        wait_for(counted)
+    since = f"?since={position['offset']}&epoch={position['epoch']}"
+    with connect(server.ws_url(BROADCAST_URL + since)) as resumed:
+        assert receive_type(resumed, "subscribed")["recovered"] is True
+        after = scrape(server)
+    assert moved(before, after, "broadcast_recoveries_total", outcome="recovered") == 1
+{%- if redis %}
+    assert figure(after, "broadcast_redis_up") == 1
+{%- endif %}
+{%- endif %}

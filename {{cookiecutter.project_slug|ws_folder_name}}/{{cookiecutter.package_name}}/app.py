@@ -23,6 +23,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 {%- endif %}
+{%- if broadcast and metrics %}
+from functools import partial
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
 from pathlib import Path
 {%- endif %}
@@ -107,7 +110,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
 {%- endif %}
-    app = FastAPI(title=TITLE{% if broadcast %}, lifespan=lifespan{% endif %})
+    app = FastAPI(title=TITLE{% if broadcast %}, lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
@@ -154,7 +157,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
 {%- endif %}
-    app = Router({% if broadcast %}lifespan=lifespan{% endif %})
+    app = Router({% if broadcast %}lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
@@ -229,18 +232,30 @@ def configure_logging(level: str) -> None:
 
 
 @asynccontextmanager
+{%- if metrics %}
+async def lifespan(app: object, metrics: Metrics | None = None) -> AsyncIterator[dict[str, Hub]]:
+{%- else %}
 async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
+{%- endif %}
     """Start the broadcast hub with the service, and close it when the service stops.
 
     Handlers and routes find it in the ASGI state (``hub_of(websocket)``,
-    ``hub_of(request)``); the hub comes from the settings (``settings.py``). Start here
-    anything else the service needs for its life.
+    ``hub_of(request)``); the hub comes from the settings (``settings.py``){% if metrics %}, and
+    ``metrics`` counts what it does{% endif %}. Start here anything else the service needs for its life.
     """
     settings = get_settings()
     if not settings.publish_api_key:
         logger.warning("%s refuses every call: PUBLISH_API_KEY is not set", PUBLISH_PATH)
+{%- if metrics %}
+    hub = settings.hub()
+    if metrics is not None:
+        metrics.watch_hub(hub)
+    async with hub:
+        yield {HUB_STATE_KEY: hub}
+{%- else %}
     async with settings.hub() as hub:
         yield {HUB_STATE_KEY: hub}
+{%- endif %}
 {%- endif %}
 
 

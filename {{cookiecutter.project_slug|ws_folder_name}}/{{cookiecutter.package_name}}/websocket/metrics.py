@@ -38,6 +38,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
     multiprocess,
 )
@@ -46,6 +47,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .asgi_types import Receive, Scope, Send
+from .broadcast import LAG_BOUNDS, BroadcastStats, Hub
 from .guard import GuardedConnection, GuardObserver, Tally
 
 PATH: Final = "/metrics"
@@ -113,6 +115,83 @@ class _Endpoint:
                 reported[index] = value
 
 
+class _Broadcast:
+    """The broadcast metrics, fed by the `BroadcastStats` of the hubs watched."""
+
+    def __init__(self, registry: CollectorRegistry, redis: bool) -> None:
+        self.published = Counter(
+            "broadcast_messages_published_total",
+            "Messages published to broadcast channels by this service.",
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "broadcast_deliveries_total",
+            "Broadcast messages handed to subscribers' connections (live and from history).",
+            registry=registry,
+        )
+        self.drops = Counter(
+            "broadcast_drops_total",
+            "Broadcast messages dropped from the full queue of a slow subscriber.",
+            registry=registry,
+        )
+        self.recoveries = Counter(
+            "broadcast_recoveries_total",
+            "Subscriptions that asked to resume (?since=), by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "broadcast_delivery_lag_seconds",
+            "Seconds from a message's publication (the publisher's clock) to its send.",
+            buckets=LAG_BOUNDS,
+            registry=registry,
+        )
+        self.redis_up: Gauge | None = None
+        self.redis_reconnects: Counter | None = None
+        if redis:
+            self.redis_up = Gauge(
+                "broadcast_redis_up",
+                "1 while the hub is connected to Redis (the least over live workers).",
+                registry=registry,
+                multiprocess_mode="livemin",
+            )
+            self.redis_reconnects = Counter(
+                "broadcast_redis_reconnects_total",
+                "Times the hub connected to Redis again after losing it.",
+                registry=registry,
+            )
+        self.watched: list[tuple[BroadcastStats, BroadcastStats]] = []
+        """Each hub's stats, with what of them is in Prometheus already."""
+
+    def flush(self) -> None:
+        for stats, reported in self.watched:
+            for counter, attribute in (
+                (self.published, "published"),
+                (self.deliveries, "deliveries"),
+                (self.drops, "drops"),
+                (self.redis_reconnects, "reconnects"),
+            ):
+                delta = getattr(stats, attribute) - getattr(reported, attribute)
+                if delta and counter is not None:
+                    counter.inc(delta)
+                    setattr(reported, attribute, getattr(stats, attribute))
+            for outcome, count in stats.recoveries.items():
+                if count != reported.recoveries[outcome]:
+                    self.recoveries.labels(outcome).inc(count - reported.recoveries[outcome])
+                    reported.recoveries[outcome] = count
+            # The histogram's own buckets (not cumulated, as prometheus-client keeps them):
+            # observe() for each delivery would cost a microsecond each.
+            for index, count in enumerate(stats.lag_buckets):
+                if count != reported.lag_buckets[index]:
+                    self.lag._buckets[index].inc(count - reported.lag_buckets[index])
+                    reported.lag_buckets[index] = count
+            if stats.lag_seconds != reported.lag_seconds:
+                self.lag._sum.inc(stats.lag_seconds - reported.lag_seconds)
+                reported.lag_seconds = stats.lag_seconds
+            if self.redis_up is not None and stats.backend_up is not None:
+                self.redis_up.set(1 if stats.backend_up else 0)
+
+
 class Metrics(GuardObserver):
     """The service's Prometheus metrics, fed by the guard (pass it as its ``observer``).
 
@@ -169,6 +248,15 @@ class Metrics(GuardObserver):
             self.handshakes_refused.labels(reason)
         self._endpoints: dict[str, _Endpoint] = {}
         self._flushing: asyncio.AbstractEventLoop | None = None
+        self._broadcast: _Broadcast | None = None
+
+    def watch_hub(self, hub: Hub) -> None:
+        """Count what ``hub`` does in the ``broadcast_*`` metrics: call it before it starts."""
+        stats = BroadcastStats()
+        hub.count_in(stats)
+        if self._broadcast is None:
+            self._broadcast = _Broadcast(self.registry, redis=stats.backend_up is not None)
+        self._broadcast.watched.append((stats, BroadcastStats()))
 
     def refused(self, scope: Scope, reason: str) -> None:
         self.handshakes_refused.labels(reason).inc()
@@ -204,6 +292,8 @@ class Metrics(GuardObserver):
         """Add what the tallies counted since the last flush to the Prometheus counters."""
         for endpoint in list(self._endpoints.values()):
             endpoint.flush()
+        if self._broadcast is not None:
+            self._broadcast.flush()
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format: this process's, or the whole service's."""

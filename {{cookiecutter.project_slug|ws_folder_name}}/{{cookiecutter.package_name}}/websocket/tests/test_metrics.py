@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..asgi_types import Message, Receive, Scope, Send
+from ..broadcast import MemoryHub, Position
 from ..guard import Policy, WebSocketGuard
 from ..metrics import Metrics, MetricsEndpoint, close_code_label, endpoint_of
 from ..session import SessionSocket, receive_json, run_websocket, send_json
@@ -148,3 +149,25 @@ async def test_the_endpoint_serves_get_and_can_want_a_key() -> None:
     assert (await call(keyed, headers=[(b"authorization", b"Bearer wrong")]))[0]["status"] == 401
     good = [(b"authorization", b"Bearer " + b"k" * 20)]
     assert (await call(keyed, headers=good))[0]["status"] == 200
+
+
+async def test_a_watched_hub_feeds_the_broadcast_metrics() -> None:
+    metrics = Metrics()
+    hub = MemoryHub()
+    metrics.watch_hub(hub)
+    async with hub:
+        first, second = await hub.subscribe("/ws/news"), await hub.subscribe("/ws/news")
+        for subscription in (first, second):
+            await subscription.next()  # the subscribed notice: not a delivery
+        position = await hub.publish("/ws/news", {"text": "hello"})
+        for subscription in (first, second):
+            await subscription.next()
+        resumed = await hub.subscribe("/ws/news", Position(0, position.epoch))
+        assert resumed.recovered is True
+    assert sample(metrics, "broadcast_messages_published_total") == 1
+    assert sample(metrics, "broadcast_deliveries_total") == 2
+    assert sample(metrics, "broadcast_recoveries_total", outcome="recovered") == 1
+    assert sample(metrics, "broadcast_delivery_lag_seconds_count") == 2
+    assert sample(metrics, "broadcast_delivery_lag_seconds_bucket", le="+Inf") == 2
+    assert 0 <= sample(metrics, "broadcast_delivery_lag_seconds_sum") < 5
+    assert "broadcast_redis_up" not in metrics.exposition().decode()  # a memory hub

@@ -300,7 +300,13 @@ class GuardedConnection:
         if self.opened_at:
             code = self.close_code if self.close_code is not None else "no close frame"
             duration = self.loop.time() - self.opened_at
-            self.log_event(logging.INFO, f"closed with {code} after {duration:.3f} s")
+            self.log_event(
+                logging.INFO,
+                f"closed with {code} after {duration:.3f} s",
+                event="close",
+                code=self.close_code,
+                duration_seconds=round(duration, 3),
+            )
             self.observer.closed(self)
 
     async def receive(self) -> Message:
@@ -383,7 +389,7 @@ class GuardedConnection:
         await self.server_send(message)
         if kind == "websocket.accept":
             self.opened_at = self.last_heard = self.rate_checked = self.loop.time()
-            self.log_event(logging.INFO, "open")
+            self.log_event(logging.INFO, "open", event="open")
             self.tally = self.observer.opened(self)
             self.watchdog = self.loop.call_at(self.next_watch(self.opened_at), self.watch)
 
@@ -400,7 +406,13 @@ class GuardedConnection:
         """Close the connection with ``code``; what the app receives instead of the message."""
         self.closed_by_guard = True
         self.close_code = code
-        self.log_event(logging.WARNING, f"closed with {code}: {reason}")
+        self.log_event(
+            logging.WARNING,
+            f"closed with {code}: {reason}",
+            event="limit",
+            code=code,
+            limit=self.limit,
+        )
         try:
             async with asyncio.timeout(self.policy.send_timeout):
                 await self.server_send({"type": "websocket.close", "code": code, "reason": reason})
@@ -417,9 +429,12 @@ class GuardedConnection:
             self.dropped_sender = sender
             sender.cancel()
 
-    def log_event(self, level: int, event: str) -> None:
-        path, client = self.scope.get("path", ""), self.scope.get("client")
-        logger.log(level, "websocket %s from %s %s", path, _address(client), event)
+    def log_event(self, level: int, what: str, **fields: object) -> None:
+        """Log ``what`` happened, with the path and client; ``fields`` go to structured
+        logs as keys of their own (``event``, ``code``, ...)."""
+        path, client = self.scope.get("path", ""), _address(self.scope.get("client"))
+        extra = {"path": path, "client": client, **fields}
+        logger.log(level, "websocket %s from %s %s", path, client, what, extra=extra)
 
     def next_watch(self, now: float) -> float:
         """When the watchdog looks next: at the idle deadline, or a send timeout from now."""
@@ -438,7 +453,13 @@ class GuardedConnection:
             self.closed_by_guard = True
             self.close_code = POLICY_VIOLATION
             self.limit = "slow_reader"
-            self.log_event(logging.WARNING, "dropped: it does not read")
+            self.log_event(
+                logging.WARNING,
+                "dropped: it does not read",
+                event="limit",
+                code=POLICY_VIOLATION,
+                limit="slow_reader",
+            )
             self.release_sender()
             return
         now = self.loop.time()
@@ -502,9 +523,9 @@ def _parse_cookies(header: str) -> dict[str, str]:
 
 
 def _log_refusal(handshake: Handshake, why: str, level: int = logging.INFO) -> None:
-    logger.log(
-        level, "websocket %s from %s refused: %s", handshake.path, _address(handshake.client), why
-    )
+    path, client = handshake.path, _address(handshake.client)
+    extra = {"event": "refused", "path": path, "client": client, "reason": why}
+    logger.log(level, "websocket %s from %s refused: %s", path, client, why, extra=extra)
 
 
 def _address(client: Sequence[object] | None) -> str:

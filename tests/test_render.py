@@ -104,6 +104,7 @@ SHARED_BACKEND_FILES = {
     "broadcast.py",
     "client.py",
     "guard.py",
+    "logs.py",
     "publish_api.py",
     "session.py",
     "testing.py",
@@ -114,6 +115,7 @@ SHARED_BACKEND_FILES = {
     "tests/test_broadcast.py",
     "tests/test_guard.py",
     "tests/test_live.py",
+    "tests/test_logs.py",
     "tests/test_publish_api.py",
     "tests/test_session.py",
 }

@@ -7,6 +7,7 @@ so a container or process manager configures the service the same way as the fla
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import sys
@@ -14,8 +15,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from .settings import LOG_LEVELS, Settings, SettingsError, get_settings
 
@@ -134,7 +137,18 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> None:
         ws_ping_interval=arguments.ws_ping_interval or None,
         ws_ping_timeout=arguments.ws_ping_timeout or None,
         timeout_graceful_shutdown=round(arguments.shutdown_timeout) or None,
+        log_config=uvicorn_log_config(settings.log_format),
     )
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """uvicorn's logging configuration; with ``json``, its lines are JSON objects too."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    if log_format == "json":
+        for formatter in config["formatters"].values():
+            formatter.clear()
+            formatter["()"] = f"{PACKAGE}.websocket.logs.JsonFormatter"
+    return config
 
 
 if __name__ == "__main__":

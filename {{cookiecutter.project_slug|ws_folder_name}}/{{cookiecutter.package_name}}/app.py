@@ -48,6 +48,7 @@ from .websocket.backend import create_router
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+from .websocket.logs import JsonFormatter
 {%- if metrics %}
 from .websocket.metrics import PATH as METRICS_PATH
 from .websocket.metrics import Metrics, MetricsEndpoint
@@ -63,6 +64,7 @@ from .websocket.asgi_backend import Router, {% if cookiecutter.console_page | ws
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+from .websocket.logs import JsonFormatter
 {%- if metrics %}
 from .websocket.metrics import PATH as METRICS_PATH
 from .websocket.metrics import Metrics, MetricsEndpoint
@@ -105,7 +107,7 @@ CONSOLE_HEADERS = {
 def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     """Build the application: one router per websocket endpoint, and the health check."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
@@ -152,7 +154,7 @@ async def console() -> HTMLResponse:
 def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuard:
     """Build the application: a route per websocket endpoint, and the health check."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
@@ -220,13 +222,17 @@ def configure_gc(threshold: int) -> None:
     gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
-def configure_logging(level: str) -> None:
-    """Send the service's log records to stderr at ``level``, unless logging is set up."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Send the service's log records to stderr at ``level``, unless logging is set up:
+    readable lines, or with ``log_format`` json one JSON object per line."""
     logger = logging.getLogger(__package__)
     logger.setLevel(level)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
 {%- if broadcast %}
 

@@ -25,6 +25,7 @@ from .websocket.redis_hub import RedisHub
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 {%- if broadcast or metrics %}
 MIN_API_KEY_LENGTH = 16
 {%- endif %}
@@ -43,6 +44,8 @@ class Settings:
 
     log_level: str = "INFO"
     """The level of the service's own log messages."""
+    log_format: str = "text"
+    """``text`` (readable lines) or ``json`` (one JSON object per line, for log collectors)."""
     tick_seconds: float = DEFAULT_TICK_SECONDS
     """The period of ticker endpoints."""
 {%- if broadcast %}
@@ -98,6 +101,7 @@ class Settings:
 
         return cls(
             log_level=read("LOG_LEVEL", _log_level, cls.log_level),
+            log_format=read("LOG_FORMAT", _log_format, cls.log_format),
             tick_seconds=read("TICK_SECONDS", _positive(float), cls.tick_seconds),
 {%- if broadcast %}
             broadcast_queue_size=read(
@@ -191,6 +195,12 @@ def _log_level(name: str, value: str) -> str:
     if value.upper() not in LOG_LEVELS:
         raise SettingsError(f"{name}={value!r} must be one of {', '.join(LOG_LEVELS)}")
     return value.upper()
+
+
+def _log_format(name: str, value: str) -> str:
+    if value.lower() not in LOG_FORMATS:
+        raise SettingsError(f"{name}={value!r} must be one of {', '.join(LOG_FORMATS)}")
+    return value.lower()
 
 
 def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:

@@ -328,10 +328,13 @@ class Subscription:
             self._messages -= 1
             if stats is not None:
                 stats.deliveries += 1
-                if entry.published_ns:
-                    lag = max(0.0, (now_ns() - entry.published_ns) / 1e9)
-                    stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
-                    stats.lag_seconds += lag
+                if entry.published_ns:  # clocks of two machines may disagree: >= 0
+                    lag = (time.time_ns() - entry.published_ns) / 1e9
+                    if lag > 0:
+                        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
+                        stats.lag_seconds += lag
+                    else:
+                        stats.lag_buckets[0] += 1
             return entry.text
         if type(entry) is _Replayed:
             if stats is not None:

@@ -10,8 +10,8 @@ metric, its type, labels and meaning: README.md, "Metrics".
 Labels are bounded: the endpoint is the route's path template (``/ws/rooms/{room}``), close
 codes above the standard ones are grouped (``4xxx``), never a concrete path, user or address.
 
-What it costs: an ``inc()`` of prometheus-client takes about a microsecond, as long as a
-fifth of a keepalive round trip. Messages and bytes are therefore counted as plain integers in
+What it costs: an ``inc()`` of prometheus-client takes about a microsecond; the four counts
+of a keepalive round trip would add about a fifth to it. Messages and bytes are therefore counted as plain integers in
 the guard's tallies and added to the Prometheus counters when ``/metrics`` is scraped (and
 every `FLUSH_SECONDS` in each worker of a multiprocess service); opens, closes and refusals
 go to Prometheus at once.

@@ -55,6 +55,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--output", type=Path, help="default: bench/results/<date>/")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=("keepalive", "broadcast"),
+        default=["keepalive", "broadcast"],
+    )
     return parser.parse_args(argv)
 
 
@@ -142,19 +148,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     server, subscribers, settings, client_cpu, folder
                 )
 
-            for spec in specs[:2]:  # the two flavours of the generated service
+            keepalive_specs = specs[:2] if "keepalive" in args.workloads else []
+            for spec in keepalive_specs:  # the two flavours of the generated service
                 records += measure_pair(
                     spec, keepalive, "instructions_per_round_trip", repetitions, server_cpu, work
                 )
-            [project] = render_broadcast_projects(work / "render-broadcast", ["memory"]).values()
-            records += measure_pair(
-                broadcast_spec("memory", project),
-                fanout,
-                "instructions_per_delivery",
-                repetitions,
-                server_cpu,
-                work,
-            )
+            if "broadcast" in args.workloads:
+                rendered = render_broadcast_projects(work / "render-broadcast", ["memory"])
+                records += measure_pair(
+                    broadcast_spec("memory", rendered["memory"]),
+                    fanout,
+                    "instructions_per_delivery",
+                    repetitions,
+                    server_cpu,
+                    work,
+                )
     except BenchError as error:
         print(f"metrics_cost: {error}", file=sys.stderr)
         return 1
@@ -167,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"connections; broadcast: {subscribers} subscribers, {settings.broadcast_messages} "
         f"messages (memory hub, history on). {pinning}.\n\n{table(records)}\n"
     )
-    (output / "metrics-cost.md").write_text(report)
-    (output / "metrics-cost.json").write_text(json.dumps(records, indent=2) + "\n")
+    name = "metrics-cost" + "".join(f"-{w}" for w in args.workloads if len(args.workloads) == 1)
+    (output / f"{name}.md").write_text(report)
+    (output / f"{name}.json").write_text(json.dumps(records, indent=2) + "\n")
     print(report)
     return 0
 

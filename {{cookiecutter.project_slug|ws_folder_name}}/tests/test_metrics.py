@@ -280,15 +280,16 @@ def test_a_broadcast_moves_the_published_delivery_lag_and_recovery_figures(
     with connect(url) as first, connect(url) as second:
         position = receive_type(first, "subscribed")
         receive_type(second, "subscribed")
-        first.send('{"text": "hello"}')
-        receive_type(first, "broadcast")
-        receive_type(second, "broadcast")
+        for number in range(16):
+            first.send(json.dumps({"n": number}))
+            receive_type(first, "broadcast")
+            receive_type(second, "broadcast")
 
-        def counted() -> bool:
+        def counted() -> bool:  # one delivery in 16 has its lag measured: 2 of 32
             after = scrape(server)
             return (
-                moved(before, after, "broadcast_messages_published_total") == 1
-                and moved(before, after, "broadcast_deliveries_total") == 2
+                moved(before, after, "broadcast_messages_published_total") == 16
+                and moved(before, after, "broadcast_deliveries_total") == 32
                 and moved(before, after, "broadcast_delivery_lag_seconds_count") == 2
             )
 

@@ -32,7 +32,12 @@ BROADCAST_BACKENDS = ("memory", "redis")
 
 CI_PROVIDERS = ("github", "none")
 
-YES_NO_ANSWERS = {"container": True, "init_git": False, "console_page": True}
+YES_NO_ANSWERS = {
+    "container": True,
+    "init_git": False,
+    "console_page": True,
+    "metrics": True,
+}
 """Yes/no prompts (Cookiecutter booleans) and their defaults."""
 
 YES = ("1", "true", "t", "yes", "y", "on")

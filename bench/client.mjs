@@ -34,6 +34,7 @@ const OPTIONS = {
   "warmup-messages": { type: "string", default: "2" },
   interval: { type: "string", default: "0.2" },
   "fanout-timeout": { type: "string", default: "30" },
+  pause: { type: "string", default: "0" },
 };
 
 // Replies that count as a round trip: a keepalive_ack, or the keepalive itself from an echo
@@ -386,6 +387,9 @@ async function ticker(options) {
  * checked the same way but are not deliveries.
  */
 async function broadcast(options) {
+  const stdin = options.pause
+    ? readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+    : null;
   const count = options.connections;
   const total = options.messages;
   const warmup = Math.min(options["warmup-messages"], total);
@@ -502,6 +506,12 @@ async function broadcast(options) {
   let windowStarted = 0;
   for (let seq = 0; seq < total; seq += 1) {
     if (seq === warmup) {
+      if (options.pause) {
+        // Under callgrind: say "paused" and wait for "go" (the counting has started).
+        emit({ event: "paused" });
+        const line = await stdin.next();
+        if (line.done || line.value.trim() !== "go") fail('expected "go" on stdin');
+      }
       emit({ event: "window-start" });
       windowStarted = performance.now();
     }

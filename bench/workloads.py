@@ -370,3 +370,44 @@ def _dumped_instructions(folder: Path, pid: int, timeout: float = 60) -> int:
             return int(totals.group(1))
         time.sleep(0.1)
     raise BenchError(f"callgrind wrote no totals to {dump} within {timeout:g} s.")
+
+
+def broadcast_instructions(
+    server: RunningServer, subscribers: int, settings: Settings, cpu: int | None, folder: Path
+) -> Record:
+    """Instructions the server (started with `callgrind` and ``folder``) runs per broadcast
+    delivery: one room of ``subscribers``, ``broadcast_messages`` published while callgrind
+    counts (after ``broadcast_warmup_messages``), each once the last reached everyone.
+
+    What is counted includes the publisher's message arriving, the publish and the fan-out,
+    divided by the deliveries (subscribers x messages); user-space instructions only.
+    """
+
+    def on_event(event: Event, client: Client) -> None:
+        if event["event"] == "paused":
+            _callgrind_control("--instr=on", server.pid)
+            client.tell("go")
+        elif event["event"] == "window-end":
+            _callgrind_control("--dump", server.pid)
+
+    options = {
+        "connections": subscribers,
+        "messages": settings.broadcast_warmup_messages + settings.broadcast_messages,
+        "warmup-messages": settings.broadcast_warmup_messages,
+        "interval": settings.broadcast_interval,
+        "fanout-timeout": settings.broadcast_fanout_timeout,
+        "open-concurrency": settings.open_concurrency,
+        "pause": 1,
+    }
+    assert server.spec.broadcast_path is not None, f"{server.spec.label} has no broadcast room"
+    client = Client("broadcast", server.ws_url(server.spec.broadcast_path), options, cpu)
+    result = client.run(on_event, timeout=600)
+    measured = subscribers * settings.broadcast_messages
+    if int(result["deliveries"]) != subscribers * options["messages"]:
+        raise BenchError(f"broadcast lost deliveries: {result['deliveries']} of {measured}")
+    return {
+        "workload": "broadcast-instructions",
+        "connections": subscribers,
+        "messages": settings.broadcast_messages,
+        "instructions_per_delivery": _dumped_instructions(folder, server.pid) / measured,
+    }

@@ -15,6 +15,7 @@ KINDS: list[str] = json.loads(r'''{{ cookiecutter.endpoints | ws_endpoints | map
 CONTAINER: bool = json.loads(r'''{{ cookiecutter.container | ws_yes | tojson }}''')  # fmt: skip
 INIT_GIT: bool = json.loads(r'''{{ cookiecutter.init_git | ws_yes | tojson }}''')  # fmt: skip
 CONSOLE_PAGE: bool = json.loads(r'''{{ cookiecutter.console_page | ws_yes | tojson }}''')  # fmt: skip
+METRICS: bool = json.loads(r'''{{ cookiecutter.metrics | ws_yes | tojson }}''')  # fmt: skip
 
 # Files that only one framework uses, relative to the package.
 ONLY_FOR = {
@@ -34,6 +35,11 @@ ONLY_FOR = {
 
 # Files that only the Redis broadcast backend uses, relative to the package (they import redis).
 REDIS_ONLY = ["websocket/redis_hub.py", "websocket/tests/test_redis_hub.py"]
+
+# Files that only a project with metrics uses, relative to the package (they import
+# prometheus_client), and its tests of them, relative to the project.
+METRICS_ONLY = ["websocket/metrics.py", "websocket/tests/test_metrics.py"]
+METRICS_TESTS = ["tests/test_metrics.py"]
 
 # Project files (relative to the project) that a "no" to an option removes.
 CI_FILES = [".github"]
@@ -116,6 +122,12 @@ if BROADCAST_BACKEND != "redis":
     for path in REDIS_ONLY:
         (Path(PACKAGE) / path).unlink()
     Path("tests/test_broadcast_redis.py").unlink()
+
+if not METRICS:
+    for path in METRICS_ONLY:
+        (Path(PACKAGE) / path).unlink()
+    for path in METRICS_TESTS:
+        Path(path).unlink()
 
 if "broadcast" not in KINDS:
     Path("tests/test_broadcast.py").unlink()

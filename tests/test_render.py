@@ -46,9 +46,19 @@ CASES: dict[str, dict[str, str]] = {
         "author_email": "",
         "endpoints": "/live:ticker, /ping",
     },
-    "no-ci-no-container-git-init": {"ci": "none", "container": "no", "init_git": "yes"},
+    "no-ci-no-container-git-init": {
+        "ci": "none",
+        "container": "no",
+        "init_git": "yes",
+        "metrics": "no",
+    },
     "asgi-defaults": {"framework": "asgi"},
-    "asgi-one-endpoint": {"framework": "asgi", "endpoints": "/ws/echo:echo", "console_page": "no"},
+    "asgi-one-endpoint": {
+        "framework": "asgi",
+        "endpoints": "/ws/echo:echo",
+        "console_page": "no",
+        "metrics": "no",
+    },
     "asgi-many-endpoints": {
         "framework": "asgi",
         "endpoints": "/, /ws/rooms/{room}:echo, /ws/a-b.c~d:ticker, /class, /ws/"
@@ -95,6 +105,7 @@ SHARED_BACKEND_FILES = {
     "broadcast.py",
     "client.py",
     "guard.py",
+    "logs.py",
     "publish_api.py",
     "session.py",
     "testing.py",
@@ -106,11 +117,14 @@ SHARED_BACKEND_FILES = {
     "tests/test_broadcast.py",
     "tests/test_guard.py",
     "tests/test_live.py",
+    "tests/test_logs.py",
     "tests/test_publish_api.py",
     "tests/test_session.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
 REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py"}
+# The vendored files only projects with metrics keep (they import prometheus_client).
+METRICS_BACKEND_FILES = {"metrics.py", "tests/test_metrics.py"}
 
 
 def case_params(framework: str | None = None) -> list[object]:
@@ -185,11 +199,31 @@ def test_vendored_backend_is_byte_identical_to_the_template(rendered: Rendered) 
         assert content == (VENDORED_BACKEND / relative).read_bytes(), relative
     framework = answers.get("framework", "fastapi")
     redis = REDIS_BACKEND_FILES if uses_redis(answers) else set()
-    assert {str(p) for p in files} == SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis
+    metrics = METRICS_BACKEND_FILES if uses_metrics(answers) else set()
+    expected = SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis | metrics
+    assert {str(p) for p in files} == expected
 
 
 def uses_redis(answers: dict[str, str]) -> bool:
     return answers.get("broadcast_backend", "memory") == "redis"
+
+
+def uses_metrics(answers: dict[str, str]) -> bool:
+    return is_yes(answers.get("metrics", "yes"))
+
+
+def test_without_metrics_nothing_of_them_is_rendered_or_installed(rendered: Rendered) -> None:
+    answers, project = rendered
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert ("prometheus-client>=0.26" in dependencies) == uses_metrics(answers)
+    assert (project / "tests" / "test_metrics.py").exists() == uses_metrics(answers)
+    if not uses_metrics(answers):
+        for path in files_of(project):
+            if path.suffix in (".py", ".toml", ".md") and path.name not in ("__main__.py",):
+                text = path.read_text()
+                assert "prometheus" not in text.lower() or "websocket" in path.parts, path
 
 
 def test_broadcast_tests_come_with_broadcast_endpoints_and_redis_ones_with_redis(
@@ -215,8 +249,9 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
         "dependencies"
     ]
     redis = ["redis>=8.1"] if uses_redis(rendered.answers) else []
+    metrics = ["prometheus-client>=0.26"] if uses_metrics(rendered.answers) else []
     # websockets is the Python client's library (websocket/client.py), not a framework.
-    assert dependencies == [*redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
+    assert dependencies == [*metrics, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
 
 
 def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:

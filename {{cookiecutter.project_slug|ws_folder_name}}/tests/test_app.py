@@ -110,6 +110,7 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
         ("TICK_SECONDS", "soon"),
         ("TICK_SECONDS", "nan"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
         ("MAX_MESSAGE_BYTES", "1.5"),
         ("MAX_CONNECTIONS", "0"),
         ("IDLE_TIMEOUT_SECONDS", "forever"),
@@ -122,6 +123,10 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
         ("HISTORY_TTL_SECONDS", "0"),
         ("PUBLISH_API_KEY", "short"),
         ("PUBLISH_API_KEY", "a key with spaces in it"),
+{%- endif %}
+{%- if cookiecutter.metrics | ws_yes %}
+        ("METRICS_ENABLED", "maybe"),
+        ("METRICS_API_KEY", "short"),
 {%- endif %}
 {%- if redis %}
         ("REDIS_URL", "localhost:6379"),

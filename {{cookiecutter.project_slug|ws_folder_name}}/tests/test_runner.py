@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -50,6 +52,26 @@ def test_the_server_itself_refuses_messages_over_the_size_limit(runner: LiveServ
             receive_until_closed(websocket)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1009
+
+
+def test_json_logs_are_one_object_per_line_with_the_events_fields_as_keys() -> None:
+    with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
+        with connect(server.ws_url(ANY_ENDPOINT)) as websocket:
+            websocket.send('{"type": "keepalive", "client_ns": 987654321}')
+            websocket.recv(timeout=5)
+        deadline = time.monotonic() + 10
+        while '"event": "close"' not in server.log:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.02)
+    entries = [json.loads(line) for line in server.log.splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any("Uvicorn running on" in entry["message"] for entry in entries)  # uvicorn's too
+    events = {entry["event"]: entry for entry in entries if "event" in entry}
+    assert events["open"]["path"] == ANY_ENDPOINT
+    assert events["open"]["client"].startswith("127.0.0.1:")
+    assert events["close"]["code"] == 1000
+    assert events["close"]["duration_seconds"] >= 0
+    assert "987654321" not in server.log  # never message contents
 
 
 def run_module(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

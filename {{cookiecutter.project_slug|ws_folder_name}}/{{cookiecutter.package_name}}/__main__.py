@@ -7,16 +7,23 @@ so a container or process manager configures the service the same way as the fla
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from .settings import LOG_LEVELS, Settings, SettingsError, get_settings
 
 PACKAGE = __spec__.parent if __spec__ else "app"
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
 
 
 def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -32,7 +39,8 @@ def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> ar
         "--workers",
         type=int,
         default=settings.workers,
-        help="worker processes (WORKERS); connection and rate limits apply per process",
+        help="worker processes (WORKERS); connection and rate limits apply per process, "
+        "metrics are the whole service's",
     )
     add(
         "--log-level",
@@ -84,6 +92,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"{PACKAGE}: {error}")
     arguments = parse_arguments(settings, argv)
     os.environ["LOG_LEVEL"] = arguments.log_level.upper()  # for the app, in every worker
+    # A project generated without metrics has no such setting.
+    metrics = bool(getattr(settings, "metrics_enabled", False))
+    with metrics_shared_by_workers(metrics and arguments.workers > 1):
+        serve(arguments, settings)
+
+
+@contextmanager
+def metrics_shared_by_workers(shared: bool) -> Iterator[None]:
+    """Have the workers' Prometheus metrics summed (prometheus-client's multiprocess mode).
+
+    The folder is ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied first: the figures of a
+    previous run would add up), else a temporary one, removed when the service stops. It is
+    set before uvicorn starts the workers, which inherit it.
+    """
+    if not shared:
+        yield
+        return
+    given = os.environ.get(MULTIPROCESS_VARIABLE)
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix=f"{PACKAGE}-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):
+        old.unlink()
+    os.environ[MULTIPROCESS_VARIABLE] = str(folder)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve(arguments: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         f"{PACKAGE}.app:app",
         host=arguments.host,
@@ -98,7 +137,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         ws_ping_interval=arguments.ws_ping_interval or None,
         ws_ping_timeout=arguments.ws_ping_timeout or None,
         timeout_graceful_shutdown=round(arguments.shutdown_timeout) or None,
+        log_config=uvicorn_log_config(settings.log_format),
     )
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """uvicorn's logging configuration; with ``json``, its lines are JSON objects too."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    if log_format == "json":
+        for formatter in config["formatters"].values():
+            formatter.clear()
+            formatter["()"] = f"{PACKAGE}.websocket.logs.JsonFormatter"
+    return config
 
 
 if __name__ == "__main__":

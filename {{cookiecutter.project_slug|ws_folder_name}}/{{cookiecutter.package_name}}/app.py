@@ -1,7 +1,9 @@
 {%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set metrics = cookiecutter.metrics | ws_yes -%}
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``,
-``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %} and ``POST /api/publish``
-(``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}.
+``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %},
+``POST /api/publish`` (``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}{% if metrics %}
+and ``GET /metrics`` (Prometheus, ``websocket/metrics.py``; ``METRICS_ENABLED``, ``METRICS_API_KEY``){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
 authentication (``auth.py``), connection, size, rate, idle and slow-reader limits
@@ -22,6 +24,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 {%- endif %}
+{%- if broadcast and metrics %}
+from functools import partial
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
 from pathlib import Path
 {%- endif %}
@@ -32,7 +37,7 @@ from fastapi import FastAPI, Request
 {%- if cookiecutter.console_page | ws_yes %}
 from fastapi.responses import HTMLResponse
 {%- endif %}
-{%- if broadcast %}
+{%- if broadcast or metrics %}
 from starlette.routing import Route
 {%- endif %}
 {%- endif %}
@@ -46,6 +51,11 @@ from .websocket.backend import create_router, websocket_routes
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+from .websocket.logs import JsonFormatter
+{%- if metrics %}
+from .websocket.metrics import PATH as METRICS_PATH
+from .websocket.metrics import Metrics, MetricsEndpoint
+{%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PublishAPI
@@ -59,6 +69,11 @@ from .websocket.asyncapi import document
 from .websocket.broadcast import HUB_STATE_KEY, Hub
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
+from .websocket.logs import JsonFormatter
+{%- if metrics %}
+from .websocket.metrics import PATH as METRICS_PATH
+from .websocket.metrics import Metrics, MetricsEndpoint
+{%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PublishAPI
@@ -95,9 +110,12 @@ CONSOLE_HEADERS = {
 def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     """Build the application: one router per websocket endpoint, and the health check."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
-    app = FastAPI(title=TITLE{% if broadcast %}, lifespan=lifespan{% endif %})
+{%- if metrics %}
+    metrics = Metrics() if settings.metrics_enabled else None
+{%- endif %}
+    app = FastAPI(title=TITLE{% if broadcast %}, lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
@@ -106,10 +124,21 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 {%- if broadcast %}
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
 {%- endif %}
+{%- if metrics %}
+    if metrics is not None:
+        endpoint = MetricsEndpoint(metrics, api_key=settings.metrics_api_key)
+        app.router.routes.append(Route(METRICS_PATH, endpoint))
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
     app.add_api_route("/", console, include_in_schema=False)
 {%- endif %}
+{%- if metrics %}
+    app.add_middleware(
+        WebSocketGuard, policy=settings.policy(), authenticate=authenticate, observer=metrics
+    )
+{%- else %}
     app.add_middleware(WebSocketGuard, policy=settings.policy(), authenticate=authenticate)
+{%- endif %}
     return app
 
 
@@ -136,9 +165,12 @@ async def console() -> HTMLResponse:
 def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuard:
     """Build the application: a route per websocket endpoint, and the health check."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
-    app = Router({% if broadcast %}lifespan=lifespan{% endif %})
+{%- if metrics %}
+    metrics = Metrics() if settings.metrics_enabled else None
+{%- endif %}
+    app = Router({% if broadcast %}lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.add_websocket_route", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler), 4) }}
 {%- endfor %}
@@ -147,10 +179,21 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
 {%- if broadcast %}
     app.add_http_route(PUBLISH_PATH, publish_api(settings), methods=None)
 {%- endif %}
+{%- if metrics %}
+    if metrics is not None:
+        endpoint = MetricsEndpoint(metrics, api_key=settings.metrics_api_key)
+        app.add_http_route(METRICS_PATH, endpoint, methods=None)
+{%- endif %}
 {%- if cookiecutter.console_page | ws_yes %}
     app.add_http_route("/", console)
 {%- endif %}
+{%- if metrics %}
+    return WebSocketGuard(
+        app, policy=settings.policy(), authenticate=authenticate, observer=metrics
+    )
+{%- else %}
     return WebSocketGuard(app, policy=settings.policy(), authenticate=authenticate)
+{%- endif %}
 
 
 async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
@@ -204,30 +247,46 @@ def configure_gc(threshold: int) -> None:
     gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
-def configure_logging(level: str) -> None:
-    """Send the service's log records to stderr at ``level``, unless logging is set up."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Send the service's log records to stderr at ``level``, unless logging is set up:
+    readable lines, or with ``log_format`` json one JSON object per line."""
     logger = logging.getLogger(__package__)
     logger.setLevel(level)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
 {%- if broadcast %}
 
 
 @asynccontextmanager
+{%- if metrics %}
+async def lifespan(app: object, metrics: Metrics | None = None) -> AsyncIterator[dict[str, Hub]]:
+{%- else %}
 async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
+{%- endif %}
     """Start the broadcast hub with the service, and close it when the service stops.
 
     Handlers and routes find it in the ASGI state (``hub_of(websocket)``,
-    ``hub_of(request)``); the hub comes from the settings (``settings.py``). Start here
-    anything else the service needs for its life.
+    ``hub_of(request)``); the hub comes from the settings (``settings.py``){% if metrics %}, and
+    ``metrics`` counts what it does{% endif %}. Start here anything else the service needs for its life.
     """
     settings = get_settings()
     if not settings.publish_api_key:
         logger.warning("%s refuses every call: PUBLISH_API_KEY is not set", PUBLISH_PATH)
+{%- if metrics %}
+    hub = settings.hub()
+    if metrics is not None:
+        metrics.watch_hub(hub)
+    async with hub:
+        yield {HUB_STATE_KEY: hub}
+{%- else %}
     async with settings.hub() as hub:
         yield {HUB_STATE_KEY: hub}
+{%- endif %}
 {%- endif %}
 
 

@@ -1,5 +1,6 @@
 {%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
 {%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
+{%- set metrics = cookiecutter.metrics | ws_yes -%}
 """Settings of the service, read from environment variables (listed in README.md)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass{% if broadcast %}, field{% endif %}
+from dataclasses import dataclass{% if broadcast or metrics %}, field{% endif %}
 from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -24,7 +25,8 @@ from .websocket.redis_hub import RedisHub
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-{%- if broadcast %}
+LOG_FORMATS = ("text", "json")
+{%- if broadcast or metrics %}
 MIN_API_KEY_LENGTH = 16
 {%- endif %}
 
@@ -42,6 +44,8 @@ class Settings:
 
     log_level: str = "INFO"
     """The level of the service's own log messages."""
+    log_format: str = "text"
+    """``text`` (readable lines) or ``json`` (one JSON object per line, for log collectors)."""
     tick_seconds: float = DEFAULT_TICK_SECONDS
     """The period of ticker endpoints."""
 {%- if broadcast %}
@@ -61,6 +65,12 @@ class Settings:
     """Put before every channel name in Redis, so that services can share one Redis."""
     redis_timeout_seconds: float = 2.0
     """How long a publish or a connection attempt to Redis may take."""
+{%- endif %}
+{%- if metrics %}
+    metrics_enabled: bool = True
+    """Whether ``GET /metrics`` serves the Prometheus metrics (off: it answers 404)."""
+    metrics_api_key: str = field(default="", repr=False)
+    """If set, ``GET /metrics`` wants ``Authorization: Bearer <key>``; empty: open to all."""
 {%- endif %}
     allowed_origins: tuple[str, ...] = ()
     """Comma-separated origins that browsers may connect from, besides the service's own."""
@@ -91,6 +101,7 @@ class Settings:
 
         return cls(
             log_level=read("LOG_LEVEL", _log_level, cls.log_level),
+            log_format=read("LOG_FORMAT", _log_format, cls.log_format),
             tick_seconds=read("TICK_SECONDS", _positive(float), cls.tick_seconds),
 {%- if broadcast %}
             broadcast_queue_size=read(
@@ -110,6 +121,10 @@ class Settings:
             redis_timeout_seconds=read(
                 "REDIS_TIMEOUT_SECONDS", _positive(float), cls.redis_timeout_seconds
             ),
+{%- endif %}
+{%- if metrics %}
+            metrics_enabled=read("METRICS_ENABLED", _flag, cls.metrics_enabled),
+            metrics_api_key=read("METRICS_API_KEY", _api_key, cls.metrics_api_key),
 {%- endif %}
             allowed_origins=read("ALLOWED_ORIGINS", _origins, cls.allowed_origins),
             max_message_bytes=read("MAX_MESSAGE_BYTES", _positive(int), cls.max_message_bytes),
@@ -182,6 +197,12 @@ def _log_level(name: str, value: str) -> str:
     return value.upper()
 
 
+def _log_format(name: str, value: str) -> str:
+    if value.lower() not in LOG_FORMATS:
+        raise SettingsError(f"{name}={value!r} must be one of {', '.join(LOG_FORMATS)}")
+    return value.lower()
+
+
 def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:
     def read(name: str, value: str) -> Value:
         try:
@@ -205,6 +226,8 @@ def _count(name: str, value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise SettingsError(f"{name}={value!r} must be a whole number, 0 or more")
     return int(value)
+{%- endif %}
+{%- if broadcast or metrics %}
 
 
 def _api_key(name: str, value: str) -> str:

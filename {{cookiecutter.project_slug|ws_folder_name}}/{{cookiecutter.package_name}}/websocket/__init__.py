@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.0.0. Every file in this folder is copied unchanged into each project that
+Version 2.1.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -19,12 +19,23 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``asyncapi.py``: `declares` and `Messages` (what an endpoint's clients send and what it
   sends them) and `document`, the AsyncAPI 3.0 document of the mounted endpoints.
 - ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
-  every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
+  every connection (origin, authentication, size, rate, idle and slow-reader limits, logs),
+  and tells a `GuardObserver` what happens.
+- ``metrics.py`` (projects with metrics): `Metrics`, the guard's observer that keeps the
+  Prometheus metrics, and `MetricsEndpoint`, ``GET /metrics``.
 - ``asgi_types.py``: the ASGI callable's types.
 - ``testing.py``: `LiveServer` (an app on a real server), `ScriptedClient` and
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.1.0: `WebSocketGuard(observer=...)`: a `GuardObserver` hears of refusals (by reason),
+opens and closes (code, and the limit if the guard closed), and gets a `Tally` per endpoint
+that the guard counts messages, bytes and error replies in; `Router` puts the `Route` that
+took a request in ``scope["route"]`` (its ``path`` is the template, as in Starlette);
+`Hub.count_in(BroadcastStats())` has a hub count publications, deliveries, drops,
+recoveries, delivery lag and (Redis) its connection in plain counters;
+`Publication.published_ns`; ``metrics.py``.
 
 2.0.0: broadcast channels have positions and history. Every message gets its channel's next
 ``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and
@@ -47,4 +58,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from http import HTTPStatus
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from . import session
 from .asgi import WebSocket
@@ -35,6 +35,7 @@ from .session import drain_text, every, keepalive_loop, now_ns, receive_json, ru
 __all__ = [
     "ASGIApp",
     "Lifespan",
+    "Route",
     "Router",
     "TaskFactory",
     "WebSocketHandler",
@@ -72,11 +73,20 @@ def _compile(path: str) -> re.Pattern[str]:
     return re.compile(pattern + re.escape(path[end:]))
 
 
+class Route(NamedTuple):
+    """One route of a `Router`; the one that takes a request is its ``scope["route"]``."""
+
+    path: str
+    """The path template (``/ws/rooms/{room}``), as Starlette's routes have it."""
+    pattern: re.Pattern[str]
+
+
 class Router:
     """A small ASGI application: websocket and HTTP routes by path, and the lifespan.
 
     A path is matched exactly, ``{name}`` matching one segment; the values land in
-    ``scope["path_params"]`` (``websocket.path_params``). A handshake to an unknown path
+    ``scope["path_params"]`` (``websocket.path_params``) and the `Route` in
+    ``scope["route"]`` (its ``path`` is the template, for metrics). A handshake to an unknown path
     is refused before accept, which servers answer with HTTP 403 (as Starlette does; a 404
     through the ASGI denial-response extension makes uvicorn's default websockets-sansio
     implementation log a spurious error, uvicorn PR #3138). An unknown HTTP path gets 404,
@@ -85,17 +95,17 @@ class Router:
     """
 
     def __init__(self, lifespan: Lifespan | None = None) -> None:
-        self._websocket_routes: list[tuple[str, re.Pattern[str], WebSocketHandler]] = []
-        self._http_routes: list[tuple[re.Pattern[str], ASGIApp, frozenset[str] | None]] = []
+        self._websocket_routes: list[tuple[Route, WebSocketHandler]] = []
+        self._http_routes: list[tuple[Route, ASGIApp, frozenset[str] | None]] = []
         self._lifespan = lifespan
 
     def add_websocket_route(self, path: str, handler: WebSocketHandler | None = None) -> None:
         """Serve websocket connections to ``path`` with ``handler`` (default: `keepalive_loop`)."""
-        self._websocket_routes.append((path, _compile(path), handler or keepalive_loop))
+        self._websocket_routes.append((Route(path, _compile(path)), handler or keepalive_loop))
 
     def websocket_routes(self) -> list[tuple[str, WebSocketHandler]]:
         """The websocket routes, as (path, handler), in the order they were added."""
-        return [(path, handler) for path, _, handler in self._websocket_routes]
+        return [(route.path, handler) for route, handler in self._websocket_routes]
 
     def add_http_route(
         self, path: str, app: ASGIApp, methods: tuple[str, ...] | None = ("GET", "HEAD")
@@ -103,7 +113,7 @@ class Router:
         """Serve HTTP requests to ``path`` with the ASGI application ``app``; ``methods``
         None: every method (``app`` answers those it does not take)."""
         self._http_routes.append(
-            (_compile(path), app, None if methods is None else frozenset(methods))
+            (Route(path, _compile(path)), app, None if methods is None else frozenset(methods))
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -141,21 +151,23 @@ class Router:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for _, pattern, handler in self._websocket_routes:
-            match = pattern.fullmatch(scope["path"])
+        for route, handler in self._websocket_routes:
+            match = route.pattern.fullmatch(scope["path"])
             if match:
                 scope["path_params"] = match.groupdict()
+                scope["route"] = route
                 await handler(WebSocket(scope, receive, send))
                 return
         await send({"type": "websocket.close", "code": 1000, "reason": ""})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         allowed: set[str] = set()
-        for pattern, app, methods in self._http_routes:
-            match = pattern.fullmatch(scope["path"])
+        for route, app, methods in self._http_routes:
+            match = route.pattern.fullmatch(scope["path"])
             if match:
                 if methods is None or scope["method"] in methods:
                     scope["path_params"] = match.groupdict()
+                    scope["route"] = route
                     await app(scope, receive, send)
                     return
                 allowed |= methods

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import bisect
 import itertools
 import logging
 import re
@@ -91,6 +92,11 @@ POSITION_TTL: Final = 86400.0
 """A channel keeps its position this long after its last publish (or its history TTL, if
 longer), so that a client that saw nothing new for a while still resumes without a reload."""
 MAX_EPOCH_LENGTH: Final = 64
+LAG_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds (seconds) of the delivery-lag buckets of `BroadcastStats` (then +Inf)."""
+LAG_SAMPLE: Final = 16
+"""One live delivery in this many has its lag measured (a clock read and a bucket search
+per delivery cost a tenth of a delivery; one in 16 keeps the distribution)."""
 _EPOCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -121,6 +127,45 @@ class Publication:
     offset: int
     epoch: str
     text: str
+    published_ns: int = 0
+    """When it was published (`now_ns`, the publisher's clock); 0: unknown (history)."""
+
+
+class BroadcastStats:
+    """What a hub has done, in plain counters that an observer reads (``metrics.py``).
+
+    The hub adds to them as it goes (``Hub.count_in``); nothing here is locked or awaited.
+    ``lag_buckets[i]`` counts live deliveries sent at most ``LAG_BOUNDS[i]`` seconds after
+    their publication (the last, any later), not cumulated, of one delivery in `LAG_SAMPLE`;
+    ``lag_seconds`` is their sum.
+    """
+
+    __slots__ = (
+        "backend_up",
+        "deliveries",
+        "drops",
+        "lag_buckets",
+        "lag_seconds",
+        "published",
+        "reconnects",
+        "recoveries",
+    )
+
+    def __init__(self) -> None:
+        self.published = 0
+        """Messages this process published."""
+        self.deliveries = 0
+        """Messages handed to subscribers' connections, live and from the history."""
+        self.drops = 0
+        """Messages dropped from full subscriber queues (slow readers)."""
+        self.recoveries = {"recovered": 0, "not_recovered": 0}
+        """Subscriptions made with ``since``, by outcome."""
+        self.lag_buckets = [0] * (len(LAG_BOUNDS) + 1)
+        self.lag_seconds = 0.0
+        self.backend_up: bool | None = None
+        """Whether the hub's backend (Redis) is connected; None: the hub has none."""
+        self.reconnects = 0
+        """Times the hub connected to its backend again after losing it."""
 
 
 @dataclass(slots=True)
@@ -158,11 +203,16 @@ class Subscription:
     """
 
     def __init__(
-        self, channel: str, queue_size: int = DEFAULT_QUEUE_SIZE, since: Position | None = None
+        self,
+        channel: str,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        since: Position | None = None,
+        stats: BroadcastStats | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}.")
         self.channel = channel
+        self.stats = stats
         self.queue_size = queue_size
         self.since = since
         """The position the client asked to resume from, if any."""
@@ -235,6 +285,8 @@ class Subscription:
             if since is not None:
                 self.recovered = _recoverable(since, top, history)
                 start = since if self.recovered else top
+                if self.stats is not None:
+                    self.stats.recoveries["recovered" if self.recovered else "not_recovered"] += 1
             self._offset, self._epoch = start
             self._put(_Notice(subscribed_notice(self.channel, start, self.recovered)))
         for publication in history:
@@ -275,10 +327,23 @@ class Subscription:
             self._wakeup.clear()
             await self._wakeup.wait()
         entry = self._entries.popleft()
+        stats = self.stats
         if type(entry) is Publication:
             self._messages -= 1
+            if stats is not None:
+                stats.deliveries += 1
+                if not stats.deliveries % LAG_SAMPLE and entry.published_ns:
+                    # Clocks of two machines may disagree: a negative lag counts as 0.
+                    lag = (time.time_ns() - entry.published_ns) / 1e9
+                    if lag > 0:
+                        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
+                        stats.lag_seconds += lag
+                    else:
+                        stats.lag_buckets[0] += 1
             return entry.text
         if type(entry) is _Replayed:
+            if stats is not None:
+                stats.deliveries += 1
             return entry.publication.text
         if isinstance(entry, _Gap):
             return dropped_notice(self.channel, entry.count, Position(entry.offset, entry.epoch))
@@ -325,6 +390,8 @@ class Subscription:
         gap = _Gap(1, oldest.offset, oldest.epoch)
         self._messages -= 1
         self.dropped += 1
+        if self.stats is not None:
+            self.stats.drops += 1
         after = self._entries[index + 1] if index + 1 < len(self._entries) else None
         if isinstance(after, _Gap):
             gap = _joined(gap, after)
@@ -357,10 +424,12 @@ class Fanout:
 
     def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self.queue_size = queue_size
+        self.stats: BroadcastStats | None = None
+        """Where the subscriptions made from now on count (see `Hub.count_in`)."""
         self._channels: dict[str, set[Subscription]] = {}
 
     def add(self, channel: str, since: Position | None = None) -> Subscription:
-        subscription = Subscription(channel, self.queue_size, since)
+        subscription = Subscription(channel, self.queue_size, since, self.stats)
         self._channels.setdefault(channel, set()).add(subscription)
         return subscription
 
@@ -410,6 +479,13 @@ class Hub(abc.ABC):
     or call `start` and `close`. ``publish`` delivers a message to every subscription of
     the channel, in this process and, for hubs with a backend, in every process on it.
     """
+
+    stats: BroadcastStats | None = None
+    """What the hub counts in, if anything (`count_in`)."""
+
+    def count_in(self, stats: BroadcastStats) -> None:
+        """Count what the hub does in ``stats`` (for metrics): call it before `start`."""
+        self.stats = stats
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -491,6 +567,10 @@ class MemoryHub(Hub):
         """By time kept until, soonest first."""
         self._closed = False
 
+    def count_in(self, stats: BroadcastStats) -> None:
+        super().count_in(stats)
+        self._fanout.stats = stats
+
     async def start(self) -> None:
         self._closed = False
 
@@ -502,8 +582,13 @@ class MemoryHub(Hub):
         stream = self._stream(channel, now)
         stream.offset += 1
         publication = Publication(
-            stream.offset, stream.epoch, joined(head, stream.offset, stream.epoch, tail)
+            stream.offset,
+            stream.epoch,
+            joined(head, stream.offset, stream.epoch, tail),
+            now_ns(),
         )
+        if self.stats is not None:
+            self.stats.published += 1
         if self.history_size:
             stream.history.append(publication)
         stream.history_until = now + self.history_ttl

@@ -10,7 +10,9 @@ connections it applies a `Policy`:
 - on each message from the client: the size limit and the rate limit;
 - for the whole session: the idle timeout, and the send timeout that drops slow readers;
 - one log line when a connection opens and one when it closes (path, client address, close
-  code, duration; never message contents, never the query string, where tokens go).
+  code, duration; never message contents, never the query string, where tokens go);
+- and, for an observer (`GuardObserver`, such as ``metrics.py``'s), what happens: refusals,
+  opens and closes, and a `Tally` per endpoint of the messages and bytes each way.
 
 Close codes the guard sends: 1008 (policy violation: rate limit, idle timeout), 1009
 (message too big), 1013 (server full, try again later). A refused handshake gets HTTP 403.
@@ -34,6 +36,8 @@ POLICY_VIOLATION: Final = 1008
 MESSAGE_TOO_BIG: Final = 1009
 TRY_AGAIN_LATER: Final = 1013
 DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+ERROR_REPLY: Final = '{"type":"error"'
+"""How every error reply of the session helpers begins (they send compact JSON)."""
 
 
 @dataclass(frozen=True)
@@ -120,15 +124,71 @@ async def allow_everyone(handshake: Handshake) -> None:
     """The authenticator that lets every client in, with no identity."""
 
 
+class Tally:
+    """What the connections of one endpoint have sent and received, in plain counters.
+
+    The guard adds to them on every message (an attribute increment, the cheapest count
+    there is); an observer reads them when it likes (``metrics.py`` when it is scraped).
+    Bytes are those of the payloads (a text in UTF-8), not of the frames.
+    """
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "endpoint",
+        "error_replies",
+        "messages_received",
+        "messages_sent",
+    )
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        """The endpoint's path template (``/ws/rooms/{room}``), never a concrete path."""
+        self.messages_received = 0
+        self.bytes_received = 0
+        self.messages_sent = 0
+        self.bytes_sent = 0
+        self.error_replies = 0
+        """Messages sent that are error replies (``{"type":"error", ...}``)."""
+
+
+class GuardObserver:
+    """What the guard tells an observer; this base class ignores it all (no metrics).
+
+    Methods run in the connection's task, on the event loop: they must be quick and must
+    not raise. Reasons of refusal: ``origin``, ``auth``, ``connection_limit``,
+    ``unknown_path`` (no route took the handshake) and ``app`` (a handler closed before
+    accepting).
+    """
+
+    def refused(self, scope: Scope, reason: str) -> None:
+        """A handshake was refused before the app accepted it."""
+
+    def opened(self, connection: GuardedConnection) -> Tally | None:
+        """A connection was accepted (its route is in ``connection.scope``): the tally of
+        its endpoint, which the guard then counts its messages in, or None (no counting)."""
+        return None
+
+    def closed(self, connection: GuardedConnection) -> None:
+        """An accepted connection has ended: ``close_code`` (None: no close frame) and
+        ``limit`` (the guard's reason, if it closed it) say how."""
+
+
 class WebSocketGuard:
     """ASGI middleware applying a `Policy` and an `Authenticator` to every websocket."""
 
     def __init__(
-        self, app: ASGIApp, *, policy: Policy, authenticate: Authenticator = allow_everyone
+        self,
+        app: ASGIApp,
+        *,
+        policy: Policy,
+        authenticate: Authenticator = allow_everyone,
+        observer: GuardObserver | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
         self.authenticate = authenticate
+        self.observer = observer or GuardObserver()
         self.open_connections = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -152,20 +212,23 @@ class WebSocketGuard:
         handshake = Handshake.from_scope(scope)
         if not origin_allowed(handshake, scope.get("scheme", "ws"), self.policy.allowed_origins):
             _log_refusal(handshake, "origin not allowed")
+            self.observer.refused(scope, "origin")
             await _refuse(scope, send, 403)
             return None
         if self.open_connections >= self.policy.max_connections:
             _log_refusal(handshake, "server full", logging.WARNING)
+            self.observer.refused(scope, "connection_limit")
             await _accept_and_close(receive, send, TRY_AGAIN_LATER, "server full, try again later")
             return None
         try:
             identity = await self.authenticate(handshake)
         except Refuse as refusal:
             _log_refusal(handshake, "authentication")
+            self.observer.refused(scope, "auth")
             await _refuse(scope, send, refusal.status)
             return None
         scope["user"] = identity  # None for an anonymous client (Starlette's websocket.user)
-        return GuardedConnection(self.policy, scope, receive, send)
+        return GuardedConnection(self.policy, scope, receive, send, self.observer)
 
 
 class GuardedConnection:
@@ -178,7 +241,9 @@ class GuardedConnection:
         "closing",
         "dropped_sender",
         "last_heard",
+        "limit",
         "loop",
+        "observer",
         "opened_at",
         "policy",
         "rate_checked",
@@ -189,12 +254,22 @@ class GuardedConnection:
         "server_receive",
         "server_send",
         "stall_mark",
+        "tally",
         "tokens",
         "watchdog",
     )
 
-    def __init__(self, policy: Policy, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        observer: GuardObserver | None = None,
+    ) -> None:
         self.policy = policy
+        self.observer = observer or GuardObserver()
+        self.tally: Tally | None = None  # the observer's, from accept on
         self.scope = scope  # held by the app anyway; the logs read path and client from it
         self.server_receive = receive
         self.server_send = send
@@ -205,6 +280,7 @@ class GuardedConnection:
         self.rate_checked = 0.0
         self.close_code: int | None = None  # the first close, whoever sent it
         self.closed_by_guard = False
+        self.limit: str | None = None  # why the guard closed: size, rate, idle, slow_reader
         self.app_closed = False
         self.watchdog: asyncio.TimerHandle | None = None
         self.closing: asyncio.Task[Message] | None = None
@@ -224,7 +300,14 @@ class GuardedConnection:
         if self.opened_at:
             code = self.close_code if self.close_code is not None else "no close frame"
             duration = self.loop.time() - self.opened_at
-            self.log_event(logging.INFO, f"closed with {code} after {duration:.3f} s")
+            self.log_event(
+                logging.INFO,
+                f"closed with {code} after {duration:.3f} s",
+                event="close",
+                code=self.close_code,
+                duration_seconds=round(duration, 3),
+            )
+            self.observer.closed(self)
 
     async def receive(self) -> Message:
         if self.closed_by_guard:
@@ -235,13 +318,22 @@ class GuardedConnection:
             now = self.last_heard = self.loop.time()
             limit = self.policy.max_message_bytes
             payload = message.get("text") or message.get("bytes") or ""
+            tally = self.tally
+            if tally is not None:  # inline, not a call: this runs for every message
+                tally.messages_received += 1
+                if type(payload) is bytes or payload.isascii():
+                    tally.bytes_received += len(payload)
+                else:
+                    tally.bytes_received += len(payload.encode())
             # At most 4 UTF-8 bytes a character: most messages are clearly small enough.
             if len(payload) * 4 > limit and _size(message) > limit:
+                self.limit = "size"
                 return await self.close_by_guard(MESSAGE_TOO_BIG, f"message over {limit} bytes")
             refill = (now - self.rate_checked) * self.policy.messages_per_second
             self.tokens = min(self.policy.message_burst, self.tokens + refill)
             self.rate_checked = now
             if self.tokens < 1:
+                self.limit = "rate"
                 return await self.close_by_guard(POLICY_VIOLATION, "too many messages")
             self.tokens -= 1
         elif kind == "websocket.disconnect" and self.close_code is None:
@@ -257,6 +349,16 @@ class GuardedConnection:
         if kind == "websocket.send":  # the hot path: no timer per send, two counters
             self.sender = asyncio.current_task()
             self.sends_started += 1
+            tally = self.tally
+            if tally is not None:
+                tally.messages_sent += 1
+                text = message.get("text")
+                if text is None:
+                    tally.bytes_sent += len(message.get("bytes") or b"")
+                else:
+                    tally.bytes_sent += len(text) if text.isascii() else len(text.encode())
+                    if text.startswith(ERROR_REPLY):
+                        tally.error_replies += 1
             try:
                 await self.server_send(message)
             except RuntimeError as error:
@@ -273,6 +375,9 @@ class GuardedConnection:
                 self.sends_finished += 1
             return
         if kind == "websocket.close":
+            if not self.opened_at and not self.app_closed:
+                route = "route" in self.scope  # set by the router that took the handshake
+                self.observer.refused(self.scope, "app" if route else "unknown_path")
             if self.close_code is None:
                 self.close_code = message.get("code", 1000)
             try:
@@ -287,7 +392,8 @@ class GuardedConnection:
         await self.server_send(message)
         if kind == "websocket.accept":
             self.opened_at = self.last_heard = self.rate_checked = self.loop.time()
-            self.log_event(logging.INFO, "open")
+            self.log_event(logging.INFO, "open", event="open")
+            self.tally = self.observer.opened(self)
             self.watchdog = self.loop.call_at(self.next_watch(self.opened_at), self.watch)
 
     def closed_by_server(self, error: RuntimeError) -> bool:
@@ -303,7 +409,13 @@ class GuardedConnection:
         """Close the connection with ``code``; what the app receives instead of the message."""
         self.closed_by_guard = True
         self.close_code = code
-        self.log_event(logging.WARNING, f"closed with {code}: {reason}")
+        self.log_event(
+            logging.WARNING,
+            f"closed with {code}: {reason}",
+            event="limit",
+            code=code,
+            limit=self.limit,
+        )
         try:
             async with asyncio.timeout(self.policy.send_timeout):
                 await self.server_send({"type": "websocket.close", "code": code, "reason": reason})
@@ -320,9 +432,12 @@ class GuardedConnection:
             self.dropped_sender = sender
             sender.cancel()
 
-    def log_event(self, level: int, event: str) -> None:
-        path, client = self.scope.get("path", ""), self.scope.get("client")
-        logger.log(level, "websocket %s from %s %s", path, _address(client), event)
+    def log_event(self, level: int, what: str, **fields: object) -> None:
+        """Log ``what`` happened, with the path and client; ``fields`` go to structured
+        logs as keys of their own (``event``, ``code``, ...)."""
+        path, client = self.scope.get("path", ""), _address(self.scope.get("client"))
+        extra = {"path": path, "client": client, **fields}
+        logger.log(level, "websocket %s from %s %s", path, client, what, extra=extra)
 
     def next_watch(self, now: float) -> float:
         """When the watchdog looks next: at the idle deadline, or a send timeout from now."""
@@ -340,12 +455,20 @@ class GuardedConnection:
         if self.sends_finished < self.stall_mark:  # before idleness: a stuck app reads nothing
             self.closed_by_guard = True
             self.close_code = POLICY_VIOLATION
-            self.log_event(logging.WARNING, "dropped: it does not read")
+            self.limit = "slow_reader"
+            self.log_event(
+                logging.WARNING,
+                "dropped: it does not read",
+                event="limit",
+                code=POLICY_VIOLATION,
+                limit="slow_reader",
+            )
             self.release_sender()
             return
         now = self.loop.time()
         if now >= self.last_heard + self.policy.idle_timeout:
             reason = f"idle for {self.policy.idle_timeout:g} s"
+            self.limit = "idle"
             self.closing = self.loop.create_task(self.close_by_guard(POLICY_VIOLATION, reason))
             return
         self.stall_mark = self.sends_started if self.sends_started > self.sends_finished else 0
@@ -396,9 +519,9 @@ def _parse_cookies(header: str) -> dict[str, str]:
 
 
 def _log_refusal(handshake: Handshake, why: str, level: int = logging.INFO) -> None:
-    logger.log(
-        level, "websocket %s from %s refused: %s", handshake.path, _address(handshake.client), why
-    )
+    path, client = handshake.path, _address(handshake.client)
+    extra = {"event": "refused", "path": path, "client": client, "reason": why}
+    logger.log(level, "websocket %s from %s refused: %s", path, client, why, extra=extra)
 
 
 def _address(client: Sequence[object] | None) -> str:

@@ -62,6 +62,7 @@ from .broadcast import (
     DEFAULT_HISTORY_TTL,
     DEFAULT_QUEUE_SIZE,
     POSITION_TTL,
+    BroadcastStats,
     Fanout,
     Hub,
     HubClosed,
@@ -201,6 +202,11 @@ class RedisHub(Hub):
         except TimeoutError:
             pass  # the connection task logs it and keeps trying
 
+    def count_in(self, stats: BroadcastStats) -> None:
+        super().count_in(stats)
+        self._fanout.stats = stats
+        stats.backend_up = self.connected
+
     async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
         script = self._publish_script
         if self._closed or script is None:
@@ -224,6 +230,8 @@ class RedisHub(Hub):
             raise HubUnavailable(
                 "broadcast unavailable: the message was not sent; try again later"
             ) from error
+        if self.stats is not None:
+            self.stats.published += 1
         return Position(int(offset), str(epoch))
 
     async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
@@ -371,6 +379,8 @@ class RedisHub(Hub):
                         loop.time() - lost_at,
                         channels,
                     )
+                if ever_connected and self.stats is not None:
+                    self.stats.reconnects += 1
                 attempts, lost_at, ever_connected = 0, None, True
                 self._tried.set()
                 await self._listen(pubsub)
@@ -410,6 +420,8 @@ class RedisHub(Hub):
             self._unconfirmed = Counter(channels)
             self._pubsub = pubsub
             self._connected.set()
+            if self.stats is not None:
+                self.stats.backend_up = True
         return len(channels)
 
     async def _listen(self, pubsub: PubSub) -> None:
@@ -444,7 +456,7 @@ class RedisHub(Hub):
                     channel,
                 )
                 return
-            publication = Publication(int(offset), epoch, text)
+            publication = Publication(int(offset), epoch, text, _published_ns(text))
             if channel in self._latest:
                 self._latest[channel] = _newer(
                     self._latest[channel], Position(publication.offset, epoch)
@@ -462,6 +474,8 @@ class RedisHub(Hub):
         if self._pubsub is pubsub:
             self._pubsub = None
             self._connected.clear()
+            if self.stats is not None:
+                self.stats.backend_up = False
             self._subscribed.clear()
             self._unconfirmed.clear()
             self._latest.clear()
@@ -474,6 +488,16 @@ class RedisHub(Hub):
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py types
         except CONNECTION_ERRORS as error:
             logger.debug("closing the pub/sub connection failed: %r", error)
+
+
+def _published_ns(text: str) -> int:
+    """The ``server_ns`` of a broadcast envelope (it follows the position); 0 if not found."""
+    start = text.find(',"server_ns":')
+    if start < 0:
+        return 0
+    start += len(',"server_ns":')
+    digits = text[start : text.find(",", start)]
+    return int(digits) if digits.isdigit() else 0
 
 
 def _earliest(subscriptions: list[Subscription]) -> Position | None:

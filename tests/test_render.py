@@ -106,6 +106,8 @@ SHARED_BACKEND_FILES = {
     "tests/test_live.py",
     "tests/test_publish_api.py",
     "tests/test_session.py",
+    "tests/test_workers.py",
+    "workers.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
 REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from .settings import LOG_LEVELS, Settings, SettingsError, get_settings
+from .websocket.workers import ServerWorkers
 
 PACKAGE = __spec__.parent if __spec__ else "app"
 
@@ -83,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as error:
         sys.exit(f"{PACKAGE}: {error}")
     arguments = parse_arguments(settings, argv)
+    workers = ServerWorkers(f"python -m {PACKAGE}", arguments.workers, "--workers or WORKERS")
+    try:
+        settings.check(workers)
+    except SettingsError as error:
+        sys.exit(f"{PACKAGE}: {error}")
     os.environ["LOG_LEVEL"] = arguments.log_level.upper()  # for the app, in every worker
     uvicorn.run(
         f"{PACKAGE}.app:app",

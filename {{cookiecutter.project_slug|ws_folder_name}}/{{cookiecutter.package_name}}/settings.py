@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass{% if broadcast %}, field{% endif %}
 from functools import lru_cache
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 {% if redis -%}
@@ -21,11 +22,33 @@ from .websocket.guard import Policy
 {%- if redis %}
 from .websocket.redis_hub import RedisHub
 {%- endif %}
+from .websocket.workers import ServerWorkers
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 {%- if broadcast %}
 MIN_API_KEY_LENGTH = 16
+{%- endif %}
+STARTUP_REFUSED = 3
+"""The exit status of a refused start: uvicorn's, hypercorn's and gunicorn's own for a worker
+that failed to start, so that their supervisors stop instead of starting it again."""
+{%- if not redis %}
+UNREAD_VARIABLES = {
+{%- if broadcast %}
+    "REDIS_URL": "the broadcast backend of this service is memory",
+    "REDIS_CHANNEL_PREFIX": "the broadcast backend of this service is memory",
+    "REDIS_TIMEOUT_SECONDS": "the broadcast backend of this service is memory",
+{%- else %}
+    "REDIS_URL": "this service has no broadcast endpoint",
+    "REDIS_CHANNEL_PREFIX": "this service has no broadcast endpoint",
+    "REDIS_TIMEOUT_SECONDS": "this service has no broadcast endpoint",
+    "BROADCAST_QUEUE_SIZE": "this service has no broadcast endpoint",
+    "HISTORY_SIZE": "this service has no broadcast endpoint",
+    "HISTORY_TTL_SECONDS": "this service has no broadcast endpoint",
+    "PUBLISH_API_KEY": "this service has no broadcast endpoint",
+{%- endif %}
+}
+"""Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
 
 Value = TypeVar("Value")
@@ -141,6 +164,51 @@ class Settings:
                 "SHUTDOWN_TIMEOUT_SECONDS", _positive(float), cls.shutdown_timeout_seconds
             ),
         )
+
+    def check(
+        self, workers: ServerWorkers | None = None, environ: Mapping[str, str] = os.environ
+    ) -> None:
+        """Refuse what would misbehave without a sound (README, "Refused at start-up").
+
+        ``workers`` is what started this service, when known. Raises SettingsError, whose
+        one line says which settings clash and what to do.
+        """
+
+        def given(name: str) -> bool:
+            return bool(environ.get(name, "").strip())
+{{ "" }}
+{%- if not redis %}
+        for name, reason in UNREAD_VARIABLES.items():
+            if given(name):
+{%- if broadcast %}
+                raise SettingsError(
+                    f"{name} is set, but {reason}: it is not read; unset it, or render the "
+                    "service again with broadcast_backend redis"
+                )
+{%- else %}
+                raise SettingsError(f"{name} is set, but {reason}: it is not read; unset it")
+{%- endif %}
+{%- endif %}
+{%- if broadcast %}
+        if self.history_size == 0 and given("HISTORY_TTL_SECONDS"):
+            raise SettingsError(
+                "HISTORY_TTL_SECONDS is set, but HISTORY_SIZE=0 keeps no history: unset "
+                "HISTORY_TTL_SECONDS, or set HISTORY_SIZE to the messages to keep"
+            )
+{%- endif %}
+        if self.ws_ping_interval_seconds == 0 and given("WS_PING_TIMEOUT_SECONDS"):
+            raise SettingsError(
+                "WS_PING_TIMEOUT_SECONDS is set, but WS_PING_INTERVAL_SECONDS=0 sends no ping "
+                "to time out: unset WS_PING_TIMEOUT_SECONDS, or set an interval"
+            )
+{%- if broadcast and not redis %}
+        if workers is not None and workers.workers > 1:
+            raise SettingsError(
+                f"{workers}, but broadcast endpoints on the memory backend reach only the "
+                "clients of their own process (the others would miss their messages): run "
+                "one worker, or render the service again with broadcast_backend redis"
+            )
+{%- endif %}
 
     def policy(self) -> Policy:
         """The websocket policy these settings describe (see websocket/guard.py)."""
@@ -271,6 +339,12 @@ def _redis_url(name: str, value: str) -> str:
 def _channel_prefix(name: str, value: str) -> str:
     return value
 {%- endif %}
+
+
+def refuse_to_start(error: SettingsError) -> NoReturn:
+    """Stop the process, saying why in one line on stderr (exit status `STARTUP_REFUSED`)."""
+    print(f"{__package__}: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(STARTUP_REFUSED)
 
 
 @lru_cache

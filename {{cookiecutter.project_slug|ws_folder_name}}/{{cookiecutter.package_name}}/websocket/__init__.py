@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.0.0. Every file in this folder is copied unchanged into each project that
+Version 2.1.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -18,11 +18,16 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   and resumes broadcast channels (``python -m <package>.client URL``).
 - ``guard.py``: `WebSocketGuard`, the ASGI middleware that applies the service's policy to
   every connection (origin, authentication, size, rate, idle and slow-reader limits, logs).
+- ``workers.py``: `server_workers`, how many worker processes the server running this
+  process was told to start (the app refuses several with a hub in memory).
 - ``asgi_types.py``: the ASGI callable's types.
 - ``testing.py``: `LiveServer` (an app on a real server), `ScriptedClient` and
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.1.0: `workers.server_workers` (the project refuses to start a memory hub with several
+workers).
 
 2.0.0: broadcast channels have positions and history. Every message gets its channel's next
 ``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and
@@ -43,4 +48,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"

@@ -33,7 +33,11 @@ ONLY_FOR = {
 }
 
 # Files that only the Redis broadcast backend uses, relative to the package (they import redis).
-REDIS_ONLY = ["websocket/redis_hub.py", "websocket/tests/test_redis_hub.py"]
+REDIS_ONLY = [
+    "websocket/redis_hub.py",
+    "websocket/tests/test_redis_hub.py",
+    "websocket/tests/test_sharded_redis_hub.py",
+]
 
 # Project files (relative to the project) that a "no" to an option removes.
 CI_FILES = [".github"]

@@ -110,7 +110,7 @@ SHARED_BACKEND_FILES = {
     "workers.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
-REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py"}
+REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py", "tests/test_sharded_redis_hub.py"}
 
 
 def case_params(framework: str | None = None) -> list[object]:

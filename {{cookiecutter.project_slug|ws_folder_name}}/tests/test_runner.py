@@ -81,6 +81,18 @@ def test_help_explains_every_option_and_its_variable() -> None:
     [
         ((), {"PORT": "eighty"}, "PORT='eighty' must be a TCP port number"),
         ((), {"MAX_CONNECTIONS": "-1"}, "MAX_CONNECTIONS='-1' must be a positive whole number"),
+{%- if redis %}
+        (
+            (),
+            {"REDIS_URL": "redis://:secret@127.0.0.1:1/0, redis://:secret@127.0.0.1:1/0"},
+            "REDIS_URL lists the same Redis server twice: list each shard once",
+        ),
+        (
+            (),
+            {"REDIS_URL": "redis://h:1/0,http://h:2"},
+            "REDIS_URL is not a Redis URL (URL 2 of 2)",
+        ),
+{%- endif %}
         (("--reload", "--workers", "2"), {}, "--reload runs a single process"),
         (("--port", "70000"), {}, "--port 70000 is not a TCP port"),
     ],
@@ -92,6 +104,7 @@ def test_a_bad_setting_stops_the_runner_with_one_clear_line(
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
 
 
 def start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from .websocket.broadcast import Hub, MemoryHub
 {% endif -%}
 from .websocket.guard import Policy
 {%- if redis %}
-from .websocket.redis_hub import RedisHub
+from .websocket.redis_hub import redis_hub
 {%- endif %}
 from .websocket.workers import ServerWorkers
 
@@ -78,8 +78,9 @@ class Settings:
     """The key of ``POST /api/publish`` (``Authorization: Bearer <key>``); empty: it refuses."""
 {%- endif %}
 {%- if redis %}
-    redis_url: str = "redis://localhost:6379/0"
-    """The Redis where broadcast endpoints meet: the same for every process of the service."""
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    """The Redis where broadcast endpoints meet, or several (comma-separated) that share the
+    channels out: the same list, in the same order, for every process of the service."""
     redis_channel_prefix: str = {{ (cookiecutter.package_name ~ ":") | ws_python_string }}
     """Put before every channel name in Redis, so that services can share one Redis."""
     redis_timeout_seconds: float = 2.0
@@ -210,6 +211,14 @@ class Settings:
             )
 {%- endif %}
 
+{%- if redis %}
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """The Redis servers of ``REDIS_URL``: one, or the shards that share the channels."""
+        return [url.strip() for url in self.redis_url.split(",") if url.strip()]
+{%- endif %}
+
     def policy(self) -> Policy:
         """The websocket policy these settings describe (see websocket/guard.py)."""
         return Policy(
@@ -226,8 +235,8 @@ class Settings:
     def hub(self) -> Hub:
         """The broadcast hub these settings describe (see websocket/broadcast.py)."""
 {%- if redis %}
-        return RedisHub(
-            self.redis_url,
+        return redis_hub(
+            self.redis_urls,
             prefix=self.redis_channel_prefix,
             queue_size=self.broadcast_queue_size,
             history_size=self.history_size,
@@ -326,13 +335,18 @@ def _origins(name: str, value: str) -> tuple[str, ...]:
 
 
 def _redis_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        # Not the value itself in the message: a Redis URL can hold a password.
-        raise SettingsError(
-            f"{name} is not a Redis URL: write redis://HOST:6379/0 (rediss:// for TLS, "
-            f"unix:///path/to/redis.sock for a socket)"
-        )
+    # Not the value itself in the messages: a Redis URL can hold a password.
+    urls = [url.strip() for url in value.split(",")]
+    for number, url in enumerate(urls, 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            which = f" (URL {number} of {len(urls)})" if len(urls) > 1 else ""
+            raise SettingsError(
+                f"{name} is not a Redis URL{which}: write redis://HOST:6379/0 (rediss:// for "
+                "TLS, unix:///path/to/redis.sock for a socket), or several, comma-separated"
+            )
+    if len(set(urls)) != len(urls):
+        raise SettingsError(f"{name} lists the same Redis server twice: list each shard once")
     return value
 
 

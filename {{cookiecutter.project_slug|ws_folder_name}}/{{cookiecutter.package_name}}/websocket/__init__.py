@@ -12,7 +12,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``broadcast.py``: the broadcast `Hub` interface, `MemoryHub`, bounded `Subscription`
   queues, and `run_broadcast`, which serves a broadcast connection on any face.
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
-  Redis (pub/sub, and a stream per channel for its history), across processes.
+  Redis (pub/sub, and a stream per channel for its history), across processes; and
+  `ShardedRedisHub`, its channels spread over several Redis servers.
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
   and resumes broadcast channels (``python -m <package>.client URL``).
@@ -27,7 +28,9 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 A project keeps the face its framework uses.
 
 2.1.0: `workers.server_workers` (the project refuses to start a memory hub with several
-workers).
+workers); `redis_hub.ShardedRedisHub`, channels spread over several independent Redis
+servers by a consistent hash of their name (`shard_index`), and `redis_hub.redis_hub(urls)`,
+which makes a `RedisHub` for one URL and a `ShardedRedisHub` for several.
 
 2.0.0: broadcast channels have positions and history. Every message gets its channel's next
 ``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and

@@ -34,7 +34,11 @@ ONLY_FOR = {
 }
 
 # Files that only the Redis broadcast backend uses, relative to the package (they import redis).
-REDIS_ONLY = ["websocket/redis_hub.py", "websocket/tests/test_redis_hub.py"]
+REDIS_ONLY = [
+    "websocket/redis_hub.py",
+    "websocket/tests/test_redis_hub.py",
+    "websocket/tests/test_sharded_redis_hub.py",
+]
 
 # Files that only a project with metrics uses, relative to the package (they import
 # prometheus_client), and its tests of them, relative to the project.

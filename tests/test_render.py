@@ -120,9 +120,11 @@ SHARED_BACKEND_FILES = {
     "tests/test_logs.py",
     "tests/test_publish_api.py",
     "tests/test_session.py",
+    "tests/test_workers.py",
+    "workers.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
-REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py"}
+REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py", "tests/test_sharded_redis_hub.py"}
 # The vendored files only projects with metrics keep (they import prometheus_client).
 METRICS_BACKEND_FILES = {"metrics.py", "tests/test_metrics.py"}
 

@@ -22,7 +22,7 @@ from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from {{ cookiecutter.package_name }}.settings import get_settings
+from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 from {{ cookiecutter.package_name }}.websocket.broadcast import Position
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
 
@@ -32,6 +32,9 @@ from .test_broadcast import publish
 
 APP = "{{ cookiecutter.package_name }}.app:app"
 PATH = "{{ broadcasts[0].example_url if broadcasts else "/" }}"
+ROOM = "{{ broadcasts[0].path if broadcasts else "/" }}"
+ROOMS = [re.sub(r"\{[^}]*\}", f"shard-{n}", ROOM) for n in range(12)] if "{" in ROOM else [ROOM]
+"""Channels of the first broadcast endpoint, to spread over Redis shards."""
 UNAVAILABLE = "broadcast unavailable: the message was not sent; try again later"
 # What a server's log must not show (in lower case): errors, lost tasks, unclosed connections.
 TROUBLES = ("traceback", "task was destroyed", "never retrieved", "unclosed", "resourcewarning")
@@ -260,3 +263,65 @@ def test_a_stopping_server_closes_its_clients_and_leaves_nothing_open(
         assert len(observer.client_list()) == before
     assert "connected to Redis" in server.log, server.log
     assert troubles(server) == [], server.log
+
+
+@pytest.fixture(scope="module")
+def shards() -> Iterator[list[RedisServer]]:
+    """Three redis-servers that share the channels out (REDIS_URL lists them all)."""
+    reason = RedisServer.unavailable()
+    if reason is not None:
+        if RedisServer.required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with ExitStack() as stack:
+        yield [stack.enter_context(RedisServer()) for _ in range(3)]
+
+
+def join(stack: ExitStack, server: LiveServer, path: str, query: str = "") -> ClientConnection:
+    """A client of ``server`` on ``path``, once subscribed; closed with ``stack``."""
+    websocket = stack.enter_context(connect(server.ws_url(path + query)))
+    notice = receive(websocket)
+    assert (notice["type"], notice["channel"]) == ("subscribed", path), notice
+    return websocket
+
+
+def test_rooms_spread_over_three_redis_shards_meet_across_processes_and_resume(
+    shards: list[RedisServer],
+) -> None:
+    environment = {**TEST_ENVIRONMENT, "REDIS_URL": ",".join(shard.url for shard in shards)}
+    with (
+        LiveServer(APP, env=environment) as first,
+        LiveServer(APP, env=environment) as second,
+        ExitStack() as stack,
+    ):
+        reached = {}
+        for room in ROOMS:  # a client on each process, in each room
+            here, there = join(stack, first, room), join(stack, second, room)
+            here.send(json.dumps({"room": room}))
+            got = [receive(here), receive(there)]
+            assert [m["message"] for m in got] == [{"room": room}] * 2, got
+            assert got[0] == got[1]
+            reached[room] = got[1]
+            there.close()  # it leaves the second process at this position
+            for n in range(3):  # and misses these, sent through the first
+                here.send(json.dumps({"n": n}))
+            assert receive_until(here, {"n": 2})[-1]["offset"] == got[1]["offset"] + 3
+        for room in ROOMS:  # back on the second process: every missed message, in order
+            query = f"?since={reached[room]['offset']}&epoch={reached[room]['epoch']}"
+            back = stack.enter_context(connect(second.ws_url(room + query)))
+            assert receive(back)["recovered"] is True
+            missed = [receive(back) for _ in range(3)]
+            assert [m["message"] for m in missed] == [{"n": n} for n in range(3)]
+            assert [m["offset"] - reached[room]["offset"] for m in missed] == [1, 2, 3]
+    holders: dict[str, list[int]] = {room: [] for room in ROOMS}
+    prefix = Settings.redis_channel_prefix
+    for index, shard in enumerate(shards):
+        with Redis.from_url(shard.url, decode_responses=True) as client:
+            for room in ROOMS:
+                if client.exists(prefix + "{" + room + "}:meta"):  # the room's offset
+                    holders[room].append(index)
+    assert all(len(held) == 1 for held in holders.values()), holders  # each room on one
+    if len(ROOMS) > 1:
+        assert {held[0] for held in holders.values()} == {0, 1, 2}, holders  # over all three
+    for server in (first, second):
+        assert troubles(server) == [], server.log

@@ -1,6 +1,7 @@
 {%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
 {%- set broadcasts = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
 {%- set redis = broadcasts and cookiecutter.broadcast_backend == "redis" -%}
+{%- set workers = not (broadcasts and not redis) -%}{#- several workers: not with a hub in memory -#}
 """``GET /metrics``: the figures move as connections open, talk, are refused and close.
 
 Every test runs against a real uvicorn server; with ``--workers 2`` the figures are the
@@ -12,19 +13,25 @@ from __future__ import annotations
 {%- if broadcasts %}
 import json
 {%- endif %}
+{%- if workers %}
 import os
+{%- endif %}
 import re
+{%- if workers %}
 import signal
+{%- endif %}
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+{%- if workers %}
 from contextlib import ExitStack
 from pathlib import Path
+{%- endif %}
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+from websockets.exceptions import {% if workers %}ConnectionClosed, {% endif %}ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
@@ -223,6 +230,8 @@ def test_metrics_can_want_a_key_or_be_turned_off(environment: dict[str, str]) ->
         with connect(off.ws_url(URL)) as websocket:
             answer_keepalive(websocket)
 
+{%- if workers %}
+
 
 def worker_pids(server: LiveServer) -> list[int]:
     return [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", server.log)]
@@ -261,6 +270,7 @@ def test_with_two_workers_the_figures_are_the_services(
                 pass
         assert survivors < 16
         wait_for(lambda: figure(scrape(server), open_gauge, endpoint=ENDPOINT) == survivors)
+{%- endif %}
 {%- if broadcasts %}
 
 

@@ -1,8 +1,14 @@
 {%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
+{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set memory = broadcast and cookiecutter.broadcast_backend != "redis" -%}
+{%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
 """The runner, ``python -m {{ cookiecutter.package_name }}``: production defaults, options, bad settings."""
 
 from __future__ import annotations
 
+{% if memory -%}
+import importlib.util
+{% endif -%}
 import json
 import os
 import subprocess
@@ -14,10 +20,12 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import ClientConnection
 
+from {{ cookiecutter.package_name }}.settings import STARTUP_REFUSED
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 
 from .contract import connect
 
+PACKAGE = "{{ cookiecutter.package_name }}"
 APP = "{{ cookiecutter.package_name }}.app:app"
 ANY_ENDPOINT = "{{ first.example_url }}"
 
@@ -97,6 +105,18 @@ def test_help_explains_every_option_and_its_variable() -> None:
     [
         ((), {"PORT": "eighty"}, "PORT='eighty' must be a TCP port number"),
         ((), {"MAX_CONNECTIONS": "-1"}, "MAX_CONNECTIONS='-1' must be a positive whole number"),
+{%- if redis %}
+        (
+            (),
+            {"REDIS_URL": "redis://:secret@127.0.0.1:1/0, redis://:secret@127.0.0.1:1/0"},
+            "REDIS_URL lists the same Redis server twice: list each shard once",
+        ),
+        (
+            (),
+            {"REDIS_URL": "redis://h:1/0,http://h:2"},
+            "REDIS_URL is not a Redis URL (URL 2 of 2)",
+        ),
+{%- endif %}
         (("--reload", "--workers", "2"), {}, "--reload runs a single process"),
         (("--port", "70000"), {}, "--port 70000 is not a TCP port"),
     ],
@@ -108,3 +128,147 @@ def test_a_bad_setting_stops_the_runner_with_one_clear_line(
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
+
+
+def start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Start ``python ARGS`` on 127.0.0.1 and a free port, and wait for it to stop by itself."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def refusal_of(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The lines in which the service refused to start (one per process that refused)."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    return [line for line in output.splitlines() if line.startswith(f"{PACKAGE}: ")]
+{%- if not redis %}
+
+
+UNREAD = [
+{%- if not broadcast %}
+    "BROADCAST_QUEUE_SIZE",
+    "HISTORY_SIZE",
+    "HISTORY_TTL_SECONDS",
+    "PUBLISH_API_KEY",
+{%- endif %}
+    "REDIS_CHANNEL_PREFIX",
+    "REDIS_TIMEOUT_SECONDS",
+    "REDIS_URL",
+]
+"""Variables of ws-template's other kinds of service, which this one does not read."""
+{%- endif %}
+
+
+CLASHES = [
+{%- if not redis %}
+    *(({name: "5"}, f"{name} is set, but ") for name in UNREAD if name != "REDIS_URL"),
+    ({"REDIS_URL": "redis://user:secret@127.0.0.1:1/0"}, "REDIS_URL is set, but "),
+{%- endif %}
+{%- if broadcast %}
+    (
+        {"HISTORY_SIZE": "0", "HISTORY_TTL_SECONDS": "60"},
+        "HISTORY_TTL_SECONDS is set, but HISTORY_SIZE=0 keeps no history",
+    ),
+{%- endif %}
+    (
+        {"WS_PING_INTERVAL_SECONDS": "0", "WS_PING_TIMEOUT_SECONDS": "5"},
+        "WS_PING_TIMEOUT_SECONDS is set, but WS_PING_INTERVAL_SECONDS=0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("env", "message"), CLASHES)
+def test_settings_that_would_be_ignored_stop_the_runner_with_one_line(
+    env: dict[str, str], message: str
+) -> None:
+    result = start("-m", PACKAGE, "--port", "0", **env)
+    assert result.returncode != 0
+    [line] = refusal_of(result)
+    assert message in line, line
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), CLASHES)
+def test_settings_that_would_be_ignored_stop_uvicorn_started_by_hand(
+    env: dict[str, str], message: str
+) -> None:
+    result = start("-m", "uvicorn", APP, "--port", "0", **env)
+    assert result.returncode == STARTUP_REFUSED
+    [line] = refusal_of(result)
+    assert message in line, line
+    assert "secret" not in result.stderr
+{%- if memory %}
+
+
+def workers_case(
+    name: str, args: list[str], env: dict[str, str], told: str, exits_0: bool
+) -> object:
+    """A way to start several workers: ``told`` is what the refusal says of it; ``exits_0``
+    when the server's supervisor stops with status 0 after a worker fails to start."""
+    module = "uvicorn_worker" if name.startswith("gunicorn") else name.partition(" ")[0]
+    return pytest.param(
+        args,
+        env,
+        told,
+        exits_0,
+        id=name,
+        marks=pytest.mark.skipif(not installed(module), reason=f"{module} is not installed"),
+    )
+
+
+def installed(module: str) -> bool:
+    return module in ("runner", "uvicorn") or importlib.util.find_spec(module) is not None
+
+
+RUNNER = f"python -m {PACKAGE} was started with %d worker processes (--workers or WORKERS)"
+GUNICORN = ["-m", "gunicorn", "--bind", "127.0.0.1:0"]
+UVICORN = "uvicorn was started with 2 worker processes (--workers or WEB_CONCURRENCY)"
+SEVERAL_WORKERS = [
+    workers_case("runner --workers", ["-m", PACKAGE, "--workers", "2"], {}, RUNNER % 2, False),
+    workers_case("runner WORKERS", ["-m", PACKAGE], {"WORKERS": "3"}, RUNNER % 3, False),
+    workers_case("uvicorn --workers", ["-m", "uvicorn", APP, "--workers", "2"], {}, UVICORN, True),
+    workers_case(
+        "uvicorn WEB_CONCURRENCY", ["-m", "uvicorn", APP], {"WEB_CONCURRENCY": "2"}, UVICORN, True
+    ),
+    workers_case(
+        "hypercorn --workers",
+        ["-m", "hypercorn", APP, "--bind", "127.0.0.1:0", "--workers", "2"],
+        {},
+        "hypercorn was started with 2 worker processes (--workers)",
+        True,
+    ),
+    workers_case(
+        "gunicorn -w",
+        [*GUNICORN, "-w", "2", "-k", "uvicorn_worker.UvicornWorker", APP],
+        {},
+        "gunicorn was started with 2 worker processes "
+        "(-w, WEB_CONCURRENCY or its configuration file)",
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "told", "exits_0"), SEVERAL_WORKERS)
+def test_several_workers_on_the_memory_hub_are_refused_in_one_line(
+    args: list[str], env: dict[str, str], told: str, exits_0: bool
+) -> None:
+    if "uvicorn" in args or PACKAGE in args:
+        args = [*args, "--port", "0"]
+    result = start(*args, **env)  # it returned: the server stopped by itself
+    lines = refusal_of(result)
+    assert lines, result.stdout + result.stderr
+    for line in lines:  # the runner refuses once, before any worker; a server's workers each
+        assert line == (
+            f"{PACKAGE}: {told}, but broadcast endpoints on the memory backend reach only "
+            "the clients of their own process (the others would miss their messages): run "
+            "one worker, or render the service again with broadcast_backend redis"
+        )
+    assert (result.returncode == 0) == exits_0, result.returncode
+{%- endif %}

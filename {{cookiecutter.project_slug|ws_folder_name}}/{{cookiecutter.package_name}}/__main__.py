@@ -21,6 +21,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from .settings import LOG_LEVELS, Settings, SettingsError, get_settings
+from .websocket.workers import ServerWorkers
 
 PACKAGE = __spec__.parent if __spec__ else "app"
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
@@ -91,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as error:
         sys.exit(f"{PACKAGE}: {error}")
     arguments = parse_arguments(settings, argv)
+    workers = ServerWorkers(f"python -m {PACKAGE}", arguments.workers, "--workers or WORKERS")
+    try:
+        settings.check(workers)
+    except SettingsError as error:
+        sys.exit(f"{PACKAGE}: {error}")
     os.environ["LOG_LEVEL"] = arguments.log_level.upper()  # for the app, in every worker
     # A project generated without metrics has no such setting.
     metrics = bool(getattr(settings, "metrics_enabled", False))

@@ -43,7 +43,7 @@ from starlette.routing import Route
 {%- endif %}
 
 from . import auth, endpoints
-from .settings import {% if broadcast %}Settings, {% endif %}get_settings
+from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, refuse_to_start
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
 from .websocket.backend import create_router, websocket_routes
@@ -79,6 +79,7 @@ from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PublishAPI
 {%- endif %}
 {%- endif %}
+from .websocket.workers import server_workers
 {%- if broadcast %}
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ CONSOLE_HEADERS = {
 def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     """Build the application: one router per websocket endpoint, and the health check."""
     settings = get_settings()
+    settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
 {%- if metrics %}
@@ -165,6 +167,7 @@ async def console() -> HTMLResponse:
 def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuard:
     """Build the application: a route per websocket endpoint, and the health check."""
     settings = get_settings()
+    settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
 {%- if metrics %}
@@ -290,4 +293,7 @@ async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
 {%- endif %}
 
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as error:  # one line, not a traceback, in whatever server imports it
+    refuse_to_start(error)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass{% if broadcast or metrics %}, field{% endif %}
 from functools import lru_cache
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 {% if redis -%}
@@ -20,14 +21,36 @@ from .websocket.broadcast import Hub, MemoryHub
 {% endif -%}
 from .websocket.guard import Policy
 {%- if redis %}
-from .websocket.redis_hub import RedisHub
+from .websocket.redis_hub import redis_hub
 {%- endif %}
+from .websocket.workers import ServerWorkers
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 {%- if broadcast or metrics %}
 MIN_API_KEY_LENGTH = 16
+{%- endif %}
+STARTUP_REFUSED = 3
+"""The exit status of a refused start: uvicorn's, hypercorn's and gunicorn's own for a worker
+that failed to start, so that their supervisors stop instead of starting it again."""
+{%- if not redis %}
+UNREAD_VARIABLES = {
+{%- if broadcast %}
+    "REDIS_URL": "the broadcast backend of this service is memory",
+    "REDIS_CHANNEL_PREFIX": "the broadcast backend of this service is memory",
+    "REDIS_TIMEOUT_SECONDS": "the broadcast backend of this service is memory",
+{%- else %}
+    "REDIS_URL": "this service has no broadcast endpoint",
+    "REDIS_CHANNEL_PREFIX": "this service has no broadcast endpoint",
+    "REDIS_TIMEOUT_SECONDS": "this service has no broadcast endpoint",
+    "BROADCAST_QUEUE_SIZE": "this service has no broadcast endpoint",
+    "HISTORY_SIZE": "this service has no broadcast endpoint",
+    "HISTORY_TTL_SECONDS": "this service has no broadcast endpoint",
+    "PUBLISH_API_KEY": "this service has no broadcast endpoint",
+{%- endif %}
+}
+"""Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
 
 Value = TypeVar("Value")
@@ -59,8 +82,9 @@ class Settings:
     """The key of ``POST /api/publish`` (``Authorization: Bearer <key>``); empty: it refuses."""
 {%- endif %}
 {%- if redis %}
-    redis_url: str = "redis://localhost:6379/0"
-    """The Redis where broadcast endpoints meet: the same for every process of the service."""
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    """The Redis where broadcast endpoints meet, or several (comma-separated) that share the
+    channels out: the same list, in the same order, for every process of the service."""
     redis_channel_prefix: str = {{ (cookiecutter.package_name ~ ":") | ws_python_string }}
     """Put before every channel name in Redis, so that services can share one Redis."""
     redis_timeout_seconds: float = 2.0
@@ -157,6 +181,59 @@ class Settings:
             ),
         )
 
+    def check(
+        self, workers: ServerWorkers | None = None, environ: Mapping[str, str] = os.environ
+    ) -> None:
+        """Refuse what would misbehave without a sound (README, "Refused at start-up").
+
+        ``workers`` is what started this service, when known. Raises SettingsError, whose
+        one line says which settings clash and what to do.
+        """
+
+        def given(name: str) -> bool:
+            return bool(environ.get(name, "").strip())
+{{ "" }}
+{%- if not redis %}
+        for name, reason in UNREAD_VARIABLES.items():
+            if given(name):
+{%- if broadcast %}
+                raise SettingsError(
+                    f"{name} is set, but {reason}: it is not read; unset it, or render the "
+                    "service again with broadcast_backend redis"
+                )
+{%- else %}
+                raise SettingsError(f"{name} is set, but {reason}: it is not read; unset it")
+{%- endif %}
+{%- endif %}
+{%- if broadcast %}
+        if self.history_size == 0 and given("HISTORY_TTL_SECONDS"):
+            raise SettingsError(
+                "HISTORY_TTL_SECONDS is set, but HISTORY_SIZE=0 keeps no history: unset "
+                "HISTORY_TTL_SECONDS, or set HISTORY_SIZE to the messages to keep"
+            )
+{%- endif %}
+        if self.ws_ping_interval_seconds == 0 and given("WS_PING_TIMEOUT_SECONDS"):
+            raise SettingsError(
+                "WS_PING_TIMEOUT_SECONDS is set, but WS_PING_INTERVAL_SECONDS=0 sends no ping "
+                "to time out: unset WS_PING_TIMEOUT_SECONDS, or set an interval"
+            )
+{%- if broadcast and not redis %}
+        if workers is not None and workers.workers > 1:
+            raise SettingsError(
+                f"{workers}, but broadcast endpoints on the memory backend reach only the "
+                "clients of their own process (the others would miss their messages): run "
+                "one worker, or render the service again with broadcast_backend redis"
+            )
+{%- endif %}
+
+{%- if redis %}
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """The Redis servers of ``REDIS_URL``: one, or the shards that share the channels."""
+        return [url.strip() for url in self.redis_url.split(",") if url.strip()]
+{%- endif %}
+
     def policy(self) -> Policy:
         """The websocket policy these settings describe (see websocket/guard.py)."""
         return Policy(
@@ -173,8 +250,8 @@ class Settings:
     def hub(self) -> Hub:
         """The broadcast hub these settings describe (see websocket/broadcast.py)."""
 {%- if redis %}
-        return RedisHub(
-            self.redis_url,
+        return redis_hub(
+            self.redis_urls,
             prefix=self.redis_channel_prefix,
             queue_size=self.broadcast_queue_size,
             history_size=self.history_size,
@@ -281,19 +358,30 @@ def _origins(name: str, value: str) -> tuple[str, ...]:
 
 
 def _redis_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        # Not the value itself in the message: a Redis URL can hold a password.
-        raise SettingsError(
-            f"{name} is not a Redis URL: write redis://HOST:6379/0 (rediss:// for TLS, "
-            f"unix:///path/to/redis.sock for a socket)"
-        )
+    # Not the value itself in the messages: a Redis URL can hold a password.
+    urls = [url.strip() for url in value.split(",")]
+    for number, url in enumerate(urls, 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            which = f" (URL {number} of {len(urls)})" if len(urls) > 1 else ""
+            raise SettingsError(
+                f"{name} is not a Redis URL{which}: write redis://HOST:6379/0 (rediss:// for "
+                "TLS, unix:///path/to/redis.sock for a socket), or several, comma-separated"
+            )
+    if len(set(urls)) != len(urls):
+        raise SettingsError(f"{name} lists the same Redis server twice: list each shard once")
     return value
 
 
 def _channel_prefix(name: str, value: str) -> str:
     return value
 {%- endif %}
+
+
+def refuse_to_start(error: SettingsError) -> NoReturn:
+    """Stop the process, saying why in one line on stderr (exit status `STARTUP_REFUSED`)."""
+    print(f"{__package__}: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(STARTUP_REFUSED)
 
 
 @lru_cache

@@ -12,7 +12,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``broadcast.py``: the broadcast `Hub` interface, `MemoryHub`, bounded `Subscription`
   queues, and `run_broadcast`, which serves a broadcast connection on any face.
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
-  Redis (pub/sub, and a stream per channel for its history), across processes.
+  Redis (pub/sub, and a stream per channel for its history), across processes; and
+  `ShardedRedisHub`, its channels spread over several Redis servers.
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
   and resumes broadcast channels (``python -m <package>.client URL``).
@@ -23,6 +24,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   and tells a `GuardObserver` what happens.
 - ``metrics.py`` (projects with metrics): `Metrics`, the guard's observer that keeps the
   Prometheus metrics, and `MetricsEndpoint`, ``GET /metrics``.
+- ``workers.py``: `server_workers`, how many worker processes the server running this
+  process was told to start (the app refuses several with a hub in memory).
 - ``asgi_types.py``: the ASGI callable's types.
 - ``testing.py``: `LiveServer` (an app on a real server), `ScriptedClient` and
   `RedisServer` (a real redis-server for tests).
@@ -35,7 +38,13 @@ that the guard counts messages, bytes and error replies in; `Router` puts the `R
 took a request in ``scope["route"]`` (its ``path`` is the template, as in Starlette);
 `Hub.count_in(BroadcastStats())` has a hub count publications, deliveries, drops,
 recoveries, delivery lag and (Redis) its connection in plain counters;
-`Publication.published_ns`; ``metrics.py``.
+`Publication.published_ns`; ``metrics.py``. `workers.server_workers` (the project refuses
+to start a memory hub with several workers); `redis_hub.ShardedRedisHub`, channels spread
+over several independent Redis servers by a consistent hash of their name (`shard_index`),
+and `redis_hub.redis_hub(urls)`, which makes a `RedisHub` for one URL and a
+`ShardedRedisHub` for several; `Hub.parts` (a sharded hub's shards, for metrics);
+``asyncapi.py``, `backend.websocket_routes` and `Router.websocket_routes` (what
+``GET /asyncapi.json`` describes); the client's message types and `client.service_message`.
 
 2.0.0: broadcast channels have positions and history. Every message gets its channel's next
 ``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and
@@ -45,9 +54,7 @@ message object and returns its `Position` (was: a text, returning None);
 history (``history_size``, ``history_ttl``); `RedisHub` publishes with a Lua script and
 fills the gaps of a lost connection from the history; `PublishAPI`; `hub_of` takes a request
 or a scope too; `Router.add_http_route` takes ``methods=None`` (every method);
-`testing.RedisServer(keep_data=True)`, `LiveServer.restart()`; `client.Client`; ``asyncapi.py``,
-`backend.websocket_routes` and `Router.websocket_routes` (what ``GET /asyncapi.json``
-describes). Upgrading: all processes on one Redis must run 2.0.0
+`testing.RedisServer(keep_data=True)`, `LiveServer.restart()`; `client.Client`. Upgrading: all processes on one Redis must run 2.0.0
 (a 1.x process's plain ``PUBLISH`` is ignored by 2.0.0 ones, with a warning), or use a new
 ``REDIS_CHANNEL_PREFIX``.
 

@@ -487,6 +487,10 @@ class Hub(abc.ABC):
         """Count what the hub does in ``stats`` (for metrics): call it before `start`."""
         self.stats = stats
 
+    def parts(self) -> Sequence[Hub]:
+        """The hubs this one is made of, each counted on its own (a sharded hub's shards)."""
+        return [self]
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Get ready to publish and subscribe."""

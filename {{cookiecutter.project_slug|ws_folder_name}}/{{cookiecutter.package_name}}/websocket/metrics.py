@@ -188,8 +188,9 @@ class _Broadcast:
             if stats.lag_seconds != reported.lag_seconds:
                 self.lag._sum.inc(stats.lag_seconds - reported.lag_seconds)
                 reported.lag_seconds = stats.lag_seconds
-            if self.redis_up is not None and stats.backend_up is not None:
-                self.redis_up.set(1 if stats.backend_up else 0)
+        ups = [stats.backend_up for stats, _ in self.watched if stats.backend_up is not None]
+        if self.redis_up is not None and ups:
+            self.redis_up.set(1 if all(ups) else 0)  # every shard connected
 
 
 class Metrics(GuardObserver):
@@ -252,11 +253,12 @@ class Metrics(GuardObserver):
 
     def watch_hub(self, hub: Hub) -> None:
         """Count what ``hub`` does in the ``broadcast_*`` metrics: call it before it starts."""
-        stats = BroadcastStats()
-        hub.count_in(stats)
-        if self._broadcast is None:
-            self._broadcast = _Broadcast(self.registry, redis=stats.backend_up is not None)
-        self._broadcast.watched.append((stats, BroadcastStats()))
+        for part in hub.parts():  # each shard of a sharded hub on its own: its own connection
+            stats = BroadcastStats()
+            part.count_in(stats)
+            if self._broadcast is None:
+                self._broadcast = _Broadcast(self.registry, redis=stats.backend_up is not None)
+            self._broadcast.watched.append((stats, BroadcastStats()))
 
     def refused(self, scope: Scope, reason: str) -> None:
         self.handshakes_refused.labels(reason).inc()

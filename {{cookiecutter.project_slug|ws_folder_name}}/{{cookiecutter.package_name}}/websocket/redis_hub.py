@@ -42,10 +42,12 @@ stalled process reaches that limit; it then reconnects as after any other loss.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -498,6 +500,107 @@ def _published_ns(text: str) -> int:
     start += len(',"server_ns":')
     digits = text[start : text.find(",", start)]
     return int(digits) if digits.isdigit() else 0
+
+
+class ShardedRedisHub(Hub):
+    """A hub whose channels are spread over several independent Redis servers (shards).
+
+    Each channel lives on one shard, chosen from its name alone (`shard_index`), with its
+    pub/sub channel, its history stream and its offset: a publish is still one atomic Lua
+    step on one server. Each shard is a `RedisHub` of its own (one pub/sub connection, one
+    connection task, its own reconnection), so losing a shard holds only that shard's
+    channels, and their subscribers catch up from its history when it is back; the other
+    channels keep flowing. ``urls`` lists the shards; every process of a service must list
+    the same ones in the same order (another order sends channels to other shards). Adding
+    a shard moves about one channel in N+1 to it: those channels start a new epoch there
+    (their clients resume with ``recovered: false`` once). The other options are
+    `RedisHub`'s.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        prefix: str = "",
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_ttl: float = DEFAULT_HISTORY_TTL,
+        timeout: float = 2.0,
+        health_check_seconds: float = 10.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("ShardedRedisHub needs at least one Redis URL.")
+        if len(set(urls)) != len(urls):
+            raise ValueError("ShardedRedisHub got the same Redis URL twice.")
+        self.shards = [
+            RedisHub(
+                url,
+                prefix=prefix,
+                queue_size=queue_size,
+                history_size=history_size,
+                history_ttl=history_ttl,
+                timeout=timeout,
+                health_check_seconds=health_check_seconds,
+            )
+            for url in urls
+        ]
+
+    @property
+    def connected(self) -> bool:
+        """True while every shard's pub/sub connection is up."""
+        return all(shard.connected for shard in self.shards)
+
+    def parts(self) -> Sequence[Hub]:
+        return self.shards
+
+    def count_in(self, stats: BroadcastStats) -> None:
+        """Count every shard in ``stats`` (`backend_up` is then the last shard's to change:
+        count each of `parts` in its own to see each shard's connection)."""
+        super().count_in(stats)
+        for shard in self.shards:
+            shard.count_in(stats)
+
+    def shard_of(self, channel: str) -> RedisHub:
+        """The shard that holds ``channel``."""
+        return self.shards[shard_index(channel, len(self.shards))]
+
+    async def start(self) -> None:
+        """Start every shard (each waits up to ``timeout`` for its first answer, together)."""
+        await asyncio.gather(*(shard.start() for shard in self.shards))
+
+    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
+        return await self.shard_of(channel).publish(channel, message)
+
+    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
+        return await self.shard_of(channel).subscribe(channel, since)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        await self.shard_of(subscription.channel).unsubscribe(subscription)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(shard.close() for shard in self.shards))
+
+
+def redis_hub(urls: Sequence[str], **options: Any) -> Hub:
+    """A `RedisHub` for one URL, a `ShardedRedisHub` for several (``options``: theirs)."""
+    if len(urls) == 1:
+        return RedisHub(urls[0], **options)
+    return ShardedRedisHub(urls, **options)
+
+
+@lru_cache(maxsize=65536)
+def shard_index(channel: str, shards: int) -> int:
+    """The shard (0 to ``shards`` - 1) of ``channel``: jump consistent hash (Lamping and
+    Veach, 2014) of a 64-bit BLAKE2b digest of its name. The same on every process and
+    Python version; going from N to N+1 shards moves only the channels that go to the new
+    one."""
+    key = int.from_bytes(hashlib.blake2b(channel.encode(), digest_size=8).digest(), "big")
+    bucket, candidate = -1, 0
+    while candidate < shards:
+        bucket = candidate
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        candidate = int((bucket + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return bucket
 
 
 def _earliest(subscriptions: list[Subscription]) -> Position | None:

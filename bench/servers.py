@@ -1,4 +1,4 @@
-"""The servers under test: the rendered template (each flavour) and the three baselines.
+"""The servers under test: the rendered template (each flavour) and the four baselines.
 
 Every server runs as its own process on 127.0.0.1 and a port the OS picks, pinned to one
 CPU, with its log in a file (uvicorn logs each connection at its default level, so the
@@ -29,7 +29,14 @@ BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
 BASELINES = BENCH / "baselines"
 
-SERVER_KEYS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
+SERVER_KEYS = (
+    "generated-fastapi",
+    "generated-asgi",
+    "docs-fastapi",
+    "raw-asgi-echo",
+    "raw-asgi-json",
+    "websockets",
+)
 """The keys of the servers that `server_specs` gives, in its order."""
 BROADCAST_BACKENDS = ("memory", "redis")
 """The template's broadcast backends (its ``broadcast_backend`` answer), in run order."""
@@ -158,6 +165,13 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
             "raw-asgi-echo",
             "(2) raw-ASGI echo, no JSON",
             uvicorn("raw_asgi_echo:app"),
+            BASELINES,
+            "/ws/keepalive",
+        ),
+        ServerSpec(
+            "raw-asgi-json",
+            "(4) raw-ASGI keepalive, stdlib JSON, nothing else (the same-work ceiling)",
+            uvicorn("raw_asgi_json:app"),
             BASELINES,
             "/ws/keepalive",
         ),

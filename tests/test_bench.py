@@ -26,7 +26,14 @@ from bench import report
 from bench.loadgen import CLIENT, ensure_client
 from tests.conftest import TEMPLATE
 
-SERVERS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
+SERVERS = (
+    "generated-fastapi",
+    "generated-asgi",
+    "docs-fastapi",
+    "raw-asgi-echo",
+    "raw-asgi-json",
+    "websockets",
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ def smoke_run(folder: Path, *options: str) -> SmokeRun:
 def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> None:
     smoke = smoke_run(tmp_path, "--broadcast-backends", "memory")
     assert smoke.stdout.strip() == smoke.report.strip()  # the report is printed too
-    headings = ["Issue 7 targets", "Keepalive round trips", "Idle connections", "Ticker"]
+    headings = ["Issue 7 targets", "Ceilings", "Keepalive round trips", "Idle connections"]
+    headings.append("Ticker")
     headings += ["Broadcast", "Load generator", "Plots"]
     if shutil.which("valgrind"):
         headings.append("Server instructions per round trip")
@@ -64,6 +72,10 @@ def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> No
         assert f"\n## {heading}\n" in smoke.report, heading
     assert "| generated service, fastapi flavour | (1) FastAPI as its docs teach |" in smoke.report
     assert "no broadcast yet" not in smoke.report
+    ceilings = smoke.report.split("\n## Ceilings\n", 1)[1].split("\n## ", 1)[0]
+    for flavour in ("fastapi", "asgi"):  # each against the same-work ceiling and the echo
+        row = next(line for line in ceilings.splitlines() if f"{flavour} flavour | 4 |" in line)
+        assert row.count("x (") >= 4, row
 
     measured = {(r["workload"], r["server"]) for r in smoke.data["records"]}
     for server in SERVERS:

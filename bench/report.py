@@ -257,6 +257,50 @@ def ceiling_table(results: Results) -> str:
     return table(header, rows)
 
 
+BEFORE = "-before"
+"""The suffix of a generated server rendered from an earlier commit (bench/run.py --compare)."""
+
+
+def before_after_table(results: Results) -> str:
+    """Each generated server against itself rendered at the earlier commit, paired by
+    repetition: after/before, so below 1.00x the change made the figure smaller."""
+    measures = [
+        ("idle", "rss_per_connection_kib", "RSS KiB/connection", None),
+        ("idle", "server_cpu_ms_per_open", "server CPU ms/open", None),
+        *(
+            ("keepalive", key, f"{title}, {count} connections", count)
+            for count in results.connections("keepalive")
+            for key, title in (
+                ("round_trips_per_s", "round trips/s"),
+                ("server_cpu_us_per_round_trip", "server CPU us/round trip"),
+            )
+        ),
+        *(
+            ("instructions", "instructions_per_round_trip", f"instructions/round trip, {c}", c)
+            for c in results.connections("instructions")
+        ),
+    ]
+    rows = []
+    for server in GENERATED:
+        before = server + BEFORE
+        for workload, key, title, count in measures:
+            after_figure = results.figure(workload, server, key, count)
+            before_figure = results.figure(workload, before, key, count)
+            ratio = results.ratio(workload, key, server, before, count)
+            if ratio and after_figure and before_figure:
+                rows.append(
+                    [
+                        results.labels[server],
+                        title,
+                        cell(before_figure),
+                        cell(after_figure),
+                        ratio_text(ratio),
+                    ]
+                )
+    header = ["generated", "figure", "before", "after", "after/before (median, range)"]
+    return table(header, rows)
+
+
 def instructions_table(results: Results) -> str:
     rows = []
     for server in results.servers("instructions"):
@@ -730,6 +774,12 @@ def markdown(results: Results, header: str) -> str:
             "nothing else (the same work: parse, answer, serialise) and (2) a raw-ASGI echo "
             "without JSON (framing alone). 1.00x is the ceiling; below it, the share of the "
             "ceiling's speed the flavour keeps.\n\n" + ceiling_table(results)
+        )
+    if any(server.endswith(BEFORE) for server in results.labels):
+        sections.append(
+            "## Before and after\n\nThe generated servers of the working tree (after) and "
+            "of the template at an earlier commit (before), started in turn in the same run; "
+            "each ratio pairs the runs of one repetition.\n\n" + before_after_table(results)
         )
     if results.servers("instructions"):
         sections.append(

@@ -36,12 +36,14 @@ const OPTIONS = {
   interval: { type: "string", default: "0.2" },
   "fanout-timeout": { type: "string", default: "30" },
   "local-addresses": { type: "string", default: "1" },
+  "handshake-timeout": { type: "string", default: "30" },
 };
 
 // Connections come from this many loopback addresses (127.0.0.1, 127.0.0.2, ...) in turn:
 // one address gives at most the ephemeral port range (about 28,000 on Linux) of
 // connections to one server port, so 50,000 connections need two. Set by main().
 let localAddresses = 1;
+let handshakeTimeoutMs = 30000; // --handshake-timeout, in seconds: set by main()
 let connectionsStarted = 0;
 
 // Replies that count as a round trip: a keepalive_ack, or the keepalive itself from an echo
@@ -108,7 +110,7 @@ class Samples {
 function openOne(url, setup = () => {}) {
   return new Promise((resolve, reject) => {
     const localAddress = `127.0.0.${1 + (connectionsStarted++ % localAddresses)}`;
-    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000, localAddress });
+    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: handshakeTimeoutMs, localAddress });
     setup(ws);
     ws.once("open", () => {
       ws.removeAllListeners("error");
@@ -575,6 +577,7 @@ async function main() {
     fail("--local-addresses must be a whole number >= 1");
   }
   localAddresses = Math.min(options["local-addresses"], 254);
+  handshakeTimeoutMs = options["handshake-timeout"] * 1000;
   await mode(options);
   process.exit(0);
 }

@@ -60,7 +60,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--settle", type=float, default=2.0, help="seconds held before the snapshot"
     )
-    parser.add_argument("--frames", type=int, default=4, help="frames tracemalloc keeps")
+    parser.add_argument("--frames", type=int, default=2, help="frames tracemalloc keeps")
     parser.add_argument(
         "--open-concurrency", type=int, default=10, help="handshakes in flight (traced: slow)"
     )
@@ -109,6 +109,7 @@ def traced(project: Path, flavour: str, args: argparse.Namespace, work: Path) ->
                 client.tell("close")
 
         options = {"connections": connections, "open-concurrency": args.open_concurrency}
+        options["handshake-timeout"] = 600  # a traced server can stall for seconds
         options["local-addresses"] = local_addresses(connections)
         Client("idle", server.ws_url(spec.keepalive_path), options, client_cpu).run(
             on_event, timeout=1200

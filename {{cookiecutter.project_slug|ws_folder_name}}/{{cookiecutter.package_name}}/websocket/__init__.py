@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.0.0. Every file in this folder is copied unchanged into each project that
+Version 2.0.1. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -24,6 +24,10 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 
 A project keeps the face its framework uses.
 
+2.0.1: `create_router` mounts the handler as Starlette's ``WebSocketRoute``, not FastAPI's
+``APIWebSocketRoute``: the handler gets the ``WebSocket`` and nothing else as before, and
+FastAPI's dependency solving and exit stacks no longer cost memory per open connection.
+
 2.0.0: broadcast channels have positions and history. Every message gets its channel's next
 ``offset`` and the channel's ``epoch`` (in deliveries, and in the ``subscribed`` and
 ``dropped`` notices, which now carry the position); `Hub.publish(channel, message)` takes the
@@ -43,4 +47,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.0.0"
+__version__ = "2.0.1"

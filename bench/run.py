@@ -177,7 +177,7 @@ def check_limits(settings: workloads.Settings) -> None:
         *settings.connections,
         *(count + 1 for count in settings.broadcast_subscribers),  # and the publisher
     )
-    raise_open_file_limit(most + 1000)  # and the server's, node's and Python's own files
+    raise_open_file_limit(most + 200)  # and the server's, node's and Python's own files
 
 
 def raise_open_file_limit(wanted: int) -> int:

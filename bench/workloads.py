@@ -141,6 +141,9 @@ def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
 
     options = {"connections": count, "open-concurrency": settings.open_concurrency}
     options["local-addresses"] = local_addresses(count)
+    options["handshake-timeout"] = (
+        120  # a busy server with tens of thousands open is slow to answer
+    )
     client = Client("idle", server.ws_url(server.spec.keepalive_path), options, cpu)
     result = client.run(on_event, timeout=settings.idle_settle + 120)
     open_seconds = float(result["open_seconds"])

@@ -221,3 +221,22 @@ def test_the_report_says_why_broadcast_through_redis_was_not_measured() -> None:
     assert "## Cost of history" not in text  # nothing measured, nothing to compare
     target = "broadcast in memory (one process) to 10,000 subscribers, delivery p99 | <= 250 ms"
     assert f"{target} | not measured in this run (no broadcast run with 10,000" in text
+
+
+def test_the_report_pairs_each_generated_server_with_itself_before_a_change() -> None:
+    def idle(server: str, rep: int, kib: float) -> dict[str, Any]:
+        record = {"workload": "idle", "server": server, "rep": rep, "connections": 10_000}
+        figures = {"rss_per_connection_kib": kib, "server_cpu_ms_per_open": 0.5}
+        figures |= {"rss_mib": 200.0, "open_seconds": 1.0, "opens_per_s": 1e4, "client_cpu": 0.5}
+        return record | figures
+
+    records = [idle("generated-asgi", 0, 18.0), idle("generated-asgi-before", 0, 20.0)]
+    records += [idle("generated-asgi", 1, 27.0), idle("generated-asgi-before", 1, 30.0)]
+    labels = {
+        "generated-asgi": "generated service, asgi flavour",
+        "generated-asgi-before": "generated service, asgi flavour, at abc123 (before)",
+    }
+    text = report.markdown(report.Results(records, labels), "# header")
+    assert "\n## Before and after\n" in text
+    row = "| generated service, asgi flavour | RSS KiB/connection | 25 ±20% | 22.5 ±20% | "
+    assert row + "0.90x (0.90-0.90) |" in text

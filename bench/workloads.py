@@ -145,7 +145,9 @@ def idle(server: RunningServer, settings: Settings, cpu: int | None) -> Record:
         120  # a busy server with tens of thousands open is slow to answer
     )
     client = Client("idle", server.ws_url(server.spec.keepalive_path), options, cpu)
-    result = client.run(on_event, timeout=settings.idle_settle + 120)
+    result = client.run(
+        on_event, timeout=settings.idle_settle + 600
+    )  # slow opens: tens of thousands
     open_seconds = float(result["open_seconds"])
     opening_cpu = samples["opened"].cpu_seconds - samples["before"].cpu_seconds
     return {

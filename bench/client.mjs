@@ -4,6 +4,7 @@
 //       --warmup 1 --duration 5
 //   node client.mjs counted --url ... --connections 10 --warmup 1 --round-trips 2000
 //   node client.mjs idle --url ... --connections 10000
+//   node client.mjs idle --url ... --connections 50000 --local-addresses 3
 //   node client.mjs ticker --url ws://127.0.0.1:PORT/ws/clock --connections 5000 \
 //       --period 1 --settle 2 --duration 10
 //   node client.mjs broadcast --url ws://127.0.0.1:PORT/ws/rooms/bench --connections 10000 \
@@ -35,7 +36,16 @@ const OPTIONS = {
   interval: { type: "string", default: "0.2" },
   "fanout-timeout": { type: "string", default: "30" },
   pause: { type: "string", default: "0" },
+  "local-addresses": { type: "string", default: "1" },
+  "handshake-timeout": { type: "string", default: "30" },
 };
+
+// Connections come from this many loopback addresses (127.0.0.1, 127.0.0.2, ...) in turn:
+// one address gives at most the ephemeral port range (about 28,000 on Linux) of
+// connections to one server port, so 50,000 connections need two. Set by main().
+let localAddresses = 1;
+let handshakeTimeoutMs = 30000; // --handshake-timeout, in seconds: set by main()
+let connectionsStarted = 0;
 
 // Replies that count as a round trip: a keepalive_ack, or the keepalive itself from an echo
 // server. Anything else (an error reply, say) is counted as bad and fails the run.
@@ -100,7 +110,8 @@ class Samples {
 /** Open one connection; `setup` gets the socket before any message can arrive. */
 function openOne(url, setup = () => {}) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000 });
+    const localAddress = `127.0.0.${1 + (connectionsStarted++ % localAddresses)}`;
+    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: handshakeTimeoutMs, localAddress });
     setup(ws);
     ws.once("open", () => {
       ws.removeAllListeners("error");
@@ -572,6 +583,11 @@ async function main() {
     if (!Number.isFinite(number) || number < 0) fail(`--${name} must be a number >= 0`);
     options[name] = number;
   }
+  if (!Number.isInteger(options["local-addresses"]) || options["local-addresses"] < 1) {
+    fail("--local-addresses must be a whole number >= 1");
+  }
+  localAddresses = Math.min(options["local-addresses"], 254);
+  handshakeTimeoutMs = options["handshake-timeout"] * 1000;
   await mode(options);
   process.exit(0);
 }

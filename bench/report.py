@@ -26,12 +26,13 @@ from matplotlib.ticker import LogFormatter, NullFormatter
 Record = Mapping[str, Any]
 
 GENERATED = ("generated-fastapi", "generated-asgi")
-BASELINES = ("docs-fastapi", "raw-asgi-echo", "websockets")
+BASELINES = ("docs-fastapi", "raw-asgi-echo", "raw-asgi-json", "websockets")
 COLORS = {
     "generated-fastapi": "#1f77b4",
     "generated-asgi": "#2ca02c",
     "docs-fastapi": "#ff7f0e",
     "raw-asgi-echo": "#7f7f7f",
+    "raw-asgi-json": "#bcbd22",
     "websockets": "#9467bd",
     "broadcast-memory": "#1f77b4",
     "broadcast-memory-nohistory": "#9ecae1",
@@ -223,6 +224,80 @@ def keepalive_ratios(results: Results) -> str:
         f"{title} ({'generated/baseline' if up else 'baseline/generated'})"
         for _, title, up in metrics
     ]
+    return table(header, rows)
+
+
+CEILINGS = ("raw-asgi-json", "raw-asgi-echo")
+"""The two ceilings on uvicorn: (4) the same work (stdlib JSON, nothing else) and (2) the echo."""
+
+
+def ceiling_table(results: Results) -> str:
+    """Each flavour against the two ceilings, side by side: round trips/s (flavour/ceiling),
+    server CPU and instructions per round trip (ceiling/flavour); 1.00x is the ceiling."""
+    rows = []
+    measures = [
+        ("keepalive", "round_trips_per_s", True),
+        ("keepalive", "server_cpu_us_per_round_trip", False),
+        ("instructions", "instructions_per_round_trip", False),
+    ]
+    counts = sorted({*results.connections("keepalive"), *results.connections("instructions")})
+    for server in (s for s in GENERATED if s in results.labels):
+        for count in counts:
+            cells = []
+            for workload, key, higher_is_better in measures:
+                for ceiling in CEILINGS:
+                    top, bottom = (server, ceiling) if higher_is_better else (ceiling, server)
+                    ratio = results.ratio(workload, key, top, bottom, count)
+                    cells.append(ratio_text(ratio) if ratio else "-")
+            if any(c != "-" for c in cells):
+                rows.append([results.labels[server], str(count), *cells])
+    header = ["generated", "connections"]
+    for title in ("round trips/s", "server CPU/round trip", "instructions/round trip"):
+        header += [f"{title} vs (4) same work", f"{title} vs (2) echo"]
+    return table(header, rows)
+
+
+BEFORE = "-before"
+"""The suffix of a generated server rendered from an earlier commit (bench/run.py --compare)."""
+
+
+def before_after_table(results: Results) -> str:
+    """Each generated server against itself rendered at the earlier commit, paired by
+    repetition: after/before, so below 1.00x the change made the figure smaller."""
+    measures = [
+        ("idle", "rss_per_connection_kib", "RSS KiB/connection", None),
+        ("idle", "server_cpu_ms_per_open", "server CPU ms/open", None),
+        *(
+            ("keepalive", key, f"{title}, {count} connections", count)
+            for count in results.connections("keepalive")
+            for key, title in (
+                ("round_trips_per_s", "round trips/s"),
+                ("server_cpu_us_per_round_trip", "server CPU us/round trip"),
+            )
+        ),
+        *(
+            ("instructions", "instructions_per_round_trip", f"instructions/round trip, {c}", c)
+            for c in results.connections("instructions")
+        ),
+    ]
+    rows = []
+    for server in GENERATED:
+        before = server + BEFORE
+        for workload, key, title, count in measures:
+            after_figure = results.figure(workload, server, key, count)
+            before_figure = results.figure(workload, before, key, count)
+            ratio = results.ratio(workload, key, server, before, count)
+            if ratio and after_figure and before_figure:
+                rows.append(
+                    [
+                        results.labels[server],
+                        title,
+                        cell(before_figure),
+                        cell(after_figure),
+                        ratio_text(ratio),
+                    ]
+                )
+    header = ["generated", "figure", "before", "after", "after/before (median, range)"]
     return table(header, rows)
 
 
@@ -688,6 +763,24 @@ def markdown(results: Results, header: str) -> str:
             "Ratios, paired by repetition (above 1.00x: the generated service is ahead):\n\n"
             + keepalive_ratios(results),
         ]
+    if any(
+        results.servers(w) and c in results.servers(w)
+        for w in ("keepalive", "instructions")
+        for c in CEILINGS
+    ):
+        sections.append(
+            "## Ceilings\n\nHow close each flavour comes to the least a keepalive can cost on "
+            "uvicorn, paired by repetition: (4) a raw-ASGI keepalive with stdlib JSON and "
+            "nothing else (the same work: parse, answer, serialise) and (2) a raw-ASGI echo "
+            "without JSON (framing alone). 1.00x is the ceiling; below it, the share of the "
+            "ceiling's speed the flavour keeps.\n\n" + ceiling_table(results)
+        )
+    if any(server.endswith(BEFORE) for server in results.labels):
+        sections.append(
+            "## Before and after\n\nThe generated servers of the working tree (after) and "
+            "of the template at an earlier commit (before), started in turn in the same run; "
+            "each ratio pairs the runs of one repetition.\n\n" + before_after_table(results)
+        )
     if results.servers("instructions"):
         sections.append(
             "## Server instructions per round trip\n\nThe server runs under valgrind's "

@@ -50,6 +50,7 @@ from bench.servers import (
     RedisServer,
     RunningServer,
     ServerSpec,
+    before_specs,
     broadcast_key,
     broadcast_label,
     broadcast_spec,
@@ -58,6 +59,7 @@ from bench.servers import (
     render_broadcast_projects,
     render_projects,
     server_specs,
+    template_at,
 )
 
 WORKLOADS = ("keepalive", "instructions", "idle", "ticker", "broadcast")
@@ -98,6 +100,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repetitions", type=int, default=3, help="runs of each figure")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--servers", nargs="+", choices=SERVER_KEYS, default=list(SERVER_KEYS))
+    parser.add_argument(
+        "--compare",
+        metavar="COMMIT",
+        help="also run the generated servers rendered from the template at COMMIT, side by "
+        "side with the working tree's (keys with -before): a change's before and after",
+    )
     parser.add_argument("--connections", type=int, nargs="+", default=list(full.connections))
     parser.add_argument("--warmup", type=float, default=full.warmup)
     parser.add_argument("--duration", type=float, default=full.duration)
@@ -156,19 +164,38 @@ def settings_from(args: argparse.Namespace) -> workloads.Settings:
 
 
 def check_limits(settings: workloads.Settings) -> None:
-    """Fail early, with what to do, when the open-file limit cannot hold the connections."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """Raise the open-file limit (RLIMIT_NOFILE) to what the connections need, or fail early,
+    with what to do, when it cannot be raised that far.
+
+    The servers and the load generator are this process's children and inherit the limit.
+    The soft limit goes up to the hard one; the hard one too where this process may raise
+    it (root, or CAP_SYS_RESOURCE), as far as the kernel's ``fs.nr_open``.
+    """
     most = max(
         settings.idle_connections,
         settings.ticker_connections,
         *settings.connections,
         *(count + 1 for count in settings.broadcast_subscribers),  # and the publisher
     )
-    if soft != resource.RLIM_INFINITY and most + 100 > soft:
-        raise BenchError(
-            f"{most:,} connections need more open files than the limit of {soft:,} "
-            f"(ulimit -n): raise it or ask for fewer connections."
-        )
+    raise_open_file_limit(most + 200)  # and the server's, node's and Python's own files
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Make this process's soft RLIMIT_NOFILE at least ``wanted``; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            raise BenchError(
+                f"{wanted:,} open files are needed, over the hard limit of {hard:,} (ulimit "
+                "-Hn), which only root can raise: raise it or ask for fewer connections."
+            ) from None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
 
 
 def machine() -> dict[str, str]:
@@ -347,6 +374,9 @@ def run(args: argparse.Namespace) -> Path:
         work = Path(scratch)
         specs = server_specs(render_projects(work / "render"), settings.tick_seconds)
         specs = [spec for spec in specs if spec.key in args.servers]
+        if args.compare:
+            before = render_projects(work / "render-before", template_at(args.compare, work / "at"))
+            specs += before_specs(specs, before, args.compare)
         labels = {spec.key: spec.label for spec in specs}
         say(f"Benchmark: {pinning}; results go to {output}")
         tickers = [spec for spec in specs if spec.ticker_path]

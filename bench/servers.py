@@ -1,4 +1,4 @@
-"""The servers under test: the rendered template (each flavour) and the three baselines.
+"""The servers under test: the rendered template (each flavour) and the four baselines.
 
 Every server runs as its own process on 127.0.0.1 and a port the OS picks, pinned to one
 CPU, with its log in a file (uvicorn logs each connection at its default level, so the
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -29,7 +29,14 @@ BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
 BASELINES = BENCH / "baselines"
 
-SERVER_KEYS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
+SERVER_KEYS = (
+    "generated-fastapi",
+    "generated-asgi",
+    "docs-fastapi",
+    "raw-asgi-echo",
+    "raw-asgi-json",
+    "websockets",
+)
 """The keys of the servers that `server_specs` gives, in its order."""
 BROADCAST_BACKENDS = ("memory", "redis")
 """The template's broadcast backends (its ``broadcast_backend`` answer), in run order."""
@@ -72,11 +79,45 @@ def uvicorn(app: str) -> tuple[str, ...]:
     return ("-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0")
 
 
-def render_projects(output: Path) -> dict[str, Path]:
+def render_projects(output: Path, template: Path = TEMPLATE) -> dict[str, Path]:
     """Render the default project once per flavour into ``output``; flavour -> project folder."""
     return {
-        flavour: _render(output, flavour, {"framework": flavour}) for flavour in ("fastapi", "asgi")
+        flavour: _render(output, flavour, {"framework": flavour}, template)
+        for flavour in ("fastapi", "asgi")
     }
+
+
+BEFORE = "-before"
+"""The suffix of the key of a generated server rendered from an earlier commit (`--compare`)."""
+
+
+def template_at(commit: str, output: Path) -> Path:
+    """The template as it was at ``commit`` (git archive), unpacked into ``output``."""
+    output.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(TEMPLATE), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(output)], input=archive.stdout, check=True)
+    return output
+
+
+def before_specs(
+    specs: Sequence[ServerSpec], projects: Mapping[str, Path], commit: str
+) -> list[ServerSpec]:
+    """The generated servers of ``specs`` again, on ``projects`` rendered at ``commit``: the
+    "before" of a change measured side by side with its "after" (the working tree)."""
+    return [
+        replace(
+            spec,
+            key=spec.key + BEFORE,
+            label=f"{spec.label}, at {commit} (before)",
+            cwd=projects[spec.key.removeprefix("generated-")],
+        )
+        for spec in specs
+        if spec.key.startswith("generated-")
+    ]
 
 
 def render_broadcast_projects(output: Path, backends: Sequence[str]) -> dict[str, Path]:
@@ -92,7 +133,7 @@ def render_broadcast_projects(output: Path, backends: Sequence[str]) -> dict[str
     }
 
 
-def _render(output: Path, name: str, answers: Mapping[str, str]) -> Path:
+def _render(output: Path, name: str, answers: Mapping[str, str], template: Path = TEMPLATE) -> Path:
     """Render the template with ``answers`` (the rest by default) into ``output/name``."""
     output.mkdir(parents=True, exist_ok=True)
     config = output / "cookiecutter-config.yaml"
@@ -102,7 +143,7 @@ def _render(output: Path, name: str, answers: Mapping[str, str]) -> Path:
     folder = output / name
     folder.mkdir(parents=True, exist_ok=True)
     project = cookiecutter(
-        str(TEMPLATE),
+        str(template),
         no_input=True,
         output_dir=str(folder),
         config_file=str(config),
@@ -158,6 +199,13 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
             "raw-asgi-echo",
             "(2) raw-ASGI echo, no JSON",
             uvicorn("raw_asgi_echo:app"),
+            BASELINES,
+            "/ws/keepalive",
+        ),
+        ServerSpec(
+            "raw-asgi-json",
+            "(4) raw-ASGI keepalive, stdlib JSON, nothing else (the same-work ceiling)",
+            uvicorn("raw_asgi_json:app"),
             BASELINES,
             "/ws/keepalive",
         ),

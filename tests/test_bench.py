@@ -26,7 +26,14 @@ from bench import report
 from bench.loadgen import CLIENT, ensure_client
 from tests.conftest import TEMPLATE
 
-SERVERS = ("generated-fastapi", "generated-asgi", "docs-fastapi", "raw-asgi-echo", "websockets")
+SERVERS = (
+    "generated-fastapi",
+    "generated-asgi",
+    "docs-fastapi",
+    "raw-asgi-echo",
+    "raw-asgi-json",
+    "websockets",
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ def smoke_run(folder: Path, *options: str) -> SmokeRun:
 def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> None:
     smoke = smoke_run(tmp_path, "--broadcast-backends", "memory")
     assert smoke.stdout.strip() == smoke.report.strip()  # the report is printed too
-    headings = ["Issue 7 targets", "Keepalive round trips", "Idle connections", "Ticker"]
+    headings = ["Issue 7 targets", "Ceilings", "Keepalive round trips", "Idle connections"]
+    headings.append("Ticker")
     headings += ["Broadcast", "Load generator", "Plots"]
     if shutil.which("valgrind"):
         headings.append("Server instructions per round trip")
@@ -64,6 +72,10 @@ def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> No
         assert f"\n## {heading}\n" in smoke.report, heading
     assert "| generated service, fastapi flavour | (1) FastAPI as its docs teach |" in smoke.report
     assert "no broadcast yet" not in smoke.report
+    ceilings = smoke.report.split("\n## Ceilings\n", 1)[1].split("\n## ", 1)[0]
+    for flavour in ("fastapi", "asgi"):  # each against the same-work ceiling and the echo
+        row = next(line for line in ceilings.splitlines() if f"{flavour} flavour | 4 |" in line)
+        assert row.count("x (") >= 4, row
 
     measured = {(r["workload"], r["server"]) for r in smoke.data["records"]}
     for server in SERVERS:
@@ -209,3 +221,22 @@ def test_the_report_says_why_broadcast_through_redis_was_not_measured() -> None:
     assert "## Cost of history" not in text  # nothing measured, nothing to compare
     target = "broadcast in memory (one process) to 10,000 subscribers, delivery p99 | <= 250 ms"
     assert f"{target} | not measured in this run (no broadcast run with 10,000" in text
+
+
+def test_the_report_pairs_each_generated_server_with_itself_before_a_change() -> None:
+    def idle(server: str, rep: int, kib: float) -> dict[str, Any]:
+        record = {"workload": "idle", "server": server, "rep": rep, "connections": 10_000}
+        figures = {"rss_per_connection_kib": kib, "server_cpu_ms_per_open": 0.5}
+        figures |= {"rss_mib": 200.0, "open_seconds": 1.0, "opens_per_s": 1e4, "client_cpu": 0.5}
+        return record | figures
+
+    records = [idle("generated-asgi", 0, 18.0), idle("generated-asgi-before", 0, 20.0)]
+    records += [idle("generated-asgi", 1, 27.0), idle("generated-asgi-before", 1, 30.0)]
+    labels = {
+        "generated-asgi": "generated service, asgi flavour",
+        "generated-asgi-before": "generated service, asgi flavour, at abc123 (before)",
+    }
+    text = report.markdown(report.Results(records, labels), "# header")
+    assert "\n## Before and after\n" in text
+    row = "| generated service, asgi flavour | RSS KiB/connection | 25 ±20% | 22.5 ±20% | "
+    assert row + "0.90x (0.90-0.90) |" in text

@@ -11,10 +11,12 @@ import importlib.util
 {% endif -%}
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosedError
@@ -46,6 +48,21 @@ def test_compression_is_off_unless_asked(runner: LiveServer) -> None:
     ):
         assert websocket.response is not None
         assert "permessage-deflate" in websocket.response.headers["Sec-WebSocket-Extensions"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/limits"), reason="reads /proc (Linux)")
+def test_the_runner_lifts_its_open_file_limit_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves no room to lower the soft one")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the runner inherits 256
+    try:
+        with LiveServer(APP, server="runner") as server:
+            limits = Path(f"/proc/{server.pid}/limits").read_text()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)], line
 
 
 def receive_until_closed(websocket: ClientConnection) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -86,6 +87,24 @@ def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> ar
     return arguments
 
 
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; the limit now in force.
+
+    Every connection is an open file, and the usual soft default (1024) would turn clients
+    away long before memory runs out (one process holds tens of thousands of idle
+    connections). The hard limit is the administrator's (``ulimit -Hn``, systemd's
+    ``LimitNOFILE``, docker's ``--ulimit nofile``): raise that one for more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # macOS refuses an unlimited soft limit: keep the soft one
+        return soft
+    return hard
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = get_settings()
@@ -129,6 +148,7 @@ def metrics_shared_by_workers(shared: bool) -> Iterator[None]:
 
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> None:
+    raise_open_file_limit()  # inherited by every worker
     uvicorn.run(
         f"{PACKAGE}.app:app",
         host=arguments.host,

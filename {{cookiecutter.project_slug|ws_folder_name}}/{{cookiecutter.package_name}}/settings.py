@@ -380,7 +380,8 @@ def _channel_prefix(name: str, value: str) -> str:
 
 def refuse_to_start(error: SettingsError) -> NoReturn:
     """Stop the process, saying why in one line on stderr (exit status `STARTUP_REFUSED`)."""
-    print(f"{__package__}: {error}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"{__package__}: {error}\n")  # one write: workers share the stream
+    sys.stderr.flush()
     raise SystemExit(STARTUP_REFUSED)
 
 

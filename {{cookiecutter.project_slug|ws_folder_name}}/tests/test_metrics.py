@@ -13,9 +13,7 @@ from __future__ import annotations
 {%- if broadcasts %}
 import json
 {%- endif %}
-{%- if workers %}
 import os
-{%- endif %}
 import re
 {%- if workers %}
 import signal
@@ -32,12 +30,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import {% if workers %}ConnectionClosed, {% endif %}ConnectionClosedError, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 from websockets.typing import Origin
 
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
 from .conftest import TEST_ENVIRONMENT
+from .contract import connect
 
 APP = "{{ cookiecutter.package_name }}.app:app"
 ENDPOINT = "{{ first.path }}"

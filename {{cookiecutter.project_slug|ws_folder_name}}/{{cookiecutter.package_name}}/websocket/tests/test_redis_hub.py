@@ -251,7 +251,9 @@ class Traffic:
         self.published: list[int] = []
         self.received: list[list[dict[str, Any]]] = []
         self._stop = asyncio.Event()
+        self._done = asyncio.Event()  # publishing has ended: the readers stop
         self._tasks: list[asyncio.Task[None]] = []
+        self._publishers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Traffic:
         await self.publisher.start()
@@ -261,12 +263,14 @@ class Traffic:
             seen: list[dict[str, Any]] = []
             self.received.append(seen)
             self._tasks.append(asyncio.create_task(self._read(subscription, seen)))
-        self._tasks.append(asyncio.create_task(self._publish()))
+        self._publishers.append(asyncio.create_task(self._publish()))
         await wait_until("publishing", lambda: len(self.published) >= 20)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
+        self._stop.set()  # a publish in flight still lands, and its readers wait for it
+        await asyncio.gather(*self._publishers)
+        self._done.set()
         await asyncio.gather(*self._tasks)
         await self.subscriber.close()
         await self.publisher.close()
@@ -285,8 +289,8 @@ class Traffic:
 
     async def _read(self, subscription: Subscription, seen: list[dict[str, Any]]) -> None:
         give_up = None
-        while not self._stop.is_set() or not seen or seen[-1].get("offset") != self.published[-1]:
-            if self._stop.is_set():
+        while not self._done.is_set() or not seen or seen[-1].get("offset") != self.published[-1]:
+            if self._done.is_set():
                 give_up = give_up or time.monotonic() + 20  # the check says what is missing
                 if time.monotonic() > give_up:
                     return

@@ -165,7 +165,9 @@ class ShardedTraffic:
         self.subscriptions: dict[str, list[Subscription]] = {c: [] for c in self.channels}
         self.received: dict[str, list[list[dict[str, Any]]]] = {c: [] for c in self.channels}
         self._stop = asyncio.Event()
+        self._done = asyncio.Event()  # publishing has ended: the readers stop
         self._tasks: list[asyncio.Task[None]] = []
+        self._publishers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ShardedTraffic:
         await self.publisher.start()
@@ -177,12 +179,14 @@ class ShardedTraffic:
                 self.subscriptions[channel].append(subscription)
                 self.received[channel].append(seen)
                 self._tasks.append(asyncio.create_task(self._read(channel, subscription, seen)))
-            self._tasks.append(asyncio.create_task(self._publish(channel)))
+            self._publishers.append(asyncio.create_task(self._publish(channel)))
         await self.go_on(self.channels, 20)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
+        self._stop.set()  # a publish in flight still lands, and its readers wait for it
+        await asyncio.gather(*self._publishers)
+        self._done.set()
         await asyncio.gather(*self._tasks)
         await self.subscriber.close()
         await self.publisher.close()
@@ -204,8 +208,8 @@ class ShardedTraffic:
     async def _read(self, channel: str, subscription: Subscription, seen: list[Any]) -> None:
         published = self.published[channel]
         give_up = None
-        while not self._stop.is_set() or not seen or seen[-1].get("offset") != published[-1]:
-            if self._stop.is_set():
+        while not self._done.is_set() or not seen or seen[-1].get("offset") != published[-1]:
+            if self._done.is_set():
                 give_up = give_up or time.monotonic() + 20  # the check says what is missing
                 if time.monotonic() > give_up:
                     return

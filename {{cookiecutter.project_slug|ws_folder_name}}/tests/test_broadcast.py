@@ -63,6 +63,7 @@ def clients(live_server: LiveServer) -> Iterator[OpenClient]:
                 "channel": path,
                 "offset": notice["offset"],
                 "epoch": notice["epoch"],
+                "client_id": notice["client_id"],
                 **recovered,
             }
             return websocket

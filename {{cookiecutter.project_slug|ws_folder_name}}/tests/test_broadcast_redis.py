@@ -190,11 +190,13 @@ def test_a_client_resumes_on_the_other_process_with_every_message_it_missed(
             assert status == 200, answer
         query = f"?since={reached['offset']}&epoch={reached['epoch']}"
         back = stack.enter_context(connect(second.ws_url(PATH + query)))
-        assert receive(back) == {
+        notice = receive(back)
+        assert notice == {
             "type": "subscribed",
             "channel": PATH,
             "offset": reached["offset"],
             "epoch": reached["epoch"],
+            "client_id": notice["client_id"],
             "recovered": True,
         }
         missed = [receive(back) for _ in range(8)]

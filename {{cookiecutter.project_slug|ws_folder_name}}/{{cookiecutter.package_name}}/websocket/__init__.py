@@ -35,7 +35,8 @@ A project keeps the face its framework uses.
 2.1.1: less memory per idle connection. `create_router` mounts Starlette's ``WebSocketRoute``
 (not FastAPI's ``APIWebSocketRoute``: its dependency solving and wrappers cost about 5 KiB
 per connection); its endpoint puts its path template in ``scope["route"]`` itself (an object
-whose ``path`` is the template, include prefixes too), which the metrics label by. The guard
+whose ``path`` is the template, include prefixes too), which the metrics label by; FastAPI
+dependencies given to ``include_router(..., dependencies=...)`` no longer run for it. The guard
 watches every connection with one `Watchdog` timer per event loop instead of a timer each:
 an idle or send-timeout deadline near another connection's is met at most
 ``min(send_timeout, idle_timeout) / 10`` late, and while a send is under way the client is

@@ -19,7 +19,6 @@ from typing import TypeAlias
 
 from fastapi import APIRouter, WebSocket
 from fastapi.routing import APIWebSocketRoute, iter_route_contexts
-from starlette._utils import get_route_path
 from starlette.routing import BaseRoute, WebSocketRoute, compile_path
 from starlette.types import Receive, Scope, Send
 
@@ -99,7 +98,9 @@ class _Endpoint:
         if len(templates) == 1:
             scope["route"] = templates[0]
         else:  # not found, or the router included at several prefixes
-            path = get_route_path(scope)
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root):  # the path under a mount, as routes match it
+                path = path[len(root) :]
             for template in templates:
                 if template.pattern.match(path):
                     scope["route"] = template

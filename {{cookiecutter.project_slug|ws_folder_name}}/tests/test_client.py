@@ -42,6 +42,15 @@ async def test_the_client_measures_keepalive_round_trips(live_server: LiveServer
         assert client.round_trip is not None
         assert 0 < client.round_trip < 5
         assert client.connections == 1
+        await client.send({"type": "keepalive", "client_ns": 7, "mine": True})
+        # The client's own keepalives go on meanwhile; their acks are not passed on.
+        acks: list[dict[str, object]] = []
+        while not acks or acks[-1].get("client_ns") != 7:
+            message = await asyncio.wait_for(client.receive(), 10)
+            if message["type"] == "keepalive_ack":
+                acks.append(message)
+        assert [ack["client_ns"] for ack in acks] == [7]
+        assert acks[0]["mine"] is True
 
 
 async def test_a_refused_handshake_is_not_retried(live_server: LiveServer) -> None:

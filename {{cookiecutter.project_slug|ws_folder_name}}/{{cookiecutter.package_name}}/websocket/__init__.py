@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.1.0. Every file in this folder is copied unchanged into each project that
+Version 2.1.1. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -31,6 +31,17 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.1.1: less memory per idle connection. `create_router` mounts Starlette's ``WebSocketRoute``
+(not FastAPI's ``APIWebSocketRoute``: its dependency solving and wrappers cost about 5 KiB
+per connection); its endpoint puts its path template in ``scope["route"]`` itself (an object
+whose ``path`` is the template, include prefixes too), which the metrics label by; FastAPI
+dependencies given to ``include_router(..., dependencies=...)`` no longer run for it. The guard
+watches every connection with one `Watchdog` timer per event loop instead of a timer each:
+an idle or send-timeout deadline near another connection's is met at most
+``min(send_timeout, idle_timeout) / 10`` late, and while a send is under way the client is
+judged by the send timeout, not the idle one. `Router` and `run_websocket` keep a coroutine
+frame less per connection.
 
 2.1.0: `WebSocketGuard(observer=...)`: a `GuardObserver` hears of refusals (by reason),
 opens and closes (code, and the limit if the guard closed), and gets a `Tally` per endpoint
@@ -65,4 +76,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.1.0"
+__version__ = "2.1.1"

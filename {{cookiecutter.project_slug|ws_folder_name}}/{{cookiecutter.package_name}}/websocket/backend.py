@@ -14,13 +14,13 @@ Typical use, one handler per endpoint::
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeAlias, get_type_hints
+from typing import TypeAlias
 
 from fastapi import APIRouter, WebSocket
 from fastapi.routing import APIWebSocketRoute, iter_route_contexts
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute, compile_path
+from starlette.types import Receive, Scope, Send
 
 from . import session
 from .session import drain_text, every, keepalive_loop, now_ns, receive_json, run_websocket
@@ -54,48 +54,72 @@ def create_router(endpoint: str, handler: WebSocketHandler | None = None) -> API
     one websocket entrypoint, for ``app.include_router``.
     """
     router = APIRouter()
-    # FastAPI's APIWebSocketRoute puts itself in scope["route"], whose path template labels the
-    # metrics; its dependency solving costs about 5 KiB per open connection (bench/memory.py),
-    # which Starlette's WebSocketRoute would save, but FastAPI sets no scope["route"] for it.
-    router.add_api_websocket_route(endpoint, _entrypoint(handler or keepalive_loop), name=endpoint)
+    router.routes.append(
+        WebSocketRoute(endpoint, _Endpoint(handler or keepalive_loop), name=endpoint)
+    )
     return router
+
+
+class _EndpointTemplate:
+    """What a `create_router` route puts in ``scope["route"]``: its ``path`` is the path
+    template (prefixes of included routers too), from which the metrics label the endpoint,
+    as from a Starlette or `Router` route."""
+
+    __slots__ = ("path", "pattern")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pattern = compile_path(path)[0]
+
+
+class _Endpoint:
+    """The ASGI application of a `create_router` route: the handler, given the connection
+    and nothing else, with the route's path template in ``scope["route"]``.
+
+    Mounted as Starlette's ``WebSocketRoute`` (an ASGI application as it is, with no
+    session wrapper), not FastAPI's ``APIWebSocketRoute``: FastAPI's dependency solving,
+    exit stacks and wrappers cost about 5 KiB per open connection (bench/memory.py) and give
+    a handler of one ``WebSocket`` nothing. FastAPI sets no ``scope["route"]`` for such a
+    route, so this finds its own template once, among the app's routes.
+    """
+
+    __slots__ = ("__wrapped__", "templates")
+
+    def __init__(self, handler: WebSocketHandler) -> None:
+        self.__wrapped__ = handler
+        self.templates: list[_EndpointTemplate] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        templates = self.templates
+        if templates is None:  # the first connection: the app's routes are all mounted
+            routes = getattr(scope.get("app"), "routes", [])
+            mounted = [path for path, app in _websocket_apps(routes) if app is self]
+            templates = self.templates = [_EndpointTemplate(path) for path in mounted]
+        if len(templates) == 1:
+            scope["route"] = templates[0]
+        else:  # not found, or the router included at several prefixes
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root):  # the path under a mount, as routes match it
+                path = path[len(root) :]
+            for template in templates:
+                if template.pattern.match(path):
+                    scope["route"] = template
+                    break
+        await self.__wrapped__(WebSocket(scope, receive=receive, send=send))
 
 
 def websocket_routes(routes: Sequence[BaseRoute]) -> list[tuple[str, object]]:
     """The websocket endpoints among ``routes`` (an app's ``app.routes``), as (path, handler),
     included routers walked into with their prefixes: what ``GET /asyncapi.json`` describes."""
     return [
+        (path, app.__wrapped__ if isinstance(app, _Endpoint) else app)
+        for path, app in _websocket_apps(routes)
+    ]
+
+
+def _websocket_apps(routes: Sequence[BaseRoute]) -> list[tuple[str, object]]:
+    return [
         (context.path, context.endpoint)
         for context in iter_route_contexts(routes)
         if isinstance(context.original_route, APIWebSocketRoute | WebSocketRoute) and context.path
     ]
-
-
-def _entrypoint(serve: WebSocketHandler) -> WebSocketHandler:
-    """What FastAPI calls for each connection: ``serve`` itself when FastAPI can call it so
-    (a coroutine function of one ``WebSocket`` parameter), else a wrapper that calls it.
-
-    Either way ``serve`` gets the connection and nothing else; calling it directly saves a
-    coroutine frame per open connection.
-    """
-    try:
-        parameters = list(inspect.signature(serve).parameters.values())
-        hints = get_type_hints(serve)
-    except (NameError, TypeError, ValueError):  # unresolvable annotations, not a function
-        parameters, hints = [], {}
-    if (
-        inspect.iscoroutinefunction(serve)
-        and len(parameters) == 1
-        and parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-        and parameters[0].default is inspect.Parameter.empty
-        and hints.get(parameters[0].name) is WebSocket
-    ):
-        return serve
-
-    async def websocket_entrypoint(websocket: WebSocket) -> None:
-        await serve(websocket)
-
-    # Keep what was set on serve (its AsyncAPI declaration, say), not its signature: FastAPI
-    # must see this wrapper's.
-    vars(websocket_entrypoint).update(getattr(serve, "__dict__", {}))
-    return websocket_entrypoint

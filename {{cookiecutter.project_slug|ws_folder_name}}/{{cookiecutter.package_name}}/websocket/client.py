@@ -9,8 +9,8 @@ Part of the websocket backend vendored by ws-template (version and upgrade notes
             print(message)
 
 - **Keepalives.** It sends ``{"type": "keepalive", "client_ns": ...}`` every
-  ``keepalive_seconds`` and takes the ``keepalive_ack`` itself: `round_trip` is the last
-  round trip, in seconds.
+  ``keepalive_seconds`` and takes the ``keepalive_ack`` of those itself: `round_trip` is the
+  last round trip, in seconds. A keepalive you send yourself gets its ack like any message.
 - **Reconnecting.** When the connection is lost (a network error, an abnormal close 1006,
   1011 internal error, 1012 service restart, 1013 try again later, 1001 going away) or cannot
   be made, it reconnects after a pause that doubles from ``first_retry_seconds`` up to
@@ -220,6 +220,7 @@ class Client:
         self.connections = 0
         """How many connections were made (1 + reconnections)."""
         self._position: tuple[int, str] | None = None
+        self._keepalives: set[int] = set()  # the client_ns of its own unanswered keepalives
         self._incoming: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self._connection: ClientConnection | None = None
         self._connected = asyncio.Event()
@@ -270,7 +271,7 @@ class Client:
                 await asyncio.sleep(0)  # the connection task sees it and reconnects
 
     async def receive(self) -> dict[str, Any]:
-        """The next JSON object the service sent (keepalive answers aside)."""
+        """The next JSON object the service sent (the acks of its own keepalives aside)."""
         item = await self._incoming.get()
         if isinstance(item, BaseException):
             self._incoming.put_nowait(item)  # every later call raises it too
@@ -363,7 +364,8 @@ class Client:
             logger.warning("ignored a frame that is not a JSON object from %s", self.url)
             return
         kind = message.get("type")
-        if kind == "keepalive_ack" and isinstance(message.get("client_ns"), int):
+        if kind == "keepalive_ack" and message.get("client_ns") in self._keepalives:
+            self._keepalives.discard(message["client_ns"])
             self.round_trip = (time.time_ns() - message["client_ns"]) / 1e9
             return
         if kind in POSITION_TYPES and isinstance(message.get("offset"), int):
@@ -376,8 +378,11 @@ class Client:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(self.keepalive_seconds)
-                keepalive = {"type": "keepalive", "client_ns": time.time_ns()}
-                await connection.send(json.dumps(keepalive))
+                sent = time.time_ns()
+                if len(self._keepalives) > 16:  # acks lost with a connection
+                    self._keepalives.clear()
+                self._keepalives.add(sent)
+                await connection.send(json.dumps({"type": "keepalive", "client_ns": sent}))
 
 
 def _retried(error: ConnectionClosed) -> bool:

@@ -93,9 +93,12 @@ async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None
         logger.debug("client left %s before the handshake completed", _path(websocket))
         return
     if len(task_factories) == 1:  # nothing to run beside it: run it here, no child task
+        factory = task_factories[0]
+        if factory is keepalive_loop:  # what it runs once accepted, without its frame
+            factory = _answer_keepalives
         close_code = NORMAL_CLOSURE
         try:
-            await task_factories[0](websocket)
+            await factory(websocket)
         except asyncio.CancelledError:
             close_code = GOING_AWAY
             raise

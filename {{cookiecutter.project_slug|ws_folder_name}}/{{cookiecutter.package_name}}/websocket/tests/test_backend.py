@@ -7,6 +7,7 @@ import inspect
 from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.routing import APIWebSocketRoute
 from fastapi.testclient import TestClient
+from starlette.routing import WebSocketRoute
 
 from .. import backend
 from ..asyncapi import KEEPALIVE_ENDPOINT, declares, messages_of
@@ -95,11 +96,13 @@ def test_create_router_hands_path_parameters_to_the_handler() -> None:
 
 def endpoint_of(router: APIRouter) -> object:
     (route,) = router.routes
-    assert isinstance(route, APIWebSocketRoute)
-    return route.endpoint
+    assert isinstance(route, WebSocketRoute)  # Starlette's: no dependency solving per connection
+    assert not isinstance(route, APIWebSocketRoute)
+    [(_, handler)] = websocket_routes(router.routes)
+    return handler
 
 
-def test_create_router_calls_a_websocket_handler_itself_and_wraps_any_other() -> None:
+def test_create_router_calls_any_handler_itself_with_the_connection_alone() -> None:
     async def plain(websocket: WebSocket) -> None:
         await run_websocket(websocket, drain_text)
 
@@ -109,15 +112,41 @@ def test_create_router_calls_a_websocket_handler_itself_and_wraps_any_other() ->
 
         await run_websocket(websocket, greet, drain_text)
 
-    assert endpoint_of(create_router("/plain", plain)) is plain  # no frame in between
-    assert endpoint_of(create_router("/default")) is not keepalive_loop  # SessionSocket
-    assert endpoint_of(create_router("/option", with_option)) is not with_option
+    assert endpoint_of(create_router("/plain", plain)) is plain
+    assert endpoint_of(create_router("/default")) is keepalive_loop
+    assert endpoint_of(create_router("/option", with_option)) is with_option
     app = FastAPI()
     app.include_router(create_router("/option", with_option))
-    # Wrapped, the handler gets the connection and nothing else: FastAPI does not take
-    # ``greeting`` for a query parameter.
+    # The handler gets the connection and nothing else: FastAPI does not take ``greeting``
+    # for a query parameter.
     with TestClient(app) as client, client.websocket_connect("/option?greeting=x") as websocket:
         assert websocket.receive_json() == {"greeting": "hi"}
+
+
+def test_the_route_that_took_a_connection_is_in_its_scope_with_the_path_template() -> None:
+    async def tell_route(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json({"route": websocket.scope["route"].path})
+        await websocket.close()
+
+    app = FastAPI()
+    outer = APIRouter(prefix="/v1")
+    outer.include_router(create_router("/rooms/{room}", tell_route))
+    app.include_router(outer)
+    app.include_router(create_router("/ws", tell_route))
+    twice = APIRouter()
+    twice.include_router(create_router("/{room}", tell_route))
+    app.include_router(twice, prefix="/a")
+    app.include_router(twice, prefix="/b")
+    with TestClient(app) as client:
+        for url, template in (
+            ("/ws", "/ws"),
+            ("/v1/rooms/42", "/v1/rooms/{room}"),  # the template, never the path
+            ("/a/1", "/a/{room}"),
+            ("/b/2", "/b/{room}"),
+        ):
+            with client.websocket_connect(url) as websocket:
+                assert websocket.receive_json() == {"route": template}, url
 
 
 def test_websocket_routes_finds_every_websocket_endpoint_with_its_prefix() -> None:
@@ -144,5 +173,5 @@ def test_a_wrapped_handler_keeps_its_asyncapi_declaration() -> None:
 
     [(path, handler)] = websocket_routes(app.routes)
     assert path == "/ws/wrapped"
-    assert handler is not serve  # create_router wrapped it
+    assert handler is serve
     assert messages_of(handler) is KEEPALIVE_ENDPOINT

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
-from ..guard import Handshake, Policy, Refuse, WebSocketGuard, origin_allowed
+from ..guard import WATCH_STEPS, Handshake, Policy, Refuse, WebSocketGuard, origin_allowed
 from ..session import SessionSocket, receive_json, run_websocket, send_json
 from ..testing import ScriptedClient
 from .conftest import VirtualClockLoop
@@ -245,6 +245,36 @@ def test_a_client_that_does_not_read_is_dropped_and_others_go_on(
     assert 10 <= seconds <= 20  # its send waited a send timeout, at most two
     assert "dropped: it does not read" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_one_watchdog_watches_every_connection_and_is_at_most_a_step_late(
+    web_socket_class: WebSocketClass,
+) -> None:
+    closed: dict[str, float] = {}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy(idle_timeout=30))
+        clients = {name: ScriptedClient(reply_timeout=120) for name in ("early", "late")}
+        sessions = []
+        for client in clients.values():  # accepted at 0 and 0.25: idle deadlines 30, 30.25
+            sessions.append(asyncio.create_task(guard(client.scope, client.receive, client.send)))
+            await client.next_sent()
+            await asyncio.sleep(0.25)
+        assert guard.watchdog is not None
+        assert len(guard.watchdog.connections) == 2  # one timer for both
+        for name, client in clients.items():
+            closing = await client.next_sent()
+            assert closing["code"] == 1008, name
+            closed[name] = loop.time()
+        await asyncio.gather(*sessions)
+        assert not guard.watchdog.connections
+        assert guard.watchdog.timer is None  # nothing left to watch: no timer
+
+    run_on_virtual_clock(scenario)
+    step = min(Policy().send_timeout, 30) / WATCH_STEPS
+    assert closed["early"] == 30.0  # the earliest deadline: met exactly
+    assert 30.25 <= closed["late"] <= 30.25 + step  # another's, near it: at most a step late
 
 
 async def test_each_connection_logs_its_open_and_close_but_no_message(

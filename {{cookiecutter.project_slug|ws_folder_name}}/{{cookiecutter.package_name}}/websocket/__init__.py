@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.1.1. Every file in this folder is copied unchanged into each project that
+Version 2.1.2. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -31,6 +31,9 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.1.2: the terminal client (``python -m <package>.client``) goes on printing for
+``--linger`` seconds (1) after its input ends, so piped lines get their replies printed.
 
 2.1.1: less memory per idle connection. `create_router` mounts Starlette's ``WebSocketRoute``
 (not FastAPI's ``APIWebSocketRoute``: its dependency solving and wrappers cost about 5 KiB
@@ -76,4 +79,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.1.1"
+__version__ = "2.1.2"

@@ -91,7 +91,10 @@ def test_every_answer_set_serves_a_valid_document_of_its_endpoints(
 ) -> None:
     answers = CASES[case]
     project = render(tmp_path / "out", cookiecutter_config, answers)
+    init = project / package_of(project) / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "2.3.4"'))
     document = served_document(project, answers)
+    assert document["info"]["version"] == "2.3.4"  # the package's, as a team sets it
 
     endpoints = parse_endpoints(answers.get("endpoints", DEFAULT_ENDPOINTS))
     channels = list(document["channels"].values())

@@ -35,6 +35,10 @@ def test_project_installs_and_passes_its_checks_in_a_fresh_venv(
     assert " passed" in tests.stdout
     # The package is importable from anywhere, not only from the project folder.
     run([python, "-c", "import ws_service.app"], cwd=tmp_path, env=env)
+    # One version, in the package: what pip installed is what the API documents name.
+    version = "import importlib.metadata as m, ws_service; print(m.version('ws-service'))"
+    version += "; print(ws_service.__version__)"
+    assert run([python, "-c", version], cwd=tmp_path, env=env).stdout.split() == ["0.1.0"] * 2
     if framework == "asgi":  # it installs and runs without any web framework
         for module in ("fastapi", "starlette"):
             import_it = [python, "-c", f"import {module}"]

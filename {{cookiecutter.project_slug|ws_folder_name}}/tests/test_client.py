@@ -7,6 +7,9 @@ under a connected client that resumes{% endif %}."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable{% if broadcasts %}, Iterator{% endif %}
 {%- if broadcasts %}
 from typing import Any
@@ -51,6 +54,23 @@ async def test_the_client_measures_keepalive_round_trips(live_server: LiveServer
                 acks.append(message)
         assert [ack["client_ns"] for ack in acks] == [7]
         assert acks[0]["mine"] is True
+
+
+def test_the_terminal_client_prints_the_replies_to_piped_lines(live_server: LiveServer) -> None:
+    lines = [json.dumps({"type": "keepalive", "client_ns": n}) for n in (1, 2, 3)]
+    done = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}.client", live_server.ws_url(FIRST_URL)],
+        input="\n".join([*lines, "not json", ""]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # The input ended at once; the replies still came and were printed, in order.
+    assert [m["client_ns"] for m in printed if m["type"] == "keepalive_ack"] == [1, 2, 3]
+    assert "(not JSON: type a JSON object)" in done.stdout
 
 
 async def test_a_refused_handshake_is_not_retried(live_server: LiveServer) -> None:

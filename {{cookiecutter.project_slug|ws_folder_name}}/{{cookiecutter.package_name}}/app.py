@@ -43,7 +43,7 @@ from starlette.routing import Route
 {%- endif %}
 {%- endif %}
 
-from . import auth, endpoints
+from . import __version__, auth, endpoints
 from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, refuse_to_start
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
@@ -118,7 +118,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
 {%- endif %}
-    app = FastAPI(title=TITLE{% if broadcast %}, lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
+    app = FastAPI(title=TITLE, version=__version__{% if broadcast %}, lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
 {%- endfor %}
@@ -155,7 +155,9 @@ async def asyncapi(request: Request) -> dict[str, Any]:
     """The websocket endpoints as an AsyncAPI 3.0 document (see websocket/asyncapi.py)."""
     host, secure = request.headers.get("host", "127.0.0.1:8000"), request.url.scheme == "https"
     routes = websocket_routes(request.app.routes)
-    return document(routes, title=TITLE, description=DESCRIPTION, host=host, secure=secure)
+    return document(
+        routes, title=TITLE, version=__version__, description=DESCRIPTION, host=host, secure=secure
+    )
 {%- if cookiecutter.console_page | ws_yes %}
 
 
@@ -214,7 +216,14 @@ def asyncapi_of(router: Router) -> ASGIApp:
         host = dict(scope["headers"]).get(b"host", b"127.0.0.1:8000").decode("latin-1")
         secure = scope.get("scheme") == "https"
         routes = router.websocket_routes()
-        served = document(routes, title=TITLE, description=DESCRIPTION, host=host, secure=secure)
+        served = document(
+            routes,
+            title=TITLE,
+            version=__version__,
+            description=DESCRIPTION,
+            host=host,
+            secure=secure,
+        )
         await respond_json(send, served)
 
     return asyncapi

@@ -49,6 +49,9 @@ Redis lists none of its clients in presence, receives no direct messages and log
 for each join or leave event (it takes them for messages without a position); run 2.2.0
 everywhere, or use a new ``REDIS_CHANNEL_PREFIX``.
 
+2.1.2: the terminal client (``python -m <package>.client``) goes on printing for
+``--linger`` seconds (1) after its input ends, so piped lines get their replies printed.
+
 2.1.1: less memory per idle connection. `create_router` mounts Starlette's ``WebSocketRoute``
 (not FastAPI's ``APIWebSocketRoute``: its dependency solving and wrappers cost about 5 KiB
 per connection); its endpoint puts its path template in ``scope["route"]`` itself (an object

@@ -390,9 +390,10 @@ def _retried(error: ConnectionClosed) -> bool:
     return code in RETRIED_CLOSE_CODES
 
 
-async def _console(url: str) -> None:
-    """Print what arrives on ``url``, send each line typed (a JSON object); end at the end of
-    the input, or when the service refuses the client."""
+async def _console(url: str, linger: float = 1.0) -> None:
+    """Print what arrives on ``url``, send each line typed (a JSON object); end ``linger``
+    seconds after the end of the input (the replies to its last lines arrive meanwhile), or
+    when the service refuses the client."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -419,11 +420,15 @@ async def _console(url: str) -> None:
                     continue
                 await client.send(value)
 
-        tasks = [asyncio.create_task(printing()), asyncio.create_task(typing())]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        shown, typed = asyncio.create_task(printing()), asyncio.create_task(typing())
+        done, pending = await asyncio.wait([shown, typed], return_when=asyncio.FIRST_COMPLETED)
+        if done == {typed} and typed.exception() is None:
+            done, pending = await asyncio.wait([shown], timeout=linger)
+            done.add(typed)
         for task in pending:
             task.cancel()
-        await asyncio.wait(pending)
+        if pending:
+            await asyncio.wait(pending)
         for task in done:
             task.result()  # Refused, if that is what ended it
 
@@ -434,10 +439,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("url", help="ws://host:port/path of an endpoint")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="seconds to go on printing after the end of the input (default 1)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_console(args.url))
+        asyncio.run(_console(args.url, args.linger))
     except Refused as error:
         print(f"refused: {error}")
         return 1

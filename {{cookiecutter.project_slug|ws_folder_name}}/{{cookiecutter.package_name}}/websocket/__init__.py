@@ -47,7 +47,10 @@ with a one-sentence error on endpoints without presence; `PublishAPI` serves
 `PresentClient`, `Join`, `Leave` and `Direct` types. Upgrading: a 2.1 process on the same
 Redis lists none of its clients in presence, receives no direct messages and logs a warning
 for each join or leave event (it takes them for messages without a position); run 2.2.0
-everywhere, or use a new ``REDIS_CHANNEL_PREFIX``.
+everywhere, or use a new ``REDIS_CHANNEL_PREFIX``. `testing.LiveServer` runs its server in
+a process group of its own: `LiveServer.kill` SIGKILLs it with its workers (hypercorn's
+outlive their parent), and `stop` kills what is left, so it no longer waits forever on a log
+that an orphaned worker keeps open.
 
 2.1.2: the terminal client (``python -m <package>.client``) goes on printing for
 ``--linger`` seconds (1) after its input ends, so piped lines get their replies printed.

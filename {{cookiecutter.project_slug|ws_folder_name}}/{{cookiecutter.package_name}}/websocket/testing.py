@@ -8,6 +8,7 @@ broadcast hub's tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -183,10 +184,8 @@ class LiveServer:
 
     def _kill_group(self) -> None:
         assert self._process is not None
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
             os.killpg(self._process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # nothing left in it
 
 
 class ScriptedClient:

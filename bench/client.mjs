@@ -9,11 +9,13 @@
 //       --period 1 --settle 2 --duration 10
 //   node client.mjs broadcast --url ws://127.0.0.1:PORT/ws/rooms/bench --connections 10000 \
 //       --messages 30 --warmup-messages 2 --interval 0.2
+//   node client.mjs presence --url ws://127.0.0.1:PORT/ws/rooms/bench --connections 10000 \
+//       --round-trips 20
 //
 // It prints one JSON object per line on stdout: events ({"event": "window-start"}, ...) at
 // the moments bench/run.py samples the server's and this process's CPU and memory, then
 // {"event": "result", ...} with what it measured. In counted and idle modes it waits for
-// "go" (and "close") on stdin between its phases. Every connection is to 127.0.0.1 and offers no
+// "go" (and "close"; presence mode "ask" too) on stdin between its phases. Every connection is to 127.0.0.1 and offers no
 // permessage-deflate (the service's default clients in the benchmark send small JSON).
 // Errors end the process with a one-line message on stderr and exit code 1.
 
@@ -567,7 +569,84 @@ async function broadcast(options) {
   });
 }
 
-const MODES = { keepalive, counted, idle, ticker, broadcast };
+/** Presence: open a room of `connections` broadcast connections, then ask who is in it.
+ *
+ * A connection counts as open once its "subscribed" notice is in; the join and leave events
+ * of the others are counted (the service's JOIN_LEAVE_EVENTS), anything else fails the run.
+ * After 50 warm-up connections it says "ready" and waits for "go", opens the room, says
+ * "opened" and waits for "ask"; then one more connection sends {"type": "presence"}
+ * `round-trips` times, each once the last is answered (none for 0), and each answer must
+ * count the whole room, the asker included. It says "asked" and waits for "close".
+ */
+async function presence(options) {
+  const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const waitFor = async (word) => {
+    const line = await lines.next();
+    if (line.done || line.value.trim() !== word) fail(`expected "${word}" on stdin`);
+  };
+  let events = 0;
+  let closedEarly = 0;
+  let running = true;
+  const setup = (ws) => {
+    ws.subscribed = new Promise((resolve, reject) => {
+      ws.once("close", (code) => {
+        reject(new Error(`closed (${code}) before "subscribed"`));
+        if (running) closedEarly += 1;
+      });
+      ws.on("message", (data) => {
+        const message = JSON.parse(data);
+        if (message.type === "subscribed") resolve();
+        else if (message.type === "join" || message.type === "leave") events += 1;
+        else if (message.type === "presence" && ws.answered) ws.answered(message);
+        else fail(`unexpected: ${String(data).slice(0, 200)}`);
+      });
+    });
+  };
+  const open = (number, concurrency) =>
+    openMany(options.url, number, concurrency, setup, 0, () => {}, (ws) => ws.subscribed);
+  running = false;
+  await closeAll(await open(50, 10));
+  running = true;
+  emit({ event: "ready" });
+  await waitFor("go");
+  const started = performance.now();
+  const sockets = await open(options.connections, options["open-concurrency"]);
+  const openSeconds = (performance.now() - started) / 1000;
+  emit({ event: "opened", open_seconds: openSeconds, events });
+  await waitFor("ask");
+  const [asker] = await open(1, 1);
+  const room = options.connections + 1;
+  const answerMs = new Samples();
+  let last = null;
+  let answerBytes = 0;
+  for (let n = 0; n < options["round-trips"]; n += 1) {
+    const answer = new Promise((resolve) => (asker.answered = resolve));
+    const sentAt = performance.now();
+    asker.send('{"type":"presence"}');
+    last = await answer;
+    answerMs.push(performance.now() - sentAt);
+    if (last.count !== room) fail(`a presence answer counted ${last.count}, not ${room}`);
+    if (last.cut !== last.clients.length < last.count) fail("a presence answer's cut is wrong");
+    answerBytes = JSON.stringify(last).length;
+  }
+  emit({ event: "asked" });
+  await waitFor("close");
+  running = false;
+  if (closedEarly > 0) fail(`${closedEarly} connections closed while held`);
+  await closeAll([...sockets, asker]);
+  emit({
+    event: "result",
+    connections: sockets.length,
+    open_seconds: openSeconds,
+    events,
+    answer_ms: percentiles(answerMs.view()),
+    listed: last ? last.clients.length : 0,
+    cut: last ? last.cut : false,
+    answer_bytes: answerBytes,
+  });
+}
+
+const MODES = { keepalive, counted, idle, ticker, broadcast, presence };
 
 async function main() {
   const { values, positionals } = parseArgs({ options: OPTIONS, allowPositionals: true });

@@ -238,10 +238,12 @@ def broadcast_spec(
     flavour) with a broadcast room, on the Redis at ``redis_url`` for the Redis backend,
     keeping each channel's last `HISTORY_SIZE` messages (``history``) or none.
 
-    Its broadcast queue keeps its default size (100 messages per connection).
+    Its broadcast queue keeps its default size (100 messages per connection). Presence is
+    on (the default), its join and leave events off: with them, N subscribers joining one
+    room would get N*(N-1)/2 events (bench/presence.py measures what they cost).
     """
     size = HISTORY_SIZE if history else 0
-    env = dict(LOAD_TEST_LIMITS) | {"HISTORY_SIZE": str(size)}
+    env = dict(LOAD_TEST_LIMITS) | {"HISTORY_SIZE": str(size), "JOIN_LEAVE_EVENTS": "no"}
     if backend == "redis":
         assert redis_url is not None, "the Redis backend needs a Redis URL"
         env["REDIS_URL"] = redis_url

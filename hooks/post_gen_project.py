@@ -135,6 +135,7 @@ if not METRICS:
 
 if "broadcast" not in KINDS:
     Path("tests/test_broadcast.py").unlink()
+    Path("tests/readme_auth.py").unlink()
 
 if INIT_GIT:
     init_git()

@@ -82,7 +82,12 @@ def served(backend: str, folder: Path) -> Iterator[Any]:
         project = render(folder / backend, config, answers)
         sys.path.insert(0, str(project))
         testing = importlib.import_module("ws_service.websocket.testing")
-        environment = {"LOG_LEVEL": "WARNING", "BROADCAST_QUEUE_SIZE": "1000"}
+        # No join events: 1,000 subscribers opening would be sent about half a million.
+        environment = {
+            "LOG_LEVEL": "WARNING",
+            "BROADCAST_QUEUE_SIZE": "1000",
+            "JOIN_LEAVE_EVENTS": "no",
+        }
         if backend == "redis":
             redis = stack.enter_context(testing.RedisServer())
             environment["REDIS_URL"] = redis.url
@@ -113,6 +118,7 @@ async def measure(url: str, figures: Figures) -> None:
         while expected < figures.messages:
             message = json.loads(await websocket.recv())
             now_ns = time.time_ns()
+            assert message["type"] == "broadcast", message
             body = message["message"]
             figures.samples_ms.append((now_ns - body["sent_ns"]) / 1e6)
             figures.out_of_order += body["seq"] != expected

@@ -100,6 +100,41 @@ def test_smoke_run_measures_broadcast_through_redis_with_every_delivery(tmp_path
     assert (smoke.folder / "broadcast.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_presence_smoke_run_answers_a_whole_room_and_opens_it_with_each_setting(
+    tmp_path: Path,
+) -> None:
+    backends = ["memory"] if RedisServer.unavailable() and not RedisServer.required() else []
+    command = [sys.executable, str(TEMPLATE / "bench" / "presence.py"), "--smoke"]
+    command += ["--output", str(tmp_path)]
+    if backends:
+        command += ["--backends", *backends]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((tmp_path / "presence-smoke.json").read_text())
+    report = (tmp_path / "presence-smoke.md").read_text()
+    assert report in result.stdout
+    for backend in backends or ["memory", "redis"]:
+        [answer] = [
+            r for r in data["records"] if r["workload"] == "answer" and r["backend"] == backend
+        ]
+        # client.mjs checked that every answer counted the whole room, the asker included.
+        assert answer["round_trips"] == 3
+        assert answer["listed"] == answer["connections"] + 1  # under the limit: not cut
+        assert answer["cut"] is False
+        assert answer["events"] == 0  # JOIN_LEAVE_EVENTS=no for the answer's room
+        assert f"\n| {backend} | {answer['connections'] + 1:,} | " in report
+        opens = {
+            r["side"]: r
+            for r in data["records"]
+            if r["workload"] == "open" and r["backend"] == backend
+        }
+        assert set(opens) == {"off", "on", "on+events"}
+        assert opens["off"]["events"] == opens["on"]["events"] == 0
+        assert opens["on+events"]["events"] > 0  # the room's joins (and the warm-up's leaves)
+        for side in opens:
+            assert f"\n| {backend} | {side} | " in report
+
+
 def assert_broadcast_measured(smoke: SmokeRun, backend: str) -> None:
     """Every subscriber count of the smoke settings ran, each delivery made, on ``backend``
     with history on and off, and the report has the cost of history."""

@@ -138,3 +138,77 @@ def test_without_the_console_page_nothing_of_it_is_served(
             urllib.request.urlopen(server.url("/"), timeout=5)
         missing.value.close()
         assert missing.value.code == 404
+
+
+def test_two_consoles_in_one_room_see_each_other_in_presence_and_who_joins_and_leaves(
+    browser: Browser, tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    answers = {"endpoints": "/ws/rooms/{room}:broadcast", "package_name": "presence_console"}
+    project = render(tmp_path, cookiecutter_config, answers)
+    errors: list[str] = []
+    # At most two clients listed: a third connection makes the answer say it was cut.
+    with LiveServer(
+        "presence_console.app:app",
+        server="runner",
+        env={"PRESENCE_LIST_LIMIT": "2"},
+        cwd=project,
+    ) as server:
+        first, second = (open_console(browser, server, errors) for _ in range(2))
+        rooms = [page.locator('section[data-kind="broadcast"]') for page in (first, second)]
+        rooms[0].locator("button.connect").click()
+        expect(rooms[0].locator(".state")).to_have_text("open")
+        own = re.compile(r"^[A-Za-z0-9_-]{22}$")  # 16 random bytes, base64url
+        expect(rooms[0].locator(".client-id")).to_have_text(own)
+        rooms[1].locator("button.connect").click()
+        expect(rooms[1].locator(".client-id")).to_have_text(own)
+        ids = [room.locator(".client-id").inner_text() for room in rooms]
+        assert ids[0] != ids[1]
+        # The first sees the second join (the second is told nothing of itself).
+        joined = rooms[0].locator('li.event[data-event="join"]')
+        expect(joined).to_have_count(1)
+        expect(joined).to_have_text(f"{ids[1]} (anonymous) joined")
+        expect(rooms[1].locator("li.event")).to_have_count(0)
+
+        for room, (mine, theirs) in zip(rooms, (ids, ids[::-1]), strict=True):
+            room.locator("button.who").click()
+            expect(room.locator(".present")).to_have_text("2")
+            expect(room.locator(".cut")).to_be_hidden()
+            listed = room.locator("ul.clients li")
+            expect(listed).to_have_count(2)
+            expect(room.locator(f'ul.clients li[data-client-id="{theirs}"]')).to_have_text(
+                f"{theirs} anonymous"
+            )
+            expect(room.locator("ul.clients li.self")).to_have_text(f"{mine} anonymous (you)")
+
+        # A third connection, not a console: both see it join; the list of two is cut.
+        with connect(server.ws_url("/ws/rooms/room-1")) as third:
+            third_id = json.loads(third.recv(timeout=5))["client_id"]
+            for room in rooms:
+                expect(room.locator('li.event[data-event="join"]').first).to_have_text(
+                    f"{third_id} (anonymous) joined"
+                )
+                expect(room.locator(".present")).to_have_text("3")  # kept up by the event
+            rooms[1].locator("button.who").click()
+            expect(rooms[1].locator(".present")).to_have_text("3")
+            expect(rooms[1].locator(".cut")).to_be_visible()
+            expect(rooms[1].locator(".cut")).to_have_text(" (list cut: 2 of 3 shown)")
+            expect(rooms[1].locator("ul.clients li")).to_have_count(2)
+        for room in rooms:
+            expect(room.locator('li.event[data-event="leave"]').first).to_have_text(
+                f"{third_id} (anonymous) left"
+            )
+            expect(room.locator(".present")).to_have_text("2")
+
+        # The second leaves from its console: the first sees it go.
+        rooms[1].locator("button.connect").click()
+        expect(rooms[1].locator(".state")).to_have_text("closed 1000 (closed from the console)")
+        expect(rooms[1].locator(".client-id")).to_have_text("-")
+        expect(rooms[0].locator('li.event[data-event="leave"]').first).to_have_text(
+            f"{ids[1]} (anonymous) left"
+        )
+        expect(rooms[0].locator(".present")).to_have_text("1")
+        expect(rooms[0].locator("ul.clients li")).to_have_count(1)
+        first.screenshot(path=str(tmp_path / "presence.png"), full_page=True)
+        for page in (first, second):
+            page.close()
+    assert errors == []

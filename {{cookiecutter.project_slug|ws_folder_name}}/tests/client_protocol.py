@@ -81,8 +81,18 @@ def check_errors_answered(connection: JsonConnection) -> None:
     assert receive_reply(connection)["type"] == "error"
 
 
+def check_presence_refused(connection: JsonConnection) -> None:
+    """Presence is kept on broadcast endpoints only: elsewhere a request gets one sentence."""
+    connection.send_text(json.dumps({"type": "presence"}))  # not one of this endpoint's messages
+    assert receive_reply(connection) == {
+        "type": "error",
+        "reason": "presence is kept on broadcast endpoints only; this endpoint has none",
+    }
+
+
 def check_keepalive_endpoint(connection: JsonConnection) -> None:
     check_keepalive_answered(connection)
+    check_presence_refused(connection)
     connection.send_text(json.dumps({"type": "chat", "text": "hi"}))  # not one of its messages
     assert receive_reply(connection) == {
         "type": "error",
@@ -100,6 +110,7 @@ def check_echo_endpoint(connection: JsonConnection) -> None:
     ):
         connection.send_json(message)
         assert connection.receive_json() == message
+    check_presence_refused(connection)  # not echoed
     check_keepalive_answered(connection)
     check_errors_answered(connection)
     check_keepalive_answered(connection)
@@ -111,6 +122,7 @@ def check_ticker_endpoint(connection: JsonConnection) -> None:
     assert [tick["seq"] for tick in ticks] == [0, 1, 2], ticks
     assert ticks[0]["server_ns"] < ticks[1]["server_ns"] < ticks[2]["server_ns"], ticks
     check_keepalive_answered(connection)
+    check_presence_refused(connection)
     later = connection.receive_json()
     assert later["type"] == "tick", later
     assert later["seq"] > 2, later

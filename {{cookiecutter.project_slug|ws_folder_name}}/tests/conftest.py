@@ -19,8 +19,16 @@ from {{ cookiecutter.package_name }}.app import create_app
 {%- endif %}
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
-
-TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"{% if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}, "PUBLISH_API_KEY": "test-key-0123456789abcdef"{% endif %}}
+{{ "" }}
+{%- if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
+TEST_ENVIRONMENT = {
+    "TICK_SECONDS": "0.05",
+    "PUBLISH_API_KEY": "test-key-0123456789abcdef",
+    "JOIN_LEAVE_EVENTS": "no",  # tests of messages see only messages; test_presence turns it on
+}
+{%- else %}
+TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"}
+{%- endif %}
 {%- if redis %}
 
 

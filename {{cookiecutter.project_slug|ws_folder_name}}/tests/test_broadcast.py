@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -63,6 +65,7 @@ def clients(live_server: LiveServer) -> Iterator[OpenClient]:
                 "channel": path,
                 "offset": notice["offset"],
                 "epoch": notice["epoch"],
+                "client_id": notice["client_id"],
                 **recovered,
             }
             return websocket
@@ -291,6 +294,116 @@ def test_without_a_key_the_publish_api_refuses_every_call_and_says_so(
             {"detail": "The publish API is off: set PUBLISH_API_KEY to turn it on."},
         )
     assert keyless_server.log.count("/api/publish refuses every call") == 1, keyless_server.log
+
+
+SESSIONS = {"SESSION_TOKENS": "alice=token-a,bob=token-b", "JOIN_LEAVE_EVENTS": "yes"}
+"""The users of README.md's worked auth.py example, and join and leave events on."""
+
+
+@pytest.fixture(scope="module")
+{%- if redis %}
+def users_server(redis_server: RedisServer) -> Iterator[LiveServer]:
+    environment = {**TEST_ENVIRONMENT, **SESSIONS, "REDIS_URL": redis_server.url}
+{%- else %}
+def users_server() -> Iterator[LiveServer]:
+    environment = {**TEST_ENVIRONMENT, **SESSIONS}
+{%- endif %}
+    with LiveServer("tests.readme_auth:app", env=environment) as server:
+        yield server
+
+
+def as_user(
+    stack: ExitStack, server: LiveServer, path: str, token: str
+) -> tuple[ClientConnection, str]:
+    """A client of ``path`` with the session cookie ``token``, once subscribed; its client_id."""
+    headers = {"Cookie": f"session={token}"}
+    websocket = stack.enter_context(connect(server.ws_url(path), additional_headers=headers))
+    notice = receive(websocket)
+    assert (notice["type"], notice["channel"]) == ("subscribed", path), notice
+    return websocket, notice["client_id"]
+
+
+def presence_of(server: LiveServer, channel: str) -> tuple[int, dict[str, Any]]:
+    """Call ``GET /api/presence?channel=...`` on ``server``: the status and the JSON answer."""
+    query = urllib.parse.urlencode({"channel": channel})
+    request = urllib.request.Request(
+        server.url(f"/api/presence?{query}"), headers={"authorization": f"Bearer {API_KEY}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def by_user(clients: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(clients, key=lambda client: str(client["user"]))
+
+
+def test_presence_shows_each_client_as_the_user_auth_py_returned(
+    users_server: LiveServer,
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "presence")
+    with ExitStack() as stack:
+        alice, alice_id = as_user(stack, users_server, url, "token-a")
+        bob, bob_id = as_user(stack, users_server, url, "token-b")
+        bob_client = {"client_id": bob_id, "user": "bob"}
+        assert receive(alice) == {"type": "join", "channel": url, "client": bob_client}
+        bob.send(json.dumps({"type": "presence"}))
+        expected = {
+            "type": "presence",
+            "channel": url,
+            "count": 2,
+            "clients": [
+                {"client_id": alice_id, "user": "alice"},
+                bob_client,
+            ],
+            "cut": False,
+        }
+        answer = receive(bob)
+        assert {**answer, "clients": by_user(answer["clients"])} == expected
+        status, over_http = presence_of(users_server, url)
+        assert status == 200, over_http
+        assert {**over_http, "clients": by_user(over_http["clients"])} == expected
+        bob.close()
+        assert receive(alice) == {"type": "leave", "channel": url, "client": bob_client}
+        assert presence_of(users_server, url)[1]["count"] == 1
+
+
+def caught_up(server: LiveServer, channel: str, *websockets: ClientConnection) -> list[Any]:
+    """What the ``websockets`` of ``channel`` received before a marker published on it now."""
+    marker = {"marker": time.monotonic_ns()}
+    assert publish(server, {"channel": channel, "message": marker})[0] == 200
+    before = []
+    for websocket in websockets:
+        while (message := receive(websocket)).get("message") != marker:
+            before.append(message)
+    return before
+
+
+def test_a_message_to_a_user_reaches_each_of_their_connections_and_nobody_else(
+    users_server: LiveServer,
+) -> None:
+    rooms = [filled(BROADCAST_PATHS[0], "direct-1"), filled(BROADCAST_PATHS[-1], "direct-2")]
+    with ExitStack() as stack:
+        alices = [as_user(stack, users_server, room, "token-a") for room in rooms]
+        bob = as_user(stack, users_server, rooms[0], "token-b")
+        in_room: dict[str, list[ClientConnection]] = {}
+        for (websocket, _), room in zip((*alices, bob), (*rooms, rooms[0]), strict=True):
+            in_room.setdefault(room, []).append(websocket)
+        for room, websockets in in_room.items():  # one room, if the path has no parameter
+            caught_up(users_server, room, *websockets)  # the join events read
+        status, answer = publish(users_server, {"user": "alice", "message": {"text": "hi"}})
+        assert (status, answer) == (200, {"user": "alice"})
+        for websocket, _ in alices:
+            direct = receive(websocket)
+            assert (direct["type"], direct["message"]) == ("direct", {"text": "hi"})
+        assert publish(users_server, {"user": "nobody", "message": {}}) == (
+            200,
+            {"user": "nobody"},
+        )
+        assert caught_up(users_server, rooms[0], bob[0]) == []  # no direct message came to bob
 {%- if cookiecutter.framework == "fastapi" %}
 
 

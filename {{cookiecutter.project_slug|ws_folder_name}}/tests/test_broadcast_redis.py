@@ -28,7 +28,7 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisS
 
 from .conftest import TEST_ENVIRONMENT
 from .contract import connect
-from .test_broadcast import publish
+from .test_broadcast import SESSIONS, as_user, by_user, caught_up, presence_of, publish
 
 APP = "{{ cookiecutter.package_name }}.app:app"
 PATH = "{{ broadcasts[0].example_url if broadcasts else "/" }}"
@@ -190,11 +190,13 @@ def test_a_client_resumes_on_the_other_process_with_every_message_it_missed(
             assert status == 200, answer
         query = f"?since={reached['offset']}&epoch={reached['epoch']}"
         back = stack.enter_context(connect(second.ws_url(PATH + query)))
-        assert receive(back) == {
+        notice = receive(back)
+        assert notice == {
             "type": "subscribed",
             "channel": PATH,
             "offset": reached["offset"],
             "epoch": reached["epoch"],
+            "client_id": notice["client_id"],
             "recovered": True,
         }
         missed = [receive(back) for _ in range(8)]
@@ -263,6 +265,51 @@ def test_a_stopping_server_closes_its_clients_and_leaves_nothing_open(
         assert len(observer.client_list()) == before
     assert "connected to Redis" in server.log, server.log
     assert troubles(server) == [], server.log
+
+
+PRESENCE_TTL = 1.5
+"""Seconds: a short PRESENCE_TTL_SECONDS, so that a killed process's clients go soon."""
+
+
+def serve_users(redis: RedisServer) -> LiveServer:
+    """The app with README.md's auth.py example (tests/readme_auth.py) on ``redis``."""
+    environment = {
+        **TEST_ENVIRONMENT,
+        **SESSIONS,
+        "REDIS_URL": redis.url,
+        "PRESENCE_TTL_SECONDS": str(PRESENCE_TTL),
+    }
+    return LiveServer("tests.readme_auth:app", env=environment)
+
+
+def test_two_processes_share_one_presence_and_reach_a_user_on_both(
+    own_redis: RedisServer,
+) -> None:
+    with serve_users(own_redis) as first, serve_users(own_redis) as second, ExitStack() as stack:
+        alice_here, alice_id = as_user(stack, first, PATH, "token-a")
+        bob_there, _ = as_user(stack, second, PATH, "token-b")
+        alice_there, _ = as_user(stack, second, PATH, "token-a")
+        caught_up(first, PATH, alice_here, bob_there, alice_there)  # the join events read
+        for server in (first, second):  # one list, from either process
+            status, answer = presence_of(server, PATH)
+            assert status == 200, answer
+            assert answer["count"] == 3, answer
+            assert [c["user"] for c in by_user(answer["clients"])] == ["alice", "alice", "bob"]
+        alice_here.send(json.dumps({"type": "presence"}))
+        assert receive(alice_here)["count"] == 3
+        status, answer = publish(first, {"user": "alice", "message": {"text": "hi"}})
+        assert status == 200, answer
+        for websocket in (alice_here, alice_there):  # on both processes
+            direct = receive(websocket)
+            assert (direct["type"], direct["message"]) == ("direct", {"text": "hi"})
+        assert caught_up(first, PATH, bob_there) == []  # nothing came to bob
+
+        second.kill()  # no clean-up, no leave (workers too, whatever the server)
+        killed_at = time.monotonic()
+        while (answer := presence_of(first, PATH)[1])["count"] > 1:
+            assert time.monotonic() - killed_at < PRESENCE_TTL + 1.5, answer
+            time.sleep(0.05)
+        assert answer["clients"] == [{"client_id": alice_id, "user": "alice"}]
 
 
 @pytest.fixture(scope="module")

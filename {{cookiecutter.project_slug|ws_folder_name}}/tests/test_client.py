@@ -147,6 +147,7 @@ async def test_a_client_reconnects_after_a_restart_and_resumes(
             "channel": BROADCAST_URL,
             "offset": notices[0]["offset"],
             "epoch": notices[0]["epoch"],
+            "client_id": notices[0]["client_id"],
             "recovered": True,
         }
     ]

@@ -178,7 +178,11 @@ UNREAD = [
     "HISTORY_SIZE",
     "HISTORY_TTL_SECONDS",
     "PUBLISH_API_KEY",
+    "PRESENCE_ENABLED",
+    "JOIN_LEAVE_EVENTS",
+    "PRESENCE_LIST_LIMIT",
 {%- endif %}
+    "PRESENCE_TTL_SECONDS",
     "REDIS_CHANNEL_PREFIX",
     "REDIS_TIMEOUT_SECONDS",
     "REDIS_URL",
@@ -196,6 +200,10 @@ CLASHES = [
     (
         {"HISTORY_SIZE": "0", "HISTORY_TTL_SECONDS": "60"},
         "HISTORY_TTL_SECONDS is set, but HISTORY_SIZE=0 keeps no history",
+    ),
+    (
+        {"PRESENCE_ENABLED": "no", "JOIN_LEAVE_EVENTS": "yes"},
+        "JOIN_LEAVE_EVENTS is set, but PRESENCE_ENABLED=no keeps no presence",
     ),
 {%- endif %}
     (

@@ -2,7 +2,8 @@
 {%- set metrics = cookiecutter.metrics | ws_yes -%}
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``,
 ``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %},
-``POST /api/publish`` (``websocket/publish_api.py``, off until ``PUBLISH_API_KEY`` is set){% endif %}{% if metrics %}
+``POST /api/publish`` and ``GET /api/presence`` (``websocket/publish_api.py``, off until
+``PUBLISH_API_KEY`` is set){% endif %}{% if metrics %}
 and ``GET /metrics`` (Prometheus, ``websocket/metrics.py``; ``METRICS_ENABLED``, ``METRICS_API_KEY``){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
@@ -58,7 +59,7 @@ from .websocket.metrics import Metrics, MetricsEndpoint
 {%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
-from .websocket.publish_api import PublishAPI
+from .websocket.publish_api import PRESENCE_PATH, PublishAPI
 {%- endif %}
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
@@ -76,7 +77,7 @@ from .websocket.metrics import Metrics, MetricsEndpoint
 {%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
-from .websocket.publish_api import PublishAPI
+from .websocket.publish_api import PRESENCE_PATH, PublishAPI
 {%- endif %}
 {%- endif %}
 from .websocket.workers import server_workers
@@ -125,6 +126,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     app.add_api_route("/asyncapi.json", asyncapi, include_in_schema=False)
 {%- if broadcast %}
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
+    app.router.routes.append(Route(PRESENCE_PATH, publish_api(settings)))
 {%- endif %}
 {%- if metrics %}
     if metrics is not None:
@@ -183,6 +185,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     app.add_http_route("/asyncapi.json", asyncapi_of(app))
 {%- if broadcast %}
     app.add_http_route(PUBLISH_PATH, publish_api(settings), methods=None)
+    app.add_http_route(PRESENCE_PATH, publish_api(settings), methods=None)
 {%- endif %}
 {%- if metrics %}
     if metrics is not None:
@@ -239,7 +242,8 @@ async def console(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def publish_api(settings: Settings) -> PublishAPI:
-    """``POST /api/publish``: publish to a broadcast channel over HTTP (see README.md)."""
+    """``POST /api/publish`` and ``GET /api/presence``: publish to a broadcast channel or a
+    user, and see who is on a channel, over HTTP (see README.md)."""
     return PublishAPI(
         BROADCAST_PATHS,
         api_key=settings.publish_api_key,

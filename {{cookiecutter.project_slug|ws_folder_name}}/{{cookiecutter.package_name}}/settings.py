@@ -40,6 +40,7 @@ UNREAD_VARIABLES = {
     "REDIS_URL": "the broadcast backend of this service is memory",
     "REDIS_CHANNEL_PREFIX": "the broadcast backend of this service is memory",
     "REDIS_TIMEOUT_SECONDS": "the broadcast backend of this service is memory",
+    "PRESENCE_TTL_SECONDS": "the broadcast backend of this service is memory",
 {%- else %}
     "REDIS_URL": "this service has no broadcast endpoint",
     "REDIS_CHANNEL_PREFIX": "this service has no broadcast endpoint",
@@ -48,6 +49,10 @@ UNREAD_VARIABLES = {
     "HISTORY_SIZE": "this service has no broadcast endpoint",
     "HISTORY_TTL_SECONDS": "this service has no broadcast endpoint",
     "PUBLISH_API_KEY": "this service has no broadcast endpoint",
+    "PRESENCE_ENABLED": "this service has no broadcast endpoint",
+    "JOIN_LEAVE_EVENTS": "this service has no broadcast endpoint",
+    "PRESENCE_LIST_LIMIT": "this service has no broadcast endpoint",
+    "PRESENCE_TTL_SECONDS": "this service has no broadcast endpoint",
 {%- endif %}
 }
 """Variables of ws-template's other kinds of service, which this one does not read."""
@@ -80,6 +85,12 @@ class Settings:
     """How long a channel keeps its history after its last message."""
     publish_api_key: str = field(default="", repr=False)
     """The key of ``POST /api/publish`` (``Authorization: Bearer <key>``); empty: it refuses."""
+    presence_enabled: bool = True
+    """Whether broadcast endpoints keep presence: who is on each channel."""
+    join_leave_events: bool = True
+    """Whether a channel's clients are told who joins and leaves it (with presence only)."""
+    presence_list_limit: int = 1000
+    """Clients listed in a presence answer at most (its count is always the whole room's)."""
 {%- endif %}
 {%- if redis %}
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
@@ -89,6 +100,8 @@ class Settings:
     """Put before every channel name in Redis, so that services can share one Redis."""
     redis_timeout_seconds: float = 2.0
     """How long a publish or a connection attempt to Redis may take."""
+    presence_ttl_seconds: float = 30.0
+    """How soon the clients of a process that died without cleaning up leave presence lists."""
 {%- endif %}
 {%- if metrics %}
     metrics_enabled: bool = True
@@ -136,6 +149,11 @@ class Settings:
                 "HISTORY_TTL_SECONDS", _positive(float), cls.history_ttl_seconds
             ),
             publish_api_key=read("PUBLISH_API_KEY", _api_key, cls.publish_api_key),
+            presence_enabled=read("PRESENCE_ENABLED", _flag, cls.presence_enabled),
+            join_leave_events=read("JOIN_LEAVE_EVENTS", _flag, cls.join_leave_events),
+            presence_list_limit=read(
+                "PRESENCE_LIST_LIMIT", _positive(int), cls.presence_list_limit
+            ),
 {%- endif %}
 {%- if redis %}
             redis_url=read("REDIS_URL", _redis_url, cls.redis_url),
@@ -144,6 +162,9 @@ class Settings:
             ),
             redis_timeout_seconds=read(
                 "REDIS_TIMEOUT_SECONDS", _positive(float), cls.redis_timeout_seconds
+            ),
+            presence_ttl_seconds=read(
+                "PRESENCE_TTL_SECONDS", _positive(float), cls.presence_ttl_seconds
             ),
 {%- endif %}
 {%- if metrics %}
@@ -211,6 +232,11 @@ class Settings:
                 "HISTORY_TTL_SECONDS is set, but HISTORY_SIZE=0 keeps no history: unset "
                 "HISTORY_TTL_SECONDS, or set HISTORY_SIZE to the messages to keep"
             )
+        if not self.presence_enabled and given("JOIN_LEAVE_EVENTS"):
+            raise SettingsError(
+                "JOIN_LEAVE_EVENTS is set, but PRESENCE_ENABLED=no keeps no presence to join "
+                "or leave: unset JOIN_LEAVE_EVENTS, or turn presence on"
+            )
 {%- endif %}
         if self.ws_ping_interval_seconds == 0 and given("WS_PING_TIMEOUT_SECONDS"):
             raise SettingsError(
@@ -257,12 +283,19 @@ class Settings:
             history_size=self.history_size,
             history_ttl=self.history_ttl_seconds,
             timeout=self.redis_timeout_seconds,
+            presence=self.presence_enabled,
+            join_leave=self.join_leave_events,
+            presence_limit=self.presence_list_limit,
+            presence_ttl=self.presence_ttl_seconds,
         )
 {%- else %}
         return MemoryHub(
             self.broadcast_queue_size,
             history_size=self.history_size,
             history_ttl=self.history_ttl_seconds,
+            presence=self.presence_enabled,
+            join_leave=self.join_leave_events,
+            presence_limit=self.presence_list_limit,
         )
 {%- endif %}
 {%- endif %}

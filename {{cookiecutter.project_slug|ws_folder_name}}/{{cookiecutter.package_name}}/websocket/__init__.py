@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.1.2. Every file in this folder is copied unchanged into each project that
+Version 2.2.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -14,7 +14,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
   Redis (pub/sub, and a stream per channel for its history), across processes; and
   `ShardedRedisHub`, its channels spread over several Redis servers.
-- ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` for code outside the service.
+- ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` (to a channel or a user) and
+  ``GET /api/presence`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
   and resumes broadcast channels (``python -m <package>.client URL``).
 - ``asyncapi.py``: `declares` and `Messages` (what an endpoint's clients send and what it
@@ -31,6 +32,25 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.2.0: presence and per-user delivery. A `Subscription` has a random ``client_id`` (in the
+``subscribed`` notice) and the ``user`` auth.py returned (`presence_user`);
+`Hub.subscribe(channel, since, user=...)`, `Hub.presence(channel) -> Presence` (``count``,
+``clients`` up to ``presence_limit``, ``cut``; `PresenceOff` when off) and
+`Hub.publish_to_user(user, message)` (``{"type": "direct", ...}`` to each connection of
+the user); join and leave events (``join_leave``). `MemoryHub` and `RedisHub` take
+``presence``, ``join_leave``, ``presence_limit`` (and Redis ``presence_ttl``: each process
+renews its clients every third of it; a SIGKILLed process's clients expire within it, with no
+leave event). ``{"type": "presence"}`` is answered by `receive_json(handle, presence=...)`,
+with a one-sentence error on endpoints without presence; `PublishAPI` serves
+``GET /api/presence`` and ``POST /api/publish`` with a ``user``; the client's `Presence`,
+`PresentClient`, `Join`, `Leave` and `Direct` types. Upgrading: a 2.1 process on the same
+Redis lists none of its clients in presence, receives no direct messages and logs a warning
+for each join or leave event (it takes them for messages without a position); run 2.2.0
+everywhere, or use a new ``REDIS_CHANNEL_PREFIX``. `testing.LiveServer` runs its server in
+a process group of its own: `LiveServer.kill` SIGKILLs it with its workers (hypercorn's
+outlive their parent), and `stop` kills what is left, so it no longer waits forever on a log
+that an orphaned worker keeps open.
 
 2.1.2: the terminal client (``python -m <package>.client``) goes on printing for
 ``--linger`` seconds (1) after its input ends, so piped lines get their replies printed.
@@ -79,4 +99,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.1.2"
+__version__ = "2.2.0"

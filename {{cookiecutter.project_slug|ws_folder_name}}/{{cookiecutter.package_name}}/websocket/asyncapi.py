@@ -102,9 +102,43 @@ SUBSCRIBED: Final = _object(
         "channel": {"type": "string"},
         "offset": OFFSET,
         "epoch": EPOCH,
+        "client_id": {"type": "string", "minLength": 16},
         "recovered": {"type": "boolean"},
     },
-    ["type", "channel", "offset", "epoch"],
+    ["type", "channel", "offset", "epoch", "client_id"],
+    extra=False,
+)
+CLIENT: Final = _object(
+    {"client_id": {"type": "string", "minLength": 16}, "user": {}},
+    ["client_id", "user"],
+    extra=False,
+)
+"""A connection in a presence list: its client_id, and its user (any JSON; null: anonymous)."""
+PRESENCE_REQUEST: Final = _typed("presence", {}, [])
+PRESENCE: Final = _object(
+    {
+        "type": {"const": "presence"},
+        "channel": {"type": "string"},
+        "count": OFFSET,
+        "clients": {"type": "array", "items": CLIENT},
+        "cut": {"type": "boolean"},
+    },
+    ["type", "channel", "count", "clients", "cut"],
+    extra=False,
+)
+JOIN: Final = _object(
+    {"type": {"const": "join"}, "channel": {"type": "string"}, "client": CLIENT},
+    ["type", "channel", "client"],
+    extra=False,
+)
+LEAVE: Final = _object(
+    {"type": {"const": "leave"}, "channel": {"type": "string"}, "client": CLIENT},
+    ["type", "channel", "client"],
+    extra=False,
+)
+DIRECT: Final = _object(
+    {"type": {"const": "direct"}, "server_ns": INTEGER, "message": ANY_OBJECT},
+    ["type", "server_ns", "message"],
     extra=False,
 )
 BROADCAST: Final = _object(
@@ -152,6 +186,11 @@ SUMMARIES: Final = {
     "broadcast": "A message of the channel, with its position (offset and epoch).",
     "subscribed": "The connection receives the channel's messages from this position.",
     "dropped": "Messages lost just before this position (count null: unknown).",
+    "presence_request": 'A request for the presence list: {"type": "presence"}.',
+    "presence": "Who is on the channel, on every process (cut: the list is not whole).",
+    "join": "Another connection subscribed to the channel.",
+    "leave": "Another connection left the channel.",
+    "direct": "A message sent to this connection's user (POST /api/publish with a user).",
 }
 
 KEEPALIVE_ENDPOINT: Final = Messages(
@@ -170,11 +209,19 @@ TICKER_ENDPOINT: Final = Messages(
     description="Sends a tick every TICK_SECONDS, and answers keepalives.",
 )
 BROADCAST_ENDPOINT: Final = Messages(
-    client={"keepalive": KEEPALIVE, "publish": ANY_OBJECT},
+    client={
+        "keepalive": KEEPALIVE,
+        "presence_request": PRESENCE_REQUEST,
+        "publish": ANY_OBJECT,
+    },
     server={
         "subscribed": SUBSCRIBED,
         "broadcast": BROADCAST,
         "dropped": DROPPED,
+        "presence": PRESENCE,
+        "join": JOIN,
+        "leave": LEAVE,
+        "direct": DIRECT,
         "keepalive_ack": KEEPALIVE_ACK,
         "error": ERROR,
     },
@@ -182,7 +229,9 @@ BROADCAST_ENDPOINT: Final = Messages(
     description=(
         "Every JSON object a client sends goes to every client on the same path, the sender "
         "included, with the channel's position. ?since=OFFSET&epoch=EPOCH resumes after a "
-        "position, from the channel's history."
+        'position, from the channel\'s history. {"type": "presence"} asks who is on '
+        "the channel; join and leave tell the others who comes and goes; direct messages "
+        "reach every connection of one user."
     ),
 )
 

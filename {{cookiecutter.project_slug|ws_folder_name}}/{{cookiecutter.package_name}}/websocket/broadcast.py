@@ -98,14 +98,59 @@ LAG_SAMPLE: Final = 16
 """One live delivery in this many has its lag measured (a clock read and a bucket search
 per delivery cost a tenth of a delivery; one in 16 keeps the distribution)."""
 _EPOCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+CLIENT_ID_BYTES: Final = 16
+"""Random bytes in a client_id (22 characters of base64url)."""
+DEFAULT_PRESENCE_LIMIT: Final = 1000
+"""Clients listed in a presence answer at most (its ``count`` is always the whole room's)."""
+
+JSONValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+"""A value that is JSON: what a presence list shows of a client's user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Who is on a channel: ``count`` connections on every process, ``clients`` listing up
+    to the hub's ``presence_limit`` of them (``cut``: the list is shorter than ``count``)."""
+
+    count: int
+    clients: list[dict[str, JSONValue]]
+    cut: bool
+
+    def answer(self, channel: str) -> dict[str, Any]:
+        """The ``presence`` message a client or the presence API gets."""
+        return {
+            "type": "presence",
+            "channel": channel,
+            "count": self.count,
+            "clients": self.clients,
+            "cut": self.cut,
+        }
 
 
 class HubUnavailable(Exception):
     """The hub could not publish a message (its backend is unreachable): it was not sent."""
 
 
+def presence_user(identity: object) -> JSONValue:
+    """What presence shows of the identity auth.py returned: itself if it is JSON (a name, a
+    dict of public fields...), else its ``str``; None stays None (anonymous)."""
+    if identity is None or isinstance(identity, str | int | float | bool):
+        return identity
+    if isinstance(identity, list | dict):
+        try:
+            _compact(identity)
+        except (TypeError, ValueError):
+            return str(identity)
+        return identity
+    return str(identity)
+
+
 class HubClosed(HubUnavailable):
     """The hub is closed (the service is stopping): nothing can be published any more."""
+
+
+class PresenceOff(HubUnavailable):
+    """The hub keeps no presence (``presence=False``): nobody can be listed."""
 
 
 class Position(NamedTuple):
@@ -193,6 +238,13 @@ class _Notice:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A join, leave or direct message for the subscriber (see `Subscription.notify`)."""
+
+    text: str
+
+
 class Subscription:
     """One connection's place on a channel: the queue of what to send it, bounded.
 
@@ -208,10 +260,17 @@ class Subscription:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         since: Position | None = None,
         stats: BroadcastStats | None = None,
+        user: JSONValue = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}.")
         self.channel = channel
+        self.client_id = secrets.token_urlsafe(CLIENT_ID_BYTES)
+        """Names this connection in presence lists: random, so nobody can guess another's."""
+        self.user = user
+        """Who the client is (what auth.py returned, as JSON), or None."""
+        self.user_key = None if user is None else _compact(user)
+        """``user`` as compact JSON: what per-user delivery matches."""
         self.stats = stats
         self.queue_size = queue_size
         self.since = since
@@ -220,13 +279,19 @@ class Subscription:
         """Once resumed with ``since``: whether every message after it could be sent."""
         self.dropped = 0
         """How many messages were dropped because the queue was full."""
+        self.dropped_events = 0
+        """How many events were dropped because ``queue_size`` of them were waiting."""
         self._offset = 0
         self._epoch = ""
         self._resumed = False
         self._held: deque[Publication] | None = deque(maxlen=queue_size)
         """What the hub delivered while the subscription waits to be resumed; None when live."""
-        self._entries: deque[Publication | _Replayed | _Gap | _Notice] = deque()
+        self._entries: deque[Publication | _Replayed | _Gap | _Notice | _Event] = deque()
         self._messages = 0
+        self._events = 0
+        """Events (join, leave, direct) queued: at most ``queue_size``, later ones dropped."""
+        self._early: list[str] | None = []
+        """Events that came before the subscribed notice, sent right after it."""
         self._ended = False
         self._wakeup = asyncio.Event()
 
@@ -288,7 +353,12 @@ class Subscription:
                 if self.stats is not None:
                     self.stats.recoveries["recovered" if self.recovered else "not_recovered"] += 1
             self._offset, self._epoch = start
-            self._put(_Notice(subscribed_notice(self.channel, start, self.recovered)))
+            self._put(
+                _Notice(subscribed_notice(self.channel, start, self.recovered, self.client_id))
+            )
+            early, self._early = self._early, None
+            for text in early or ():
+                self.notify(text)
         for publication in history:
             self._accept(publication, replayed=True)
         if top.epoch != self._epoch:
@@ -313,6 +383,22 @@ class Subscription:
                 self._held.append(publication)
             return
         self._accept(publication)
+
+    def notify(self, text: str) -> None:
+        """Queue an event (join, leave, direct message): not a message of the channel's stream,
+        so it has no offset; when ``queue_size`` events wait already, it is dropped."""
+        if self._ended:
+            return
+        if self._early is not None:
+            if len(self._early) < self.queue_size:
+                self._early.append(text)
+            return
+        if self._events >= self.queue_size:
+            self.dropped_events += 1
+            return
+        self._events += 1
+        self._entries.append(_Event(text))
+        self._wakeup.set()
 
     def end(self) -> None:
         """No more messages will come: `next` returns what is queued, then None."""
@@ -345,6 +431,9 @@ class Subscription:
             if stats is not None:
                 stats.deliveries += 1
             return entry.publication.text
+        if type(entry) is _Event:
+            self._events -= 1
+            return entry.text
         if isinstance(entry, _Gap):
             return dropped_notice(self.channel, entry.count, Position(entry.offset, entry.epoch))
         assert isinstance(entry, _Notice)
@@ -427,10 +516,16 @@ class Fanout:
         self.stats: BroadcastStats | None = None
         """Where the subscriptions made from now on count (see `Hub.count_in`)."""
         self._channels: dict[str, set[Subscription]] = {}
+        self._users: dict[str, set[Subscription]] = {}
+        """Subscriptions by their ``user_key``, for per-user delivery."""
 
-    def add(self, channel: str, since: Position | None = None) -> Subscription:
-        subscription = Subscription(channel, self.queue_size, since, self.stats)
+    def add(
+        self, channel: str, since: Position | None = None, user: JSONValue = None
+    ) -> Subscription:
+        subscription = Subscription(channel, self.queue_size, since, self.stats, user)
         self._channels.setdefault(channel, set()).add(subscription)
+        if subscription.user_key is not None:
+            self._users.setdefault(subscription.user_key, set()).add(subscription)
         return subscription
 
     def remove(self, subscription: Subscription) -> bool:
@@ -440,6 +535,11 @@ class Fanout:
         if subscribers is None or subscription not in subscribers:
             return False
         subscribers.discard(subscription)
+        key = subscription.user_key
+        if key is not None and (same_user := self._users.get(key)) is not None:
+            same_user.discard(subscription)
+            if not same_user:
+                del self._users[key]
         if subscribers:
             return False
         del self._channels[subscription.channel]
@@ -459,6 +559,26 @@ class Fanout:
         for subscription in self._channels.get(channel, ()):
             subscription.deliver(publication)
 
+    def notify(self, channel: str, text: str, but: str = "") -> None:
+        """Queue the event ``text`` for every subscription of ``channel`` but the client ``but``."""
+        for subscription in self._channels.get(channel, ()):
+            if subscription.client_id != but:
+                subscription.notify(text)
+
+    def notify_user(self, user_key: str, text: str) -> None:
+        """Queue the event ``text`` for every subscription of the user ``user_key``."""
+        for subscription in self._users.get(user_key, ()):
+            subscription.notify(text)
+
+    def presence(self, channel: str, limit: int) -> Presence:
+        """The local subscriptions of ``channel``, as a presence list."""
+        subscribers = self._channels.get(channel, ())
+        clients = [
+            {"client_id": subscription.client_id, "user": subscription.user}
+            for subscription in itertools.islice(subscribers, limit)
+        ]
+        return Presence(len(subscribers), clients, len(clients) < len(subscribers))
+
     def hold_all(self) -> None:
         """Every subscription waits to be resumed (the hub lost its backend)."""
         for subscribers in self._channels.values():
@@ -470,6 +590,7 @@ class Fanout:
             for subscription in subscribers:
                 subscription.end()
         self._channels.clear()
+        self._users.clear()
 
 
 class Hub(abc.ABC):
@@ -506,10 +627,31 @@ class Hub(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
+    async def subscribe(
+        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+    ) -> Subscription:
         """A new subscription to ``channel``, resumed after ``since`` if the history allows.
 
-        It receives its subscribed notice, then messages, once the hub has its position.
+        It receives its subscribed notice (with its ``client_id``), then messages, once the
+        hub has its position. It is in the channel's presence list, as ``user``, until it is
+        unsubscribed; the channel's other subscriptions are told it joined (and left).
+        """
+
+    @abc.abstractmethod
+    async def presence(self, channel: str) -> Presence:
+        """Who is subscribed to ``channel``, on every process of the hub.
+
+        Raises `PresenceOff` when the hub keeps no presence, `HubUnavailable` when its
+        backend cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def publish_to_user(self, user: JSONValue, message: Mapping[str, Any]) -> None:
+        """Send ``message`` to every subscription of ``user``, on every channel and process.
+
+        They receive ``{"type": "direct", "server_ns", "message"}``; other users receive
+        nothing, and a user with no subscription is no error. Raises `HubUnavailable` when
+        it cannot be sent, TypeError or ValueError for a message that is not JSON.
         """
 
     @abc.abstractmethod
@@ -559,12 +701,20 @@ class MemoryHub(Hub):
         *,
         history_size: int = DEFAULT_HISTORY_SIZE,
         history_ttl: float = DEFAULT_HISTORY_TTL,
+        presence: bool = True,
+        join_leave: bool = True,
+        presence_limit: int = DEFAULT_PRESENCE_LIMIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
+        if presence_limit < 1:
+            raise ValueError("presence_limit must be at least 1.")
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.presence_enabled = presence
+        self.join_leave = presence and join_leave
+        self.presence_limit = presence_limit
         self._clock = clock
         self._fanout = Fanout(queue_size)
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
@@ -601,18 +751,36 @@ class MemoryHub(Hub):
         self._fanout.deliver(channel, publication)
         return Position(publication.offset, publication.epoch)
 
-    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
+    async def subscribe(
+        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+    ) -> Subscription:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be subscribed.")
         stream = self._stream(channel, self._clock())
-        subscription = self._fanout.add(channel, since)
+        subscription = self._fanout.add(channel, since, user)
         subscription.resume(
             subscription.needed(stream.history), Position(stream.offset, stream.epoch)
         )
+        if self.join_leave:
+            self._fanout.notify(
+                channel, presence_event("join", subscription), subscription.client_id
+            )
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
-        self._fanout.remove(subscription)
+        leaving = not subscription.ended
+        if not self._fanout.remove(subscription) and leaving and self.join_leave:
+            self._fanout.notify(subscription.channel, presence_event("leave", subscription))
+
+    async def presence(self, channel: str) -> Presence:
+        if not self.presence_enabled:
+            raise PresenceOff(PRESENCE_OFF)
+        return self._fanout.presence(channel, self.presence_limit)
+
+    async def publish_to_user(self, user: JSONValue, message: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise HubClosed("The broadcast hub is closed; nothing can be published.")
+        self._fanout.notify_user(_compact(user), direct_message(message))
 
     async def close(self) -> None:
         self._closed = True
@@ -639,12 +807,15 @@ class MemoryHub(Hub):
         return stream
 
 
-def subscribed_notice(channel: str, position: Position, recovered: bool | None = None) -> str:
+def subscribed_notice(
+    channel: str, position: Position, recovered: bool | None = None, client_id: str = ""
+) -> str:
     notice: dict[str, Any] = {
         "type": "subscribed",
         "channel": channel,
         "offset": position.offset,
         "epoch": position.epoch,
+        "client_id": client_id,
     }
     if recovered is not None:
         notice["recovered"] = recovered
@@ -661,6 +832,27 @@ def dropped_notice(channel: str, count: int | None, position: Position) -> str:
             "epoch": position.epoch,
         }
     )
+
+
+PRESENCE_OFF: Final = "presence is off on this service (PRESENCE_ENABLED=no)"
+
+
+def presence_event(kind: str, subscription: Subscription) -> str:
+    """The ``join`` or ``leave`` event of ``subscription`` for the other clients of its channel."""
+    return _compact(
+        {
+            "type": kind,
+            "channel": subscription.channel,
+            "client": {"client_id": subscription.client_id, "user": subscription.user},
+        }
+    )
+
+
+def direct_message(message: Mapping[str, Any]) -> str:
+    """What each connection of a user gets for a message sent to that user (`publish_to_user`).
+
+    TypeError or ValueError for a message that is not JSON."""
+    return '{"type":"direct","server_ns":' + str(now_ns()) + ',"message":' + _compact(message) + "}"
 
 
 def envelope_parts(channel: str, message: Mapping[str, Any]) -> tuple[str, str]:
@@ -742,9 +934,14 @@ async def run_broadcast(websocket: WS, hub: Hub, channel: str | None = None) -> 
     except ValueError as error:
         await run_websocket(websocket, _refusal(str(error)))
         return
-    subscription = await hub.subscribe(channel, since)
+    user = presence_user(websocket.scope.get("user"))
+    subscription = await hub.subscribe(channel, since, user=user)
     try:
-        await run_websocket(websocket, _relay(subscription), receive_json(_publisher(hub, channel)))
+        await run_websocket(
+            websocket,
+            _relay(subscription),
+            receive_json(_publisher(hub, channel), presence=_presence_answer(hub, channel)),
+        )
     finally:
         await hub.unsubscribe(subscription)
         if subscription.dropped:
@@ -770,6 +967,18 @@ def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
         await websocket.close(SERVICE_RESTART)  # the hub closed: the service is stopping
 
     return relaying
+
+
+def _presence_answer(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:
+    async def answer(websocket: SessionSocket, message: dict[str, Any]) -> None:
+        try:
+            presence = await hub.presence(channel)
+        except HubUnavailable as error:
+            await send_json(websocket, {"type": "error", "reason": str(error)})
+            return
+        await send_json(websocket, presence.answer(channel))
+
+    return answer
 
 
 def _publisher(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:

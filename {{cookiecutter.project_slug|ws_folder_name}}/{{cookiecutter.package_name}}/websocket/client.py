@@ -26,10 +26,11 @@ Part of the websocket backend vendored by ws-template (version and upgrade notes
   history still holds. The ``subscribed`` notice after a reconnect is passed on like any
   message; `recovered` says whether the last resume recovered everything (False: reload
   your state).
-- **Typed.** `Subscribed`, `Broadcast`, `Dropped`, `Tick` and `Error` are the service's own
-  messages as types (the schemas of ``asyncapi.py``, which ``GET /asyncapi.json`` serves);
-  `service_message` narrows a received object to one of them, or None (an echo, or a
-  message of your own handlers).
+- **Typed.** `Subscribed`, `Broadcast`, `Dropped`, `Presence` (its `PresentClient` list),
+  `Join`, `Leave`, `Direct`, `Tick` and `Error` are the service's own messages as types
+  (the schemas of ``asyncapi.py``, which ``GET /asyncapi.json`` serves); `service_message`
+  narrows a received object to one of them, or None (an echo, or a message of your own
+  handlers).
 - `send` waits for a connection; a message sent while the connection fails is sent again
   on the next one only if `send` has not returned (``send`` returns once the message is
   written).
@@ -65,13 +66,56 @@ class _Position(TypedDict):
     channel: str
     offset: int
     epoch: str
+    client_id: str
 
 
 class Subscribed(_Position, total=False):  # NotRequired is not seen under string annotations
-    """The first message on a broadcast endpoint: the channel's position (`recovered` after a
-    resume)."""
+    """The first message on a broadcast endpoint: the channel's position and this connection's
+    ``client_id`` in presence lists (`recovered` after a resume)."""
 
     recovered: bool
+
+
+class PresentClient(TypedDict):
+    """A connection in a presence list: its ``client_id`` and its user (None: anonymous)."""
+
+    client_id: str
+    user: Any
+
+
+class Presence(TypedDict):
+    """Who is on a broadcast channel, on every process (``cut``: ``clients`` lists only some
+    of the ``count``): the answer to ``{"type": "presence"}``."""
+
+    type: Literal["presence"]
+    channel: str
+    count: int
+    clients: list[PresentClient]
+    cut: bool
+
+
+class Join(TypedDict):
+    """Another connection subscribed to the channel."""
+
+    type: Literal["join"]
+    channel: str
+    client: PresentClient
+
+
+class Leave(TypedDict):
+    """Another connection left the channel."""
+
+    type: Literal["leave"]
+    channel: str
+    client: PresentClient
+
+
+class Direct(TypedDict):
+    """A message sent to this connection's user (``POST /api/publish`` with a ``user``)."""
+
+    type: Literal["direct"]
+    server_ns: int
+    message: dict[str, Any]
 
 
 class Broadcast(TypedDict):
@@ -110,11 +154,15 @@ class Error(TypedDict):
     reason: str
 
 
-ServiceMessage = Subscribed | Broadcast | Dropped | Tick | Error
+ServiceMessage = Subscribed | Broadcast | Dropped | Presence | Join | Leave | Direct | Tick | Error
 SERVICE_MESSAGES: Final[Mapping[str, type[Any]]] = {
     "subscribed": Subscribed,
     "broadcast": Broadcast,
     "dropped": Dropped,
+    "presence": Presence,
+    "join": Join,
+    "leave": Leave,
+    "direct": Direct,
     "tick": Tick,
     "error": Error,
 }

@@ -1,4 +1,7 @@
-"""`PublishAPI`: ``POST /api/publish``, how code outside the service publishes to a channel.
+"""`PublishAPI`: ``POST /api/publish`` and ``GET /api/presence``, the service's HTTP API.
+
+How code outside the service publishes to a channel, sends to one user, and asks who is on
+a channel.
 
 Part of the websocket backend vendored by ws-template (version and upgrade notes in
 ``__init__.py``). A raw ASGI application, standard library only, mounted by the app of
@@ -11,16 +14,29 @@ both faces (FastAPI's ``app.add_route``, the `Router`'s ``add_http_route``)::
     {"channel": "/ws/rooms/lobby", "message": {"text": "hello"}}
 
 answers ``200 {"channel": ..., "offset": ..., "epoch": ...}`` once the hub has published
-the message: every client of the channel receives it as if a client had sent it. Every
-refusal is a JSON ``{"detail": "<one sentence>"}`` and publishes nothing:
+the message: every client of the channel receives it as if a client had sent it. With a
+``user`` instead of a channel, ``{"user": "alice", "message": {...}}``, every connection of
+that user (the identity auth.py returned, compared as JSON) on every broadcast endpoint of
+every process receives ``{"type": "direct", "server_ns", "message"}``; the answer is
+``200 {"user": ...}`` whether or not the user is connected. ::
+
+    GET /api/presence?channel=/ws/rooms/lobby
+    Authorization: Bearer <PUBLISH_API_KEY>
+
+answers ``200 {"type": "presence", "channel", "count", "clients", "cut"}``, what a client
+of the channel gets for ``{"type": "presence"}``. Every refusal is a JSON ``{"detail":
+"<one sentence>"}`` and publishes nothing:
 
 - 403 while no key is configured (the API is off until then), or for a wrong key, and 401
   for a missing one; keys are compared in constant time, and neither keys nor messages
   are ever logged;
 - 400 for a body that is not JSON, 422 for one that is not ``{"channel": "...",
-  "message": {...}}`` or whose channel matches no broadcast endpoint, 413 for a message
+  "message": {...}}`` or ``{"user": ..., "message": {...}}``, or whose channel matches no
+  broadcast endpoint (or a presence query without one ``channel``), 413 for a message
   over ``max_message_bytes`` (the limit clients have);
-- 405 for another method than POST, 503 when the hub cannot publish (Redis is down).
+- 405 for another method than POST (GET for presence), 404 for presence while the service
+  keeps none (``PRESENCE_ENABLED=no``), 503 when the hub cannot publish or read presence
+  (Redis is down).
 """
 
 from __future__ import annotations
@@ -30,20 +46,23 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
+from urllib.parse import parse_qs
 
 from .asgi_types import Receive, Scope, Send
-from .broadcast import Hub, HubUnavailable, hub_of
+from .broadcast import Hub, HubUnavailable, PresenceOff, hub_of
 from .session import dumps, loads
 
 logger = logging.getLogger(__name__)
 
 PATH: Final = "/api/publish"
+PRESENCE_PATH: Final = "/api/presence"
 BODY_OVERHEAD: Final = 4096
 """Bytes a request body may have besides its message (the channel, the JSON around)."""
 
 
 class PublishAPI:
-    """The ASGI application of ``POST /api/publish`` (see the module's docs).
+    """The ASGI application of ``POST /api/publish`` and ``GET /api/presence`` (see the
+    module's docs): mount it on both paths; it tells them apart by the scope's path.
 
     ``channels`` are the path templates of the broadcast endpoints (``/ws/rooms/{room}``):
     a channel is published to only if it matches one, each ``{name}`` matching one path
@@ -70,12 +89,16 @@ class PublishAPI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise RuntimeError(f"PublishAPI serves HTTP, not {scope['type']!r}")
-        status, body = await self._publish(scope, receive)
+        presence = scope["path"] == PRESENCE_PATH
+        if presence:
+            status, body = await self._presence(scope)
+        else:
+            status, body = await self._publish(scope, receive)
         headers = []
         if status == HTTPStatus.UNAUTHORIZED:
             headers.append((b"www-authenticate", b'Bearer realm="publish"'))
         elif status == HTTPStatus.METHOD_NOT_ALLOWED:
-            headers.append((b"allow", b"POST"))
+            headers.append((b"allow", b"GET" if presence else b"POST"))
         content = dumps(body).encode()
         await send(
             {
@@ -103,12 +126,11 @@ class PublishAPI:
             for template in self._templates
         )
 
-    async def _publish(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
-        if scope["method"] != "POST":
-            return _refused(HTTPStatus.METHOD_NOT_ALLOWED, f"{PATH} takes POST requests only.")
+    def _refusal(self, scope: Scope, api: str) -> tuple[int, dict[str, Any]] | None:
+        """Why the request may not use the ``api`` (its key), or None if it may."""
         if not self._key:
             return _refused(
-                HTTPStatus.FORBIDDEN, "The publish API is off: set PUBLISH_API_KEY to turn it on."
+                HTTPStatus.FORBIDDEN, f"The {api} API is off: set PUBLISH_API_KEY to turn it on."
             )
         given = _bearer(scope)
         if given is None:
@@ -116,7 +138,48 @@ class PublishAPI:
                 HTTPStatus.UNAUTHORIZED, "Send the key as Authorization: Bearer <PUBLISH_API_KEY>."
             )
         if not hmac.compare_digest(given, self._key):
-            return _refused(HTTPStatus.FORBIDDEN, "The publish API key is wrong.")
+            return _refused(HTTPStatus.FORBIDDEN, f"The {api} API key is wrong.")
+        return None
+
+    async def _presence(self, scope: Scope) -> tuple[int, dict[str, Any]]:
+        if scope["method"] != "GET":
+            return _refused(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"{PRESENCE_PATH} takes GET requests only."
+            )
+        refusal = self._refusal(scope, "presence")
+        if refusal is not None:
+            return refusal
+        try:
+            query = parse_qs(bytes(scope.get("query_string", b"")).decode(), errors="strict")
+        except UnicodeDecodeError:
+            query = {}
+        channels = query.get("channel", [])
+        if len(channels) != 1:
+            return _refused(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "Give the channel once: GET /api/presence?channel=<path>.",
+            )
+        channel = channels[0]
+        if not self.matches(channel):
+            return _refused(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                f"The channel {dumps(channel)[:200]} is the path of no broadcast endpoint.",
+            )
+        try:
+            presence = await self._hub(scope).presence(channel)
+        except PresenceOff as error:
+            reason = str(error)
+            return _refused(HTTPStatus.NOT_FOUND, f"{reason[:1].upper()}{reason[1:]}.")
+        except HubUnavailable as error:
+            return _refused(HTTPStatus.SERVICE_UNAVAILABLE, f"{str(error).capitalize()}.")
+        return HTTPStatus.OK, presence.answer(channel)
+
+    async def _publish(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        if scope["method"] != "POST":
+            return _refused(HTTPStatus.METHOD_NOT_ALLOWED, f"{PATH} takes POST requests only.")
+        refusal = self._refusal(scope, "publish")
+        if refusal is not None:
+            return refusal
         body = await _body(receive, self._max_message_bytes + BODY_OVERHEAD)
         if body is None:
             return _refused(
@@ -127,11 +190,17 @@ class PublishAPI:
             request = loads(body.decode("utf-8"))
         except ValueError:
             return _refused(HTTPStatus.BAD_REQUEST, "The body is not JSON (UTF-8).")
-        if not isinstance(request, dict) or set(request) != {"channel", "message"}:
+        if not isinstance(request, dict) or set(request) not in (
+            {"channel", "message"},
+            {"user", "message"},
+        ):
             return _refused(
                 HTTPStatus.UNPROCESSABLE_ENTITY,
-                'The body must be {"channel": "<path>", "message": {...}}, nothing else.',
+                'The body must be {"channel": "<path>", "message": {...}} or {"user": ..., '
+                '"message": {...}}, nothing else.',
             )
+        if "user" in request:
+            return await self._send_to_user(scope, request["user"], request["message"])
         channel, message = request["channel"], request["message"]
         if not isinstance(channel, str) or not self.matches(channel):
             return _refused(
@@ -154,6 +223,27 @@ class PublishAPI:
             "offset": position.offset,
             "epoch": position.epoch,
         }
+
+    async def _send_to_user(
+        self, scope: Scope, user: Any, message: Any
+    ) -> tuple[int, dict[str, Any]]:
+        if user is None:
+            return _refused(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "The user must be who auth.py returned for them, not null.",
+            )
+        if not isinstance(message, dict):
+            return _refused(HTTPStatus.UNPROCESSABLE_ENTITY, "The message must be a JSON object.")
+        if len(dumps(message).encode()) > self._max_message_bytes:
+            return _refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"The message is over MAX_MESSAGE_BYTES ({self._max_message_bytes} bytes).",
+            )
+        try:
+            await self._hub(scope).publish_to_user(user, message)
+        except HubUnavailable as error:
+            return _refused(HTTPStatus.SERVICE_UNAVAILABLE, f"{str(error).capitalize()}.")
+        return HTTPStatus.OK, {"user": user}
 
 
 def _refused(status: HTTPStatus, reason: str) -> tuple[int, dict[str, Any]]:

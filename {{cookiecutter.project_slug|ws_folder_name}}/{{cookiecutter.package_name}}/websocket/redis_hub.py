@@ -29,8 +29,22 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   the history, in order, with what was published meanwhile; only what the history no
   longer holds is reported lost (``dropped`` with its count, or ``null`` when Redis lost
   the channel's keys: a new epoch).
-- **Names.** A channel is ``prefix + channel`` on Redis, its keys ``prefix{channel}:meta``
-  and ``prefix{channel}:history`` (the braces keep them in one Redis Cluster slot), so
+- **Presence** of a channel is a hash (client_id -> ``{"client_id", "user"}``) and a sorted
+  set (client_id -> expiry time, Redis's clock) on the channel's Redis. A subscription is
+  added there when it subscribes (one script, which also publishes its ``join`` event on
+  the channel's pub/sub channel, prefixed ``p <client_id>`` so its own process skips it)
+  and removed when it leaves (``leave``). Each process renews the expiry of its own
+  clients every ``presence_ttl / 3`` seconds, which also puts them back after Redis lost
+  them; a process that dies without cleaning up (SIGKILL) stops renewing, and its clients
+  drop out of every list within ``presence_ttl`` seconds: expired entries are removed when
+  the list is read. No ``leave`` event is sent for them. `close` removes its clients at
+  once (with their ``leave`` events).
+- **Per-user delivery** (`publish_to_user`) publishes on one pub/sub channel per hub,
+  ``prefix + "#direct"``, that every process follows: each delivers to its own connections
+  of that user (a user is matched by its compact JSON).
+- **Names.** A channel is ``prefix + channel`` on Redis, its keys ``prefix{channel}:meta``,
+  ``prefix{channel}:history``, ``prefix{channel}:presence`` and
+  ``prefix{channel}:presence-expiry`` (the braces keep them in one Redis Cluster slot), so
   several services (or staging and production) can share one Redis.
 
 Redis disconnects a subscriber that lets its output buffer grow too far
@@ -46,7 +60,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -62,19 +76,27 @@ from redis.exceptions import RedisError
 from .broadcast import (
     DEFAULT_HISTORY_SIZE,
     DEFAULT_HISTORY_TTL,
+    DEFAULT_PRESENCE_LIMIT,
     DEFAULT_QUEUE_SIZE,
     POSITION_TTL,
+    PRESENCE_OFF,
     BroadcastStats,
     Fanout,
     Hub,
     HubClosed,
     HubUnavailable,
+    JSONValue,
     Position,
+    Presence,
+    PresenceOff,
     Publication,
     Subscription,
+    direct_message,
     envelope_parts,
     new_epoch,
+    presence_event,
 )
+from .session import dumps, loads
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +104,60 @@ CONNECTION_ERRORS: Final = (RedisError, OSError, TimeoutError)
 """What a lost or unreachable Redis raises."""
 FIRST_RETRY_SECONDS: Final = 0.05
 LAST_RETRY_SECONDS: Final = 2.0
+DEFAULT_PRESENCE_TTL: Final = 30.0
+DIRECT_CHANNEL: Final = "#direct"
+"""The pub/sub channel (after the prefix) of per-user delivery: no channel path starts so."""
+PRESENCE_BATCH: Final = 500
+"""Clients written to presence in one script call (Lua's unpack has a limit)."""
+
+# KEYS: presence hash, presence expiry set. ARGV: TTL (ms), pub/sub channel, then for each
+# client: client_id, its JSON, its event text ('' for none). Adds (or renews) the clients,
+# expiring TTL after Redis's own clock, and publishes their events.
+JOIN_SCRIPT: Final = """
+local time = redis.call('TIME')
+local expiry = time[1] * 1000 + math.floor(time[2] / 1000) + tonumber(ARGV[1])
+for i = 3, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], expiry, ARGV[i])
+  if ARGV[i + 2] ~= '' then
+    redis.call('PUBLISH', ARGV[2], 'p ' .. ARGV[i] .. ' ' .. ARGV[i + 2])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 0
+"""
+
+# KEYS: presence hash, presence expiry set. ARGV: pub/sub channel, then for each client:
+# client_id, its event text ('' for none). Removes the clients, publishes their events.
+LEAVE_SCRIPT: Final = """
+for i = 2, #ARGV, 2 do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  if ARGV[i + 1] ~= '' then
+    redis.call('PUBLISH', ARGV[1], 'p ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+# KEYS: presence hash, presence expiry set. ARGV: the most clients to list. Removes the
+# expired clients (in batches), then answers the count and up to that many clients' JSON.
+PRESENCE_SCRIPT: Final = """
+local time = redis.call('TIME')
+local now = time[1] * 1000 + math.floor(time[2] / 1000)
+while true do
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+  if #expired == 0 then break end
+  redis.call('HDEL', KEYS[1], unpack(expired))
+  redis.call('ZREM', KEYS[2], unpack(expired))
+end
+local count = redis.call('ZCARD', KEYS[2])
+local ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+local clients = {}
+if #ids > 0 then clients = redis.call('HMGET', KEYS[1], unpack(ids)) end
+return {count, clients}
+"""
 
 # KEYS: meta, history. ARGV: pub/sub channel, text head, text tail, epoch if new,
 # history size, history TTL (ms), position TTL (ms). The text is the envelope with its
@@ -143,9 +219,27 @@ class RedisHub(Hub):
         history_ttl: float = DEFAULT_HISTORY_TTL,
         timeout: float = 2.0,
         health_check_seconds: float = 10.0,
+        presence: bool = True,
+        join_leave: bool = True,
+        presence_limit: int = DEFAULT_PRESENCE_LIMIT,
+        presence_ttl: float = DEFAULT_PRESENCE_TTL,
     ) -> None:
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
+        if presence_limit < 1 or presence_ttl <= 0:
+            raise ValueError("presence_limit must be at least 1 and presence_ttl more than 0.")
+        self.presence_enabled = presence
+        self.join_leave = presence and join_leave
+        self.presence_limit = presence_limit
+        self.presence_ttl = presence_ttl
+        self._presence_ms = max(1, round(presence_ttl * 1000))
+        self.direct_sink: Callable[[str, str], None] = self.deliver_direct_here
+        """Where the direct messages this hub hears go (a sharded hub sends them to every
+        shard's subscriptions): called with the user's key and the text."""
+        self._renewing: asyncio.Task[None] | None = None
+        self._join_script: AsyncScript | None = None
+        self._leave_script: AsyncScript | None = None
+        self._presence_script: AsyncScript | None = None
         self.url = url
         self.prefix = prefix
         self.history_size = history_size
@@ -196,8 +290,13 @@ class RedisHub(Hub):
         self._client = self._new_client(Retry(NoBackoff(), 1, (RedisConnectionError,)))
         self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
         self._read_script = self._client.register_script(READ_SCRIPT)
+        self._join_script = self._client.register_script(JOIN_SCRIPT)
+        self._leave_script = self._client.register_script(LEAVE_SCRIPT)
+        self._presence_script = self._client.register_script(PRESENCE_SCRIPT)
         self._subscriber = self._new_client(Retry(NoBackoff(), 0, ()))
         self._task = asyncio.create_task(self._hold_connection(self._subscriber), name="RedisHub")
+        if self.presence_enabled:
+            self._renewing = asyncio.create_task(self._renew_presence(), name="RedisHub presence")
         try:
             async with asyncio.timeout(self.timeout):
                 await self._tried.wait()
@@ -236,22 +335,66 @@ class RedisHub(Hub):
             self.stats.published += 1
         return Position(int(offset), str(epoch))
 
-    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
+    async def subscribe(
+        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+    ) -> Subscription:
         if self._closed:
             raise HubClosed("broadcast unavailable: the service is stopping")
-        subscription = self._fanout.add(channel, since)
+        subscription = self._fanout.add(channel, since, user)
         async with self._commands:
             await self._follow(channel, joining=subscription)
+        if self.presence_enabled:
+            await self._join(channel, [subscription], events=self.join_leave)
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
+        leaving = not subscription.ended
         if self._fanout.remove(subscription):
             async with self._commands:
                 await self._follow(subscription.channel)
+        if leaving and self.presence_enabled and not self._closed:
+            await self._leave(subscription.channel, [subscription])
+
+    async def presence(self, channel: str) -> Presence:
+        script = self._presence_script
+        if not self.presence_enabled:
+            raise PresenceOff(PRESENCE_OFF)
+        if self._closed or script is None:
+            raise HubClosed("broadcast unavailable: the service is stopping")
+        try:
+            async with asyncio.timeout(self.timeout):
+                count, infos = await script(
+                    keys=self._presence_keys(channel), args=[self.presence_limit]
+                )
+        except CONNECTION_ERRORS as error:
+            logger.debug("reading the presence of %s failed: %r", channel, error)
+            raise HubUnavailable("presence unavailable: try again later") from error
+        clients = [loads(info) for info in infos if info is not None]
+        return Presence(int(count), clients, len(clients) < int(count))
+
+    async def publish_to_user(self, user: JSONValue, message: Mapping[str, Any]) -> None:
+        client = self._client
+        if self._closed or client is None:
+            raise HubClosed("broadcast unavailable: the service is stopping")
+        data = dumps(user) + "\n" + direct_message(message)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await client.publish(self.prefix + DIRECT_CHANNEL, data)
+        except CONNECTION_ERRORS as error:
+            logger.debug("publishing to a user failed: %r", error)
+            raise HubUnavailable(
+                "broadcast unavailable: the message was not sent; try again later"
+            ) from error
 
     async def close(self) -> None:
+        if not self._closed and self.presence_enabled and self._client is not None:
+            await self._leave_all()
         self._closed = True
         task, self._task = self._task, None
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.wait([self._renewing])
+            self._renewing = None
         tasks = [*self._syncing.values(), *([task] if task is not None else [])]
         self._syncing.clear()
         for each in tasks:
@@ -262,6 +405,7 @@ class RedisHub(Hub):
         clients = [self._client, self._subscriber]
         self._client = self._subscriber = None
         self._publish_script = self._read_script = None
+        self._join_script = self._leave_script = self._presence_script = None
         for client in clients:
             if client is not None:
                 await client.aclose()
@@ -278,6 +422,64 @@ class RedisHub(Hub):
     def _keys(self, channel: str) -> list[str]:
         tagged = self.prefix + "{" + channel + "}"  # one Redis Cluster slot for both
         return [tagged + ":meta", tagged + ":history"]
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        tagged = self.prefix + "{" + channel + "}"
+        return [tagged + ":presence", tagged + ":presence-expiry"]
+
+    async def _join(
+        self, channel: str, subscriptions: Sequence[Subscription], events: bool
+    ) -> None:
+        """Add (or renew) ``subscriptions`` in ``channel``'s presence, with their join events
+        if ``events``. A failure is logged only: the next renewal puts them in."""
+        script = self._join_script
+        for start in range(0, len(subscriptions), PRESENCE_BATCH):
+            if script is None or self._closed:
+                return
+            args: list[str | int] = [self._presence_ms, self.prefix + channel]
+            for subscription in subscriptions[start : start + PRESENCE_BATCH]:
+                client = {"client_id": subscription.client_id, "user": subscription.user}
+                event = presence_event("join", subscription) if events else ""
+                args += [subscription.client_id, dumps(client), event]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await script(keys=self._presence_keys(channel), args=args)
+            except CONNECTION_ERRORS as error:
+                logger.debug("writing the presence of %s failed: %r", channel, error)
+                return
+
+    async def _leave(self, channel: str, subscriptions: Sequence[Subscription]) -> None:
+        """Remove ``subscriptions`` from ``channel``'s presence, with their leave events."""
+        script = self._leave_script
+        for start in range(0, len(subscriptions), PRESENCE_BATCH):
+            if script is None:
+                return
+            args: list[str | int] = [self.prefix + channel]
+            for subscription in subscriptions[start : start + PRESENCE_BATCH]:
+                event = presence_event("leave", subscription) if self.join_leave else ""
+                args += [subscription.client_id, event]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await script(keys=self._presence_keys(channel), args=args)
+            except CONNECTION_ERRORS as error:  # they expire within the TTL
+                logger.debug("removing presence from %s failed: %r", channel, error)
+                return
+
+    async def _leave_all(self) -> None:
+        """Remove every local subscription from presence (the hub closes)."""
+        for channel in self._fanout.channels():
+            await self._leave(channel, self._fanout.subscriptions(channel))
+
+    async def _renew_presence(self) -> None:
+        """Every ``presence_ttl / 3`` seconds, renew the presence of every local client."""
+        while True:
+            await asyncio.sleep(self.presence_ttl / 3)
+            for channel in self._fanout.channels():
+                await self._join(channel, self._fanout.subscriptions(channel), events=False)
+
+    def deliver_direct_here(self, user_key: str, text: str) -> None:
+        """Queue a direct message for this hub's own subscriptions of ``user_key``."""
+        self._fanout.notify_user(user_key, text)
 
     async def _read(
         self, channel: str, since: Position | None
@@ -414,10 +616,9 @@ class RedisHub(Hub):
             async with asyncio.timeout(self.timeout):
                 await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py types
                 channels = self._fanout.channels()
-                if channels:
-                    await pubsub.subscribe(*(self.prefix + channel for channel in channels))
-                else:
-                    await pubsub.ping()
+                await pubsub.subscribe(
+                    self.prefix + DIRECT_CHANNEL, *(self.prefix + channel for channel in channels)
+                )
             self._subscribed = set(channels)
             self._unconfirmed = Counter(channels)
             self._pubsub = pubsub
@@ -449,7 +650,16 @@ class RedisHub(Hub):
             return  # unsubscribe confirmations and PING answers
         channel = str(message["channel"]).removeprefix(self.prefix)
         if kind == "message":
-            offset, _, rest = str(message["data"]).partition(" ")
+            data = str(message["data"])
+            if data.startswith("p "):  # a join or leave event
+                client_id, _, text = data[2:].partition(" ")
+                self._fanout.notify(channel, text, client_id)
+                return
+            if channel == DIRECT_CHANNEL:
+                user_key, _, text = data.partition("\n")
+                self.direct_sink(user_key, text)
+                return
+            offset, _, rest = data.partition(" ")
             epoch, _, text = rest.partition(" ")
             if not (offset.isdigit() and epoch and text):
                 logger.warning(
@@ -464,6 +674,8 @@ class RedisHub(Hub):
                     self._latest[channel], Position(publication.offset, epoch)
                 )
             self._fanout.deliver(channel, publication)
+            return
+        if channel == DIRECT_CHANNEL:
             return
         self._unconfirmed[channel] -= 1
         if self._unconfirmed[channel] <= 0:
@@ -527,6 +739,10 @@ class ShardedRedisHub(Hub):
         history_ttl: float = DEFAULT_HISTORY_TTL,
         timeout: float = 2.0,
         health_check_seconds: float = 10.0,
+        presence: bool = True,
+        join_leave: bool = True,
+        presence_limit: int = DEFAULT_PRESENCE_LIMIT,
+        presence_ttl: float = DEFAULT_PRESENCE_TTL,
     ) -> None:
         if not urls:
             raise ValueError("ShardedRedisHub needs at least one Redis URL.")
@@ -541,9 +757,15 @@ class ShardedRedisHub(Hub):
                 history_ttl=history_ttl,
                 timeout=timeout,
                 health_check_seconds=health_check_seconds,
+                presence=presence,
+                join_leave=join_leave,
+                presence_limit=presence_limit,
+                presence_ttl=presence_ttl,
             )
             for url in urls
         ]
+        for shard in self.shards:  # a user's connections are on the shards of their channels
+            shard.direct_sink = self._deliver_direct
 
     @property
     def connected(self) -> bool:
@@ -571,8 +793,22 @@ class ShardedRedisHub(Hub):
     async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
         return await self.shard_of(channel).publish(channel, message)
 
-    async def subscribe(self, channel: str, since: Position | None = None) -> Subscription:
-        return await self.shard_of(channel).subscribe(channel, since)
+    async def subscribe(
+        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+    ) -> Subscription:
+        return await self.shard_of(channel).subscribe(channel, since, user=user)
+
+    async def presence(self, channel: str) -> Presence:
+        return await self.shard_of(channel).presence(channel)
+
+    async def publish_to_user(self, user: JSONValue, message: Mapping[str, Any]) -> None:
+        """Published on the shard of the user's name; every process hears it from there."""
+        shard = self.shards[shard_index(DIRECT_CHANNEL + dumps(user), len(self.shards))]
+        await shard.publish_to_user(user, message)
+
+    def _deliver_direct(self, user_key: str, text: str) -> None:
+        for shard in self.shards:
+            shard.deliver_direct_here(user_key, text)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         await self.shard_of(subscription.channel).unsubscribe(subscription)

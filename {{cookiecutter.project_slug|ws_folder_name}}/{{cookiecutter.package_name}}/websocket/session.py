@@ -221,14 +221,18 @@ async def drain_text(websocket: SessionSocket) -> None:
         pass
 
 
-def receive_json(handle: JsonHandler[WS]) -> TaskFactory[WS]:
+def receive_json(
+    handle: JsonHandler[WS], *, presence: JsonHandler[WS] | None = None
+) -> TaskFactory[WS]:
     """Return a task factory that reads JSON objects and forwards them to handle.
 
     Only JSON objects reach ``handle``. Keepalives (``{"type": "keepalive", ...}``) are
     answered here with a ``keepalive_ack``, so every endpoint built on this speaks the
-    same client protocol. Anything else (invalid JSON, a JSON value that is not an object,
-    a binary frame) gets ``{"type": "error", "reason": ...}`` and reading goes on. The
-    task returns when the client disconnects.
+    same client protocol. ``{"type": "presence"}`` goes to ``presence`` (broadcast
+    endpoints); without one it gets an error saying presence is for broadcast endpoints.
+    Anything else (invalid JSON, a JSON value that is not an object, a binary frame) gets
+    ``{"type": "error", "reason": ...}`` and reading goes on. The task returns when the
+    client disconnects.
     """
 
     async def receiving(websocket: WS) -> None:
@@ -238,8 +242,13 @@ def receive_json(handle: JsonHandler[WS]) -> TaskFactory[WS]:
             message = _json_object(frame)
             if isinstance(message, str):
                 await send_text(dumps({"type": "error", "reason": message}))
-            elif message.get("type") == "keepalive":
+            elif (kind := message.get("type")) == "keepalive":
                 await send_text(dumps(keepalive_ack(message)))
+            elif kind == "presence":
+                if presence is None:
+                    await send_text(dumps({"type": "error", "reason": NO_PRESENCE}))
+                else:
+                    await presence(websocket, message)
             else:
                 await handle(websocket, message)
             del frame, message  # not held while the connection idles
@@ -257,6 +266,9 @@ async def keepalive_loop(websocket: SessionSocket) -> None:
         await run_websocket(websocket, keepalive_loop)
         return
     await _answer_keepalives(websocket)
+
+
+NO_PRESENCE: Final = "presence is kept on broadcast endpoints only; this endpoint has none"
 
 
 async def _answer_only_keepalives(websocket: SessionSocket, message: dict[str, Any]) -> None:

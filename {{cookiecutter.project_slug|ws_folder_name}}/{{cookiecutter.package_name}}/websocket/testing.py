@@ -8,6 +8,7 @@ broadcast hub's tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -102,6 +103,7 @@ class LiveServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: `kill` and `stop` reach workers
         )
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
@@ -151,8 +153,18 @@ class LiveServer:
         assert self._process is not None, "the server is not started"
         return self._process.wait(timeout)
 
+    def kill(self) -> int:
+        """SIGKILL the server and every process it started, as a crash of its machine would:
+        nothing is cleaned up. (A server's workers outlive a SIGKILL of their parent alone:
+        hypercorn's and gunicorn's do.) Its exit status."""
+        assert self._process is not None, "the server is not started"
+        self._kill_group()
+        return self._process.wait()
+
     def stop(self, timeout: float = 10.0) -> int | None:
-        """Stop the server as a process manager would (SIGTERM); return its exit code."""
+        """Stop the server as a process manager would (SIGTERM, to the server: it stops its
+        workers); return its exit code. Whatever of its process group is left, such as
+        workers of a server that was killed alone, is then killed."""
         process = self._process
         if process is None:
             return None
@@ -163,11 +175,17 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self._kill_group()
         if self._reader is not None:
             self._reader.join(timeout)  # it ends at the end of the log
-        if process.stdout is not None:
-            process.stdout.close()
+        if process.stdout is not None and not (self._reader and self._reader.is_alive()):
+            process.stdout.close()  # (closing it under the reader would wait for the reader)
         return process.returncode
+
+    def _kill_group(self) -> None:
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
+            os.killpg(self._process.pid, signal.SIGKILL)
 
 
 class ScriptedClient:

@@ -2,8 +2,11 @@
 
 ``test_broadcast.py`` runs it on `MemoryHub` and ``test_redis_hub.py`` (projects with the
 Redis backend) on `RedisHub` over a real redis-server: a subclass gives a ``make_hub``
-fixture, which starts a hub with the options given (closed after the test), and
+fixture, which starts a hub with the options given (closed after the test; without join and
+leave events unless ``join_leave=True``, so that other tests see only messages), and
 ``lose_history``, which loses every channel's history the way that hub can (a restart).
+What a hub with a backend does when a process dies (presence expiring) is tested with real
+processes in its own test module.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Protocol
 import pytest
 
 from ..asgi_types import Message
-from ..broadcast import Hub, HubUnavailable, Position, Subscription, run_broadcast
+from ..broadcast import Hub, HubUnavailable, JSONValue, Position, Subscription, run_broadcast
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 
@@ -33,6 +36,8 @@ class HubFactory(Protocol):
         queue_size: int = QUEUE_SIZE,
         history_size: int = HISTORY_SIZE,
         history_ttl: float = 300.0,
+        join_leave: bool = False,
+        presence_limit: int = 1000,
     ) -> Awaitable[Hub]: ...
 
 
@@ -44,12 +49,17 @@ async def received(subscription: Subscription, within: float = 5.0) -> Any:
 
 
 async def subscribed(
-    hub: Hub, channel: str, since: Position | None = None, within: float = 5.0
+    hub: Hub,
+    channel: str,
+    since: Position | None = None,
+    within: float = 5.0,
+    user: JSONValue = None,
 ) -> Subscription:
     """A live subscription to ``channel``, its subscribed notice taken and checked."""
-    subscription = await hub.subscribe(channel, since)
+    subscription = await hub.subscribe(channel, since, user=user)
     notice = await received(subscription, within)
     assert (notice["type"], notice["channel"]) == ("subscribed", channel), notice
+    assert notice["client_id"] == subscription.client_id, notice
     assert (type(notice["offset"]), type(notice["epoch"])) == (int, str), notice
     assert ("recovered" in notice) == (since is not None), notice
     return subscription
@@ -110,7 +120,8 @@ class HubContract:
         notice = await notice_of(hub, "/ws/news")
         assert notice["offset"] == 0, notice
         assert notice["epoch"], notice
-        assert set(notice) == {"type", "channel", "offset", "epoch"}
+        assert set(notice) == {"type", "channel", "offset", "epoch", "client_id"}
+        assert len(notice["client_id"]) >= 22, notice  # 128 random bits
         assert (await notice_of(hub, "/ws/news"))["epoch"] == notice["epoch"]
         subscription = await subscribed(hub, "/ws/news")
         assert subscription.live
@@ -226,6 +237,7 @@ class HubContract:
             "channel": "g",
             "offset": 5,
             "epoch": reached.epoch,
+            "client_id": back.client_id,
             "recovered": True,
         }
         assert back.recovered is True
@@ -257,6 +269,7 @@ class HubContract:
             "channel": "i",
             "offset": top.offset,
             "epoch": top.epoch,
+            "client_id": notice["client_id"],
             "recovered": False,
         }
         oldest_kept = Position(top.offset - HISTORY_SIZE, top.epoch)
@@ -395,4 +408,99 @@ class HubContract:
         client, task, _ = await open_session(hub, make_socket, "/ws/chat")
         await hub.close()
         assert await client.next_sent() == {"type": "websocket.close", "code": 1012, "reason": ""}
+        await asyncio.wait_for(task, 5)
+
+    # Presence and per-user delivery
+
+    async def test_presence_lists_every_subscriber_of_the_channel_with_its_user(
+        self, hub: Hub
+    ) -> None:
+        alice = await subscribed(hub, "/p/a", user="alice")
+        anonymous = await subscribed(hub, "/p/a")
+        await subscribed(hub, "/p/b", user="bob")
+        presence = await hub.presence("/p/a")
+        assert (presence.count, presence.cut) == (2, False)
+        assert sorted(presence.clients, key=lambda client: client["user"] is None) == [
+            {"client_id": alice.client_id, "user": "alice"},
+            {"client_id": anonymous.client_id, "user": None},
+        ]
+        assert alice.client_id != anonymous.client_id
+        await hub.unsubscribe(anonymous)
+        assert (await hub.presence("/p/a")).clients == [
+            {"client_id": alice.client_id, "user": "alice"}
+        ]
+        assert (await hub.presence("/p/nobody")).count == 0
+
+    async def test_a_presence_list_over_the_limit_is_cut_and_says_so(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(presence_limit=3, join_leave=False)
+        for number in range(5):
+            await subscribed(hub, "/p/big", user={"n": number})
+        presence = await hub.presence("/p/big")
+        assert (presence.count, len(presence.clients), presence.cut) == (5, 3, True)
+        assert presence.answer("/p/big")["cut"] is True
+
+    async def test_the_others_are_told_who_joins_and_leaves_the_joiner_is_not(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(join_leave=True)
+        first = await subscribed(hub, "/p/j", user="ann")
+        second = await subscribed(hub, "/p/j", user={"name": "ben"})
+        client = {"client_id": second.client_id, "user": {"name": "ben"}}
+        assert await received(first) == {"type": "join", "channel": "/p/j", "client": client}
+        await hub.unsubscribe(second)
+        assert await received(first) == {"type": "leave", "channel": "/p/j", "client": client}
+        await hub.publish("/p/j", numbered(1))  # nothing else came before it
+        assert (await received(first))["type"] == "broadcast"
+        third = await subscribed(hub, "/p/j")
+        await hub.publish("/p/j", numbered(2))
+        assert (await received(third))["message"] == {"n": 2}  # not its own join
+
+    async def test_join_and_leave_events_can_be_turned_off(self, make_hub: HubFactory) -> None:
+        hub = await make_hub(join_leave=False)  # hubs send them unless told not to
+        first = await subscribed(hub, "/p/quiet")
+        await hub.unsubscribe(await subscribed(hub, "/p/quiet"))
+        await hub.publish("/p/quiet", numbered(1))
+        assert (await received(first))["type"] == "broadcast"
+        assert (await hub.presence("/p/quiet")).count == 1
+
+    async def test_a_message_to_a_user_reaches_each_of_their_connections_and_nobody_else(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(join_leave=False)
+        on_a = await subscribed(hub, "/p/a", user="alice")
+        on_b = await subscribed(hub, "/p/b", user="alice")
+        bob = await subscribed(hub, "/p/a", user="bob")
+        anonymous = await subscribed(hub, "/p/a")
+        sent_ns = time.time_ns()
+        await hub.publish_to_user("alice", {"text": "hi"})
+        for subscription in (on_a, on_b):
+            direct = await received(subscription)
+            assert direct == {
+                "type": "direct",
+                "server_ns": direct["server_ns"],
+                "message": {"text": "hi"},
+            }
+            assert abs(direct["server_ns"] - sent_ns) < 5 * SECOND_NS
+        await hub.publish_to_user("nobody-connected", {"text": "lost"})  # no error
+        await hub.publish("/p/a", numbered(1))
+        for subscription in (bob, anonymous, on_a):
+            assert (await received(subscription))["type"] == "broadcast"
+
+    async def test_a_session_answers_presence_and_gives_its_client_id(
+        self, hub: Hub, make_socket: SocketFactory
+    ) -> None:
+        client, task, notice = await open_session(hub, make_socket, "/ws/rooms/who")
+        client.scope["user"] = "ignored: read when the session starts"
+        client.send_text('{"type": "presence"}')
+        answer = json_sent(await client.next_sent())
+        assert answer == {
+            "type": "presence",
+            "channel": "/ws/rooms/who",
+            "count": 1,
+            "clients": [{"client_id": notice["client_id"], "user": None}],
+            "cut": False,
+        }
+        client.disconnect()
         await asyncio.wait_for(task, 5)

@@ -61,11 +61,15 @@ def test_one_channel_per_declared_endpoint_with_its_parameters_and_query() -> No
     assert list(doc["channels"]["r_room"]["parameters"]) == ["room"]
     assert doc["channels"]["r_room"]["bindings"]["ws"]["query"] == BROADCAST_ENDPOINT.query
     assert "bindings" not in doc["channels"]["ws_a_b"]
-    assert messages(doc, "r_room", "receive") == ["keepalive", "publish"]
+    assert messages(doc, "r_room", "receive") == ["keepalive", "presence_request", "publish"]
     assert messages(doc, "r_room", "send") == [
         "subscribed",
         "broadcast",
         "dropped",
+        "presence",
+        "join",
+        "leave",
+        "direct",
         "keepalive_ack",
         "error",
     ]

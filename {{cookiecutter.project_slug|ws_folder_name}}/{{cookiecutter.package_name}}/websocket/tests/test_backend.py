@@ -59,7 +59,10 @@ def test_signatures_are_the_documented_ones() -> None:
         ("tick", positional, empty),
     ]
     assert parameters(backend.drain_text) == [("websocket", positional, empty)]
-    assert parameters(backend.receive_json) == [("handle", positional, empty)]
+    assert parameters(backend.receive_json) == [
+        ("handle", positional, empty),
+        ("presence", inspect.Parameter.KEYWORD_ONLY, None),
+    ]
     assert parameters(backend.now_ns) == []
     assert parameters(backend.keepalive_loop) == [("websocket", positional, empty)]
     coroutines = {"run_websocket", "drain_text", "keepalive_loop"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from unittest.mock import ANY  # a matcher for the random client_id
 
 import pytest
 
@@ -27,9 +28,20 @@ class TestMemoryHub(HubContract):
         hubs: list[Hub] = []
 
         async def make(
-            *, queue_size: int = QUEUE_SIZE, history_size: int = 20, history_ttl: float = 300.0
+            *,
+            queue_size: int = QUEUE_SIZE,
+            history_size: int = 20,
+            history_ttl: float = 300.0,
+            join_leave: bool = False,
+            presence_limit: int = 1000,
         ) -> Hub:
-            hub = MemoryHub(queue_size, history_size=history_size, history_ttl=history_ttl)
+            hub = MemoryHub(
+                queue_size,
+                history_size=history_size,
+                history_ttl=history_ttl,
+                join_leave=join_leave,
+                presence_limit=presence_limit,
+            )
             hubs.append(hub)
             await hub.start()
             return hub
@@ -71,7 +83,7 @@ async def everything_in(subscription: Subscription) -> list[object]:
 
 def subscribed(offset: int = 0, **recovered: bool) -> dict[str, object]:
     notice: dict[str, object] = {"type": "subscribed", "channel": "/ws/news", "offset": offset}
-    return notice | {"epoch": EPOCH} | recovered
+    return notice | {"epoch": EPOCH, "client_id": ANY} | recovered
 
 
 def dropped(count: int | None, offset: int, epoch: str = EPOCH) -> dict[str, object]:

@@ -153,7 +153,7 @@ async def test_the_endpoint_serves_get_and_can_want_a_key() -> None:
 
 async def test_a_watched_hub_feeds_the_broadcast_metrics() -> None:
     metrics = Metrics()
-    hub = MemoryHub()
+    hub = MemoryHub(join_leave=False)  # messages only: events are not deliveries
     metrics.watch_hub(hub)
     async with hub:
         first, second = await hub.subscribe("/ws/news"), await hub.subscribe("/ws/news")

@@ -1,4 +1,5 @@
-"""`PublishAPI` called as an ASGI app, on a `MemoryHub`: what it publishes and refuses."""
+"""`PublishAPI` called as an ASGI app, on a `MemoryHub`: what it publishes, sends to a user,
+lists as presence, and refuses."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ async def call(
     headers: list[tuple[bytes, bytes]] | None = None,
     method: str = "POST",
     chunk: int = 0,
+    path: str = "/api/publish",
+    query: bytes = b"",
 ) -> tuple[int, dict[bytes, bytes], Any]:
     """One request to ``api``: its status, headers and JSON body (``chunk``: body in parts)."""
     parts = [body[i : i + chunk] for i in range(0, len(body), chunk)] if chunk else [body]
@@ -53,7 +56,8 @@ async def call(
     scope = {
         "type": "http",
         "method": method,
-        "path": "/api/publish",
+        "path": path,
+        "query_string": query,
         "headers": [(b"authorization", b"Bearer " + KEY.encode())] if headers is None else headers,
         "state": {},
     }
@@ -115,4 +119,94 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_all_read(hub: Memor
     assert (status, answer) == (
         413,
         {"detail": "The message is over MAX_MESSAGE_BYTES (100 bytes)."},
+    )
+
+
+async def test_a_message_to_a_user_reaches_each_of_their_connections_only() -> None:
+    async with MemoryHub(join_leave=False) as hub:  # messages only
+        await a_message_to_a_user_reaches_each_of_their_connections_only(hub)
+
+
+async def a_message_to_a_user_reaches_each_of_their_connections_only(hub: MemoryHub) -> None:
+    alice = [await hub.subscribe(path, user="alice") for path in ("/ws/news", "/ws/rooms/a")]
+    bob = await hub.subscribe("/ws/news", user="bob")
+    for subscription in (*alice, bob):
+        await received(subscription)
+    body = json.dumps({"user": "alice", "message": {"text": "hi"}}).encode()
+    status, _, answer = await call(api_on(hub), body)
+    assert (status, answer) == (200, {"user": "alice"})
+    for subscription in alice:
+        direct = await received(subscription)
+        assert (direct["type"], direct["message"]) == ("direct", {"text": "hi"})
+    nobody = json.dumps({"user": "carol", "message": {}}).encode()
+    assert (await call(api_on(hub), nobody))[:3:2] == (200, {"user": "carol"})
+    await hub.publish("/ws/news", {"n": 1})
+    assert (await received(bob))["type"] == "broadcast"  # and no direct message before it
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"user": None, "message": {}}, 422, "The user must be who auth.py returned"),
+        ({"user": "a", "message": "text"}, 422, "The message must be a JSON object."),
+        ({"user": "a", "channel": "/ws/news", "message": {}}, 422, "The body must be"),
+        ({"user": "a", "message": {"x": "y" * 200}}, 413, "The message is over"),
+    ],
+)
+async def test_a_malformed_message_to_a_user_gets_one_sentence(
+    hub: MemoryHub, body: dict[str, Any], status: int, detail: str
+) -> None:
+    refused, _, answer = await call(api_on(hub), json.dumps(body).encode())
+    assert refused == status
+    assert answer["detail"].startswith(detail), answer
+
+
+async def test_the_presence_api_answers_what_a_client_gets(hub: MemoryHub) -> None:
+    alice = await hub.subscribe("/ws/rooms/a", user={"name": "alice"})
+    status, headers, answer = await call(
+        api_on(hub), b"", method="GET", path="/api/presence", query=b"channel=%2Fws%2Frooms%2Fa"
+    )
+    assert status == 200
+    assert headers[b"cache-control"] == b"no-store"
+    assert answer == {
+        "type": "presence",
+        "channel": "/ws/rooms/a",
+        "count": 1,
+        "clients": [{"client_id": alice.client_id, "user": {"name": "alice"}}],
+        "cut": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "query", "method", "status", "detail"),
+    [
+        ("", b"channel=/ws/news", "GET", 403, "The presence API is off: set PUBLISH_API_KEY"),
+        ("x" * 24, b"channel=/ws/news", "GET", 403, "The presence API key is wrong."),
+        (KEY, b"", "GET", 422, "Give the channel once"),
+        (KEY, b"channel=/ws/news&channel=/ws/news", "GET", 422, "Give the channel once"),
+        (KEY, b"channel=/nowhere", "GET", 422, 'The channel "/nowhere" is the path of no'),
+        (KEY, b"channel=/ws/news", "POST", 405, "/api/presence takes GET requests only."),
+    ],
+)
+async def test_the_presence_api_refuses_with_one_sentence(
+    hub: MemoryHub, key: str, query: bytes, method: str, status: int, detail: str
+) -> None:
+    headers = [(b"authorization", b"Bearer " + KEY.encode())]
+    refused, answered_headers, answer = await call(
+        api_on(hub, key), b"", headers=headers, method=method, path="/api/presence", query=query
+    )
+    assert refused == status
+    assert answer["detail"].startswith(detail), answer
+    if status == 405:
+        assert answered_headers[b"allow"] == b"GET"
+
+
+async def test_the_presence_api_says_when_presence_is_off() -> None:
+    async with MemoryHub(presence=False) as hub:
+        status, _, answer = await call(
+            api_on(hub), b"", method="GET", path="/api/presence", query=b"channel=/ws/news"
+        )
+    assert (status, answer) == (
+        404,
+        {"detail": "Presence is off on this service (PRESENCE_ENABLED=no)."},
     )

@@ -225,6 +225,21 @@ async def test_receive_json_rejects_binary_frames_with_a_reason(
     }
 
 
+async def test_a_presence_request_on_an_endpoint_without_presence_gets_a_one_sentence_error(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    async def handle(websocket: SessionSocket, message: dict[str, Any]) -> None:
+        raise AssertionError("a presence request reached the handler")
+
+    client.send_text('{"type": "presence"}')
+    client.disconnect()
+    await run_websocket(make_socket(client), receive_json(handle))
+    assert json_sent(client.sent_so_far()[1]) == {
+        "type": "error",
+        "reason": "presence is kept on broadcast endpoints only; this endpoint has none",
+    }
+
+
 async def test_receive_json_answers_keepalives_itself_echoing_client_fields(
     make_socket: SocketFactory, client: ScriptedClient
 ) -> None:

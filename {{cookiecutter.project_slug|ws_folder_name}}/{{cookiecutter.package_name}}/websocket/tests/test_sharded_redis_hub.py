@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ..broadcast import Hub, HubUnavailable, Position, Subscription
-from ..redis_hub import RedisHub, ShardedRedisHub, redis_hub, shard_index
+from ..redis_hub import DIRECT_CHANNEL, RedisHub, ShardedRedisHub, redis_hub, shard_index
 from ..testing import RedisServer
 from .hub_contract import (
     HISTORY_SIZE,
@@ -53,7 +53,11 @@ def keeping_shard_servers() -> Iterator[list[RedisServer]]:
 
 def new_hub(servers: list[RedisServer], prefix: str = "", **options: Any) -> ShardedRedisHub:
     """A sharded hub with a prefix of its own (unless given): tests do not hear each other."""
-    options = {"queue_size": QUEUE_SIZE, "history_size": HISTORY_SIZE} | options
+    options = {
+        "queue_size": QUEUE_SIZE,
+        "history_size": HISTORY_SIZE,
+        "join_leave": False,
+    } | options
     prefix = prefix or f"sharded-{next(_prefixes)}:"
     return ShardedRedisHub([server.url for server in servers], prefix=prefix, **options)
 
@@ -68,12 +72,16 @@ class TestShardedRedisHub(HubContract):
             queue_size: int = QUEUE_SIZE,
             history_size: int = HISTORY_SIZE,
             history_ttl: float = 300.0,
+            join_leave: bool = False,
+            presence_limit: int = 1000,
         ) -> Hub:
             hub = new_hub(
                 shard_servers,
                 queue_size=queue_size,
                 history_size=history_size,
                 history_ttl=history_ttl,
+                join_leave=join_leave,
+                presence_limit=presence_limit,
             )
             hubs.append(hub)
             await hub.start()
@@ -128,6 +136,7 @@ async def test_channels_are_spread_over_every_shard_each_on_one_only(
                 followed = [str(name) for name in await client.pubsub_channels(prefix + "*")]
             for key in keys:
                 holders[key.removeprefix(prefix + "{").removesuffix("}:meta")].append(index)
+            followed.remove(prefix + DIRECT_CHANNEL)  # per-user delivery: on every shard
             for name in followed:  # each shard's pub/sub carries its own channels only
                 assert holders[name.removeprefix(prefix)] == [index], name
         for channel, subscription in zip(channels, subscriptions, strict=True):

@@ -96,7 +96,8 @@ LAG_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 """Upper bounds (seconds) of the delivery-lag buckets of `BroadcastStats` (then +Inf)."""
 LAG_SAMPLE: Final = 16
 """One live delivery in this many has its lag measured (a clock read and a bucket search
-per delivery cost a tenth of a delivery; one in 16 keeps the distribution)."""
+per delivery cost a tenth of a delivery; one in 16 keeps the distribution). A countdown
+picks them: a small integer decremented costs less than a modulo of a growing count."""
 _EPOCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 CLIENT_ID_BYTES: Final = 16
 """Random bytes in a client_id (22 characters of base64url)."""
@@ -190,6 +191,7 @@ class BroadcastStats:
         "deliveries",
         "drops",
         "lag_buckets",
+        "lag_countdown",
         "lag_seconds",
         "published",
         "reconnects",
@@ -200,13 +202,20 @@ class BroadcastStats:
         self.published = 0
         """Messages this process published."""
         self.deliveries = 0
-        """Messages handed to subscribers' connections, live and from the history."""
+        """Messages handed to subscribers' connections, live and from the history.
+
+        A live message is counted once per publish for all the subscriptions it is handed
+        to (`Fanout.deliver`), not once per send: a subscription takes back what it did not
+        queue, what it dropped for a slow reader and what was still queued when it was
+        closed (`Subscription.close`), so the count is exact once its queues are sent."""
         self.drops = 0
         """Messages dropped from full subscriber queues (slow readers)."""
         self.recoveries = {"recovered": 0, "not_recovered": 0}
         """Subscriptions made with ``since``, by outcome."""
         self.lag_buckets = [0] * (len(LAG_BOUNDS) + 1)
         self.lag_seconds = 0.0
+        self.lag_countdown = LAG_SAMPLE
+        """Live deliveries sent until the next one whose lag is measured."""
         self.backend_up: bool | None = None
         """Whether the hub's backend (Redis) is connected; None: the hub has none."""
         self.reconnects = 0
@@ -368,8 +377,9 @@ class Subscription:
             self._put(_Gap(top.offset - self._offset, top.offset, top.epoch))
             self._offset = top.offset
         held, self._held = self._held, None
-        for publication in held:
-            self._accept(publication)
+        queued = sum(self._accept(publication) for publication in held)
+        if queued and self.stats is not None:
+            self.stats.deliveries += queued  # taken back when they were held
 
     def hold(self) -> None:
         """The hub lost its backend: wait for it to `resume` this subscription."""
@@ -377,12 +387,18 @@ class Subscription:
             self._held = deque(maxlen=self.queue_size)
 
     def deliver(self, publication: Publication) -> None:
-        """Queue one message; when the queue is full, drop the oldest queued message."""
+        """Queue one message; when the queue is full, drop the oldest queued message.
+
+        The fan-out has counted it as a delivery (`BroadcastStats.deliveries`); a message
+        not queued (held, ended, seen already) is taken back here.
+        """
         if self._held is not None:
             if not self._ended:
                 self._held.append(publication)
+        elif self._accept(publication):
             return
-        self._accept(publication)
+        if self.stats is not None:
+            self.stats.deliveries -= 1
 
     def notify(self, text: str) -> None:
         """Queue an event (join, leave, direct message): not a message of the channel's stream,
@@ -405,6 +421,14 @@ class Subscription:
         self._ended = True
         self._wakeup.set()
 
+    def close(self) -> None:
+        """The connection is done with it: `end`, and take back the deliveries of the
+        messages still queued, which it will never send (again is harmless)."""
+        self.end()
+        if self.stats is not None:
+            self.stats.deliveries -= self._messages
+            self.stats = None
+
     async def next(self) -> str | None:
         """The next text to send the client (a message or a notice); None once ended."""
         while not self._entries:
@@ -414,18 +438,14 @@ class Subscription:
             await self._wakeup.wait()
         entry = self._entries.popleft()
         stats = self.stats
-        if type(entry) is Publication:
+        if type(entry) is Publication:  # counted as delivered already, by the fan-out
             self._messages -= 1
             if stats is not None:
-                stats.deliveries += 1
-                if not stats.deliveries % LAG_SAMPLE and entry.published_ns:
-                    # Clocks of two machines may disagree: a negative lag counts as 0.
-                    lag = (time.time_ns() - entry.published_ns) / 1e9
-                    if lag > 0:
-                        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
-                        stats.lag_seconds += lag
-                    else:
-                        stats.lag_buckets[0] += 1
+                stats.lag_countdown -= 1
+                if not stats.lag_countdown:
+                    stats.lag_countdown = LAG_SAMPLE
+                    if entry.published_ns:
+                        _measure_lag(stats, entry.published_ns)
             return entry.text
         if type(entry) is _Replayed:
             if stats is not None:
@@ -439,14 +459,15 @@ class Subscription:
         assert isinstance(entry, _Notice)
         return entry.text
 
-    def _accept(self, publication: Publication, replayed: bool = False) -> None:
-        """Queue ``publication`` if it is new, after a gap if some came before it unseen."""
+    def _accept(self, publication: Publication, replayed: bool = False) -> bool:
+        """Queue ``publication`` if it is new, after a gap if some came before it unseen;
+        whether it was queued."""
         if self._ended:
-            return
+            return False
         if publication.epoch == self._epoch:
             missed = publication.offset - self._offset - 1
             if missed < 0:
-                return  # already queued or accounted for
+                return False  # already queued or accounted for
             if missed:
                 self._put(_Gap(missed, publication.offset - 1, publication.epoch))
         else:
@@ -456,12 +477,13 @@ class Subscription:
         if replayed:
             self._entries.append(_Replayed(publication))
             self._wakeup.set()
-            return
+            return True
         if self._messages >= self.queue_size:
             self._drop_oldest()
         self._messages += 1
         self._entries.append(publication)
         self._wakeup.set()
+        return True
 
     def _put(self, entry: _Gap | _Notice) -> None:  # a gap joins one just before it
         last = self._entries[-1] if self._entries else None
@@ -481,6 +503,7 @@ class Subscription:
         self.dropped += 1
         if self.stats is not None:
             self.stats.drops += 1
+            self.stats.deliveries -= 1  # the fan-out counted it
         after = self._entries[index + 1] if index + 1 < len(self._entries) else None
         if isinstance(after, _Gap):
             gap = _joined(gap, after)
@@ -491,6 +514,17 @@ class Subscription:
             del self._entries[index]
         else:
             self._entries[index] = gap
+
+
+def _measure_lag(stats: BroadcastStats, published_ns: int) -> None:
+    """Count the lag of a delivery sent now, of a message published at ``published_ns``."""
+    # Clocks of two machines may disagree: a negative lag counts as 0.
+    lag = (time.time_ns() - published_ns) / 1e9
+    if lag > 0:
+        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
+        stats.lag_seconds += lag
+    else:
+        stats.lag_buckets[0] += 1
 
 
 def _joined(first: _Gap, second: _Gap) -> _Gap:
@@ -529,8 +563,8 @@ class Fanout:
         return subscription
 
     def remove(self, subscription: Subscription) -> bool:
-        """End ``subscription``; True if its channel has no subscription left."""
-        subscription.end()
+        """Close ``subscription``; True if its channel has no subscription left."""
+        subscription.close()
         subscribers = self._channels.get(subscription.channel)
         if subscribers is None or subscription not in subscribers:
             return False
@@ -556,7 +590,10 @@ class Fanout:
         return channel in self._channels  # remove() drops a channel's empty set
 
     def deliver(self, channel: str, publication: Publication) -> None:
-        for subscription in self._channels.get(channel, ()):
+        subscribers = self._channels.get(channel, ())
+        if self.stats is not None:  # one count per publish, not per delivery (see deliveries)
+            self.stats.deliveries += len(subscribers)
+        for subscription in subscribers:
             subscription.deliver(publication)
 
     def notify(self, channel: str, text: str, but: str = "") -> None:

@@ -39,6 +39,9 @@ TRY_AGAIN_LATER: Final = 1013
 DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 ERROR_REPLY: Final = '{"type":"error"'
 """How every error reply of the session helpers begins (they send compact JSON)."""
+_AFTER_ERROR_REPLY: Final = ERROR_REPLY[:-1] + chr(ord(ERROR_REPLY[-1]) + 1)
+"""The texts that begin with `ERROR_REPLY` are those from it up to this one, excluded: two
+string comparisons cost less than a ``startswith`` call (the guard tests every send)."""
 WATCH_STEPS: Final = 10
 """The watchdog looks at most this many times per send or idle timeout (the shorter)."""
 
@@ -140,6 +143,8 @@ class Tally:
         "bytes_sent",
         "endpoint",
         "error_replies",
+        "last_text",
+        "last_text_bytes",
         "messages_received",
         "messages_sent",
     )
@@ -153,6 +158,10 @@ class Tally:
         self.bytes_sent = 0
         self.error_replies = 0
         """Messages sent that are error replies (``{"type":"error", ...}``)."""
+        self.last_text: str | None = None
+        """The last text sent that is not an error reply, and its size in bytes: a broadcast
+        sends one text object to every subscriber in turn, measured once."""
+        self.last_text_bytes = 0
 
 
 class GuardObserver:
@@ -411,10 +420,15 @@ class GuardedConnection:
                 text = message.get("text")
                 if text is None:
                     tally.bytes_sent += len(message.get("bytes") or b"")
+                elif text is tally.last_text:
+                    tally.bytes_sent += tally.last_text_bytes
                 else:
-                    tally.bytes_sent += len(text) if text.isascii() else len(text.encode())
-                    if text.startswith(ERROR_REPLY):
+                    size = len(text) if text.isascii() else len(text.encode())
+                    tally.bytes_sent += size
+                    if ERROR_REPLY <= text < _AFTER_ERROR_REPLY:
                         tally.error_replies += 1
+                    else:
+                        tally.last_text, tally.last_text_bytes = text, size
             try:
                 await self.server_send(message)
             except RuntimeError as error:

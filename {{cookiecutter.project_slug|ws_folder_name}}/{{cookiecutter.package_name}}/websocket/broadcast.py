@@ -97,7 +97,8 @@ LAG_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 LAG_SAMPLE: Final = 16
 """One live delivery in this many has its lag measured (a clock read and a bucket search
 per delivery cost a tenth of a delivery; one in 16 keeps the distribution). A countdown
-picks them: a small integer decremented costs less than a modulo of a growing count."""
+picks them, and counts the live deliveries too (`BroadcastStats.deliveries`): one small
+integer decremented per send, not a count incremented and a modulo of it."""
 _EPOCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 CLIENT_ID_BYTES: Final = 16
 """Random bytes in a client_id (22 characters of base64url)."""
@@ -188,7 +189,7 @@ class BroadcastStats:
 
     __slots__ = (
         "backend_up",
-        "deliveries",
+        "counted_deliveries",
         "drops",
         "lag_buckets",
         "lag_countdown",
@@ -201,13 +202,8 @@ class BroadcastStats:
     def __init__(self) -> None:
         self.published = 0
         """Messages this process published."""
-        self.deliveries = 0
-        """Messages handed to subscribers' connections, live and from the history.
-
-        A live message is counted once per publish for all the subscriptions it is handed
-        to (`Fanout.deliver`), not once per send: a subscription takes back what it did not
-        queue, what it dropped for a slow reader and what was still queued when it was
-        closed (`Subscription.close`), so the count is exact once its queues are sent."""
+        self.counted_deliveries = 0
+        """`deliveries` but the live ones of the current round of ``lag_countdown``."""
         self.drops = 0
         """Messages dropped from full subscriber queues (slow readers)."""
         self.recoveries = {"recovered": 0, "not_recovered": 0}
@@ -215,11 +211,21 @@ class BroadcastStats:
         self.lag_buckets = [0] * (len(LAG_BOUNDS) + 1)
         self.lag_seconds = 0.0
         self.lag_countdown = LAG_SAMPLE
-        """Live deliveries sent until the next one whose lag is measured."""
+        """Live deliveries to send until the next one whose lag is measured; each round
+        adds `LAG_SAMPLE` to ``counted_deliveries``."""
         self.backend_up: bool | None = None
         """Whether the hub's backend (Redis) is connected; None: the hub has none."""
         self.reconnects = 0
         """Times the hub connected to its backend again after losing it."""
+
+    @property
+    def deliveries(self) -> int:
+        """Messages sent to subscribers' connections, live and from the history.
+
+        Counted as they are sent: what was dropped for a slow reader, still queued when
+        the subscription ended or skipped as a duplicate is not. A live send only steps
+        the lag countdown (one counter per send, not two); its rounds are added up here."""
+        return self.counted_deliveries + LAG_SAMPLE - self.lag_countdown
 
 
 @dataclass(slots=True)
@@ -377,9 +383,8 @@ class Subscription:
             self._put(_Gap(top.offset - self._offset, top.offset, top.epoch))
             self._offset = top.offset
         held, self._held = self._held, None
-        queued = sum(self._accept(publication) for publication in held)
-        if queued and self.stats is not None:
-            self.stats.deliveries += queued  # taken back when they were held
+        for publication in held:
+            self._accept(publication)
 
     def hold(self) -> None:
         """The hub lost its backend: wait for it to `resume` this subscription."""
@@ -387,18 +392,12 @@ class Subscription:
             self._held = deque(maxlen=self.queue_size)
 
     def deliver(self, publication: Publication) -> None:
-        """Queue one message; when the queue is full, drop the oldest queued message.
-
-        The fan-out has counted it as a delivery (`BroadcastStats.deliveries`); a message
-        not queued (held, ended, seen already) is taken back here.
-        """
+        """Queue one message; when the queue is full, drop the oldest queued message."""
         if self._held is not None:
             if not self._ended:
                 self._held.append(publication)
-        elif self._accept(publication):
             return
-        if self.stats is not None:
-            self.stats.deliveries -= 1
+        self._accept(publication)
 
     def notify(self, text: str) -> None:
         """Queue an event (join, leave, direct message): not a message of the channel's stream,
@@ -421,14 +420,6 @@ class Subscription:
         self._ended = True
         self._wakeup.set()
 
-    def close(self) -> None:
-        """The connection is done with it: `end`, and take back the deliveries of the
-        messages still queued, which it will never send (again is harmless)."""
-        self.end()
-        if self.stats is not None:
-            self.stats.deliveries -= self._messages
-            self.stats = None
-
     async def next(self) -> str | None:
         """The next text to send the client (a message or a notice); None once ended."""
         while not self._entries:
@@ -438,18 +429,19 @@ class Subscription:
             await self._wakeup.wait()
         entry = self._entries.popleft()
         stats = self.stats
-        if type(entry) is Publication:  # counted as delivered already, by the fan-out
+        if type(entry) is Publication:
             self._messages -= 1
-            if stats is not None:
+            if stats is not None:  # a delivery: counted by the countdown (see deliveries)
                 stats.lag_countdown -= 1
                 if not stats.lag_countdown:
                     stats.lag_countdown = LAG_SAMPLE
+                    stats.counted_deliveries += LAG_SAMPLE
                     if entry.published_ns:
                         _measure_lag(stats, entry.published_ns)
             return entry.text
         if type(entry) is _Replayed:
             if stats is not None:
-                stats.deliveries += 1
+                stats.counted_deliveries += 1
             return entry.publication.text
         if type(entry) is _Event:
             self._events -= 1
@@ -459,15 +451,14 @@ class Subscription:
         assert isinstance(entry, _Notice)
         return entry.text
 
-    def _accept(self, publication: Publication, replayed: bool = False) -> bool:
-        """Queue ``publication`` if it is new, after a gap if some came before it unseen;
-        whether it was queued."""
+    def _accept(self, publication: Publication, replayed: bool = False) -> None:
+        """Queue ``publication`` if it is new, after a gap if some came before it unseen."""
         if self._ended:
-            return False
+            return
         if publication.epoch == self._epoch:
             missed = publication.offset - self._offset - 1
             if missed < 0:
-                return False  # already queued or accounted for
+                return  # already queued or accounted for
             if missed:
                 self._put(_Gap(missed, publication.offset - 1, publication.epoch))
         else:
@@ -477,13 +468,12 @@ class Subscription:
         if replayed:
             self._entries.append(_Replayed(publication))
             self._wakeup.set()
-            return True
+            return
         if self._messages >= self.queue_size:
             self._drop_oldest()
         self._messages += 1
         self._entries.append(publication)
         self._wakeup.set()
-        return True
 
     def _put(self, entry: _Gap | _Notice) -> None:  # a gap joins one just before it
         last = self._entries[-1] if self._entries else None
@@ -503,7 +493,6 @@ class Subscription:
         self.dropped += 1
         if self.stats is not None:
             self.stats.drops += 1
-            self.stats.deliveries -= 1  # the fan-out counted it
         after = self._entries[index + 1] if index + 1 < len(self._entries) else None
         if isinstance(after, _Gap):
             gap = _joined(gap, after)
@@ -563,8 +552,8 @@ class Fanout:
         return subscription
 
     def remove(self, subscription: Subscription) -> bool:
-        """Close ``subscription``; True if its channel has no subscription left."""
-        subscription.close()
+        """End ``subscription``; True if its channel has no subscription left."""
+        subscription.end()
         subscribers = self._channels.get(subscription.channel)
         if subscribers is None or subscription not in subscribers:
             return False
@@ -590,10 +579,7 @@ class Fanout:
         return channel in self._channels  # remove() drops a channel's empty set
 
     def deliver(self, channel: str, publication: Publication) -> None:
-        subscribers = self._channels.get(channel, ())
-        if self.stats is not None:  # one count per publish, not per delivery (see deliveries)
-            self.stats.deliveries += len(subscribers)
-        for subscription in subscribers:
+        for subscription in self._channels.get(channel, ()):
             subscription.deliver(publication)
 
     def notify(self, channel: str, text: str, but: str = "") -> None:

@@ -173,3 +173,21 @@ async def test_a_watched_hub_feeds_the_broadcast_metrics() -> None:
     assert sample(metrics, "broadcast_delivery_lag_seconds_bucket", le="+Inf") == 1
     assert 0 <= sample(metrics, "broadcast_delivery_lag_seconds_sum") < 5
     assert "broadcast_redis_up" not in metrics.exposition().decode()  # a memory hub
+
+
+async def test_a_scrape_while_messages_wait_in_a_queue_counts_only_those_sent() -> None:
+    metrics = Metrics()
+    hub = MemoryHub(join_leave=False)
+    metrics.watch_hub(hub)
+    async with hub:
+        reader, leaver = await hub.subscribe("/ws/news"), await hub.subscribe("/ws/news")
+        for subscription in (reader, leaver):
+            await subscription.next()  # the subscribed notice
+        for number in range(3):
+            await hub.publish("/ws/news", {"n": number})
+            await reader.next()
+        assert sample(metrics, "broadcast_deliveries_total") == 3  # the leaver sent none
+        await hub.unsubscribe(leaver)  # its 3 are never sent
+        await hub.publish("/ws/news", {"n": 3})
+        await reader.next()
+    assert sample(metrics, "broadcast_deliveries_total") == 4

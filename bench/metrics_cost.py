@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
 from bench import workloads
 from bench.loadgen import BenchError, ensure_client
 from bench.servers import (
+    BEFORE,
     BENCH,
     RunningServer,
     ServerSpec,
@@ -41,6 +42,7 @@ from bench.servers import (
     render_broadcast_projects,
     render_projects,
     server_specs,
+    template_at,
 )
 
 SWITCH = {"on": "yes", "off": "no"}
@@ -55,6 +57,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--output", type=Path, help="default: bench/results/<date>/")
+    parser.add_argument(
+        "--compare",
+        metavar="COMMIT",
+        help="also measure the projects rendered from the template at COMMIT, in the same "
+        "run (keys with -before): a change's before and after",
+    )
     parser.add_argument(
         "--workloads",
         nargs="+",
@@ -149,20 +157,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
 
             keepalive_specs = specs[:2] if "keepalive" in args.workloads else []
+            before = template_at(args.compare, work / "at") if args.compare else None
+            if before is not None and keepalive_specs:
+                projects = render_projects(work / "render-before", before)
+                keepalive_specs += [
+                    replace(spec, key=spec.key + BEFORE, cwd=projects[spec.key.split("-")[1]])
+                    for spec in keepalive_specs
+                ]
             for spec in keepalive_specs:  # the two flavours of the generated service
                 records += measure_pair(
                     spec, keepalive, "instructions_per_round_trip", repetitions, server_cpu, work
                 )
             if "broadcast" in args.workloads:
                 rendered = render_broadcast_projects(work / "render-broadcast", ["memory"])
-                records += measure_pair(
-                    broadcast_spec("memory", rendered["memory"]),
-                    fanout,
-                    "instructions_per_delivery",
-                    repetitions,
-                    server_cpu,
-                    work,
-                )
+                broadcast_specs = [broadcast_spec("memory", rendered["memory"])]
+                if before is not None:
+                    then = render_broadcast_projects(work / "render-bb", ["memory"], before)
+                    spec = broadcast_spec("memory", then["memory"])
+                    broadcast_specs.append(replace(spec, key=spec.key + BEFORE))
+                for spec in broadcast_specs:
+                    records += measure_pair(
+                        spec, fanout, "instructions_per_delivery", repetitions, server_cpu, work
+                    )
     except BenchError as error:
         print(f"metrics_cost: {error}", file=sys.stderr)
         return 1
@@ -173,9 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"repetition(s), METRICS_ENABLED yes vs no on the same rendered project; keepalive: "
         f"{settings.counted_round_trips} round trips over {settings.counted_connections} "
         f"connections; broadcast: {subscribers} subscribers, {settings.broadcast_messages} "
-        f"messages (memory hub, history on). {pinning}.\n\n{table(records)}\n"
+        f"messages (memory hub, history on). {pinning}."
+        + (f" Keys ending {BEFORE}: the template at {args.compare}." if args.compare else "")
+        + f"\n\n{table(records)}\n"
     )
     name = "metrics-cost" + "".join(f"-{w}" for w in args.workloads if len(args.workloads) == 1)
+    name += f"-vs-{args.compare}" if args.compare else ""
     (output / f"{name}.md").write_text(report)
     (output / f"{name}.json").write_text(json.dumps(records, indent=2) + "\n")
     print(report)

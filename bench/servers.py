@@ -120,7 +120,9 @@ def before_specs(
     ]
 
 
-def render_broadcast_projects(output: Path, backends: Sequence[str]) -> dict[str, Path]:
+def render_broadcast_projects(
+    output: Path, backends: Sequence[str], template: Path = TEMPLATE
+) -> dict[str, Path]:
     """Render the default flavour (fastapi) with a broadcast room, once per backend in
     ``backends``, into ``output``; backend -> project folder."""
     return {
@@ -128,6 +130,7 @@ def render_broadcast_projects(output: Path, backends: Sequence[str]) -> dict[str
             output,
             f"broadcast-{backend}",
             {"endpoints": BROADCAST_ENDPOINTS, "broadcast_backend": backend},
+            template,
         )
         for backend in backends
     }

@@ -96,7 +96,9 @@ LAG_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 """Upper bounds (seconds) of the delivery-lag buckets of `BroadcastStats` (then +Inf)."""
 LAG_SAMPLE: Final = 16
 """One live delivery in this many has its lag measured (a clock read and a bucket search
-per delivery cost a tenth of a delivery; one in 16 keeps the distribution)."""
+per delivery cost a tenth of a delivery; one in 16 keeps the distribution). A countdown
+picks them, and counts the live deliveries too (`BroadcastStats.deliveries`): one small
+integer decremented per send, not a count incremented and a modulo of it."""
 _EPOCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 CLIENT_ID_BYTES: Final = 16
 """Random bytes in a client_id (22 characters of base64url)."""
@@ -187,9 +189,10 @@ class BroadcastStats:
 
     __slots__ = (
         "backend_up",
-        "deliveries",
+        "counted_deliveries",
         "drops",
         "lag_buckets",
+        "lag_countdown",
         "lag_seconds",
         "published",
         "reconnects",
@@ -199,18 +202,30 @@ class BroadcastStats:
     def __init__(self) -> None:
         self.published = 0
         """Messages this process published."""
-        self.deliveries = 0
-        """Messages handed to subscribers' connections, live and from the history."""
+        self.counted_deliveries = 0
+        """`deliveries` but the live ones of the current round of ``lag_countdown``."""
         self.drops = 0
         """Messages dropped from full subscriber queues (slow readers)."""
         self.recoveries = {"recovered": 0, "not_recovered": 0}
         """Subscriptions made with ``since``, by outcome."""
         self.lag_buckets = [0] * (len(LAG_BOUNDS) + 1)
         self.lag_seconds = 0.0
+        self.lag_countdown = LAG_SAMPLE
+        """Live deliveries to send until the next one whose lag is measured; each round
+        adds `LAG_SAMPLE` to ``counted_deliveries``."""
         self.backend_up: bool | None = None
         """Whether the hub's backend (Redis) is connected; None: the hub has none."""
         self.reconnects = 0
         """Times the hub connected to its backend again after losing it."""
+
+    @property
+    def deliveries(self) -> int:
+        """Messages sent to subscribers' connections, live and from the history.
+
+        Counted as they are sent: what was dropped for a slow reader, still queued when
+        the subscription ended or skipped as a duplicate is not. A live send only steps
+        the lag countdown (one counter per send, not two); its rounds are added up here."""
+        return self.counted_deliveries + LAG_SAMPLE - self.lag_countdown
 
 
 @dataclass(slots=True)
@@ -416,20 +431,17 @@ class Subscription:
         stats = self.stats
         if type(entry) is Publication:
             self._messages -= 1
-            if stats is not None:
-                stats.deliveries += 1
-                if not stats.deliveries % LAG_SAMPLE and entry.published_ns:
-                    # Clocks of two machines may disagree: a negative lag counts as 0.
-                    lag = (time.time_ns() - entry.published_ns) / 1e9
-                    if lag > 0:
-                        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
-                        stats.lag_seconds += lag
-                    else:
-                        stats.lag_buckets[0] += 1
+            if stats is not None:  # a delivery: counted by the countdown (see deliveries)
+                stats.lag_countdown -= 1
+                if not stats.lag_countdown:
+                    stats.lag_countdown = LAG_SAMPLE
+                    stats.counted_deliveries += LAG_SAMPLE
+                    if entry.published_ns:
+                        _measure_lag(stats, entry.published_ns)
             return entry.text
         if type(entry) is _Replayed:
             if stats is not None:
-                stats.deliveries += 1
+                stats.counted_deliveries += 1
             return entry.publication.text
         if type(entry) is _Event:
             self._events -= 1
@@ -491,6 +503,17 @@ class Subscription:
             del self._entries[index]
         else:
             self._entries[index] = gap
+
+
+def _measure_lag(stats: BroadcastStats, published_ns: int) -> None:
+    """Count the lag of a delivery sent now, of a message published at ``published_ns``."""
+    # Clocks of two machines may disagree: a negative lag counts as 0.
+    lag = (time.time_ns() - published_ns) / 1e9
+    if lag > 0:
+        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
+        stats.lag_seconds += lag
+    else:
+        stats.lag_buckets[0] += 1
 
 
 def _joined(first: _Gap, second: _Gap) -> _Gap:

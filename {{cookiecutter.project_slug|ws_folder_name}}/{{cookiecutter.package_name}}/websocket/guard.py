@@ -39,6 +39,9 @@ TRY_AGAIN_LATER: Final = 1013
 DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 ERROR_REPLY: Final = '{"type":"error"'
 """How every error reply of the session helpers begins (they send compact JSON)."""
+_AFTER_ERROR_REPLY: Final = ERROR_REPLY[:-1] + chr(ord(ERROR_REPLY[-1]) + 1)
+"""The texts that begin with `ERROR_REPLY` are those from it up to this one, excluded: two
+string comparisons cost less than a ``startswith`` call (the guard tests every send)."""
 WATCH_STEPS: Final = 10
 """The watchdog looks at most this many times per send or idle timeout (the shorter)."""
 
@@ -137,11 +140,14 @@ class Tally:
 
     __slots__ = (
         "bytes_received",
-        "bytes_sent",
         "endpoint",
         "error_replies",
+        "last_text",
+        "last_text_bytes",
         "messages_received",
-        "messages_sent",
+        "repeats",
+        "sent_bytes",
+        "sent_messages",
     )
 
     def __init__(self, endpoint: str) -> None:
@@ -149,10 +155,32 @@ class Tally:
         """The endpoint's path template (``/ws/rooms/{room}``), never a concrete path."""
         self.messages_received = 0
         self.bytes_received = 0
-        self.messages_sent = 0
-        self.bytes_sent = 0
+        self.sent_messages = 0
+        self.sent_bytes = 0
+        """`messages_sent` and `bytes_sent` but the ``repeats``."""
         self.error_replies = 0
         """Messages sent that are error replies (``{"type":"error", ...}``)."""
+        self.last_text = ""
+        """The last text sent that is not an error reply, and its size in bytes: a broadcast
+        sends one text object to every subscriber in turn, measured once."""
+        self.last_text_bytes = 0
+        self.repeats = 0
+        """Sends of ``last_text`` (the same object) since it was measured: one small
+        integer stepped per send of a broadcast, not two counts (see `settle`)."""
+
+    @property
+    def messages_sent(self) -> int:
+        return self.sent_messages + self.repeats
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.sent_bytes + self.repeats * self.last_text_bytes
+
+    def settle(self) -> None:
+        """Add the ``repeats`` to the sent counts (before another text becomes the last)."""
+        self.sent_messages += self.repeats
+        self.sent_bytes += self.repeats * self.last_text_bytes
+        self.repeats = 0
 
 
 class GuardObserver:
@@ -402,19 +430,27 @@ class GuardedConnection:
             if kind == "websocket.close":
                 return  # the guard has closed the connection already
             raise OSError("the connection was closed by the websocket guard")
-        if kind == "websocket.send":  # the hot path: no timer per send, two counters
+        if kind == "websocket.send":  # the hot path: no timer per send, few counts
             self.sender = asyncio.current_task()
             self.sends_started += 1
             tally = self.tally
             if tally is not None:
-                tally.messages_sent += 1
                 text = message.get("text")
-                if text is None:
-                    tally.bytes_sent += len(message.get("bytes") or b"")
+                if text is tally.last_text:  # a broadcast's text, sent to the next subscriber
+                    tally.repeats += 1
                 else:
-                    tally.bytes_sent += len(text) if text.isascii() else len(text.encode())
-                    if text.startswith(ERROR_REPLY):
-                        tally.error_replies += 1
+                    if tally.repeats:
+                        tally.settle()
+                    tally.sent_messages += 1
+                    if text is None:
+                        tally.sent_bytes += len(message.get("bytes") or b"")
+                    else:
+                        size = len(text) if text.isascii() else len(text.encode())
+                        tally.sent_bytes += size
+                        if ERROR_REPLY <= text < _AFTER_ERROR_REPLY:
+                            tally.error_replies += 1
+                        else:
+                            tally.last_text, tally.last_text_bytes = text, size
             try:
                 await self.server_send(message)
             except RuntimeError as error:

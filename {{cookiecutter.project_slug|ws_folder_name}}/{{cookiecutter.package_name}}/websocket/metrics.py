@@ -167,7 +167,6 @@ class _Broadcast:
         for stats, reported in self.watched:
             for counter, attribute in (
                 (self.published, "published"),
-                (self.deliveries, "deliveries"),
                 (self.drops, "drops"),
                 (self.redis_reconnects, "reconnects"),
             ):
@@ -175,6 +174,10 @@ class _Broadcast:
                 if delta and counter is not None:
                     counter.inc(delta)
                     setattr(reported, attribute, getattr(stats, attribute))
+            delta = stats.deliveries - reported.deliveries  # worked out: add to what it is of
+            if delta:
+                self.deliveries.inc(delta)
+                reported.counted_deliveries += delta
             for outcome, count in stats.recoveries.items():
                 if count != reported.recoveries[outcome]:
                     self.recoveries.labels(outcome).inc(count - reported.recoveries[outcome])

@@ -20,7 +20,15 @@ from typing import Any, Protocol
 import pytest
 
 from ..asgi_types import Message
-from ..broadcast import Hub, HubUnavailable, JSONValue, Position, Subscription, run_broadcast
+from ..broadcast import (
+    BroadcastStats,
+    Hub,
+    HubUnavailable,
+    JSONValue,
+    Position,
+    Subscription,
+    run_broadcast,
+)
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 
@@ -87,6 +95,24 @@ async def messages(subscription: Subscription, count: int) -> list[Any]:
     offsets = [delivery["offset"] for delivery in seen]
     assert offsets == list(range(offsets[0], offsets[0] + count)), offsets
     return [delivery["message"] for delivery in seen]
+
+
+async def broadcasts(subscription: Subscription, count: int) -> list[Any]:
+    """The next ``count`` broadcast messages the subscription sends, skipping any event
+    (join, leave, direct) or notice in between."""
+    seen: list[Any] = []
+    while len(seen) < count:
+        delivery = await received(subscription)
+        if delivery["type"] == "broadcast":
+            seen.append(delivery)
+    return seen
+
+
+def counting(hub: Hub) -> BroadcastStats:
+    """Have ``hub`` count in a `BroadcastStats` of its own (before it has subscriptions)."""
+    stats = BroadcastStats()
+    hub.count_in(stats)
+    return stats
 
 
 def json_sent(message: Message) -> Any:
@@ -219,6 +245,75 @@ class HubContract:
         with pytest.raises(HubUnavailable):
             await hub.publish("f", numbered(2))
         await hub.close()  # again: harmless
+
+    # Counting: `BroadcastStats.deliveries` is one per message sent to a client, exactly
+
+    async def test_n_messages_sent_to_k_subscribers_are_n_times_k_deliveries_events_none(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(join_leave=True)  # join and direct events: not deliveries
+        stats = counting(hub)
+        subscriptions = [await subscribed(hub, "/n/k", user=f"u{n}") for n in range(3)]
+        for number in range(5):
+            await hub.publish("/n/k", numbered(number))
+        await hub.publish_to_user("u0", {"text": "hi"})
+        for subscription in subscriptions:
+            assert len(await broadcasts(subscription, 5)) == 5
+        assert (await received(subscriptions[0]))["type"] == "direct"
+        assert stats.deliveries == 5 * 3
+        for subscription in subscriptions:
+            await hub.unsubscribe(subscription)  # leave events: nothing queued, nothing taken
+        assert stats.deliveries == 5 * 3
+
+    async def test_what_a_slow_subscriber_dropped_is_a_drop_not_a_delivery(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(queue_size=3)
+        stats = counting(hub)
+        fast, slow = await subscribed(hub, "/n/slow"), await subscribed(hub, "/n/slow")
+        for number in range(10):
+            await hub.publish("/n/slow", numbered(number))
+            assert (await received(fast))["message"] == {"n": number}
+        assert (await received(slow))["type"] == "dropped"
+        assert len(await broadcasts(slow, 3)) == 3
+        assert (slow.dropped, stats.drops) == (7, 7)
+        assert stats.deliveries == 10 + 3
+        assert stats.deliveries + stats.drops == 10 * 2
+
+    async def test_messages_still_queued_when_a_subscriber_leaves_are_not_deliveries(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub()
+        stats = counting(hub)
+        reader, leaver = await subscribed(hub, "/n/left"), await subscribed(hub, "/n/left")
+        for number in range(4):
+            await hub.publish("/n/left", numbered(number))
+        assert len(await broadcasts(reader, 4)) == 4  # all 4 are in the leaver's queue too
+        assert len(await broadcasts(leaver, 1)) == 1
+        await hub.unsubscribe(leaver)  # 3 never sent
+        await hub.unsubscribe(leaver)  # again: harmless
+        assert stats.deliveries == 4 + 1
+        await hub.publish("/n/left", numbered(4))
+        assert len(await broadcasts(reader, 1)) == 1
+        assert stats.deliveries == 5 + 1
+
+    async def test_a_resumed_subscriber_counts_each_missed_and_live_message_once(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub()
+        stats = counting(hub)
+        start = await hub.publish("/n/back", numbered(0))
+        for number in range(1, 4):  # missed: in the history
+            await hub.publish("/n/back", numbered(number))
+        back = await hub.subscribe("/n/back", start)
+        for number in range(4, 6):  # live, maybe while the history is read: merged
+            await hub.publish("/n/back", numbered(number))
+        assert (await received(back))["recovered"] is True
+        seen = await broadcasts(back, 5)
+        assert [delivery["message"]["n"] for delivery in seen] == [1, 2, 3, 4, 5]
+        assert stats.deliveries == 5
+        await hub.unsubscribe(back)
+        assert stats.deliveries == 5
 
     # History and recovery
 

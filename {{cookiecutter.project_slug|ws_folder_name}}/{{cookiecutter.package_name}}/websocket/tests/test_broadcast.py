@@ -10,6 +10,8 @@ import pytest
 
 from ..broadcast import (
     HUB_STATE_KEY,
+    BroadcastStats,
+    Fanout,
     Hub,
     MemoryHub,
     Position,
@@ -225,6 +227,48 @@ async def test_an_ended_subscription_takes_no_more_messages() -> None:
 def test_a_queue_holds_at_least_one_message() -> None:
     with pytest.raises(ValueError, match="queue_size must be at least 1"):
         Subscription("/ws/news", 0)
+
+
+def counting_fanout() -> tuple[Fanout, BroadcastStats]:
+    """A fan-out as a hub with a backend has one, counting in stats of its own."""
+    fanout = Fanout(queue_size=5)
+    fanout.stats = BroadcastStats()
+    return fanout, fanout.stats
+
+
+async def test_messages_held_while_the_backend_is_away_are_counted_once_when_sent() -> None:
+    fanout, stats = counting_fanout()
+    subscription = fanout.add("/ws/news")
+    subscription.resume((), Position(0, EPOCH))
+    fanout.deliver("/ws/news", message(1))
+    fanout.hold_all()  # the hub lost its backend; back, it hears 2 to 4 before it reads
+    for offset in (2, 3, 4):
+        fanout.deliver("/ws/news", message(offset))
+    history = [message(1), message(2), message(3)]  # read before 4 was published
+    subscription.resume(subscription.needed(history), Position(3, EPOCH))
+    fanout.deliver("/ws/news", message(4))  # heard twice: skipped
+    fanout.deliver("/ws/news", message(5))
+    assert await everything_in(subscription) == [subscribed(), "m1", "m2", "m3", "m4", "m5"]
+    assert stats.deliveries == 5
+    fanout.remove(subscription)
+    assert stats.deliveries == 5
+
+
+async def test_a_recovery_merge_counts_a_message_in_the_history_and_live_once() -> None:
+    fanout, stats = counting_fanout()
+    subscription = fanout.add("/ws/news", since=Position(2, EPOCH))
+    fanout.deliver("/ws/news", message(5))  # live ones arrive while the history is read
+    fanout.deliver("/ws/news", message(6))
+    subscription.resume([message(3), message(4), message(5)], Position(5, EPOCH))
+    fanout.deliver("/ws/news", message(6))  # a duplicate live one
+    assert await everything_in(subscription) == [
+        subscribed(2, recovered=True),
+        "m3",
+        "m4",
+        "m5",
+        "m6",
+    ]
+    assert stats.deliveries == 4
 
 
 async def test_a_memory_hub_forgets_a_channel_nobody_follows_after_its_position_ttl() -> None:

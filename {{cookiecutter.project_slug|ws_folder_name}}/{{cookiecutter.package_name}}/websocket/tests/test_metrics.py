@@ -88,6 +88,41 @@ async def test_a_session_is_counted_under_its_template(web_socket_class: WebSock
     assert sample(metrics, closed, endpoint=TEMPLATE, code="4xxx") == 1
 
 
+async def test_one_text_sent_to_many_is_counted_once_per_send_with_its_bytes() -> None:
+    metrics = Metrics()
+    shared = '{"type":"broadcast","message":"h\u00e9"}'  # one str object, as a broadcast's
+    error = '{"type":"error","reason":"no"}'
+    other = '{"type":"ticker"}'  # another text: the one before is not repeated any more
+    counted: list[tuple[float, float]] = []
+
+    def scraped() -> tuple[float, float]:
+        return (
+            sample(metrics, "websocket_messages_sent_total", endpoint=TEMPLATE),
+            sample(metrics, "websocket_sent_bytes_total", endpoint=TEMPLATE),
+        )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = Route()
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        for _ in range(3):
+            await send({"type": "websocket.send", "text": shared})
+        counted.append(scraped())  # a scrape between the sends of one text
+        for text in (error, shared, None, shared, shared, other, other):
+            message = {"bytes": b"1234"} if text is None else {"text": text}
+            await send({"type": "websocket.send", **message})
+        await send({"type": "websocket.close", "code": 1000})
+
+    client = ScriptedClient("/ws/rooms/1")
+    await WebSocketGuard(app, policy=Policy(), observer=metrics)(
+        client.scope, client.receive, client.send
+    )
+    size = len(shared.encode())  # 35 characters, 36 bytes in UTF-8
+    assert counted == [(3, 3 * size)]
+    assert scraped() == (10, 6 * size + len(error) + 4 + 2 * len(other))
+    assert sample(metrics, "websocket_error_replies_total", endpoint=TEMPLATE) == 1
+
+
 async def test_refusals_are_counted_by_reason(web_socket_class: WebSocketClass) -> None:
     metrics = Metrics()
     policy = Policy(max_connections=1)
@@ -173,3 +208,21 @@ async def test_a_watched_hub_feeds_the_broadcast_metrics() -> None:
     assert sample(metrics, "broadcast_delivery_lag_seconds_bucket", le="+Inf") == 1
     assert 0 <= sample(metrics, "broadcast_delivery_lag_seconds_sum") < 5
     assert "broadcast_redis_up" not in metrics.exposition().decode()  # a memory hub
+
+
+async def test_a_scrape_while_messages_wait_in_a_queue_counts_only_those_sent() -> None:
+    metrics = Metrics()
+    hub = MemoryHub(join_leave=False)
+    metrics.watch_hub(hub)
+    async with hub:
+        reader, leaver = await hub.subscribe("/ws/news"), await hub.subscribe("/ws/news")
+        for subscription in (reader, leaver):
+            await subscription.next()  # the subscribed notice
+        for number in range(3):
+            await hub.publish("/ws/news", {"n": number})
+            await reader.next()
+        assert sample(metrics, "broadcast_deliveries_total") == 3  # the leaver sent none
+        await hub.unsubscribe(leaver)  # its 3 are never sent
+        await hub.publish("/ws/news", {"n": 3})
+        await reader.next()
+    assert sample(metrics, "broadcast_deliveries_total") == 4

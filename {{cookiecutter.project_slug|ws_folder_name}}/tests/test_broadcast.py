@@ -113,6 +113,16 @@ def test_every_client_sees_each_sender_s_messages_in_order_and_in_one_order(
         assert [m["seq"] for m in seen[0] if m["sender"] == number] == list(range(count))
 
 
+def answer_of(request: urllib.request.Request) -> tuple[int, dict[str, Any]]:
+    """Make ``request``: the status and the JSON answer, for an error status too."""
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
 def publish(
     server: LiveServer,
     body: bytes | dict[str, Any],
@@ -128,12 +138,7 @@ def publish(
         server.url("/api/publish"), data=data if method == "POST" else None, headers=headers
     )
     request.method = method
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
+    return answer_of(request)
 
 
 def test_a_client_that_reconnects_with_its_position_gets_what_it_missed_once(
@@ -329,12 +334,7 @@ def presence_of(server: LiveServer, channel: str) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         server.url(f"/api/presence?{query}"), headers={"authorization": f"Bearer {API_KEY}"}
     )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
+    return answer_of(request)
 
 
 def by_user(clients: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -207,13 +207,9 @@ class PublishAPI:
                 HTTPStatus.UNPROCESSABLE_ENTITY,
                 f"The channel {dumps(channel)[:200]} is the path of no broadcast endpoint.",
             )
-        if not isinstance(message, dict):
-            return _refused(HTTPStatus.UNPROCESSABLE_ENTITY, "The message must be a JSON object.")
-        if len(dumps(message).encode()) > self._max_message_bytes:
-            return _refused(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"The message is over MAX_MESSAGE_BYTES ({self._max_message_bytes} bytes).",
-            )
+        refusal = self._refusal_of(message)
+        if refusal is not None:
+            return refusal
         try:
             position = await self._hub(scope).publish(channel, message)
         except HubUnavailable as error:
@@ -232,6 +228,17 @@ class PublishAPI:
                 HTTPStatus.UNPROCESSABLE_ENTITY,
                 "The user must be who auth.py returned for them, not null.",
             )
+        refusal = self._refusal_of(message)
+        if refusal is not None:
+            return refusal
+        try:
+            await self._hub(scope).publish_to_user(user, message)
+        except HubUnavailable as error:
+            return _refused(HTTPStatus.SERVICE_UNAVAILABLE, f"{str(error).capitalize()}.")
+        return HTTPStatus.OK, {"user": user}
+
+    def _refusal_of(self, message: Any) -> tuple[int, dict[str, Any]] | None:
+        """Why ``message`` cannot be sent, as an answer; None if it can."""
         if not isinstance(message, dict):
             return _refused(HTTPStatus.UNPROCESSABLE_ENTITY, "The message must be a JSON object.")
         if len(dumps(message).encode()) > self._max_message_bytes:
@@ -239,11 +246,7 @@ class PublishAPI:
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"The message is over MAX_MESSAGE_BYTES ({self._max_message_bytes} bytes).",
             )
-        try:
-            await self._hub(scope).publish_to_user(user, message)
-        except HubUnavailable as error:
-            return _refused(HTTPStatus.SERVICE_UNAVAILABLE, f"{str(error).capitalize()}.")
-        return HTTPStatus.OK, {"user": user}
+        return None
 
 
 def _refused(status: HTTPStatus, reason: str) -> tuple[int, dict[str, Any]]:

@@ -699,7 +699,7 @@ class RedisHub(Hub):
             if not self._closed:
                 self._fanout.hold_all()
         try:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py types
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py 7
         except CONNECTION_ERRORS as error:
             logger.debug("closing the pub/sub connection failed: %r", error)
 

@@ -34,15 +34,21 @@ SERVERS = {
         "uvicorn",
         ["--ws", "websockets-sansio", "--ws-ping-interval", "0"],
     ),
+    "uvicorn, LeanProtocol (the runner's)": (
+        "uvicorn",
+        ["--ws", "ws_service.websocket.uvicorn_protocol:LeanProtocol", "--ws-ping-interval", "0"],
+    ),
     "uvicorn, wsproto": ("uvicorn", ["--ws", "wsproto", "--ws-ping-interval", "0"]),
     "hypercorn": ("hypercorn", []),
 }
+WEBSOCKETS_7_1_5 = (
+    "the websockets protocol layer answers a close frame that arrives in the middle of a "
+    "fragmented message with 1002 'incomplete fragmented message' where the case wants "
+    "1000; the frames never reach the app"
+)
 KNOWN_SERVER_FAILURES = {
-    ("uvicorn, websockets-sansio", "7.1.5"): (
-        "the websockets protocol layer answers a close frame that arrives in the middle of a "
-        "fragmented message with 1002 'incomplete fragmented message' where the case wants "
-        "1000; the frames never reach the app"
-    ),
+    ("uvicorn, websockets-sansio", "7.1.5"): WEBSOCKETS_7_1_5,
+    ("uvicorn, LeanProtocol (the runner's)", "7.1.5"): WEBSOCKETS_7_1_5,
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websocket.testing import LiveServer  # the vendored backend, as every project has it
+from websocket.testing import LEAN_PROTOCOL, LiveServer  # the vendored backend, as every project has it
 
 from tests.conftest import TEMPLATE, render
 from tests.rawsocket import (
@@ -90,6 +90,7 @@ class Server:
                 "FAULT_APP_MODULE": "ws_service.app",
                 "PYTHONPATH": str(TEMPLATE / "tests"),
             },
+            args=["--ws", LEAN_PROTOCOL.format(package="ws_service")],  # as the runner serves
             cwd=project,
         )
 

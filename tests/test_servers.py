@@ -12,6 +12,11 @@ from websocket.testing import RedisServer  # the vendored backend, as every proj
 from tests.conftest import TEMPLATE, render, run, tool_environment
 
 SERVERS = {
+    # (The projects' own tests run uvicorn with the runner's LeanProtocol: here, uvicorn's own.)
+    "uvicorn-websockets-sansio": {
+        "LIVE_SERVER": "uvicorn",
+        "LIVE_SERVER_ARGS": "--ws websockets-sansio",
+    },
     "uvicorn-wsproto": {"LIVE_SERVER": "uvicorn", "LIVE_SERVER_ARGS": "--ws wsproto"},
     "hypercorn": {"LIVE_SERVER": "hypercorn", "LIVE_SERVER_ARGS": ""},
 }
@@ -38,7 +43,8 @@ def test_autobahn_cases_pass_on_every_server_but_known_server_failures() -> None
         [sys.executable, str(script)], capture_output=True, text=True, timeout=900, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for server in ("uvicorn, websockets-sansio", "uvicorn, wsproto", "hypercorn"):
+    servers = ("uvicorn, websockets-sansio", "uvicorn, LeanProtocol (the runner's)")
+    for server in (*servers, "uvicorn, wsproto", "hypercorn"):
         assert f"| {server} | 301 |" in result.stdout, result.stdout
 
 

@@ -31,7 +31,8 @@ MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multip
 def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=f"python -m {PACKAGE}",
-        description="Serve the websocket service with uvicorn (websockets-sansio implementation).",
+        description="Serve the websocket service with uvicorn (its websockets-sansio protocol, "
+        "holding less per connection: websocket/uvicorn_protocol.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -157,7 +158,7 @@ def serve(arguments: argparse.Namespace, settings: Settings) -> None:
         reload=arguments.reload,
         reload_dirs=[str(Path(__file__).parent)] if arguments.reload else None,
         log_level=arguments.log_level,
-        ws="websockets-sansio",
+        ws=f"{PACKAGE}.websocket.uvicorn_protocol:LeanProtocol",  # websockets-sansio, leaner
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=arguments.ws_per_message_deflate,
         ws_ping_interval=arguments.ws_ping_interval or None,

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.2.0. Every file in this folder is copied unchanged into each project that
+Version 2.3.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -27,11 +27,24 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   Prometheus metrics, and `MetricsEndpoint`, ``GET /metrics``.
 - ``workers.py``: `server_workers`, how many worker processes the server running this
   process was told to start (the app refuses several with a hub in memory).
+- ``uvicorn_protocol.py``: `LeanProtocol`, uvicorn's websockets-sansio protocol holding less
+  per connection, which the runner serves with (``--ws`` for uvicorn by hand).
 - ``asgi_types.py``: the ASGI callable's types.
 - ``testing.py``: `LiveServer` (an app on a real server), `ScriptedClient` and
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.3.0: less memory per idle connection, and less work per broadcast delivery. The runner
+serves with `uvicorn_protocol.LeanProtocol`: uvicorn's websockets-sansio protocol with a
+smaller event queue and writable flag, the handshake's request and response let go once
+answered, and a text frame built once for the subscribers a broadcast sends the same text to
+(uvicorn by hand: ``--ws <package>.websocket.uvicorn_protocol:LeanProtocol``; without it, all
+works as before). `testing.LiveServer` starts uvicorn with it where the app's package has it
+(`testing.LEAN_PROTOCOL`). Metrics cost less per broadcast delivery: `BroadcastStats.deliveries`
+is read-only, worked out from the lag-sample countdown that counts live sends, and
+`Tally.messages_sent` and ``bytes_sent`` are read-only, a text object sent again only stepping
+``Tally.repeats``.
 
 2.2.0: presence and per-user delivery. A `Subscription` has a random ``client_id`` (in the
 ``subscribed`` notice) and the ``user`` auth.py returned (`presence_user`);
@@ -99,4 +112,4 @@ the guard holds less per connection; `RedisHub` subscribes in constant time;
 `testing.RedisServer` has a ``pid``.
 """
 
-__version__ = "2.2.0"
+__version__ = "2.3.0"

@@ -29,12 +29,17 @@ from .asgi_types import Message
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
 SERVERS = {
-    "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "{port}"],
+    "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "{port}", "--ws={ws}"],
     "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:{port}"],
     "runner": ["-m", "{package}", "--host", "127.0.0.1", "--port", "{port}"],
 }
 """How to start each server on 127.0.0.1 and a port (0: the OS picks one; it logs the port);
-"runner" is the project's own ``python -m <package>``."""
+"runner" is the project's own ``python -m <package>``. uvicorn's ``--ws`` is `LEAN_PROTOCOL`,
+as the runner serves, where the app's package has it (``auto`` where it does not); a later
+``--ws`` in ``args`` or ``LIVE_SERVER_ARGS`` replaces it."""
+
+LEAN_PROTOCOL = "{package}.websocket.uvicorn_protocol:LeanProtocol"
+"""The uvicorn protocol of the runner (``uvicorn_protocol.py``), for the app's ``package``."""
 
 
 def project_root() -> Path:
@@ -69,9 +74,9 @@ class LiveServer:
         if server not in SERVERS:
             raise ValueError(f"Unknown server {server!r}; known: {', '.join(SERVERS)}.")
         self._app, self._server, self._extra = app, server, extra
-        self.command = self._command(0)
         self._env = {**os.environ, **(env or {})}
         self._cwd = cwd or project_root()
+        self.command = self._command(0)
         self._start_timeout = start_timeout
         self._lines: list[str] = []
         self._started = threading.Event()
@@ -80,9 +85,12 @@ class LiveServer:
         self.port = 0
 
     def _command(self, port: int) -> list[str]:
-        package = self._app.partition(".")[0]
+        package = self._app.partition(".")[0].partition(":")[0]
+        has_lean = (self._cwd / package / "websocket" / "uvicorn_protocol.py").is_file()
+        ws = LEAN_PROTOCOL.format(package=package) if has_lean else "auto"
         parts = (
-            part.format(app=self._app, package=package, port=port) for part in SERVERS[self._server]
+            part.format(app=self._app, package=package, port=port, ws=ws)
+            for part in SERVERS[self._server]
         )
         return [sys.executable, *parts, *self._extra]
 

@@ -37,6 +37,7 @@ from bench.servers import (
     BENCH,
     RunningServer,
     ServerSpec,
+    before_specs,
     broadcast_spec,
     pinning_cpus,
     render_broadcast_projects,
@@ -160,10 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = template_at(args.compare, work / "at") if args.compare else None
             if before is not None and keepalive_specs:
                 projects = render_projects(work / "render-before", before)
-                keepalive_specs += [
-                    replace(spec, key=spec.key + BEFORE, cwd=projects[spec.key.split("-")[1]])
-                    for spec in keepalive_specs
-                ]
+                keepalive_specs += before_specs(keepalive_specs, projects, args.compare)
             for spec in keepalive_specs:  # the two flavours of the generated service
                 records += measure_pair(
                     spec, keepalive, "instructions_per_round_trip", repetitions, server_cpu, work

@@ -280,10 +280,24 @@ def before_after_table(results: Results) -> str:
             for c in results.connections("instructions")
         ),
     ]
+    broadcast = [
+        ("broadcast", key, f"{title}, {count:,} subscribers", count)
+        for count in results.connections("broadcast")
+        for key, title in (
+            ("latency_p50_ms", "delivery p50 ms"),
+            ("latency_p99_ms", "delivery p99 ms"),
+            ("fanout_p50_ms", "last subscriber p50 ms"),
+            ("server_cpu_us_per_delivery", "server CPU us/delivery"),
+            ("rss_mib", "RSS MiB"),
+        )
+    ]
+    servers = [(server, measures) for server in GENERATED] + [
+        (server, broadcast) for server in results.servers("broadcast") if BEFORE not in server
+    ]
     rows = []
-    for server in GENERATED:
+    for server, server_measures in servers:
         before = server + BEFORE
-        for workload, key, title, count in measures:
+        for workload, key, title, count in server_measures:
             after_figure = results.figure(workload, server, key, count)
             before_figure = results.figure(workload, before, key, count)
             ratio = results.ratio(workload, key, server, before, count)
@@ -429,7 +443,7 @@ def broadcast_table(results: Results) -> str:
             expected = max(int(r["expected_deliveries"]) for r in runs)
             rows.append(
                 [
-                    runs[0]["backend"],
+                    runs[0]["backend"] + (" (before)" if BEFORE in server else ""),
                     history_text(runs[0].get("history")),
                     f"{count:,}",
                     cell(get("latency_p50_ms")),
@@ -481,7 +495,7 @@ def history_pairs(results: Results) -> list[tuple[str, str, str]]:
     off: dict[str, str] = {}
     for server in results.servers("broadcast"):
         run = results.runs("broadcast", server)[0]
-        if run.get("history") is None or run.get("backend") is None:
+        if run.get("history") is None or run.get("backend") is None or BEFORE in server:
             continue
         (on if int(run["history"]) > 0 else off).setdefault(run["backend"], server)
     return [(backend, on[backend], off[backend]) for backend in on if backend in off]
@@ -1002,7 +1016,8 @@ def _broadcast_name(results: Results, server: str) -> str:
     run = results.runs("broadcast", server)[0]
     history = run.get("history")
     off = history is not None and not history
-    return str(run["backend"]) + (", history off" if off else "")
+    before = " (before)" if BEFORE in server else ""
+    return str(run["backend"]) + (", history off" if off else "") + before
 
 
 def plot_broadcast(results: Results, output: Path) -> list[Path]:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
 from bench import report, workloads
 from bench.loadgen import BenchError, ensure_client, installed_ws_version
 from bench.servers import (
+    BEFORE,
     BENCH,
     BROADCAST_BACKENDS,
     BROADCAST_HISTORY,
@@ -54,6 +55,7 @@ from bench.servers import (
     broadcast_key,
     broadcast_label,
     broadcast_spec,
+    generated,
     pin,
     pinning_cpus,
     render_broadcast_projects,
@@ -103,8 +105,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compare",
         metavar="COMMIT",
-        help="also run the generated servers rendered from the template at COMMIT, side by "
-        "side with the working tree's (keys with -before): a change's before and after",
+        help="also run the generated servers (the broadcast workload's too) rendered from the "
+        "template at COMMIT, side by side with the working tree's (keys with -before): a "
+        "change's before and after",
     )
     parser.add_argument("--connections", type=int, nargs="+", default=list(full.connections))
     parser.add_argument("--warmup", type=float, default=full.warmup)
@@ -374,8 +377,9 @@ def run(args: argparse.Namespace) -> Path:
         work = Path(scratch)
         specs = server_specs(render_projects(work / "render"), settings.tick_seconds)
         specs = [spec for spec in specs if spec.key in args.servers]
-        if args.compare:
-            before = render_projects(work / "render-before", template_at(args.compare, work / "at"))
+        then = template_at(args.compare, work / "at") if args.compare else None
+        if then is not None:
+            before = render_projects(work / "render-before", then)
             specs += before_specs(specs, before, args.compare)
         labels = {spec.key: spec.label for spec in specs}
         say(f"Benchmark: {pinning}; results go to {output}")
@@ -416,6 +420,7 @@ def run(args: argparse.Namespace) -> Path:
                     work,
                     labels,
                     not_measured,
+                    (args.compare, then) if args.compare and then is not None else None,
                 )
     minutes = (time.monotonic() - started) / 60
     write_results(output, records, labels, not_measured, settings, repetitions, pinning, minutes)
@@ -431,13 +436,15 @@ def broadcast_runs(
     work: Path,
     labels: dict[str, str],
     not_measured: dict[str, str],
+    compare: tuple[str, Path] | None = None,
 ) -> list[workloads.Record]:
     """The broadcast workload: each backend with each of ``history`` (True: the channel
     history on, False: off) in turn (A B A B) at each subscriber count.
 
     The Redis backend's servers share one redis-server, started for the workload on the
     server's CPU and stopped after it. Without redis-server the Redis backend is not
-    measured, and ``not_measured`` says why. ``labels`` gets the servers' labels.
+    measured, and ``not_measured`` says why. ``labels`` gets the servers' labels. With
+    ``compare`` (a commit and the template at it), each server runs again rendered from it.
     """
     server_cpu, client_cpu = cpus
     missing = RedisServer.unavailable() if "redis" in backends else None
@@ -459,6 +466,20 @@ def broadcast_runs(
             for backend, project in projects.items()
             for kept in history
         ]
+        if compare is not None:  # each server again, rendered from the template at a commit
+            commit, template = compare
+            then = render_broadcast_projects(work / "render-broadcast-before", backends, template)
+            specs += [
+                replace(
+                    spec,
+                    key=spec.key + BEFORE,
+                    label=f"{spec.label}, at {commit} (before)",
+                    command=generated(then[spec.backend]),
+                    cwd=then[spec.backend],
+                )
+                for spec in specs
+                if spec.backend is not None
+            ]
         labels.update({spec.key: spec.label for spec in specs})
         for subscribers in settings.broadcast_subscribers:
             measure = partial(

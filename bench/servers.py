@@ -79,6 +79,20 @@ def uvicorn(app: str) -> tuple[str, ...]:
     return ("-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "0")
 
 
+LEAN_PROTOCOL = "ws_service.websocket.uvicorn_protocol:LeanProtocol"
+"""The uvicorn protocol the generated runner serves with (``--ws``), where a project has it."""
+
+
+def generated(project: Path) -> tuple[str, ...]:
+    """The generated service in ``project`` on uvicorn as its runner serves it: with the
+    backend's `LEAN_PROTOCOL` where the project has one (a project rendered from a commit
+    before it, for ``--compare``, runs on uvicorn's default)."""
+    command = uvicorn("ws_service.app:app")
+    if (project / "ws_service" / "websocket" / "uvicorn_protocol.py").is_file():
+        command += ("--ws", LEAN_PROTOCOL)
+    return command
+
+
 def render_projects(output: Path, template: Path = TEMPLATE) -> dict[str, Path]:
     """Render the default project once per flavour into ``output``; flavour -> project folder."""
     return {
@@ -113,10 +127,12 @@ def before_specs(
             spec,
             key=spec.key + BEFORE,
             label=f"{spec.label}, at {commit} (before)",
-            cwd=projects[spec.key.removeprefix("generated-")],
+            command=generated(project),
+            cwd=project,
         )
         for spec in specs
         if spec.key.startswith("generated-")
+        for project in [projects[spec.key.removeprefix("generated-")]]
     ]
 
 
@@ -176,7 +192,7 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
         ServerSpec(
             "generated-fastapi",
             "generated service, fastapi flavour",
-            uvicorn("ws_service.app:app"),
+            generated(projects["fastapi"]),
             projects["fastapi"],
             "/ws/keepalive",
             "/ws/clock",
@@ -185,7 +201,7 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
         ServerSpec(
             "generated-asgi",
             "generated service, asgi flavour",
-            uvicorn("ws_service.app:app"),
+            generated(projects["asgi"]),
             projects["asgi"],
             "/ws/keepalive",
             "/ws/clock",
@@ -253,7 +269,7 @@ def broadcast_spec(
     return ServerSpec(
         broadcast_key(backend, history),
         broadcast_label(backend, history),
-        uvicorn("ws_service.app:app"),
+        generated(project),
         project,
         "/ws/keepalive",
         env=env,

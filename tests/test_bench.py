@@ -22,7 +22,7 @@ import pytest
 from websocket.testing import RedisServer  # the vendored backend, as every project has it
 from websockets.asyncio.server import ServerConnection, serve
 
-from bench import report
+from bench import report, servers
 from bench.loadgen import CLIENT, ensure_client
 from tests.conftest import TEMPLATE
 
@@ -98,6 +98,41 @@ def test_smoke_run_measures_broadcast_through_redis_with_every_delivery(tmp_path
     assert smoke.data["not_measured"] == {}
     assert_broadcast_measured(smoke, "redis")
     assert (smoke.folder / "broadcast.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_compared_run_measures_the_broadcast_servers_before_a_change_too(
+    tmp_path: Path,
+) -> None:
+    # --compare renders the template at a commit (here HEAD) beside the working tree: each
+    # broadcast server runs in turn with its "before", and the report pairs them.
+    options = ["--workloads", "broadcast", "--broadcast-backends", "memory"]
+    smoke = smoke_run(tmp_path, *options, "--broadcast-history", "on", "--compare", "HEAD")
+    counts = smoke.data["settings"]["broadcast_subscribers"]
+    for server in ("broadcast-memory", "broadcast-memory-before"):
+        runs = smoke.runs("broadcast", server)
+        assert sorted(r["connections"] for r in runs) == sorted(counts), server
+        assert all(r["deliveries"] == r["expected_deliveries"] > 0 for r in runs), server
+    assert "at HEAD (before)" in smoke.data["labels"]["broadcast-memory-before"]
+    assert f"\n| memory (before) | on (100) | {max(counts):,} | " in smoke.report
+    after_before = smoke.report.split("\n## Before and after\n", 1)[1].split("\n## ", 1)[0]
+    p99 = f"| delivery p99 ms, {max(counts):,} subscribers | "
+    row = next(line for line in after_before.splitlines() if p99 in line)
+    assert row.startswith(f"| {smoke.data['labels']['broadcast-memory']} | "), row
+    assert "\n## Cost of history\n" not in smoke.report  # no server ran with history off
+
+
+def test_the_generated_servers_run_on_the_runners_protocol_where_a_project_has_it(
+    tmp_path: Path,
+) -> None:
+    # A project rendered from a commit before uvicorn_protocol.py (--compare) runs on
+    # uvicorn's own; one with it, as its runner serves.
+    assert "--ws" not in servers.generated(tmp_path)
+    protocol = tmp_path / "ws_service" / "websocket" / "uvicorn_protocol.py"
+    protocol.parent.mkdir(parents=True)
+    protocol.write_text("")
+    command = servers.generated(tmp_path)
+    assert command[command.index("--ws") + 1] == servers.LEAN_PROTOCOL
+    assert command[:3] == ("-m", "uvicorn", "ws_service.app:app")
 
 
 def test_presence_smoke_run_answers_a_whole_room_and_opens_it_with_each_setting(

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websocket.testing import LEAN_PROTOCOL, LiveServer  # the vendored backend, as every project has it
+from websocket.testing import LEAN_PROTOCOL, LiveServer  # the vendored backend
 
 from tests.conftest import TEMPLATE, render
 from tests.rawsocket import (

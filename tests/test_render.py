@@ -120,7 +120,9 @@ SHARED_BACKEND_FILES = {
     "tests/test_logs.py",
     "tests/test_publish_api.py",
     "tests/test_session.py",
+    "tests/test_uvicorn_protocol.py",
     "tests/test_workers.py",
+    "uvicorn_protocol.py",
     "workers.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).

@@ -164,9 +164,17 @@ def start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+GUNICORN_HALT = "gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>"
+"""How gunicorn's arbiter ends when a second worker's failed boot reaches it while it halts
+for the first: it raises HaltServer again, uncaught, and exits with 1 (benoitc/gunicorn#366;
+about 1 start in 7 here with two workers). Its own traceback, after the workers' lines."""
+
+
 def refusal_of(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The lines in which the service refused to start (one per process that refused)."""
     output = result.stdout + result.stderr
+    if output.rstrip().endswith(GUNICORN_HALT):
+        output = output[: output.index("Traceback")]
     assert "Traceback" not in output, output
     return [line for line in output.splitlines() if line.startswith(f"{PACKAGE}: ")]
 {%- if not redis %}

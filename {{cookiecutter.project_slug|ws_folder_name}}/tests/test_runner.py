@@ -17,9 +17,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosedError
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.frames import Close, Frame, Opcode
 from websockets.sync.client import ClientConnection
 
 from {{ cookiecutter.package_name }}.settings import STARTUP_REFUSED
@@ -83,16 +85,9 @@ def test_json_logs_are_one_object_per_line_with_the_events_fields_as_keys() -> N
     with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
         with connect(server.ws_url(ANY_ENDPOINT)) as websocket:
             websocket.send('{"type": "keepalive", "client_ns": 987654321}')
-            # Close only once the ack is in: a close that crosses it can fail the ack's send,
-            # and the session then ends without the close frame (subscribed notices and
-            # ticks may come first).
             while json.loads(websocket.recv(timeout=5))["type"] != "keepalive_ack":
-                pass
-        deadline = time.monotonic() + 10
-        while '"event": "close"' not in server.log:
-            assert time.monotonic() < deadline, server.log
-            time.sleep(0.02)
-    entries = [json.loads(line) for line in server.log.splitlines() if line.strip()]
+                pass  # subscribed notices and ticks may come first
+        entries = json_log_until_closed(server)
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     assert any("Uvicorn running on" in entry["message"] for entry in entries)  # uvicorn's too
     events = {entry["event"]: entry for entry in entries if "event" in entry}
@@ -101,6 +96,30 @@ def test_json_logs_are_one_object_per_line_with_the_events_fields_as_keys() -> N
     assert events["close"]["code"] == 1000
     assert events["close"]["duration_seconds"] >= 0
     assert "987654321" not in server.log  # never message contents
+
+
+def json_log_until_closed(server: LiveServer, closes: int = 1) -> list[dict[str, Any]]:
+    """The entries of ``server``'s JSON log, once it has logged ``closes`` closes."""
+    deadline = time.monotonic() + 10
+    while server.log.count('"event": "close"') < closes:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.02)
+    return [json.loads(line) for line in server.log.splitlines() if line.strip()]
+
+
+def test_a_close_that_crosses_the_reply_is_logged_with_the_clients_code() -> None:
+    # The client's message and its close reach the server in one write: the reply finds
+    # the connection closing, before the session has read the close.
+    message = Frame(Opcode.TEXT, b'{"type": "keepalive"}').serialize(mask=True)
+    close = Frame(Opcode.CLOSE, Close(4001, "bye").serialize()).serialize(mask=True)
+    with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
+        for _ in range(3):
+            with connect(server.ws_url(ANY_ENDPOINT)) as websocket:
+                websocket.socket.sendall(message + close)
+                with pytest.raises(ConnectionClosed):
+                    receive_until_closed(websocket)
+        entries = json_log_until_closed(server, closes=3)
+    assert [entry["code"] for entry in entries if entry.get("event") == "close"] == [4001] * 3
 
 
 def run_module(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.3.0. Every file in this folder is copied unchanged into each project that
+Version 2.3.1. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -34,6 +34,12 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.3.1: a client's close that crosses a reply is logged (and counted in
+``websocket_connections_closed_total``) with the client's code. A client that sends a message
+and closes at once made the reply's send fail before the session read the close, and the
+close was logged with no code: the guard now reads the server's disconnect event once such a
+send has failed (`guard.CLOSE_CODE_WAIT`, at most 1 s).
 
 2.3.0: less memory per idle connection, and less work per broadcast delivery. The runner
 serves with `uvicorn_protocol.LeanProtocol`: uvicorn's websockets-sansio protocol with a

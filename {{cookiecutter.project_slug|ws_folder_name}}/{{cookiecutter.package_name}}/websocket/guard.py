@@ -44,6 +44,10 @@ _AFTER_ERROR_REPLY: Final = ERROR_REPLY[:-1] + chr(ord(ERROR_REPLY[-1]) + 1)
 string comparisons cost less than a ``startswith`` call (the guard tests every send)."""
 WATCH_STEPS: Final = 10
 """The watchdog looks at most this many times per send or idle timeout (the shorter)."""
+CLOSE_CODE_WAIT: Final = 1.0
+"""Seconds the guard waits for the server's disconnect event, to log the client's close
+code, once the app has returned after a send that found the client gone (servers have
+queued it by then: the wait is a bound, not a delay)."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ class GuardObserver:
         return None
 
     def closed(self, connection: GuardedConnection) -> None:
-        """An accepted connection has ended: ``close_code`` (None: no close frame) and
+        """An accepted connection has ended: ``close_code`` (None: the server gave none) and
         ``limit`` (the guard's reason, if it closed it) say how."""
 
 
@@ -327,6 +331,7 @@ class GuardedConnection:
         "loop",
         "observer",
         "opened_at",
+        "peer_gone",
         "policy",
         "rate_checked",
         "scope",
@@ -367,6 +372,7 @@ class GuardedConnection:
         self.closed_by_guard = False
         self.limit: str | None = None  # why the guard closed: size, rate, idle, slow_reader
         self.app_closed = False
+        self.peer_gone = False  # a send found the connection closed by the client
         self.closing: asyncio.Task[Message] | None = None
         # Sends in flight, counted cheaply; the watchdog finds those that do not finish.
         self.sends_started = 0
@@ -381,6 +387,8 @@ class GuardedConnection:
         self.watchdog.discard(self)
         if self.closing is not None:
             await self.closing
+        if self.opened_at and self.close_code is None and self.peer_gone:
+            await self.read_close_code()
         if self.opened_at:
             code = self.close_code if self.close_code is not None else "no close frame"
             duration = self.loop.time() - self.opened_at
@@ -392,6 +400,19 @@ class GuardedConnection:
                 duration_seconds=round(duration, 3),
             )
             self.observer.closed(self)
+
+    async def read_close_code(self) -> None:
+        """Learn the client's close code from the server, after a send found the client gone
+        before the app read its close: a client that sends a message and closes at once
+        makes the app's reply meet its close. The server has queued the disconnect, behind
+        any messages the app did not read."""
+        try:
+            async with asyncio.timeout(CLOSE_CODE_WAIT):
+                while (message := await self.server_receive())["type"] != "websocket.disconnect":
+                    pass
+        except (OSError, RuntimeError, TimeoutError):
+            return  # nothing more to learn: logged as before, with no close frame
+        self.close_code = message.get("code", 1005)
 
     async def receive(self) -> Message:
         if self.closed_by_guard:
@@ -453,6 +474,9 @@ class GuardedConnection:
                             tally.last_text, tally.last_text_bytes = text, size
             try:
                 await self.server_send(message)
+            except OSError:  # ASGI's word for a client that has left
+                self.peer_gone = True
+                raise
             except RuntimeError as error:
                 if not self.closed_by_server(error):
                     raise

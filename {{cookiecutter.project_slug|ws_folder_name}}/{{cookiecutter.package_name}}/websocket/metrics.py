@@ -78,7 +78,7 @@ def multiprocess_directory(environ: Mapping[str, str] = os.environ) -> str | Non
 def close_code_label(code: int | None) -> str:
     """A bounded label for a close code: the standard codes as they are, the others grouped."""
     if code is None:
-        return "none"  # no close frame (the connection was lost)
+        return "none"  # the server gave no close code
     if 1000 <= code <= 1015:
         return str(code)
     if 3000 <= code <= 4999:
@@ -229,7 +229,7 @@ class Metrics(GuardObserver):
         )
         self.connections_closed = Counter(
             "websocket_connections_closed_total",
-            "Websocket connections ended, by close code (none: no close frame).",
+            "Websocket connections ended, by close code (none: the server gave none).",
             ["endpoint", "code"],
             registry=registry,
         )

@@ -334,11 +334,11 @@ async def test_a_send_after_the_server_closed_by_itself_ends_the_session_quietly
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def test_a_close_that_crosses_a_reply_is_logged_with_the_clients_code(
-    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A client sends a message and its close at once: the server queues both, and the
-    # reply finds the connection closing (uvicorn raises ClientDisconnected, an OSError).
+async def close_after_a_failed_reply(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture, *then: Message
+) -> logging.LogRecord:
+    """The guard's close record when the echo of a message finds the client gone (uvicorn
+    raises ClientDisconnected, an OSError) and the server queues ``then`` after it."""
     caplog.set_level(logging.INFO)
     client = ScriptedClient("/ws/chat")
     guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy())
@@ -346,12 +346,23 @@ async def test_a_close_that_crosses_a_reply_is_logged_with_the_clients_code(
     await client.next_sent()  # accept
     client.send_error = OSError("the client has closed the connection")
     client.send_text('{"to": "echo"}')
-    client.send_text('{"unread": true}')  # read by no one: the close code is behind it
-    client.disconnect(4001)
-    await asyncio.wait_for(session, 2)
-    closes = [r for r in caplog.records if getattr(r, "event", None) == "close"]
-    assert [r.getMessage().split(" closed with ")[1].split()[0] for r in closes] == ["4001"]
-    assert [getattr(r, "code", None) for r in closes] == [4001]
+    for message in then:
+        client.send_message(message)
+    await asyncio.wait_for(session, CLOSE_CODE_WAIT + 2)
+    [close] = [r for r in caplog.records if getattr(r, "event", None) == "close"]
+    return close
+
+
+async def test_a_close_that_crosses_a_reply_is_logged_with_the_clients_code(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client sends a message and its close at once: the server queues both, and the
+    # reply finds the connection closing; a message the app did not read comes between.
+    unread: Message = {"type": "websocket.receive", "text": '{"unread": true}'}
+    disconnect: Message = {"type": "websocket.disconnect", "code": 4001, "reason": ""}
+    close = await close_after_a_failed_reply(web_socket_class, caplog, unread, disconnect)
+    assert close.getMessage().split(" closed with ")[1].split()[0] == "4001"
+    assert getattr(close, "code", None) == 4001
 
 
 async def test_a_send_that_fails_with_no_close_to_read_is_logged_without_a_code(
@@ -359,14 +370,6 @@ async def test_a_send_that_fails_with_no_close_to_read_is_logged_without_a_code(
 ) -> None:
     # A server that raises on a send but queues no disconnect: the guard waits at most
     # CLOSE_CODE_WAIT for one, then logs the close as it knows it.
-    caplog.set_level(logging.INFO)
-    client = ScriptedClient("/ws/chat")
-    guard = WebSocketGuard(echo_app(web_socket_class), policy=Policy())
-    session = asyncio.create_task(guard(client.scope, client.receive, client.send))
-    await client.next_sent()  # accept
-    client.send_error = OSError("the client has closed the connection")
-    client.send_text('{"to": "echo"}')
-    await asyncio.wait_for(session, CLOSE_CODE_WAIT + 2)
-    closes = [r for r in caplog.records if getattr(r, "event", None) == "close"]
-    assert [getattr(r, "code", "missing") for r in closes] == [None]
-    assert "closed with no close frame" in closes[0].getMessage()
+    close = await close_after_a_failed_reply(web_socket_class, caplog)
+    assert getattr(close, "code", "missing") is None
+    assert "closed with no close frame" in close.getMessage()

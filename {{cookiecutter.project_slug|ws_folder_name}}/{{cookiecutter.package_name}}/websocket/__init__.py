@@ -39,7 +39,10 @@ A project keeps the face its framework uses.
 ``websocket_connections_closed_total``) with the client's code. A client that sends a message
 and closes at once made the reply's send fail before the session read the close, and the
 close was logged with no code: the guard now reads the server's disconnect event once such a
-send has failed (`guard.CLOSE_CODE_WAIT`, at most 1 s).
+send has failed (`guard.CLOSE_CODE_WAIT`, at most 1 s). `Subscription.next` waits on a bare
+future instead of an ``asyncio.Event`` (8% fewer instructions per broadcast delivery, and
+11 MiB less with 10,000 subscribers); it has one reader at a time, and a second call while
+one waits raises RuntimeError.
 
 2.3.0: less memory per idle connection, and less work per broadcast delivery. The runner
 serves with `uvicorn_protocol.LeanProtocol`: uvicorn's websockets-sansio protocol with a

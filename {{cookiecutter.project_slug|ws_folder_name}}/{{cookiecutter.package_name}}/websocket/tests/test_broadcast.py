@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from unittest.mock import ANY  # a matcher for the random client_id
@@ -99,6 +100,25 @@ async def test_a_full_queue_drops_its_oldest_message_and_reports_the_gap_in_plac
         subscription.deliver(message(offset))
     assert subscription.dropped == 2
     assert await everything_in(subscription) == [subscribed(), dropped(2, 2), "m3", "m4", "m5"]
+
+
+async def test_a_waiting_next_wakes_for_a_delivery_and_a_cancelled_one_loses_nothing() -> None:
+    subscription = live_subscription(queue_size=3)
+    assert await received(subscription) == subscribed()
+    waiting = asyncio.create_task(subscription.next())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="another call waits"):
+        await subscription.next()  # one reader at a time
+    subscription.deliver(message(1))
+    assert await asyncio.wait_for(waiting, 1) == "m1"
+    cancelled = asyncio.create_task(subscription.next())
+    await asyncio.sleep(0)
+    subscription.deliver(message(2))  # wakes it, but it is cancelled before it runs
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    subscription.deliver(message(3))
+    assert await everything_in(subscription) == ["m2", "m3"]
 
 
 async def test_what_the_client_already_took_is_not_counted_as_dropped() -> None:

@@ -14,7 +14,10 @@ both faces (FastAPI's ``app.add_route``, the `Router`'s ``add_http_route``)::
     {"channel": "/ws/rooms/lobby", "message": {"text": "hello"}}
 
 answers ``200 {"channel": ..., "offset": ..., "epoch": ...}`` once the hub has published
-the message: every client of the channel receives it as if a client had sent it. With a
+the message: every client of the channel receives it as if a client had sent it. The
+channel is the path of a broadcast endpoint, or, in a service with a channels endpoint,
+a channel of one of its namespaces (``{"channel": "news:sport", ...}``), whose Centrifuge
+subscribers receive the message as the ``data`` of a publication. With a
 ``user`` instead of a channel, ``{"user": "alice", "message": {...}}``, every connection of
 that user (the identity auth.py returned, compared as JSON) on every broadcast endpoint of
 every process receives ``{"type": "direct", "server_ns", "message"}``; the answer is
@@ -32,7 +35,7 @@ of the channel gets for ``{"type": "presence"}``. Every refusal is a JSON ``{"de
   are ever logged;
 - 400 for a body that is not JSON, 422 for one that is not ``{"channel": "...",
   "message": {...}}`` or ``{"user": ..., "message": {...}}``, or whose channel matches no
-  broadcast endpoint (or a presence query without one ``channel``), 413 for a message
+  broadcast endpoint and no namespace (or a presence query without one ``channel``), 413 for a message
   over ``max_message_bytes`` (the limit clients have);
 - 405 for another method than POST (GET for presence), 404 for presence while the service
   keeps none (``PRESENCE_ENABLED=no``), 503 when the hub cannot publish or read presence
@@ -45,7 +48,7 @@ import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs
 
 from .asgi_types import Receive, Scope, Send
@@ -60,13 +63,22 @@ BODY_OVERHEAD: Final = 4096
 """Bytes a request body may have besides its message (the channel, the JSON around)."""
 
 
+class ChannelNamespaces(Protocol):
+    """What `PublishAPI` asks of the namespaces of channels endpoints (``namespaces.py``'s
+    `Namespaces`): the namespace a channel name belongs to, or None."""
+
+    def find(self, channel: str) -> object | None: ...
+
+
 class PublishAPI:
     """The ASGI application of ``POST /api/publish`` and ``GET /api/presence`` (see the
     module's docs): mount it on both paths; it tells them apart by the scope's path.
 
     ``channels`` are the path templates of the broadcast endpoints (``/ws/rooms/{room}``):
     a channel is published to only if it matches one, each ``{name}`` matching one path
-    segment. ``api_key`` empty turns the API off. ``hub`` finds the hub from the scope.
+    segment, or if ``namespaces`` (those of the channels endpoints, if the service has
+    one) finds its namespace (``news:sport``). ``api_key`` empty turns the API off. ``hub``
+    finds the hub from the scope.
     """
 
     def __init__(
@@ -75,9 +87,11 @@ class PublishAPI:
         *,
         api_key: str,
         max_message_bytes: int,
+        namespaces: ChannelNamespaces | None = None,
         hub: Callable[[Mapping[str, Any]], Hub] = hub_of,
     ) -> None:
         self._templates = [template.split("/") for template in channels]
+        self._namespaces = namespaces
         self._key = api_key.encode()
         self._max_message_bytes = max_message_bytes
         self._hub = hub
@@ -115,7 +129,9 @@ class PublishAPI:
         await send({"type": "http.response.body", "body": content})
 
     def matches(self, channel: str) -> bool:
-        """Whether ``channel`` is the path of a broadcast endpoint."""
+        """Whether ``channel`` is the path of a broadcast endpoint or a channel of a namespace."""
+        if self._namespaces is not None and self._namespaces.find(channel) is not None:
+            return True
         segments = channel.split("/")
         return any(
             len(template) == len(segments)
@@ -124,6 +140,16 @@ class PublishAPI:
                 for part, segment in zip(template, segments, strict=True)
             )
             for template in self._templates
+        )
+
+    def _unknown(self, channel: object) -> str:
+        """The sentence refusing ``channel``, which `matches` no endpoint."""
+        shown = dumps(channel)[:200]
+        if self._namespaces is None:
+            return f"The channel {shown} is the path of no broadcast endpoint."
+        return (
+            f"The channel {shown} is the path of no broadcast endpoint and in no namespace of "
+            "the channels endpoints (channels.py)."
         )
 
     def _refusal(self, scope: Scope, api: str) -> tuple[int, dict[str, Any]] | None:
@@ -163,7 +189,7 @@ class PublishAPI:
         if not self.matches(channel):
             return _refused(
                 HTTPStatus.UNPROCESSABLE_ENTITY,
-                f"The channel {dumps(channel)[:200]} is the path of no broadcast endpoint.",
+                self._unknown(channel),
             )
         try:
             presence = await self._hub(scope).presence(channel)
@@ -205,7 +231,7 @@ class PublishAPI:
         if not isinstance(channel, str) or not self.matches(channel):
             return _refused(
                 HTTPStatus.UNPROCESSABLE_ENTITY,
-                f"The channel {dumps(channel)[:200]} is the path of no broadcast endpoint.",
+                self._unknown(channel),
             )
         refusal = self._refusal_of(message)
         if refusal is not None:

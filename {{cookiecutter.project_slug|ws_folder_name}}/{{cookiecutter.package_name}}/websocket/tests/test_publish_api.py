@@ -74,6 +74,48 @@ def test_channels_match_the_broadcast_paths_one_segment_per_parameter() -> None:
         assert not api.matches(channel), channel
 
 
+class Prefixes:
+    """Namespaces as `PublishAPI` asks them (`namespaces.Namespaces` in a service with a
+    channels endpoint): a channel ``name:rest`` is in the namespace ``name``, if declared."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def find(self, channel: str) -> str | None:
+        name, colon, rest = channel.partition(":")
+        return name if colon and rest and name in self.names else None
+
+
+def test_with_namespaces_channels_of_declared_namespaces_match_besides_broadcast_paths() -> None:
+    api = PublishAPI(
+        ["/ws/news"], api_key=KEY, max_message_bytes=100, namespaces=Prefixes("chat", "news")
+    )
+    for channel in ("/ws/news", "chat:lobby", "news:sport"):
+        assert api.matches(channel), channel
+    for channel in ("sport:x", "chat:", "chat", "/ws/rooms/a", ""):
+        assert not api.matches(channel), channel
+
+
+async def test_a_message_published_to_a_namespace_s_channel_reaches_its_subscribers(
+    hub: MemoryHub,
+) -> None:
+    api = PublishAPI(
+        [], api_key=KEY, max_message_bytes=100, namespaces=Prefixes("news"), hub=lambda _: hub
+    )
+    subscription = await hub.subscribe("news:sport")
+    await received(subscription)
+    body = json.dumps({"channel": "news:sport", "message": {"score": "2-1"}}).encode()
+    status, _, answer = await call(api, body)
+    assert (status, answer["channel"], answer["offset"]) == (200, "news:sport", 1)
+    assert (await received(subscription))["message"] == {"score": "2-1"}
+    refused, _, answer = await call(api, body.replace(b"news:", b"sport:"))
+    assert refused == 422
+    assert answer["detail"] == (
+        'The channel "sport:sport" is the path of no broadcast endpoint and in no namespace '
+        "of the channels endpoints (channels.py)."
+    )
+
+
 async def test_a_published_message_reaches_subscribers_and_its_position_is_answered(
     hub: MemoryHub,
 ) -> None:

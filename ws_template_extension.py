@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from jinja2 import Environment
 from jinja2.ext import Extension
 
-KINDS = ("keepalive", "echo", "ticker", "broadcast")
+KINDS = ("keepalive", "echo", "ticker", "broadcast", "channels")
 """Endpoint kinds, in the order the docs list them; the first is the default."""
 
 FRAMEWORKS = ("fastapi", "asgi")
 
+HUB_KINDS = ("broadcast", "channels")
+"""The kinds whose endpoints meet in the service's hub (``broadcast_backend``)."""
+
 BROADCAST_BACKENDS = ("memory", "redis")
-"""Where broadcast endpoints meet: in one process's memory, or in Redis (many processes)."""
+"""Where broadcast and channels endpoints meet: in one process's memory, or in Redis."""
 
 CI_PROVIDERS = ("github", "none")
 
@@ -101,7 +104,9 @@ HANDLER_MODULE_NAMES = frozenset(
         "keepalive_loop",
         "now_ns",
         "receive_json",
+        "channels_config",
         "run_broadcast",
+        "run_channels",
         "run_websocket",
         "send_tick",
         "tick_sender",
@@ -144,6 +149,12 @@ def parse_endpoints(answer: str) -> list[Endpoint]:
     for entry in entries:
         path, kind = _split_entry(entry)
         params = _check_path(path)
+        if kind == "channels" and params:
+            raise AnswerError(
+                f"endpoints: {entry!r} has a path parameter; a channels endpoint carries its "
+                f"channels in its messages, so its path takes none (the SDKs' docs use "
+                f"/connection/websocket)"
+            )
         shape = _route_shape(path)
         if shape in seen:
             raise AnswerError(
@@ -360,10 +371,10 @@ def answer_problems(answers: Mapping[str, object]) -> list[str]:
         problems.append(
             f"broadcast_backend {backend!r} is not one of: {', '.join(BROADCAST_BACKENDS)}"
         )
-    elif backend != BROADCAST_BACKENDS[0] and kinds and "broadcast" not in kinds:
+    elif backend != BROADCAST_BACKENDS[0] and kinds and not kinds & set(HUB_KINDS):
         problems.append(
-            f"broadcast_backend {backend!r} needs a broadcast endpoint: add one to endpoints "
-            f"(e.g. '/ws/rooms/{{room}}:broadcast') or answer {BROADCAST_BACKENDS[0]}"
+            f"broadcast_backend {backend!r} needs a broadcast or channels endpoint: add one to "
+            f"endpoints (e.g. '/ws/rooms/{{room}}:broadcast') or answer {BROADCAST_BACKENDS[0]}"
         )
     ci = text.get("ci", CI_PROVIDERS[0])
     if ci not in CI_PROVIDERS:

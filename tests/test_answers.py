@@ -54,6 +54,21 @@ def test_broadcast_is_a_kind_and_redis_takes_a_broadcast_endpoint() -> None:
     assert answer_problems({**answers, "broadcast_backend": "memory"}) == []
 
 
+def test_channels_is_a_kind_and_redis_takes_a_channels_endpoint_alone() -> None:
+    [endpoint] = parse_endpoints("/connection/websocket:channels")
+    assert (endpoint.kind, endpoint.handler) == ("channels", "connection_websocket")
+    answers = {**DEFAULTS, "endpoints": "/connection/websocket:channels, /ws/echo:echo"}
+    assert answer_problems({**answers, "broadcast_backend": "redis"}) == []
+    assert answer_problems({**answers, "broadcast_backend": "memory"}) == []
+
+
+def test_a_channels_endpoint_takes_no_path_parameter() -> None:
+    with pytest.raises(AnswerError, match=r"^endpoints: '/c/\{x\}:channels' has a path param"):
+        parse_endpoints("/ws/rooms/{room}:broadcast, /c/{x}:channels")
+    [endpoint] = parse_endpoints("/c/{x}")  # the same path is fine for another kind
+    assert endpoint.params == ("x",)
+
+
 def test_kind_defaults_to_keepalive_and_spaces_are_trimmed() -> None:
     endpoints = parse_endpoints("  /a ,/b : echo ,, ")
     assert [(e.path, e.kind) for e in endpoints] == [("/a", "keepalive"), ("/b", "echo")]
@@ -119,7 +134,7 @@ BAD_ANSWERS = [
     ({"endpoints": "/ws/{a}:echo, /ws/{b}"}, "'/ws/{b}' duplicates '/ws/{a}'"),
     (
         {"endpoints": "/ws/x:chat"},
-        "unknown kind 'chat'; allowed kinds: keepalive, echo, ticker, broadcast",
+        "unknown kind 'chat'; allowed kinds: keepalive, echo, ticker, broadcast, channels",
     ),
     ({"endpoints": "/ws/x:"}, "an empty kind; allowed kinds"),
     ({"endpoints": "/ws/{1x}"}, "{1x}, which is not a valid name"),
@@ -161,8 +176,14 @@ BAD_ANSWERS = [
     ({"author_email": "not-an-email"}, "author_email 'not-an-email' is not an e-mail address"),
     (
         {"broadcast_backend": "redis"},
-        "broadcast_backend 'redis' needs a broadcast endpoint: add one to endpoints "
-        "(e.g. '/ws/rooms/{room}:broadcast') or answer memory",
+        "broadcast_backend 'redis' needs a broadcast or channels endpoint: add one to "
+        "endpoints (e.g. '/ws/rooms/{room}:broadcast') or answer memory",
+    ),
+    (
+        {"endpoints": "/c/{x}:channels"},
+        "endpoints: '/c/{x}:channels' has a path parameter; a channels endpoint carries its "
+        "channels in its messages, so its path takes none (the SDKs' docs use "
+        "/connection/websocket)",
     ),
 ]
 

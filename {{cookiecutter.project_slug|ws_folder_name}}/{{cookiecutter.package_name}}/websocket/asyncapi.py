@@ -17,9 +17,12 @@ service sends) and a ``receive`` operation (what it receives) per channel::
     @declares(SHOUT)
     async def shout(websocket: WebSocket) -> None: ...
 
-`KEEPALIVE_ENDPOINT`, `ECHO_ENDPOINT`, `TICKER_ENDPOINT` and `BROADCAST_ENDPOINT` are the
-messages of the template's endpoint kinds; the broadcast one also declares the
-``since``/``epoch`` query of a resume in the channel's ``ws`` binding.
+`KEEPALIVE_ENDPOINT`, `ECHO_ENDPOINT`, `TICKER_ENDPOINT`, `BROADCAST_ENDPOINT` and
+`CHANNELS_ENDPOINT` are the messages of the template's endpoint kinds; the broadcast one also
+declares the ``since``/``epoch`` query of a resume in the channel's ``ws`` binding. The
+channels one is the Centrifuge client protocol v2 (JSON) as ``centrifuge_protocol.py``
+serves it: each command, reply and push is one message (a frame may carry several, one a
+line).
 """
 
 from __future__ import annotations
@@ -233,6 +236,201 @@ BROADCAST_ENDPOINT: Final = Messages(
         "the channel; join and leave tell the others who comes and goes; direct messages "
         "reach every connection of one user."
     ),
+)
+
+# The Centrifuge client protocol v2, JSON: commands {"id": N, "<method>": {...}}, replies
+# with the same id and a result or an error, pushes {"push": {...}} with no id, and {} as the
+# server's ping and the client's pong. Bodies allow fields beyond those listed: the SDKs send
+# some that are not served (flag, delta), and a result may gain some.
+COMMAND_ID: Final = {"type": "integer", "minimum": 1, "maximum": 4294967295}
+CHANNEL_NAME: Final = {"type": "string", "minLength": 1, "maxLength": 255}
+ANY_JSON: Final[Schema] = {}
+"""Any JSON value: Centrifuge's data fields are the application's JSON, as it is."""
+CLIENT_INFO: Final = _object(
+    {
+        "user": {"type": "string"},
+        "client": {"type": "string", "minLength": 1},
+        "conn_info": ANY_JSON,
+        "chan_info": ANY_JSON,
+    },
+    ["user", "client"],
+)
+"""Who published, joined or left: its user ("" when anonymous) and its connection's id."""
+PUBLICATION: Final = _object(
+    {
+        "data": ANY_JSON,
+        "offset": {"type": "integer", "minimum": 1},
+        "info": CLIENT_INFO,
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    ["data"],
+)
+STREAM_POSITION: Final = _object({"offset": OFFSET, "epoch": {"type": "string"}}, ["offset"])
+EMPTY: Final = _object({}, [], extra=False)
+"""``{}``: the server's ping, the client's pong, and the results that carry nothing."""
+
+
+def _command(method: str, body: Mapping[str, Schema], required: Iterable[str]) -> dict[str, Any]:
+    """A Centrifuge command: ``{"id": N, method: {...}}``."""
+    return _object({"id": COMMAND_ID, method: _object(body, required)}, ["id", method], extra=False)
+
+
+def _reply(method: str, result: Schema) -> dict[str, Any]:
+    """A Centrifuge reply to a command: ``{"id": N, method: result}``."""
+    return _object({"id": COMMAND_ID, method: result}, ["id", method], extra=False)
+
+
+def _push(kind: str, body: Schema, *, channel: bool = True) -> dict[str, Any]:
+    """A Centrifuge push: ``{"push": {"channel": ..., kind: body}}``."""
+    fields = {"channel": CHANNEL_NAME, kind: body} if channel else {kind: body}
+    required = ["channel", kind] if channel else [kind]
+    return _object({"push": _object(fields, required, extra=False)}, ["push"], extra=False)
+
+
+RECOVERY: Final[Mapping[str, Schema]] = {
+    "recover": {"type": "boolean"},
+    "offset": OFFSET,
+    "epoch": {"type": "string"},
+}
+CONNECT_COMMAND: Final = _command(
+    "connect",
+    {"token": {"type": "string"}, "data": ANY_JSON, "name": {"type": "string"}},
+    [],
+)
+SUBSCRIBE_COMMAND: Final = _command(
+    "subscribe",
+    {
+        "channel": CHANNEL_NAME,
+        "data": ANY_JSON,
+        "positioned": {"type": "boolean"},
+        "recoverable": {"type": "boolean"},
+        "join_leave": {"type": "boolean"},
+        **RECOVERY,
+    },
+    ["channel"],
+)
+CHANNEL_COMMANDS: Final = {
+    "unsubscribe_command": _command("unsubscribe", {"channel": CHANNEL_NAME}, ["channel"]),
+    "publish_command": _command(
+        "publish", {"channel": CHANNEL_NAME, "data": ANY_JSON}, ["channel", "data"]
+    ),
+    "presence_command": _command("presence", {"channel": CHANNEL_NAME}, ["channel"]),
+    "presence_stats_command": _command("presence_stats", {"channel": CHANNEL_NAME}, ["channel"]),
+    "history_command": _command(
+        "history",
+        {
+            "channel": CHANNEL_NAME,
+            "limit": {"type": "integer"},
+            "since": STREAM_POSITION,
+            "reverse": {"type": "boolean"},
+        },
+        ["channel"],
+    ),
+}
+CONNECT_RESULT: Final = _object(
+    {
+        "client": {"type": "string", "minLength": 1},
+        "version": {"type": "string"},
+        "data": ANY_JSON,
+        "ping": {"type": "integer", "minimum": 0},
+        "pong": {"type": "boolean"},
+    },
+    ["client"],
+)
+SUBSCRIBE_RESULT: Final = _object(
+    {
+        "recoverable": {"type": "boolean"},
+        "positioned": {"type": "boolean"},
+        "epoch": {"type": "string"},
+        "offset": OFFSET,
+        "publications": {"type": "array", "items": PUBLICATION},
+        "recovered": {"type": "boolean"},
+        "was_recovering": {"type": "boolean"},
+        "data": ANY_JSON,
+    },
+    [],
+)
+PRESENCE_RESULT: Final = _object(
+    {"presence": {"type": ["object", "null"], "additionalProperties": CLIENT_INFO}},
+    ["presence"],
+)
+PRESENCE_STATS_RESULT: Final = _object(
+    {"num_clients": OFFSET, "num_users": OFFSET}, ["num_clients", "num_users"]
+)
+HISTORY_RESULT: Final = _object(
+    {
+        "publications": {"type": ["array", "null"], "items": PUBLICATION},
+        "epoch": {"type": "string"},
+        "offset": OFFSET,
+    },
+    ["publications", "epoch", "offset"],
+)
+CENTRIFUGE_ERROR: Final = _object(
+    {"code": {"type": "integer"}, "message": {"type": "string"}, "temporary": {"type": "boolean"}},
+    ["code", "message"],
+)
+CENTRIFUGE_SUMMARIES: Final = {
+    "connect_command": "Opens the session: anonymous, or with a connection token (a JWT).",
+    "subscribe_command": "Subscribes to a channel, recovering from a position if asked.",
+    "unsubscribe_command": "Leaves a channel.",
+    "publish_command": "Publishes data to a channel its namespace lets the client publish to.",
+    "presence_command": "Asks who is on a channel (namespaces with presence).",
+    "presence_stats_command": "Asks how many clients and users are on a channel.",
+    "history_command": "Asks for a channel's stream position and its last publications.",
+    "pong": "{}: the client's answer to a ping (the connect result says pong: true).",
+    "ping": "{}: the server's ping, every ping seconds of the connect result.",
+    "connect_reply": "The session is open: the client's id, the ping period, pong: true.",
+    "subscribe_reply": "Subscribed: the stream position, and recovered publications if any.",
+    "unsubscribe_reply": "Unsubscribed.",
+    "publish_reply": "Published.",
+    "presence_reply": "The clients on the channel, by client id.",
+    "presence_stats_reply": "How many clients and distinct users are on the channel.",
+    "history_reply": "The channel's stream position and the publications asked for.",
+    "error_reply": "The command was refused: code (101 unauthorized, 102 unknown channel, "
+    "103 permission denied, ...), message, and temporary when a retry may succeed.",
+    "pub_push": "A publication of a subscribed channel, with its offset.",
+    "join_push": "A client subscribed to the channel (namespaces with join_leave).",
+    "leave_push": "A client left the channel (namespaces with join_leave).",
+    "unsubscribe_push": "The server ended the subscription (code 2500 and up: subscribe again).",
+    "message_push": "A message sent to this connection's user, outside any channel.",
+}
+CHANNELS_ENDPOINT: Final = Messages(
+    client={
+        "connect_command": CONNECT_COMMAND,
+        "subscribe_command": SUBSCRIBE_COMMAND,
+        **CHANNEL_COMMANDS,
+        "pong": EMPTY,
+    },
+    server={
+        "connect_reply": _reply("connect", CONNECT_RESULT),
+        "subscribe_reply": _reply("subscribe", SUBSCRIBE_RESULT),
+        "unsubscribe_reply": _reply("unsubscribe", EMPTY),
+        "publish_reply": _reply("publish", EMPTY),
+        "presence_reply": _reply("presence", PRESENCE_RESULT),
+        "presence_stats_reply": _reply("presence_stats", PRESENCE_STATS_RESULT),
+        "history_reply": _reply("history", HISTORY_RESULT),
+        "error_reply": _reply("error", CENTRIFUGE_ERROR),
+        "pub_push": _push("pub", PUBLICATION),
+        "join_push": _push("join", _object({"info": CLIENT_INFO}, ["info"])),
+        "leave_push": _push("leave", _object({"info": CLIENT_INFO}, ["info"])),
+        "unsubscribe_push": _push(
+            "unsubscribe",
+            _object(
+                {"code": {"type": "integer"}, "reason": {"type": "string"}}, ["code", "reason"]
+            ),
+        ),
+        "message_push": _push("message", _object({"data": ANY_JSON}, ["data"]), channel=False),
+        "ping": EMPTY,
+    },
+    description=(
+        "Many channels over one connection, in the Centrifuge client protocol v2 (JSON), so "
+        "that the Centrifuge SDKs (centrifuge-js, centrifuge-python) work against it. Each "
+        "message here is one JSON object; a frame carries one or more, one a line. A "
+        "session starts with connect; channels are namespace:name, each namespace with its "
+        "own rules (channels.py). Not served: protobuf, unidirectional transports, delta "
+        "compression, connect subs, RPC, refresh, sub_refresh and subscription tokens."
+    ),
+    names=CENTRIFUGE_SUMMARIES,
 )
 
 

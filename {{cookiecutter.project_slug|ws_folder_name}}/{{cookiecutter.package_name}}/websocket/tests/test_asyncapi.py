@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
+
+import pytest
+from jsonschema import Draft7Validator
 
 from ..asyncapi import (
     BROADCAST_ENDPOINT,
+    CHANNELS_ENDPOINT,
     ECHO_ENDPOINT,
     ERROR,
     KEEPALIVE,
@@ -115,3 +120,92 @@ def test_service_message_narrows_by_type_and_fields() -> None:
     assert service_message({"type": "shout", "text": "HI"}) is None
     assert service_message({"text": "no type"}) is None
     assert service_message({"type": "error", "reason": "r"}) == {"type": "error", "reason": "r"}
+
+
+CENTRIFUGE_CLIENT = [
+    {"id": 1, "connect": {"token": "a.b.c", "name": "js", "version": "5.8.0"}},
+    {"id": 1, "connect": {}},
+    {"id": 2, "subscribe": {"channel": "news:sport", "flag": 1}},
+    {"id": 3, "subscribe": {"channel": "chat:a", "recover": True, "offset": 4, "epoch": "e"}},
+    {"id": 4, "unsubscribe": {"channel": "chat:a"}},
+    {"id": 5, "publish": {"channel": "chat:a", "data": {"text": "hi"}}},
+    {"id": 6, "presence": {"channel": "chat:a"}},
+    {"id": 7, "presence_stats": {"channel": "chat:a"}},
+    {"id": 8, "history": {"channel": "chat:a", "limit": 0, "reverse": False}},
+    {"id": 9, "history": {"channel": "chat:a", "limit": 10, "since": {"offset": 2, "epoch": "e"}}},
+    {},
+]
+CENTRIFUGE_SERVER = [
+    {"id": 1, "connect": {"client": "c1", "version": "0.1.0", "ping": 25, "pong": True}},
+    {"id": 2, "subscribe": {}},
+    {"id": 3, "subscribe": {"recoverable": True, "positioned": True, "epoch": "e", "offset": 5}},
+    {
+        "id": 3,
+        "subscribe": {
+            "recovered": True,
+            "was_recovering": True,
+            "publications": [
+                {"data": {"text": "hi"}, "offset": 5, "info": {"user": "", "client": "c2"}}
+            ],
+        },
+    },
+    {"id": 4, "unsubscribe": {}},
+    {"id": 5, "publish": {}},
+    {"id": 6, "presence": {"presence": {"c1": {"user": "alice", "client": "c1"}}}},
+    {"id": 7, "presence_stats": {"num_clients": 2, "num_users": 1}},
+    {"id": 8, "history": {"publications": None, "epoch": "e", "offset": 5}},
+    {"id": 9, "error": {"code": 102, "message": "unknown channel"}},
+    {"id": 9, "error": {"code": 100, "message": "internal server error", "temporary": True}},
+    {"push": {"channel": "chat:a", "pub": {"data": [1, "x"], "offset": 6}}},
+    {"push": {"channel": "chat:a", "join": {"info": {"user": "bob", "client": "c3"}}}},
+    {"push": {"channel": "chat:a", "leave": {"info": {"user": "bob", "client": "c3"}}}},
+    {"push": {"channel": "chat:a", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}},
+    {"push": {"message": {"data": {"text": "to you"}}}},
+    {},
+]
+
+
+def declared_by(declared: Mapping[str, Any], message: Any) -> list[str]:
+    """The names of the ``declared`` messages whose schema ``message`` passes."""
+    return [name for name, schema in declared.items() if Draft7Validator(schema).is_valid(message)]
+
+
+@pytest.mark.parametrize("message", CENTRIFUGE_CLIENT)
+def test_the_centrifuge_commands_the_sdks_send_are_declared(message: Any) -> None:
+    assert declared_by(CHANNELS_ENDPOINT.client, message), message
+
+
+@pytest.mark.parametrize("message", CENTRIFUGE_SERVER)
+def test_the_centrifuge_replies_and_pushes_are_declared(message: Any) -> None:
+    assert declared_by(CHANNELS_ENDPOINT.server, message), message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"id": 1},
+        {"connect": {}},
+        {"id": 0, "connect": {}},
+        {"id": 1, "connect": {}, "subscribe": {"channel": "a:b"}},
+        {"id": 2, "subscribe": {}},
+        {"id": 5, "publish": {"channel": "chat:a"}},
+        {"id": 1, "rpc": {"method": "m", "data": {}}},
+        {"type": "keepalive"},
+    ],
+)
+def test_what_is_not_a_served_centrifuge_command_is_not_declared(message: Any) -> None:
+    assert declared_by(CHANNELS_ENDPOINT.client, message) == [], message
+
+
+def test_a_channels_endpoint_is_one_channel_of_centrifuge_messages() -> None:
+    @declares(CHANNELS_ENDPOINT)
+    async def connection(websocket: object) -> None: ...
+
+    doc = document([("/connection/websocket", connection), ("/r/{room}", rooms)], title="T")
+    assert "parameters" not in doc["channels"]["connection_websocket"]
+    assert messages(doc, "connection_websocket", "receive")[:2] == [
+        "connect_command",
+        "subscribe_command",
+    ]
+    assert "pub_push" in messages(doc, "connection_websocket", "send")
+    assert messages(doc, "r_room", "receive") == ["keepalive", "presence_request", "publish"]

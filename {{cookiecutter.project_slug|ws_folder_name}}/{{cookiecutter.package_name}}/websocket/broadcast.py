@@ -276,12 +276,14 @@ class Subscription:
         since: Position | None = None,
         stats: BroadcastStats | None = None,
         user: JSONValue = None,
+        client_id: str | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}.")
         self.channel = channel
-        self.client_id = secrets.token_urlsafe(CLIENT_ID_BYTES)
-        """Names this connection in presence lists: random, so nobody can guess another's."""
+        self.client_id = client_id or secrets.token_urlsafe(CLIENT_ID_BYTES)
+        """Names this connection in presence lists: random, so nobody can guess another's
+        (a connection of many channels gives each of its subscriptions its own id)."""
         self.user = user
         """Who the client is (what auth.py returned, as JSON), or None."""
         self.user_key = None if user is None else _compact(user)
@@ -311,6 +313,8 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         """What `next` waits on while nothing is queued (an ``asyncio.Event`` costs a deque
         of 600 bytes per subscriber, and more work per delivery)."""
+        self._inbox: Inbox | None = None
+        """Where this subscription says it has something to send, when read by `poll`."""
 
     @property
     def ended(self) -> bool:
@@ -437,6 +441,23 @@ class Subscription:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
+        return self._pop()
+
+    def poll(self) -> str | None:
+        """The next text to send the client, or None when nothing is queued (never waits).
+
+        A reader of many subscriptions polls those its `Inbox` says are ready."""
+        return self._pop() if self._entries else None
+
+    def attach(self, inbox: Inbox) -> None:
+        """Tell ``inbox`` from now on whenever something is queued (or the end), instead of
+        waking `next`; if something is queued already, at once."""
+        self._inbox = inbox
+        if self._entries or self._ended:
+            inbox.wake(self)
+
+    def _pop(self) -> str:
+        """Take the first queued entry, counted as sent, as the text to send."""
         entry = self._entries.popleft()
         stats = self.stats
         if type(entry) is Publication:
@@ -463,6 +484,9 @@ class Subscription:
 
     def _wake(self) -> None:
         """Wake the `next` call that waits, if any: something is queued, or the end."""
+        if self._inbox is not None:
+            self._inbox.wake(self)
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -549,6 +573,46 @@ def _recoverable(since: Position, top: Position, history: Sequence[Publication])
     return bool(history) and history[0].offset <= since.offset + 1
 
 
+class Inbox:
+    """The subscriptions of one connection of many channels, read by one task.
+
+    Each `attach`\\ ed subscription tells its inbox when it has something queued (or has
+    ended); `ready` waits until one has, and gives every such subscription once, in the
+    order they became ready, to be emptied with `Subscription.poll`.
+    """
+
+    __slots__ = ("_ready", "_waiter")
+
+    def __init__(self) -> None:
+        self._ready: dict[Subscription, None] = {}
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wake(self, subscription: Subscription) -> None:
+        self._ready[subscription] = None
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def ready(self) -> list[Subscription]:
+        """The subscriptions that have something queued or ended, once it is at least one.
+
+        One reader at a time: a call while another waits raises RuntimeError."""
+        while not self._ready:
+            if self._waiter is not None:
+                raise RuntimeError("Inbox.ready() was called while another call waits.")
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        ready = list(self._ready)
+        self._ready.clear()
+        return ready
+
+
 class Fanout:
     """A hub's local subscriptions, by channel: delivers a channel's messages to each one."""
 
@@ -561,9 +625,13 @@ class Fanout:
         """Subscriptions by their ``user_key``, for per-user delivery."""
 
     def add(
-        self, channel: str, since: Position | None = None, user: JSONValue = None
+        self,
+        channel: str,
+        since: Position | None = None,
+        user: JSONValue = None,
+        client_id: str | None = None,
     ) -> Subscription:
-        subscription = Subscription(channel, self.queue_size, since, self.stats, user)
+        subscription = Subscription(channel, self.queue_size, since, self.stats, user, client_id)
         self._channels.setdefault(channel, set()).add(subscription)
         if subscription.user_key is not None:
             self._users.setdefault(subscription.user_key, set()).add(subscription)
@@ -658,24 +726,43 @@ class Hub(abc.ABC):
         """Get ready to publish and subscribe."""
 
     @abc.abstractmethod
-    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
+    async def publish(
+        self, channel: str, message: Mapping[str, Any], *, info: Mapping[str, Any] | None = None
+    ) -> Position:
         """Send ``message`` to every subscription of ``channel``; return its position.
 
         Subscribers receive ``{"type": "broadcast", "channel", "offset", "epoch",
-        "server_ns", "message"}``. Raises `HubUnavailable` when it cannot be sent, and
-        TypeError or ValueError for a message that is not JSON. Returns without waiting for
-        subscribers: each has its own bounded queue.
+        "server_ns", "message"}``, with ``"info"`` before ``"message"`` when given (who
+        published it, as the server vouches). Raises `HubUnavailable` when it cannot be
+        sent, and TypeError or ValueError for a message that is not JSON. Returns without
+        waiting for subscribers: each has its own bounded queue.
         """
 
     @abc.abstractmethod
     async def subscribe(
-        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+        self,
+        channel: str,
+        since: Position | None = None,
+        *,
+        user: JSONValue = None,
+        client_id: str | None = None,
     ) -> Subscription:
         """A new subscription to ``channel``, resumed after ``since`` if the history allows.
 
-        It receives its subscribed notice (with its ``client_id``), then messages, once the
-        hub has its position. It is in the channel's presence list, as ``user``, until it is
-        unsubscribed; the channel's other subscriptions are told it joined (and left).
+        It receives its subscribed notice (with its ``client_id``, random unless given),
+        then messages, once the hub has its position. It is in the channel's presence list,
+        as ``user``, until it is unsubscribed; the channel's other subscriptions are told it
+        joined (and left).
+        """
+
+    @abc.abstractmethod
+    async def history(
+        self, channel: str, since: Position | None = None
+    ) -> tuple[Position, list[Publication]]:
+        """``channel``'s position and the messages its history holds, oldest first: those
+        after ``since`` if it is of the channel's epoch, else all of them.
+
+        Raises `HubUnavailable` when the backend cannot be reached.
         """
 
     @abc.abstractmethod
@@ -769,10 +856,12 @@ class MemoryHub(Hub):
     async def start(self) -> None:
         self._closed = False
 
-    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
+    async def publish(
+        self, channel: str, message: Mapping[str, Any], *, info: Mapping[str, Any] | None = None
+    ) -> Position:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be published.")
-        head, tail = envelope_parts(channel, message)
+        head, tail = envelope_parts(channel, message, info)
         now = self._clock()
         stream = self._stream(channel, now)
         stream.offset += 1
@@ -793,12 +882,17 @@ class MemoryHub(Hub):
         return Position(publication.offset, publication.epoch)
 
     async def subscribe(
-        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+        self,
+        channel: str,
+        since: Position | None = None,
+        *,
+        user: JSONValue = None,
+        client_id: str | None = None,
     ) -> Subscription:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be subscribed.")
         stream = self._stream(channel, self._clock())
-        subscription = self._fanout.add(channel, since, user)
+        subscription = self._fanout.add(channel, since, user, client_id)
         subscription.resume(
             subscription.needed(stream.history), Position(stream.offset, stream.epoch)
         )
@@ -807,6 +901,17 @@ class MemoryHub(Hub):
                 channel, presence_event("join", subscription), subscription.client_id
             )
         return subscription
+
+    async def history(
+        self, channel: str, since: Position | None = None
+    ) -> tuple[Position, list[Publication]]:
+        if self._closed:
+            raise HubClosed("The broadcast hub is closed; no history can be read.")
+        stream = self._stream(channel, self._clock())
+        history = list(stream.history)
+        if since is not None and since.epoch == stream.epoch:
+            history = [publication for publication in history if publication.offset > since.offset]
+        return Position(stream.offset, stream.epoch), history
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         leaving = not subscription.ended
@@ -896,14 +1001,20 @@ def direct_message(message: Mapping[str, Any]) -> str:
     return '{"type":"direct","server_ns":' + str(now_ns()) + ',"message":' + _compact(message) + "}"
 
 
-def envelope_parts(channel: str, message: Mapping[str, Any]) -> tuple[str, str]:
+def envelope_parts(
+    channel: str, message: Mapping[str, Any], info: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
     """The text every subscriber receives for ``message``, cut where its position goes.
 
     `joined` puts the two parts and a position together; `RedisHub` does the same inside
-    Redis, where the offset is given. TypeError or ValueError for a message that is not JSON.
+    Redis, where the offset is given. ``info`` (who published it) goes before the message.
+    TypeError or ValueError for a message (or info) that is not JSON.
     """
     head = '{"type":"broadcast","channel":' + _compact(channel) + ',"offset":'
-    tail = ',"server_ns":' + str(now_ns()) + ',"message":' + _compact(message) + "}"
+    published = ',"server_ns":' + str(now_ns())
+    if info is not None:
+        published += ',"info":' + _compact(info)
+    tail = published + ',"message":' + _compact(message) + "}"
     return head, tail
 
 

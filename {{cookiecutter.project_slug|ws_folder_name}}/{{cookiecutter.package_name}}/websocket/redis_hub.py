@@ -308,11 +308,13 @@ class RedisHub(Hub):
         self._fanout.stats = stats
         stats.backend_up = self.connected
 
-    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
+    async def publish(
+        self, channel: str, message: Mapping[str, Any], *, info: Mapping[str, Any] | None = None
+    ) -> Position:
         script = self._publish_script
         if self._closed or script is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
-        head, tail = envelope_parts(channel, message)
+        head, tail = envelope_parts(channel, message, info)
         keys = self._keys(channel)
         args: list[str | int] = [
             self.prefix + channel,
@@ -336,16 +338,32 @@ class RedisHub(Hub):
         return Position(int(offset), str(epoch))
 
     async def subscribe(
-        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+        self,
+        channel: str,
+        since: Position | None = None,
+        *,
+        user: JSONValue = None,
+        client_id: str | None = None,
     ) -> Subscription:
         if self._closed:
             raise HubClosed("broadcast unavailable: the service is stopping")
-        subscription = self._fanout.add(channel, since, user)
+        subscription = self._fanout.add(channel, since, user, client_id)
         async with self._commands:
             await self._follow(channel, joining=subscription)
         if self.presence_enabled:
             await self._join(channel, [subscription], events=self.join_leave)
         return subscription
+
+    async def history(
+        self, channel: str, since: Position | None = None
+    ) -> tuple[Position, list[Publication]]:
+        # Another epoch than any (""): the whole history, when no position is given.
+        wanted = Position(0, "") if since is None else since
+        try:
+            return await self._read(channel, wanted)
+        except CONNECTION_ERRORS as error:
+            logger.debug("reading the history of %s failed: %r", channel, error)
+            raise HubUnavailable("history unavailable: try again later") from error
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         leaving = not subscription.ended
@@ -790,13 +808,27 @@ class ShardedRedisHub(Hub):
         """Start every shard (each waits up to ``timeout`` for its first answer, together)."""
         await asyncio.gather(*(shard.start() for shard in self.shards))
 
-    async def publish(self, channel: str, message: Mapping[str, Any]) -> Position:
-        return await self.shard_of(channel).publish(channel, message)
+    async def publish(
+        self, channel: str, message: Mapping[str, Any], *, info: Mapping[str, Any] | None = None
+    ) -> Position:
+        return await self.shard_of(channel).publish(channel, message, info=info)
 
     async def subscribe(
-        self, channel: str, since: Position | None = None, *, user: JSONValue = None
+        self,
+        channel: str,
+        since: Position | None = None,
+        *,
+        user: JSONValue = None,
+        client_id: str | None = None,
     ) -> Subscription:
-        return await self.shard_of(channel).subscribe(channel, since, user=user)
+        return await self.shard_of(channel).subscribe(
+            channel, since, user=user, client_id=client_id
+        )
+
+    async def history(
+        self, channel: str, since: Position | None = None
+    ) -> tuple[Position, list[Publication]]:
+        return await self.shard_of(channel).history(channel, since)
 
     async def presence(self, channel: str) -> Presence:
         return await self.shard_of(channel).presence(channel)

@@ -251,6 +251,10 @@ class ScriptedClient:
         """From now on the app's sends wait, as they do when a client stops reading."""
         self._reading.clear()
 
+    def resume_reading(self) -> None:
+        """The app's sends go through again, those that waited first."""
+        self._reading.set()
+
     def send_message(self, message: Message) -> None:
         """Queue any ASGI message for the app, as a server would deliver it."""
         self._to_app.put_nowait(message)

@@ -24,6 +24,7 @@ from ..broadcast import (
     BroadcastStats,
     Hub,
     HubUnavailable,
+    Inbox,
     JSONValue,
     Position,
     Subscription,
@@ -599,3 +600,81 @@ class HubContract:
         }
         client.disconnect()
         await asyncio.wait_for(task, 5)
+
+    # What a protocol of many channels per connection uses (centrifuge_protocol.py)
+
+    async def test_history_reads_the_whole_history_or_what_follows_a_position(
+        self, hub: Hub
+    ) -> None:
+        top, history = await hub.history("news:quiet")
+        assert (top.offset, history) == (0, []), (top, history)
+        for number in range(1, 6):
+            await hub.publish("news:today", numbered(number))
+        top, history = await hub.history("news:today")
+        assert top.offset == 5, top
+        assert [publication.offset for publication in history] == [1, 2, 3, 4, 5]
+        assert all(publication.epoch == top.epoch for publication in history), history
+        assert json.loads(history[1].text)["message"] == numbered(2)
+        _, after = await hub.history("news:today", Position(3, top.epoch))
+        assert [publication.offset for publication in after] == [4, 5]
+        _, other_epoch = await hub.history("news:today", Position(3, "another"))
+        assert [publication.offset for publication in other_epoch] == [1, 2, 3, 4, 5]
+
+    async def test_a_history_of_history_size_keeps_the_newest_messages(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(history_size=3)
+        for number in range(1, 8):
+            await hub.publish("news:today", numbered(number))
+        top, history = await hub.history("news:today")
+        assert top.offset == 7, top
+        assert [publication.offset for publication in history] == [5, 6, 7]
+
+    async def test_the_publisher_info_given_reaches_every_subscriber_before_the_message(
+        self, hub: Hub
+    ) -> None:
+        subscription = await subscribed(hub, "chat:lobby")
+        info = {"user": "alice", "client": "c-1"}
+        await hub.publish("chat:lobby", numbered(1), info=info)
+        await hub.publish("chat:lobby", numbered(2))
+        first, second = await received(subscription), await received(subscription)
+        assert (first["info"], first["message"]) == (info, numbered(1)), first
+        assert "info" not in second, second
+        _, history = await hub.history("chat:lobby")
+        assert json.loads(history[0].text)["info"] == info
+
+    async def test_a_subscription_can_be_given_its_client_id(self, hub: Hub) -> None:
+        subscription = await hub.subscribe("chat:lobby", user="alice", client_id="conn-1")
+        notice = await received(subscription)
+        assert (notice["client_id"], subscription.client_id) == ("conn-1", "conn-1")
+        presence = await hub.presence("chat:lobby")
+        assert presence.clients == [{"client_id": "conn-1", "user": "alice"}]
+        await hub.unsubscribe(subscription)
+
+    async def test_an_inbox_reads_the_subscriptions_of_many_channels_in_one_task(
+        self, hub: Hub
+    ) -> None:
+        inbox = Inbox()
+        subscriptions = {
+            channel: await subscribed(hub, channel) for channel in ("a:1", "b:2", "c:3")
+        }
+        for subscription in subscriptions.values():
+            subscription.attach(inbox)
+        for round_ in range(3):
+            for channel in subscriptions:
+                await hub.publish(channel, numbered(round_))
+        got: dict[str, list[int]] = {channel: [] for channel in subscriptions}
+        while sum(map(len, got.values())) < 9:
+            async with asyncio.timeout(5):
+                ready = await inbox.ready()
+            for subscription in ready:
+                while (text := subscription.poll()) is not None:
+                    delivery = json.loads(text)
+                    got[delivery["channel"]].append(delivery["offset"])
+        assert got == {channel: [1, 2, 3] for channel in subscriptions}, got
+        ended = subscriptions["b:2"]
+        await hub.unsubscribe(ended)
+        async with asyncio.timeout(5):
+            assert ended in await inbox.ready()
+        assert ended.poll() is None
+        assert ended.ended

@@ -1,0 +1,702 @@
+"""The Centrifuge client protocol (version 2, JSON) on a hub: many channels, one connection.
+
+Part of the websocket backend vendored by ws-template (version and upgrade notes in
+``__init__.py``). `run_channels` serves one connection of a ``channels`` endpoint so that
+the maintained Centrifuge SDKs (``centrifuge`` on npm, ``centrifuge-python``, and the Go,
+Dart, Swift and Java ones) work against it unchanged. It is written against the `Hub`
+interface and `SessionSocket`, so it serves every hub and both faces, and the hub learns
+nothing of Centrifuge: a publication's text is turned into a ``pub`` push once per process
+(not once per subscriber), and join, leave and per-user messages likewise.
+
+What is served (centrifugal.dev, "Client protocol"): JSON commands ``{"id": N,
+"<method>": {...}}`` answered by one reply with the same id, several to a frame separated
+by newlines; ``connect`` (a connection token, or the identity auth.py gave the handshake),
+``subscribe`` with recovery, ``unsubscribe``, ``publish``, ``presence``,
+``presence_stats``, ``history``; pushes ``pub``, ``join``, ``leave``, ``unsubscribe``
+and ``message``; pings ``{}`` answered by pongs ``{}``. Errors carry the protocol's codes;
+a client that breaks the protocol is disconnected with its close codes. Not served:
+unidirectional transports, the protobuf encoding, delta compression, server-side
+subscriptions (``connect.subs``), RPC, ``send``, token refresh and subscription tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
+
+from .broadcast import (
+    Hub,
+    HubUnavailable,
+    Inbox,
+    Position,
+    PresenceOff,
+    Publication,
+    Subscription,
+)
+from .namespaces import (
+    MAX_CHANNEL_LENGTH,
+    ChannelRequest,
+    Namespace,
+    Namespaces,
+    Rule,
+    allows,
+)
+from .session import SessionSocket, dumps, loads, run_websocket
+from .tokens import TokenExpired, TokenInvalid, TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CHANNELS: Final = 128
+DEFAULT_PING_INTERVAL: Final = 25.0
+DEFAULT_PONG_TIMEOUT: Final = 8.0
+MAX_COMMANDS_PER_FRAME: Final = 512
+"""Commands in one frame at most (the SDKs send ``connect`` and every subscription
+together); a frame of more is a broken client, disconnected."""
+SUBSCRIBE_TIMEOUT: Final = 10.0
+"""Seconds a subscription may take to get its position from the hub (Redis away):
+then the client is told to try again."""
+MAX_RECOVERED: Final = 300
+"""Publications a subscribe reply recovers at most, as in Centrifugo."""
+RECENT_MESSAGES: Final = 64
+"""Per-user messages remembered per connection, to send each once although every
+subscription of the user is handed it."""
+CACHED_PUSHES: Final = 4096
+
+
+class Error(NamedTuple):
+    """An error reply's ``code``, ``message`` and ``temporary`` (the client may retry)."""
+
+    code: int
+    message: str
+    temporary: bool = False
+
+
+INTERNAL: Final = Error(100, "internal server error", True)
+UNAUTHORIZED: Final = Error(101, "unauthorized")
+UNKNOWN_CHANNEL: Final = Error(102, "unknown channel")
+PERMISSION_DENIED: Final = Error(103, "permission denied")
+METHOD_NOT_FOUND: Final = Error(104, "method not found")
+ALREADY_SUBSCRIBED: Final = Error(105, "already subscribed")
+LIMIT_EXCEEDED: Final = Error(106, "limit exceeded")
+BAD_REQUEST: Final = Error(107, "bad request")
+NOT_AVAILABLE: Final = Error(108, "not available")
+TOKEN_EXPIRED: Final = Error(109, "token expired")
+UNRECOVERABLE_POSITION: Final = Error(112, "unrecoverable position")
+
+
+class Disconnect(NamedTuple):
+    """How the server ends a connection: a websocket close code and reason. Codes 3000-3499
+    let the SDKs reconnect; 3500-3999 do not."""
+
+    code: int
+    reason: str
+
+
+SHUTDOWN: Final = Disconnect(3001, "shutdown")
+NO_PONG: Final = Disconnect(3012, "no pong")
+INVALID_TOKEN: Final = Disconnect(3500, "invalid token")
+PROTOCOL_VIOLATION: Final = Disconnect(3501, "bad request")
+
+INSUFFICIENT_STATE: Final = 2500
+"""The unsubscribe push's code for a subscription that missed messages it cannot be sent
+(a slow reader, or the hub lost them): the SDK subscribes again and recovers."""
+
+METHODS: Final = (
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "presence_stats",
+    "history",
+    "rpc",
+    "send",
+    "refresh",
+    "sub_refresh",
+)
+"""The command methods of the protocol, each a field of the command."""
+SERVED: Final = frozenset(
+    {"connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history"}
+)
+MAX_ID: Final = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class ChannelsConfig:
+    """What a ``channels`` endpoint serves: its namespaces, how connections prove who they
+    are (``tokens``; ``anonymous`` lets those with no user in), and its limits."""
+
+    namespaces: Namespaces
+    tokens: TokenVerifier | None = None
+    anonymous: bool = False
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    pong_timeout: float = DEFAULT_PONG_TIMEOUT
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_channels < 1:
+            raise ValueError("max_channels must be at least 1.")
+        if not 0 < self.pong_timeout < self.ping_interval:
+            raise ValueError("pong_timeout must be more than 0 and less than ping_interval.")
+
+
+class ChannelsSocket(SessionSocket, Protocol):
+    """A `SessionSocket` that also sends raw ASGI messages (a close with its reason)."""
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+
+CS = TypeVar("CS", bound=ChannelsSocket)
+
+
+class BadRequest(Exception):
+    """A command that breaks the protocol: the connection is closed with 3501."""
+
+
+class Refused(Exception):
+    """A command answered with an error reply."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Disconnected(Exception):
+    """The connection must end with ``disconnect``."""
+
+    def __init__(self, disconnect: Disconnect) -> None:
+        super().__init__(disconnect.reason)
+        self.disconnect = disconnect
+
+
+def user_of(identity: object) -> str:
+    """The Centrifuge user of what auth.py returned: a string or number itself, a mapping's
+    ``sub``, ``user``, ``id`` or ``name`` (the first present), anything else its ``str``;
+    None or "" is anonymous."""
+    if identity is None or isinstance(identity, bool):
+        return ""
+    if isinstance(identity, str | int):
+        return str(identity)
+    if isinstance(identity, Mapping):
+        for key in ("sub", "user", "id", "name"):
+            value = identity.get(key)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)
+        return ""
+    return str(identity)
+
+
+async def run_channels(websocket: CS, hub: Hub, config: ChannelsConfig) -> None:
+    """Serve one connection of a ``channels`` endpoint until it ends (see the module's docs).
+
+    Accepts and closes the socket as `run_websocket` does; every subscription ends with
+    the session (leaving presence).
+    """
+    connection = _Connection(hub, config, websocket.scope)
+    try:
+        await run_websocket(websocket, connection.read, connection.write, connection.ping)
+    finally:
+        await connection.unsubscribe_all()
+
+
+class _Pushes:
+    """The pushes made of hub texts, shared by every connection of the process: one text
+    is handed to every subscriber of a channel, and is turned into its push once."""
+
+    def __init__(self, size: int = CACHED_PUSHES) -> None:
+        self.size = size
+        self._made: dict[str, _Made] = {}
+
+    def of(self, text: str) -> _Made:
+        made = self._made.get(text)
+        if made is None:
+            made = _made_of(text)
+            if len(self._made) >= self.size:
+                del self._made[next(iter(self._made))]
+            self._made[text] = made
+        return made
+
+
+class _Made(NamedTuple):
+    """What a hub text is in the protocol: its ``kind`` (pub, join, leave, message, gap,
+    or other: not sent), its push, and for a pub the publication and its offset."""
+
+    kind: str
+    push: str
+    publication: str = ""
+    offset: int = 0
+
+
+def _made_of(text: str) -> _Made:
+    try:
+        value = loads(text)
+    except ValueError:
+        return _Made("other", "")
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "broadcast":
+        publication: dict[str, Any] = {"data": value.get("message")}
+        info = value.get("info")
+        if isinstance(info, dict):
+            publication["info"] = info
+        publication["offset"] = value["offset"]
+        pub = dumps(publication)
+        channel = dumps(value["channel"])
+        return _Made(
+            "pub", '{"push":{"channel":' + channel + ',"pub":' + pub + "}}", pub, value["offset"]
+        )
+    if kind in ("join", "leave"):
+        client = value.get("client") or {}
+        user = client.get("user")
+        info = {"user": user_of(user), "client": str(client.get("client_id", ""))}
+        push = {"push": {"channel": value["channel"], kind: {"info": info}}}
+        return _Made(kind, dumps(push))
+    if kind == "direct":
+        return _Made("message", dumps({"push": {"message": {"data": value.get("message")}}}))
+    if kind == "dropped":
+        return _Made("gap", "")
+    return _Made("other", "")
+
+
+_PUSHES: Final = _Pushes()
+
+
+class _Connection:
+    """One client's state: who it is, and its subscriptions by channel."""
+
+    def __init__(self, hub: Hub, config: ChannelsConfig, scope: Mapping[str, Any]) -> None:
+        self.hub = hub
+        self.config = config
+        self.scope = scope
+        self.client_id = str(uuid.uuid4())
+        self.connected = False
+        self.user = ""
+        self.identity: object = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.namespace_of: dict[str, Namespace] = {}
+        self.inbox = Inbox()
+        self.pong_seen = True
+        self.recent_messages: deque[str] = deque(maxlen=RECENT_MESSAGES)
+        self.path = str(scope.get("path", "?"))
+
+    # The tasks of the session: reading commands, writing pushes, pinging.
+
+    async def read(self, websocket: ChannelsSocket) -> None:
+        receive = websocket.receive
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame = message.get("text")
+            try:
+                if frame is None:
+                    raise BadRequest("binary frames are not JSON commands")
+                replies, later = await self._answer(frame)
+            except BadRequest as error:
+                logger.info("channels %s: disconnected: %s", self.path, error)
+                await _close(websocket, PROTOCOL_VIOLATION)
+                return
+            except Disconnected as error:
+                await _close(websocket, error.disconnect)
+                return
+            if replies:
+                await websocket.send_text("\n".join(replies))
+            for subscription, pushes in later:
+                for text in pushes:
+                    if (push := self._push_of(subscription, text)) is not None:
+                        await websocket.send_text(push)
+                if self.subscriptions.get(subscription.channel) is subscription:
+                    subscription.attach(self.inbox)
+
+    async def write(self, websocket: ChannelsSocket) -> None:
+        send_text = websocket.send_text
+        subscriptions = self.subscriptions
+        while True:
+            for subscription in await self.inbox.ready():
+                channel = subscription.channel
+                while subscriptions.get(channel) is subscription:
+                    text = subscription.poll()
+                    if text is None:
+                        if subscription.ended:  # the hub closed: the service is stopping
+                            await _close(websocket, SHUTDOWN)
+                            return
+                        break
+                    if (push := self._push_of(subscription, text)) is not None:
+                        await send_text(push)
+
+    async def ping(self, websocket: ChannelsSocket) -> None:
+        interval = self.config.ping_interval
+        # The first ping at a random point of the second half of an interval, so that the
+        # clients of a restarted service are not all pinged in the same instant.
+        await asyncio.sleep(interval / 2 + random.random() * interval / 2)
+        while True:
+            if not self.connected:  # no ping before connect (and no busy loop either)
+                await asyncio.sleep(interval)
+                continue
+            self.pong_seen = False
+            await websocket.send_text("{}")
+            await asyncio.sleep(self.config.pong_timeout)
+            if not self.pong_seen:
+                logger.info("channels %s: disconnected: no pong", self.path)
+                await _close(websocket, NO_PONG)
+                return
+            await asyncio.sleep(interval - self.config.pong_timeout)
+
+    async def unsubscribe_all(self) -> None:
+        subscriptions = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        for subscription in subscriptions:
+            await self.hub.unsubscribe(subscription)
+
+    # Commands.
+
+    async def _answer(self, frame: str) -> tuple[list[str], list[tuple[Subscription, list[str]]]]:
+        """The replies to the commands of ``frame``, and the subscriptions made, each with
+        the texts to push after the replies before it goes live."""
+        if frame.count("\n") >= MAX_COMMANDS_PER_FRAME:
+            raise BadRequest(f"more than {MAX_COMMANDS_PER_FRAME} commands in one frame")
+        replies: list[str] = []
+        later: list[tuple[Subscription, list[str]]] = []
+        commands = 0
+        for line in frame.split("\n"):
+            if not line.strip():
+                continue
+            commands += 1
+            command = _command(line)
+            reply = await self._reply(command, later)
+            if reply is not None:
+                replies.append(reply)
+        if not commands:
+            raise BadRequest("a frame without a command")
+        return replies, later
+
+    async def _reply(
+        self, command: dict[str, Any], later: list[tuple[Subscription, list[str]]]
+    ) -> str | None:
+        id_ = command.get("id", 0)
+        if type(id_) is not int or not 0 <= id_ <= MAX_ID:
+            raise BadRequest("a command id that is not an integer from 0 to 2**32-1")
+        method = next((name for name in METHODS if name in command), None)
+        if method is None:
+            if id_:
+                raise BadRequest("a command with no method")
+            if self.pong_seen:
+                raise BadRequest("a pong with no ping to answer")
+            self.pong_seen = True  # {}: a pong
+            return None
+        body = command[method]
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise BadRequest(f"{method} is not a JSON object")
+        if method == "send":
+            if not self.connected:
+                raise BadRequest("send before connect")
+            return None  # no handler takes asynchronous messages
+        if not id_:
+            raise BadRequest(f"{method} without an id")
+        if method == "connect":
+            if self.connected:
+                raise BadRequest("connect on a connection already connected")
+            return await self._connect(id_, body)
+        if not self.connected:
+            raise BadRequest(f"{method} before connect")
+        if method not in SERVED:
+            return _error(id_, METHOD_NOT_FOUND)
+        try:
+            if method == "subscribe":
+                return await self._subscribe(id_, body, later)
+            if method == "unsubscribe":
+                return await self._unsubscribe(id_, body)
+            if method == "publish":
+                return await self._publish(id_, body)
+            if method == "history":
+                return await self._history(id_, body)
+            return await self._presence(id_, body, stats=method == "presence_stats")
+        except Refused as refusal:
+            return _error(id_, refusal.error)
+
+    async def _connect(self, id_: int, body: dict[str, Any]) -> str:
+        token = _field(body, "token", str, "")
+        if token:
+            tokens = self.config.tokens
+            try:
+                if tokens is None:
+                    raise TokenInvalid("this endpoint takes no tokens")
+                claims = tokens.verify(token)
+            except TokenExpired:
+                return _error(id_, TOKEN_EXPIRED)
+            except TokenInvalid as error:
+                logger.info("channels %s: connection token refused: %s", self.path, error)
+                raise Disconnected(INVALID_TOKEN) from None
+            self.identity, self.user = claims, str(claims.get("sub") or "")
+        else:
+            self.identity = self.scope.get("user")
+            self.user = user_of(self.identity)
+        if not self.user and not self.config.anonymous:
+            return _error(id_, UNAUTHORIZED)
+        self.connected = True
+        result = {
+            "client": self.client_id,
+            "version": self.config.version,
+            "ping": round(self.config.ping_interval),
+            "pong": True,
+        }
+        return _reply(id_, "connect", result)
+
+    async def _subscribe(
+        self, id_: int, body: dict[str, Any], later: list[tuple[Subscription, list[str]]]
+    ) -> str:
+        channel = _channel(body)
+        recover = _field(body, "recover", bool, False)
+        asked = Position(_field(body, "offset", int, 0), _field(body, "epoch", str, ""))
+        if channel in self.subscriptions:
+            raise Refused(ALREADY_SUBSCRIBED)
+        if len(self.subscriptions) >= self.config.max_channels:
+            raise Refused(LIMIT_EXCEEDED)
+        namespace = self._namespace(channel)
+        await self._check(namespace.subscribe, "subscribe", channel, namespace)
+        since = asked if recover and namespace.history and asked.offset >= 0 else None
+        try:
+            subscription = await self.hub.subscribe(
+                channel, since, user=self.user or None, client_id=self.client_id
+            )
+        except HubUnavailable:
+            raise Refused(INTERNAL) from None
+        self.subscriptions[channel] = subscription
+        self.namespace_of[channel] = namespace
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                notice = await subscription.next()
+        except TimeoutError:
+            notice = None
+        if notice is None:
+            await self._forget(subscription)
+            raise Refused(INTERNAL)
+        subscribed = loads(notice)
+        result: dict[str, Any] = {}
+        if namespace.history:
+            result["recoverable"] = True
+            result["positioned"] = True
+        result["epoch"] = subscribed["epoch"]
+        offset = subscribed["offset"]
+        recovered: list[str] = []
+        pushes: list[str] = []
+        while (text := subscription.poll()) is not None:
+            made = _PUSHES.of(text)
+            if (
+                recover
+                and not pushes
+                and made.kind == "pub"
+                and made.offset == offset + 1
+                and len(recovered) < MAX_RECOVERED
+            ):
+                recovered.append(made.publication)
+                offset = made.offset
+            else:
+                pushes.append(text)
+        if recover:
+            result["was_recovering"] = True
+            result["recovered"] = bool(subscribed.get("recovered")) and namespace.history
+        result["offset"] = offset
+        later.append((subscription, pushes))
+        if not recovered:
+            return _reply(id_, "subscribe", result)
+        text = dumps({"id": id_, "subscribe": result})
+        return text[:-2] + ',"publications":[' + ",".join(recovered) + "]}}"
+
+    async def _unsubscribe(self, id_: int, body: dict[str, Any]) -> str:
+        channel = _channel(body)
+        subscription = self.subscriptions.get(channel)
+        if subscription is not None:
+            await self._forget(subscription)
+        return _reply(id_, "unsubscribe", {})
+
+    async def _publish(self, id_: int, body: dict[str, Any]) -> str:
+        channel = _channel(body)
+        namespace = self._namespace(channel)
+        await self._check(namespace.publish, "publish", channel, namespace)
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise Refused(Error(BAD_REQUEST.code, "data must be a JSON object"))
+        info = {"user": self.user, "client": self.client_id}
+        try:
+            await self.hub.publish(channel, data, info=info)
+        except HubUnavailable:
+            raise Refused(INTERNAL) from None
+        return _reply(id_, "publish", {})
+
+    async def _history(self, id_: int, body: dict[str, Any]) -> str:
+        channel = _channel(body)
+        limit = _field(body, "limit", int, 0)
+        reverse = _field(body, "reverse", bool, False)
+        since_field = _field(body, "since", dict, None)
+        since = None
+        if since_field is not None:
+            offset = _field(since_field, "offset", int, 0)
+            since = Position(offset, _field(since_field, "epoch", str, ""))
+        namespace = self._namespace(channel)
+        if not namespace.history:
+            raise Refused(NOT_AVAILABLE)
+        if channel not in self.subscriptions:
+            raise Refused(PERMISSION_DENIED)
+        try:
+            top, history = await self.hub.history(channel)
+        except HubUnavailable:
+            raise Refused(INTERNAL) from None
+        if since is not None:
+            if since.epoch != top.epoch or since.offset > top.offset:
+                raise Refused(UNRECOVERABLE_POSITION)
+            if reverse:
+                history = [p for p in history if p.offset < since.offset]
+            else:
+                if since.offset < top.offset and (
+                    not history or history[0].offset > since.offset + 1
+                ):
+                    raise Refused(UNRECOVERABLE_POSITION)
+                history = [p for p in history if p.offset > since.offset]
+        if reverse:
+            history.reverse()
+        if limit >= 0:
+            history = history[:limit]
+        publications = ",".join(_publication_json(publication) for publication in history)
+        result = dumps({"epoch": top.epoch, "offset": top.offset})
+        return f'{{"id":{id_},"history":{{"publications":[{publications}],{result[1:]}}}'
+
+    async def _presence(self, id_: int, body: dict[str, Any], stats: bool) -> str:
+        channel = _channel(body)
+        namespace = self._namespace(channel)
+        if not namespace.presence:
+            raise Refused(NOT_AVAILABLE)
+        if channel not in self.subscriptions:
+            raise Refused(PERMISSION_DENIED)
+        try:
+            presence = await self.hub.presence(channel)
+        except PresenceOff:
+            raise Refused(NOT_AVAILABLE) from None
+        except HubUnavailable:
+            raise Refused(INTERNAL) from None
+        clients = {}
+        for client in presence.clients:
+            client_id = str(client.get("client_id", ""))
+            clients[client_id] = {"client": client_id, "user": user_of(client.get("user"))}
+        if stats:
+            users = {info["user"] for info in clients.values()}
+            result = {"num_clients": presence.count, "num_users": len(users)}
+            return _reply(id_, "presence_stats", result)
+        return _reply(id_, "presence", {"presence": clients})
+
+    # Helpers.
+
+    def _namespace(self, channel: str) -> Namespace:
+        namespace = self.config.namespaces.find(channel)
+        if namespace is None:
+            raise Refused(UNKNOWN_CHANNEL)
+        return namespace
+
+    async def _check(self, rule: Rule, action: str, channel: str, namespace: Namespace) -> None:
+        request = ChannelRequest(
+            channel, namespace, self.user, self.identity, channel in self.subscriptions
+        )
+        try:
+            allowed = await allows(rule, request)
+        except Exception:
+            logger.exception(
+                "channels %s: the %s rule of the namespace %r failed",
+                self.path,
+                action,
+                namespace.name,
+            )
+            raise Refused(INTERNAL) from None
+        if not allowed:
+            raise Refused(PERMISSION_DENIED)
+
+    async def _forget(self, subscription: Subscription) -> None:
+        if self.subscriptions.get(subscription.channel) is subscription:
+            del self.subscriptions[subscription.channel]
+            self.namespace_of.pop(subscription.channel, None)
+        await self.hub.unsubscribe(subscription)
+
+    def _push_of(self, subscription: Subscription, text: str) -> str | None:
+        """The push to send for a text of ``subscription``'s queue, or None."""
+        made = _PUSHES.of(text)
+        kind = made.kind
+        if kind == "pub":
+            return made.push
+        if kind in ("join", "leave"):
+            namespace = self.namespace_of.get(subscription.channel)
+            return made.push if namespace is not None and namespace.join_leave else None
+        if kind == "message":
+            if any(seen is text for seen in self.recent_messages):
+                return None  # handed to each subscription of the user: sent once
+            self.recent_messages.append(text)
+            return made.push
+        if kind == "gap":
+            # Missed messages it cannot be sent: the SDK subscribes again and recovers.
+            channel = subscription.channel
+            if self.subscriptions.get(channel) is subscription:
+                del self.subscriptions[channel]
+                self.namespace_of.pop(channel, None)
+                asyncio.get_running_loop().create_task(self.hub.unsubscribe(subscription))
+            unsubscribe = {"code": INSUFFICIENT_STATE, "reason": "insufficient state"}
+            return dumps({"push": {"channel": channel, "unsubscribe": unsubscribe}})
+        return None
+
+
+def _command(line: str) -> dict[str, Any]:
+    try:
+        command = loads(line)
+    except (ValueError, RecursionError):
+        raise BadRequest("a command that is not JSON") from None
+    if not isinstance(command, dict):
+        raise BadRequest("a command that is not a JSON object")
+    return command
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+    """``body[name]`` if it is of ``kind`` (absent or null: ``default``); else BadRequest."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"{name} is not of the right type")
+    return value
+
+
+def _channel(body: Mapping[str, Any]) -> str:
+    channel = _field(body, "channel", str, "")
+    if not channel:
+        raise BadRequest("a command without a channel")
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        raise Refused(LIMIT_EXCEEDED)
+    return str(channel)
+
+
+def _publication_json(publication: Publication) -> str:
+    return _PUSHES.of(publication.text).publication
+
+
+def _reply(id_: int, method: str, result: Mapping[str, Any]) -> str:
+    return dumps({"id": id_, method: result})
+
+
+def _error(id_: int, error: Error) -> str:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.temporary:
+        body["temporary"] = True
+    return dumps({"id": id_, "error": body})
+
+
+async def _close(websocket: ChannelsSocket, disconnect: Disconnect) -> None:
+    try:
+        await websocket.send(
+            {"type": "websocket.close", "code": disconnect.code, "reason": disconnect.reason}
+        )
+    except Exception:  # the client is gone already
+        logger.debug("channels: closing with %d failed", disconnect.code, exc_info=True)

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.3.1. Every file in this folder is copied unchanged into each project that
+Version 2.4.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -14,6 +14,10 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
   Redis (pub/sub, and a stream per channel for its history), across processes; and
   `ShardedRedisHub`, its channels spread over several Redis servers.
+- ``centrifuge_protocol.py`` (projects with a ``channels`` endpoint): `run_channels`, which
+  serves a connection of many channels in the Centrifuge client protocol (v2, JSON), so the
+  Centrifuge SDKs are its clients; ``namespaces.py``, which channels exist and who may
+  subscribe and publish; ``tokens.py``, connection tokens (JWT, with PyJWT).
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` (to a channel or a user) and
   ``GET /api/presence`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
@@ -34,6 +38,16 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
+For them the hub gained what a connection of many channels needs, without learning the
+protocol: ``Hub.publish(..., info=...)`` puts who published a message in its envelope
+(``"info"``, before ``"message"``), ``Hub.subscribe(..., client_id=...)`` names a
+connection once for all its channels, ``Hub.history(channel, since)`` reads a channel's
+history, and an `Inbox` lets one task read many subscriptions (`Subscription.attach`,
+`Subscription.poll`). `testing.ScriptedClient.resume_reading` undoes ``stop_reading``.
+Upgrading: every hub keeps its old calls; a hub written outside this package must add
+``history`` (abstract) and accept the new keywords.
 
 2.3.1: a client's close that crosses a reply is logged (and counted in
 ``websocket_connections_closed_total``) with the client's code. A client that sends a message

@@ -58,9 +58,10 @@ DEFAULT_PONG_TIMEOUT: Final = 8.0
 MAX_COMMANDS_PER_FRAME: Final = 512
 """Commands in one frame at most (the SDKs send ``connect`` and every subscription
 together); a frame of more is a broken client, disconnected."""
-SUBSCRIBE_TIMEOUT: Final = 10.0
-"""Seconds a subscription may take to get its position from the hub (Redis away):
-then the client is told to try again."""
+SUBSCRIBE_TIMEOUT: Final = 4.0
+"""Seconds a subscription may take to get its position from the hub (Redis away): then
+the client is told to try again (a temporary error), before the SDKs' own timeout (5 s)
+would make them reconnect."""
 MAX_RECOVERED: Final = 300
 """Publications a subscribe reply recovers at most, as in Centrifugo."""
 RECENT_MESSAGES: Final = 64
@@ -284,6 +285,8 @@ class _Connection:
         self.pong_seen = True
         self.recent_messages: deque[str] = deque(maxlen=RECENT_MESSAGES)
         self.path = str(scope.get("path", "?"))
+        self.leaving: set[asyncio.Task[None]] = set()
+        """Unsubscriptions under way, of subscriptions that missed messages."""
 
     # The tasks of the session: reading commands, writing pushes, pinging.
 
@@ -372,6 +375,11 @@ class _Connection:
             reply = await self._reply(command, later)
             if reply is not None:
                 replies.append(reply)
+            if not self.connected:
+                # A refused connect: its error is sent, not the 3501 the commands after it
+                # would get (centrifuge-js sends its subscribes in the connect's frame, and
+                # must read a 109 to ask getToken for a new token and reconnect).
+                break
         if not commands:
             raise BadRequest("a frame without a command")
         return replies, later
@@ -643,7 +651,9 @@ class _Connection:
             if self.subscriptions.get(channel) is subscription:
                 del self.subscriptions[channel]
                 self.namespace_of.pop(channel, None)
-                asyncio.get_running_loop().create_task(self.hub.unsubscribe(subscription))
+                leaving = asyncio.get_running_loop().create_task(self.hub.unsubscribe(subscription))
+                self.leaving.add(leaving)
+                leaving.add_done_callback(self.leaving.discard)
             unsubscribe = {"code": INSUFFICIENT_STATE, "reason": "insufficient state"}
             return dumps({"push": {"channel": channel, "unsubscribe": unsubscribe}})
         return None

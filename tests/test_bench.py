@@ -310,3 +310,25 @@ def test_the_report_pairs_each_generated_server_with_itself_before_a_change() ->
     assert "\n## Before and after\n" in text
     row = "| generated service, asgi flavour | RSS KiB/connection | 25 ±20% | 22.5 ±20% | "
     assert row + "0.90x (0.90-0.90) |" in text
+
+
+def test_the_channels_benchmark_measures_both_kinds_side_by_side(tmp_path: Path) -> None:
+    """``bench/channels.py --smoke``: every delivery, memory and storm figure is measured."""
+    command = [
+        sys.executable,
+        str(TEMPLATE / "bench" / "channels.py"),
+        "--smoke",
+        "--output",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "channels.json").read_text())
+    (round_,) = report["rounds"]
+    assert set(round_) == {"broadcast", "channels"}
+    assert all(seconds > 0 for seconds in round_.values()), round_
+    memory = report["memory_per_connection_bytes"]
+    assert memory["broadcast"] > 0, memory
+    assert memory["channels"] > 0, memory
+    assert report["storm"]["seconds"] > 0, report["storm"]
+    assert "server CPU per delivery, channels/broadcast" in result.stdout

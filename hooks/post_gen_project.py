@@ -40,6 +40,24 @@ REDIS_ONLY = [
     "websocket/tests/test_sharded_redis_hub.py",
 ]
 
+# Files that only a project with a channels endpoint uses, relative to the package (the
+# Centrifuge protocol, its namespaces and its tokens, which import jwt), and relative to
+# the project.
+CHANNELS_ONLY = [
+    "websocket/centrifuge_protocol.py",
+    "websocket/namespaces.py",
+    "websocket/tokens.py",
+    "websocket/tests/test_centrifuge_protocol.py",
+    "websocket/tests/test_namespaces.py",
+    "websocket/tests/test_tokens.py",
+    "channels.py",
+]
+CHANNELS_TESTS = ["tests/test_channels.py"]
+
+# Project tests of the template's own message protocol (keepalive, ...), which a service
+# whose every endpoint is a channels one does not speak.
+NON_CHANNELS_TESTS = ["tests/test_client.py"]
+
 # Files that only a project with metrics uses, relative to the package (they import
 # prometheus_client), and its tests of them, relative to the project.
 METRICS_ONLY = ["websocket/metrics.py", "websocket/tests/test_metrics.py"]
@@ -136,6 +154,17 @@ if not METRICS:
 if "broadcast" not in KINDS:
     Path("tests/test_broadcast.py").unlink()
     Path("tests/readme_auth.py").unlink()
+    Path("tests/test_broadcast_redis.py").unlink(missing_ok=True)  # Redis for channels alone
+
+if "channels" not in KINDS:
+    for path in CHANNELS_ONLY:
+        (Path(PACKAGE) / path).unlink(missing_ok=True)
+    for path in CHANNELS_TESTS:
+        Path(path).unlink()
+
+if all(kind == "channels" for kind in KINDS):
+    for path in NON_CHANNELS_TESTS:
+        Path(path).unlink()
 
 if INIT_GIT:
     init_git()

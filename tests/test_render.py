@@ -18,6 +18,9 @@ DEFAULT_ENDPOINTS = "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker"
 ODD_NAME = "Zo\u00eb's \"Quoted\" \\ Service''' + x"
 ODD_DESCRIPTION = "Says \"hi\", 'bye' and \\n; {braces} <b>bold</b>"
 
+# Files that name the settings of other kinds of service, to refuse them when set.
+SETTINGS_FILES = ("settings.py", "test_runner.py")
+
 CASES: dict[str, dict[str, str]] = {
     "defaults": {},
     "one-endpoint": {"endpoints": "/ws"},
@@ -85,6 +88,12 @@ CASES: dict[str, dict[str, str]] = {
         "endpoints": "/ws/rooms/{room}:broadcast, /ws/keepalive",
         "broadcast_backend": "redis",
     },
+    "channels-memory": {"endpoints": "/connection/websocket:channels, /ws/rooms/{room}:broadcast"},
+    "asgi-channels-redis": {
+        "framework": "asgi",
+        "endpoints": "/connection/websocket:channels",
+        "broadcast_backend": "redis",
+    },
 }
 
 # The vendored files each framework keeps (the others are removed after generation).
@@ -127,6 +136,15 @@ SHARED_BACKEND_FILES = {
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
 REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py", "tests/test_sharded_redis_hub.py"}
+# The vendored files only projects with a channels endpoint keep (tokens.py imports jwt).
+CHANNELS_BACKEND_FILES = {
+    "centrifuge_protocol.py",
+    "namespaces.py",
+    "tokens.py",
+    "tests/test_centrifuge_protocol.py",
+    "tests/test_namespaces.py",
+    "tests/test_tokens.py",
+}
 # The vendored files only projects with metrics keep (they import prometheus_client).
 METRICS_BACKEND_FILES = {"metrics.py", "tests/test_metrics.py"}
 
@@ -204,7 +222,8 @@ def test_vendored_backend_is_byte_identical_to_the_template(rendered: Rendered) 
     framework = answers.get("framework", "fastapi")
     redis = REDIS_BACKEND_FILES if uses_redis(answers) else set()
     metrics = METRICS_BACKEND_FILES if uses_metrics(answers) else set()
-    expected = SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis | metrics
+    channels = CHANNELS_BACKEND_FILES if uses_channels(answers) else set()
+    expected = SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis | metrics | channels
     assert {str(p) for p in files} == expected
 
 
@@ -214,6 +233,36 @@ def uses_redis(answers: dict[str, str]) -> bool:
 
 def uses_metrics(answers: dict[str, str]) -> bool:
     return is_yes(answers.get("metrics", "yes"))
+
+
+def kinds_of(answers: dict[str, str]) -> set[str]:
+    return {
+        endpoint.kind for endpoint in parse_endpoints(answers.get("endpoints", DEFAULT_ENDPOINTS))
+    }
+
+
+def uses_channels(answers: dict[str, str]) -> bool:
+    return "channels" in kinds_of(answers)
+
+
+def test_without_a_channels_endpoint_nothing_of_it_is_rendered_or_installed(
+    rendered: Rendered,
+) -> None:
+    answers, project = rendered
+    channels = uses_channels(answers)
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert ("PyJWT[crypto]>=2.8" in dependencies) == channels
+    assert (project / "tests" / "test_channels.py").exists() == channels
+    [package] = [p.parent for p in project.glob("*/app.py")]
+    assert (package / "channels.py").exists() == channels
+    if not channels:
+        for path in files_of(project):
+            if path.suffix in (".py", ".toml", ".md") and "websocket" not in path.parts:
+                text = path.read_text()
+                assert "centrifuge" not in text.lower(), path
+                assert "TOKEN_HMAC_SECRET_KEY" not in text or path.name in SETTINGS_FILES, path
 
 
 def test_without_metrics_nothing_of_them_is_rendered_or_installed(rendered: Rendered) -> None:
@@ -237,7 +286,8 @@ def test_broadcast_tests_come_with_broadcast_endpoints_and_redis_ones_with_redis
     endpoints = parse_endpoints(answers.get("endpoints", DEFAULT_ENDPOINTS))
     broadcast = any(endpoint.kind == "broadcast" for endpoint in endpoints)
     assert (project / "tests" / "test_broadcast.py").exists() == broadcast
-    assert (project / "tests" / "test_broadcast_redis.py").exists() == uses_redis(answers)
+    redis_broadcast = uses_redis(answers) and broadcast
+    assert (project / "tests" / "test_broadcast_redis.py").exists() == redis_broadcast
 
 
 @pytest.mark.parametrize("rendered", case_params("asgi"), indirect=True)
@@ -254,8 +304,10 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
     ]
     redis = ["redis>=8.1"] if uses_redis(rendered.answers) else []
     metrics = ["prometheus-client>=0.26"] if uses_metrics(rendered.answers) else []
+    jwt = ["PyJWT[crypto]>=2.8"] if uses_channels(rendered.answers) else []
     # websockets is the Python client's library (websocket/client.py), not a framework.
-    assert dependencies == [*metrics, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
+    expected = [*metrics, *jwt, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
+    assert dependencies == expected
 
 
 def test_answers_come_out_as_inert_text(rendered: Rendered) -> None:

@@ -155,10 +155,21 @@ def check_broadcast_endpoint(connection: JsonConnection) -> None:
     check_keepalive_answered(connection)
 
 
+def check_channels_endpoint(connection: JsonConnection) -> None:
+    """The Centrifuge client protocol: a connect with no token from a client auth.py gave no
+    identity is refused with error 101 while ANONYMOUS_CONNECTIONS=no (test_channels.py
+    goes further)."""
+    connection.send_json({"id": 1, "connect": {"name": "test"}})
+    reply = connection.receive_json()
+    assert reply["id"] == 1, reply
+    assert reply["error"]["code"] == 101, reply
+
+
 CHECKS: dict[str, Callable[[JsonConnection], None]] = {
     "keepalive": check_keepalive_endpoint,
     "echo": check_echo_endpoint,
     "ticker": check_ticker_endpoint,
     "broadcast": check_broadcast_endpoint,
+    "channels": check_channels_endpoint,
 }
 """The protocol check of each endpoint kind."""

@@ -20,7 +20,8 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 {{ "" }}
-{%- if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
+{%- set kinds = cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list %}
+{%- if "broadcast" in kinds or "channels" in kinds %}
 TEST_ENVIRONMENT = {
     "TICK_SECONDS": "0.05",
     "PUBLISH_API_KEY": "test-key-0123456789abcdef",
@@ -34,7 +35,7 @@ TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"}
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on 127.0.0.1 and a free port, where broadcast endpoints meet.
+    """A real redis-server on 127.0.0.1 and a free port, where the endpoints meet.
 
     Without redis-server installed the tests that need it skip, saying why; with
     ``REQUIRE_REDIS=1`` in the environment they fail instead.

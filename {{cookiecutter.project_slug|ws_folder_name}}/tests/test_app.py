@@ -1,5 +1,7 @@
 {%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
-{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set kinds = cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list -%}
+{%- set channels = "channels" in kinds -%}
+{%- set broadcast = "broadcast" in kinds or channels -%}{#- the hub -#}
 {%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
 """The application around the endpoints: health check, security, settings."""
 
@@ -124,6 +126,12 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
         ("PUBLISH_API_KEY", "short"),
         ("PUBLISH_API_KEY", "a key with spaces in it"),
 {%- endif %}
+{%- if channels %}
+        ("TOKEN_HMAC_SECRET_KEY", "x" * 31),
+        ("TOKEN_PUBLIC_KEY", "not a PEM key"),
+        ("ANONYMOUS_CONNECTIONS", "maybe"),
+        ("MAX_CHANNELS_PER_CONNECTION", "0"),
+{%- endif %}
 {%- if cookiecutter.metrics | ws_yes %}
         ("METRICS_ENABLED", "maybe"),
         ("METRICS_API_KEY", "short"),
@@ -177,4 +185,25 @@ def test_the_publish_api_key_is_a_secret_never_shown() -> None:
     settings = Settings.from_env({"PUBLISH_API_KEY": "k" * 16 + "-s3cret"})
     assert settings.publish_api_key == "k" * 16 + "-s3cret"
     assert "s3cret" not in repr(settings)
+{%- endif %}
+{%- if channels %}
+
+
+def test_the_token_secret_is_never_shown_and_channels_have_their_defaults() -> None:
+    with pytest.raises(SettingsError, match="TOKEN_HMAC_SECRET_KEY must be at least 32") as refused:
+        Settings.from_env({"TOKEN_HMAC_SECRET_KEY": "hunter2"})
+    assert "hunter2" not in str(refused.value)
+    settings = Settings.from_env({"TOKEN_HMAC_SECRET_KEY": "s3cret" * 6})
+    assert settings.token_hmac_secret_key == "s3cret" * 6
+    assert "s3cret" not in repr(settings)
+    assert Settings.from_env({}).max_channels_per_connection == 128
+    assert Settings.from_env({}).anonymous_connections is False
+
+
+def test_a_public_key_that_is_not_one_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    pem = "-----BEGIN PUBLIC KEY-----\\nbm90IGEga2V5\\n-----END PUBLIC KEY-----"
+    monkeypatch.setenv("TOKEN_PUBLIC_KEY", pem)  # its line breaks written as \\n
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match="TOKEN_PUBLIC_KEY"):
+        create_app()
 {%- endif %}

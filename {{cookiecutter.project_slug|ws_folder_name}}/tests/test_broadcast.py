@@ -231,7 +231,7 @@ ANY_CHANNEL = "<a broadcast channel>"
             API_KEY,
             "POST",
             422,
-            'The channel "/nowhere" is the path of no broadcast endpoint.',
+            'The channel "/nowhere" is the path of no broadcast endpoint{% if "channels" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %} and in no namespace{% else %}.{% endif %}',
         ),
         (
             {"channel": ANY_CHANNEL, "message": [1]},

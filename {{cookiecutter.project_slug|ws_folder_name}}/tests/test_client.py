@@ -29,7 +29,7 @@ from .conftest import TEST_ENVIRONMENT
 from .contract import Contract
 {%- endif %}
 
-FIRST_URL = "{{ endpoints[0].example_url }}"
+FIRST_URL = "{{ (endpoints | rejectattr("kind", "equalto", "channels") | list + endpoints | list) | map(attribute="example_url") | first }}"
 
 
 async def wait_for(condition: str, check: Callable[[], bool], within: float = 10.0) -> None:

@@ -16,7 +16,7 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 from .client_protocol import CHECKS, LiveConnection
 from .contract import connect
 {%- set endpoints = cookiecutter.endpoints | ws_endpoints %}
-{%- for kind in ["keepalive", "echo", "ticker", "broadcast"] %}
+{%- for kind in ["keepalive", "echo", "ticker", "broadcast", "channels"] %}
 {%- set urls = endpoints | selectattr("kind", "equalto", kind) | map(attribute="example_url") | list %}
 {%- if urls %}
 
@@ -29,7 +29,7 @@ from .contract import connect
 {%- endfor %}
 
 ENDPOINTS = [
-{%- for kind in ["keepalive", "echo", "ticker", "broadcast"] %}
+{%- for kind in ["keepalive", "echo", "ticker", "broadcast", "channels"] %}
 {%- if endpoints | selectattr("kind", "equalto", kind) | list %}
     *((url, "{{ kind }}") for url in {{ kind | upper }}_URLS),
 {%- endif %}

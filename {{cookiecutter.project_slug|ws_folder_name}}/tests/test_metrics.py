@@ -1,7 +1,10 @@
-{%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
-{%- set broadcasts = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
-{%- set redis = broadcasts and cookiecutter.broadcast_backend == "redis" -%}
-{%- set workers = not (broadcasts and not redis) -%}{#- several workers: not with a hub in memory -#}
+{%- set endpoints = cookiecutter.endpoints | ws_endpoints -%}
+{%- set first = (endpoints | rejectattr("kind", "equalto", "channels") | list + endpoints) | first -%}
+{%- set centrifuge = first.kind == "channels" -%}{#- the Centrifuge protocol, not keepalives -#}
+{%- set broadcasts = endpoints | selectattr("kind", "equalto", "broadcast") | list -%}
+{%- set hub = broadcasts or "channels" in (endpoints | map(attribute="kind") | list) -%}
+{%- set redis = hub and cookiecutter.broadcast_backend == "redis" -%}
+{%- set workers = not (hub and not redis) and not centrifuge -%}{#- several workers: not with a hub in memory -#}
 """``GET /metrics``: the figures move as connections open, talk, are refused and close.
 
 Every test runs against a real uvicorn server; with ``--workers 2`` the figures are the
@@ -43,7 +46,14 @@ ENDPOINT = "{{ first.path }}"
 """The first endpoint's path template: its label in every metric."""
 URL = "{{ first.example_url }}"
 """A concrete path of that endpoint."""
+{%- if centrifuge %}
+KEEPALIVE = '{"id": 1, "connect": {}}'
+"""A Centrifuge connect, refused with an error reply (ANONYMOUS_CONNECTIONS=no)."""
+ANSWER = '"error"'
+{%- else %}
 KEEPALIVE = '{"type": "keepalive", "client_ns": 1}'
+ANSWER = '"keepalive_ack"'
+{%- endif %}
 # hypercorn (LIVE_SERVER=hypercorn) gives the app 1006 when a client closes with a code of
 # its own: the server's behaviour, not the service's; uvicorn passes the code on.
 CLIENT_CODE_LABEL = "1006" if os.environ.get("LIVE_SERVER") == "hypercorn" else "4xxx"
@@ -98,9 +108,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def answer_keepalive(websocket: ClientConnection) -> None:
     websocket.send(KEEPALIVE)
     for _ in range(100):  # ticks may come first
-        if '"keepalive_ack"' in str(websocket.recv(timeout=5)):
+        if ANSWER in str(websocket.recv(timeout=5)):
             return
-    raise AssertionError("no keepalive_ack")
+    raise AssertionError(f"no {ANSWER}")
 
 
 def receive_until_closed(websocket: ClientConnection) -> None:
@@ -177,6 +187,8 @@ def test_labels_carry_the_path_template_never_the_path_or_the_client(
     assert URL not in endpoints
 {%- endif %}
 
+{%- if not centrifuge %}
+
 
 def test_an_error_reply_is_counted(server: LiveServer) -> None:
     name = "websocket_error_replies_total"
@@ -187,6 +199,7 @@ def test_an_error_reply_is_counted(server: LiveServer) -> None:
             if '"error"' in str(websocket.recv(timeout=5)):
                 break
         assert figure(scrape(server), name, endpoint=ENDPOINT) == before + 1
+{%- endif %}
 
 
 def test_refused_handshakes_are_counted_by_reason(server: LiveServer) -> None:

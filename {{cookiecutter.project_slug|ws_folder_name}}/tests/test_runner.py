@@ -1,5 +1,9 @@
-{%- set first = (cookiecutter.endpoints | ws_endpoints | first) -%}
-{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set endpoints = cookiecutter.endpoints | ws_endpoints -%}
+{%- set first = (endpoints | rejectattr("kind", "equalto", "channels") | list + endpoints) | first -%}
+{%- set centrifuge = first.kind == "channels" -%}{#- the Centrifuge protocol, not keepalives -#}
+{%- set kinds = endpoints | map(attribute="kind") | list -%}
+{%- set channels = "channels" in kinds -%}
+{%- set broadcast = "broadcast" in kinds or channels -%}{#- the hub -#}
 {%- set memory = broadcast and cookiecutter.broadcast_backend != "redis" -%}
 {%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
 """The runner, ``python -m {{ cookiecutter.package_name }}``: production defaults, options, bad settings."""
@@ -84,9 +88,15 @@ def test_the_server_itself_refuses_messages_over_the_size_limit(runner: LiveServ
 def test_json_logs_are_one_object_per_line_with_the_events_fields_as_keys() -> None:
     with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
         with connect(server.ws_url(ANY_ENDPOINT)) as websocket:
+{%- if centrifuge %}
+            websocket.send('{"id": 987654321, "connect": {}}')
+            while "error" not in json.loads(websocket.recv(timeout=5)):
+                pass  # an anonymous connect is refused (ANONYMOUS_CONNECTIONS=no)
+{%- else %}
             websocket.send('{"type": "keepalive", "client_ns": 987654321}')
             while json.loads(websocket.recv(timeout=5))["type"] != "keepalive_ack":
                 pass  # subscribed notices and ticks may come first
+{%- endif %}
         entries = json_log_until_closed(server)
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     assert any("Uvicorn running on" in entry["message"] for entry in entries)  # uvicorn's too
@@ -110,7 +120,7 @@ def json_log_until_closed(server: LiveServer, closes: int = 1) -> list[dict[str,
 def test_a_close_that_crosses_the_reply_is_logged_with_the_clients_code() -> None:
     # The client's message and its close reach the server in one write: the reply finds
     # the connection closing, before the session has read the close.
-    message = Frame(Opcode.TEXT, b'{"type": "keepalive"}').serialize(mask=True)
+    message = Frame(Opcode.TEXT, {% if centrifuge %}b'{"id": 1, "connect": {}}'{% else %}b'{"type": "keepalive"}'{% endif %}).serialize(mask=True)
     close = Frame(Opcode.CLOSE, Close(4001, "bye").serialize()).serialize(mask=True)
     with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
         for _ in range(3):
@@ -196,7 +206,7 @@ def refusal_of(result: subprocess.CompletedProcess[str]) -> list[str]:
         output = output[: output.index("Traceback")]
     assert "Traceback" not in output, output
     return [line for line in output.splitlines() if line.startswith(f"{PACKAGE}: ")]
-{%- if not redis %}
+{%- if not (redis and channels) %}
 
 
 UNREAD = [
@@ -209,18 +219,28 @@ UNREAD = [
     "JOIN_LEAVE_EVENTS",
     "PRESENCE_LIST_LIMIT",
 {%- endif %}
+{%- if not redis %}
     "PRESENCE_TTL_SECONDS",
     "REDIS_CHANNEL_PREFIX",
     "REDIS_TIMEOUT_SECONDS",
     "REDIS_URL",
+{%- endif %}
+{%- if not channels %}
+    "TOKEN_HMAC_SECRET_KEY",
+    "TOKEN_PUBLIC_KEY",
+    "ANONYMOUS_CONNECTIONS",
+    "MAX_CHANNELS_PER_CONNECTION",
+{%- endif %}
 ]
 """Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
 
 
 CLASHES = [
-{%- if not redis %}
+{%- if not (redis and channels) %}
     *(({name: "5"}, f"{name} is set, but ") for name in UNREAD if name != "REDIS_URL"),
+{%- endif %}
+{%- if not redis %}
     ({"REDIS_URL": "redis://user:secret@127.0.0.1:1/0"}, "REDIS_URL is set, but "),
 {%- endif %}
 {%- if broadcast %}
@@ -322,7 +342,7 @@ def test_several_workers_on_the_memory_hub_are_refused_in_one_line(
     assert lines, result.stdout + result.stderr
     for line in lines:  # the runner refuses once, before any worker; a server's workers each
         assert line == (
-            f"{PACKAGE}: {told}, but broadcast endpoints on the memory backend reach only "
+            f"{PACKAGE}: {told}, but {% if channels and "broadcast" in kinds %}broadcast and channels{% elif channels %}channels{% else %}broadcast{% endif %} endpoints on the memory backend reach only "
             "the clients of their own process (the others would miss their messages): run "
             "one worker, or render the service again with broadcast_backend redis"
         )

@@ -1,4 +1,6 @@
-{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
+{%- set kinds = cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list -%}
+{%- set channels = "channels" in kinds -%}
+{%- set broadcast = "broadcast" in kinds or channels -%}{#- the hub, the publish API -#}
 {%- set metrics = cookiecutter.metrics | ws_yes -%}
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``,
 ``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %},
@@ -44,6 +46,9 @@ from starlette.routing import Route
 {%- endif %}
 
 from . import __version__, auth, endpoints
+{%- if channels %}
+from .channels import NAMESPACES, channels_config
+{%- endif %}
 from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, refuse_to_start
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
@@ -84,13 +89,16 @@ from .websocket.workers import server_workers
 {%- if broadcast %}
 
 logger = logging.getLogger(__name__)
+{%- if "broadcast" in kinds %}
 
 BROADCAST_PATHS = [
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "broadcast") %}
     "{{ endpoint.path }}",
 {%- endfor %}
 ]
-"""The broadcast endpoints' paths: the channels that ``POST /api/publish`` may publish to."""
+"""The broadcast endpoints' paths: the channels that ``POST /api/publish`` may publish to{% if channels %}
+(besides those of the namespaces in channels.py){% endif %}."""
+{%- endif %}
 {%- endif %}
 
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
@@ -115,6 +123,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
+{%- if channels %}
+    channels_config(settings)  # an unusable token key stops the start, not the first connection
+{%- endif %}
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
 {%- endif %}
@@ -174,6 +185,9 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
     configure_gc(settings.gc_threshold)
+{%- if channels %}
+    channels_config(settings)  # an unusable token key stops the start, not the first connection
+{%- endif %}
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
 {%- endif %}
@@ -242,12 +256,15 @@ async def console(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def publish_api(settings: Settings) -> PublishAPI:
-    """``POST /api/publish`` and ``GET /api/presence``: publish to a broadcast channel or a
-    user, and see who is on a channel, over HTTP (see README.md)."""
+    """``POST /api/publish`` and ``GET /api/presence``: publish to a channel or a user, and
+    see who is on a channel, over HTTP (see README.md)."""
     return PublishAPI(
-        BROADCAST_PATHS,
+        {% if "broadcast" in kinds %}BROADCAST_PATHS{% else %}[]{% endif %},
         api_key=settings.publish_api_key,
         max_message_bytes=settings.max_message_bytes,
+{%- if channels %}
+        namespaces=NAMESPACES,
+{%- endif %}
     )
 {%- endif %}
 
@@ -284,7 +301,7 @@ async def lifespan(app: object, metrics: Metrics | None = None) -> AsyncIterator
 {%- else %}
 async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
 {%- endif %}
-    """Start the broadcast hub with the service, and close it when the service stops.
+    """Start the hub with the service, and close it when the service stops.
 
     Handlers and routes find it in the ASGI state (``hub_of(websocket)``,
     ``hub_of(request)``); the hub comes from the settings (``settings.py``){% if metrics %}, and
@@ -293,6 +310,13 @@ async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
     settings = get_settings()
     if not settings.publish_api_key:
         logger.warning("%s refuses every call: PUBLISH_API_KEY is not set", PUBLISH_PATH)
+{%- if channels %}
+    if not (settings.token_hmac_secret_key or settings.token_public_key):
+        logger.warning(
+            "channels endpoints refuse connection tokens: neither TOKEN_HMAC_SECRET_KEY nor "
+            "TOKEN_PUBLIC_KEY is set"
+        )
+{%- endif %}
 {%- if metrics %}
     hub = settings.hub()
     if metrics is not None:

@@ -10,13 +10,18 @@ mount it in ``app.py`` with one ``create_router`` line.
 Broadcast handlers hand the connection to ``run_broadcast`` with the service's hub, which
 ``app.py``'s lifespan starts and stops (see ``websocket/broadcast.py``).
 {%- endif %}
+{%- if "channels" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
+
+Channels handlers hand the connection to ``run_channels`` (the Centrifuge client protocol,
+``websocket/centrifuge_protocol.py``) with the hub and the namespaces of ``channels.py``.
+{%- endif %}
 """
 
 from __future__ import annotations
 {%- set endpoints = cookiecutter.endpoints | ws_endpoints %}
 {%- set kinds = endpoints | map(attribute="kind") | unique | list %}
 {%- set imports = [] %}
-{%- if kinds | reject("equalto", "broadcast") | list %}{% set imports = imports + ["run_websocket"] %}{% endif %}
+{%- if kinds | reject("in", ["broadcast", "channels"]) | list %}{% set imports = imports + ["run_websocket"] %}{% endif %}
 {%- if "keepalive" in kinds or "ticker" in kinds %}{% set imports = imports + ["keepalive_loop"] %}{% endif %}
 {%- if "echo" in kinds %}{% set imports = imports + ["receive_json"] %}{% endif %}
 {%- if "ticker" in kinds %}{% set imports = imports + ["TaskFactory", "every", "now_ns"] %}{% endif %}
@@ -36,14 +41,17 @@ from fastapi import WebSocket
 {%- if cookiecutter.framework == "fastapi" or "ticker" in kinds or "echo" in kinds %}
 {{ "" }}
 {%- endif %}
-{%- if "ticker" in kinds %}
+{%- if "channels" in kinds %}
+from .channels import channels_config
+{%- endif %}
+{%- if "ticker" in kinds or "channels" in kinds %}
 from .settings import get_settings
 {%- endif %}
 {%- if cookiecutter.framework == "asgi" %}
 from .websocket.asgi import WebSocket
 {%- endif %}
 {%- set ns = namespace(declared=[]) %}
-{%- for kind in ["broadcast", "echo", "keepalive", "ticker"] %}{% if kind in kinds %}{% set ns.declared = ns.declared + [kind | upper ~ "_ENDPOINT"] %}{% endif %}{% endfor %}
+{%- for kind in ["broadcast", "channels", "echo", "keepalive", "ticker"] %}{% if kind in kinds %}{% set ns.declared = ns.declared + [kind | upper ~ "_ENDPOINT"] %}{% endif %}{% endfor %}
 {%- set asyncapi_line = "from .websocket.asyncapi import " ~ (ns.declared + ["declares"]) | join(", ") %}
 {%- macro asyncapi_import() %}
 {%- if asyncapi_line | length <= 100 %}
@@ -73,6 +81,11 @@ from .websocket.{{ face }} import (
 {%- if face == "asgi_backend" %}{{ asyncapi_import() }}{% endif %}
 {%- if "broadcast" in kinds %}
 from .websocket.broadcast import hub_of, run_broadcast
+{%- elif "channels" in kinds %}
+from .websocket.broadcast import hub_of
+{%- endif %}
+{%- if "channels" in kinds %}
+from .websocket.centrifuge_protocol import run_channels
 {%- endif %}
 {%- for endpoint in endpoints %}
 
@@ -92,6 +105,9 @@ async def {{ endpoint.handler }}(websocket: WebSocket) -> None:
 {%- elif endpoint.kind == "broadcast" %}
     """``{{ endpoint.path }}``: every JSON object goes to every client on the same path."""
     await run_broadcast(websocket, hub_of(websocket))
+{%- elif endpoint.kind == "channels" %}
+    """``{{ endpoint.path }}``: many channels, in the Centrifuge client protocol (channels.py)."""
+    await run_channels(websocket, hub_of(websocket), channels_config(get_settings()))
 {%- endif %}
 {%- endfor %}
 {%- if "echo" in kinds %}

@@ -1,5 +1,7 @@
-{%- set broadcast = "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) -%}
-{%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
+{%- set kinds = cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list -%}
+{%- set channels = "channels" in kinds -%}
+{%- set hub = "broadcast" in kinds or channels -%}
+{%- set redis = hub and cookiecutter.broadcast_backend == "redis" -%}
 {%- set metrics = cookiecutter.metrics | ws_yes -%}
 """Settings of the service, read from environment variables (listed in README.md)."""
 
@@ -9,50 +11,71 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass{% if broadcast or metrics %}, field{% endif %}
+from dataclasses import dataclass{% if hub or metrics %}, field{% endif %}
 from functools import lru_cache
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 {% if redis -%}
 from .websocket.broadcast import Hub
-{% elif broadcast -%}
+{% elif hub -%}
 from .websocket.broadcast import Hub, MemoryHub
 {% endif -%}
 from .websocket.guard import Policy
 {%- if redis %}
 from .websocket.redis_hub import redis_hub
 {%- endif %}
+{%- if channels %}
+from .websocket.tokens import MIN_HMAC_SECRET_BYTES
+{%- endif %}
 from .websocket.workers import ServerWorkers
 
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
-{%- if broadcast or metrics %}
+{%- if hub or metrics %}
 MIN_API_KEY_LENGTH = 16
 {%- endif %}
 STARTUP_REFUSED = 3
 """The exit status of a refused start: uvicorn's, hypercorn's and gunicorn's own for a worker
 that failed to start, so that their supervisors stop instead of starting it again."""
-{%- if not redis %}
+{%- if not (redis and channels) %}
+{%- if hub and not redis %}
+MEMORY_BACKEND = (
+    "the broadcast backend of this service is memory: it is not read; unset it, or render the "
+    "service again with broadcast_backend redis"
+)
+{%- endif %}
+{%- if not hub %}
+NO_HUB = "this service has no broadcast endpoint: it is not read; unset it"
+{%- endif %}
+{%- if not channels %}
+NO_CHANNELS = "this service has no channels endpoint: it is not read; unset it"
+{%- endif %}
 UNREAD_VARIABLES = {
-{%- if broadcast %}
-    "REDIS_URL": "the broadcast backend of this service is memory",
-    "REDIS_CHANNEL_PREFIX": "the broadcast backend of this service is memory",
-    "REDIS_TIMEOUT_SECONDS": "the broadcast backend of this service is memory",
-    "PRESENCE_TTL_SECONDS": "the broadcast backend of this service is memory",
-{%- else %}
-    "REDIS_URL": "this service has no broadcast endpoint",
-    "REDIS_CHANNEL_PREFIX": "this service has no broadcast endpoint",
-    "REDIS_TIMEOUT_SECONDS": "this service has no broadcast endpoint",
-    "BROADCAST_QUEUE_SIZE": "this service has no broadcast endpoint",
-    "HISTORY_SIZE": "this service has no broadcast endpoint",
-    "HISTORY_TTL_SECONDS": "this service has no broadcast endpoint",
-    "PUBLISH_API_KEY": "this service has no broadcast endpoint",
-    "PRESENCE_ENABLED": "this service has no broadcast endpoint",
-    "JOIN_LEAVE_EVENTS": "this service has no broadcast endpoint",
-    "PRESENCE_LIST_LIMIT": "this service has no broadcast endpoint",
-    "PRESENCE_TTL_SECONDS": "this service has no broadcast endpoint",
+{%- if hub and not redis %}
+    "REDIS_URL": MEMORY_BACKEND,
+    "REDIS_CHANNEL_PREFIX": MEMORY_BACKEND,
+    "REDIS_TIMEOUT_SECONDS": MEMORY_BACKEND,
+    "PRESENCE_TTL_SECONDS": MEMORY_BACKEND,
+{%- elif not hub %}
+    "REDIS_URL": NO_HUB,
+    "REDIS_CHANNEL_PREFIX": NO_HUB,
+    "REDIS_TIMEOUT_SECONDS": NO_HUB,
+    "BROADCAST_QUEUE_SIZE": NO_HUB,
+    "HISTORY_SIZE": NO_HUB,
+    "HISTORY_TTL_SECONDS": NO_HUB,
+    "PUBLISH_API_KEY": NO_HUB,
+    "PRESENCE_ENABLED": NO_HUB,
+    "JOIN_LEAVE_EVENTS": NO_HUB,
+    "PRESENCE_LIST_LIMIT": NO_HUB,
+    "PRESENCE_TTL_SECONDS": NO_HUB,
+{%- endif %}
+{%- if not channels %}
+    "TOKEN_HMAC_SECRET_KEY": NO_CHANNELS,
+    "TOKEN_PUBLIC_KEY": NO_CHANNELS,
+    "ANONYMOUS_CONNECTIONS": NO_CHANNELS,
+    "MAX_CHANNELS_PER_CONNECTION": NO_CHANNELS,
 {%- endif %}
 }
 """Variables of ws-template's other kinds of service, which this one does not read."""
@@ -76,7 +99,7 @@ class Settings:
     """``text`` (readable lines) or ``json`` (one JSON object per line, for log collectors)."""
     tick_seconds: float = DEFAULT_TICK_SECONDS
     """The period of ticker endpoints."""
-{%- if broadcast %}
+{%- if hub %}
     broadcast_queue_size: int = 100
     """Messages a broadcast connection may have waiting; past that, its oldest are dropped."""
     history_size: int = 100
@@ -86,11 +109,21 @@ class Settings:
     publish_api_key: str = field(default="", repr=False)
     """The key of ``POST /api/publish`` (``Authorization: Bearer <key>``); empty: it refuses."""
     presence_enabled: bool = True
-    """Whether broadcast endpoints keep presence: who is on each channel."""
+    """Whether {% if channels %}the hub keeps{% else %}broadcast endpoints keep{% endif %} presence: who is on each channel."""
     join_leave_events: bool = True
     """Whether a channel's clients are told who joins and leaves it (with presence only)."""
     presence_list_limit: int = 1000
     """Clients listed in a presence answer at most (its count is always the whole room's)."""
+{%- endif %}
+{%- if channels %}
+    token_hmac_secret_key: str = field(default="", repr=False)
+    """The secret of HS256 connection tokens, at least 32 bytes; empty: none are accepted."""
+    token_public_key: str = field(default="", repr=False)
+    """The PEM public key of RS256 or ES256 connection tokens; empty: none are accepted."""
+    anonymous_connections: bool = False
+    """Whether a channels connection with no user (no token, no identity) may connect."""
+    max_channels_per_connection: int = 128
+    """Channels one connection of a channels endpoint may be subscribed to at once."""
 {%- endif %}
 {%- if redis %}
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
@@ -140,7 +173,7 @@ class Settings:
             log_level=read("LOG_LEVEL", _log_level, cls.log_level),
             log_format=read("LOG_FORMAT", _log_format, cls.log_format),
             tick_seconds=read("TICK_SECONDS", _positive(float), cls.tick_seconds),
-{%- if broadcast %}
+{%- if hub %}
             broadcast_queue_size=read(
                 "BROADCAST_QUEUE_SIZE", _positive(int), cls.broadcast_queue_size
             ),
@@ -153,6 +186,16 @@ class Settings:
             join_leave_events=read("JOIN_LEAVE_EVENTS", _flag, cls.join_leave_events),
             presence_list_limit=read(
                 "PRESENCE_LIST_LIMIT", _positive(int), cls.presence_list_limit
+            ),
+{%- endif %}
+{%- if channels %}
+            token_hmac_secret_key=read(
+                "TOKEN_HMAC_SECRET_KEY", _hmac_secret, cls.token_hmac_secret_key
+            ),
+            token_public_key=read("TOKEN_PUBLIC_KEY", _public_key, cls.token_public_key),
+            anonymous_connections=read("ANONYMOUS_CONNECTIONS", _flag, cls.anonymous_connections),
+            max_channels_per_connection=read(
+                "MAX_CHANNELS_PER_CONNECTION", _positive(int), cls.max_channels_per_connection
             ),
 {%- endif %}
 {%- if redis %}
@@ -214,19 +257,12 @@ class Settings:
         def given(name: str) -> bool:
             return bool(environ.get(name, "").strip())
 {{ "" }}
-{%- if not redis %}
+{%- if not (redis and channels) %}
         for name, reason in UNREAD_VARIABLES.items():
             if given(name):
-{%- if broadcast %}
-                raise SettingsError(
-                    f"{name} is set, but {reason}: it is not read; unset it, or render the "
-                    "service again with broadcast_backend redis"
-                )
-{%- else %}
-                raise SettingsError(f"{name} is set, but {reason}: it is not read; unset it")
+                raise SettingsError(f"{name} is set, but {reason}")
 {%- endif %}
-{%- endif %}
-{%- if broadcast %}
+{%- if hub %}
         if self.history_size == 0 and given("HISTORY_TTL_SECONDS"):
             raise SettingsError(
                 "HISTORY_TTL_SECONDS is set, but HISTORY_SIZE=0 keeps no history: unset "
@@ -243,10 +279,10 @@ class Settings:
                 "WS_PING_TIMEOUT_SECONDS is set, but WS_PING_INTERVAL_SECONDS=0 sends no ping "
                 "to time out: unset WS_PING_TIMEOUT_SECONDS, or set an interval"
             )
-{%- if broadcast and not redis %}
+{%- if hub and not redis %}
         if workers is not None and workers.workers > 1:
             raise SettingsError(
-                f"{workers}, but broadcast endpoints on the memory backend reach only the "
+                f"{workers}, but {% if channels and "broadcast" in kinds %}broadcast and channels{% elif channels %}channels{% else %}broadcast{% endif %} endpoints on the memory backend reach only the "
                 "clients of their own process (the others would miss their messages): run "
                 "one worker, or render the service again with broadcast_backend redis"
             )
@@ -271,7 +307,7 @@ class Settings:
             idle_timeout=self.idle_timeout_seconds,
             send_timeout=self.send_timeout_seconds,
         )
-{%- if broadcast %}
+{%- if hub %}
 
     def hub(self) -> Hub:
         """The broadcast hub these settings describe (see websocket/broadcast.py)."""
@@ -329,7 +365,7 @@ def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:
 
 def _text(name: str, value: str) -> str:
     return value
-{%- if broadcast %}
+{%- if hub %}
 
 
 def _count(name: str, value: str) -> int:
@@ -337,7 +373,7 @@ def _count(name: str, value: str) -> int:
         raise SettingsError(f"{name}={value!r} must be a whole number, 0 or more")
     return int(value)
 {%- endif %}
-{%- if broadcast or metrics %}
+{%- if hub or metrics %}
 
 
 def _api_key(name: str, value: str) -> str:
@@ -348,6 +384,27 @@ def _api_key(name: str, value: str) -> str:
             f"one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return value
+{%- endif %}
+{%- if channels %}
+
+
+def _hmac_secret(name: str, value: str) -> str:
+    # Not the value itself in the message: it is a secret.
+    if len(value.encode()) < MIN_HMAC_SECRET_BYTES:
+        raise SettingsError(
+            f"{name} must be at least {MIN_HMAC_SECRET_BYTES} bytes; make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
+
+
+def _public_key(name: str, value: str) -> str:
+    pem = value.replace("\\n", "\n")  # a one-line variable may write its line breaks as \n
+    if not (pem.startswith("-----BEGIN PUBLIC KEY-----") and pem.endswith("-----")):
+        raise SettingsError(
+            f"{name} must be a PEM public key (-----BEGIN PUBLIC KEY----- ...), RSA or EC P-256"
+        )
+    return pem
 {%- endif %}
 
 

@@ -1,0 +1,170 @@
+{%- set paths = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "channels") | map(attribute="path") | list -%}{#- none: removed after generation -#}
+{%- set redis = cookiecutter.broadcast_backend == "redis" -%}
+"""The channels endpoint on a real uvicorn server, spoken to in raw Centrifuge commands (JSON):
+who may connect, subscribe and publish (channels.py), and ``POST /api/publish`` reaching
+subscribers. The Centrifuge SDKs speak the same protocol."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import jwt
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.websocket.guard import Handshake
+from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
+
+from .conftest import TEST_ENVIRONMENT
+from .contract import Channel, Contract
+
+PATH = "{{ (paths + [""]) | first }}"
+SECRET = "test-secret-for-hs256-tokens-0123456789"
+API_KEY = TEST_ENVIRONMENT["PUBLISH_API_KEY"]
+
+
+async def user_from_cookie(handshake: Handshake) -> object | None:
+    """A stand-in for auth.py: the ``user`` cookie names the user (none: no identity)."""
+    user = handshake.cookies.get("user")
+    return {"sub": user} if user else None
+
+
+def __getattr__(name: str) -> Any:
+    """``tests.test_channels:app_with_users``, which the server imports: the app with
+    `user_from_cookie` as its auth.py, made when asked (not when pytest collects this)."""
+    if name == "app_with_users":
+        return create_app(user_from_cookie)
+    raise AttributeError(name)
+
+
+@pytest.fixture(scope="module")
+{%- if redis %}
+def server(redis_server: RedisServer) -> Iterator[LiveServer]:
+    environment = {
+        **TEST_ENVIRONMENT,
+        "TOKEN_HMAC_SECRET_KEY": SECRET,
+        "REDIS_URL": redis_server.url,
+    }
+{%- else %}
+def server() -> Iterator[LiveServer]:
+    environment = {**TEST_ENVIRONMENT, "TOKEN_HMAC_SECRET_KEY": SECRET}
+{%- endif %}
+    with LiveServer("tests.test_channels:app_with_users", env=environment) as server:
+        yield server
+    assert "Traceback" not in server.log, server.log
+
+
+class Centrifuge:
+    """One connection in raw Centrifuge commands; every command, reply and push is checked
+    against the endpoint's messages in ``GET /asyncapi.json``."""
+
+    def __init__(self, websocket: ClientConnection, channel: Channel) -> None:
+        self.websocket = websocket
+        self.channel = channel
+        self.pending: list[dict[str, Any]] = []
+        self.ids = iter(range(1, 1000))
+
+    def command(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a command; its reply (pushes that come first wait in `pending`)."""
+        command = {"id": next(self.ids), method: body}
+        self.channel.check("client", command)
+        self.websocket.send(json.dumps(command))
+        while True:
+            message = self.receive()
+            if message.get("id") == command["id"]:
+                return message
+            self.pending.append(message)
+
+    def receive(self) -> dict[str, Any]:
+        """The next reply or push: a frame may carry several, one a line."""
+        while not self.pending:
+            frame = self.websocket.recv(timeout=5)
+            assert isinstance(frame, str), frame
+            for line in frame.splitlines():
+                message = json.loads(line)
+                self.channel.check("server", message)
+                self.pending.append(message)
+        return self.pending.pop(0)
+
+
+OpenConnection = Callable[..., Centrifuge]
+
+
+@pytest.fixture
+def open_connection(server: LiveServer) -> Iterator[OpenConnection]:
+    """Opens connections (as ``user``, by auth.py's cookie), closed at the test's end."""
+    channel = Contract.served_by(server.url("").rstrip("/")).channel(PATH)
+    with ExitStack() as stack:
+
+        def open_one(user: str = "") -> Centrifuge:
+            cookie = {"cookie": f"user={user}"} if user else {}
+            websocket = connect(server.ws_url(PATH), additional_headers=cookie)
+            return Centrifuge(stack.enter_context(websocket), channel)
+
+        yield open_one
+
+
+def test_an_anonymous_connect_is_refused_while_anonymous_connections_are_off(
+    open_connection: OpenConnection,
+) -> None:
+    anonymous = open_connection()
+    reply = anonymous.command("connect", {"name": "test"})
+    assert reply["error"]["code"] == 101, reply
+
+
+def test_a_client_auth_py_let_in_connects_as_its_user(
+    open_connection: OpenConnection,
+) -> None:
+    alice = open_connection("alice")
+    connected = alice.command("connect", {"name": "test"})["connect"]
+    assert connected["client"]
+    assert connected["pong"] is True
+    assert "subscribe" in alice.command("subscribe", {"channel": "user:#alice"})
+    refused = alice.command("subscribe", {"channel": "user:#bob"})  # bob's alone
+    assert refused["error"]["code"] == 103, refused
+
+
+def test_a_connection_token_names_the_user(
+    open_connection: OpenConnection,
+) -> None:
+    token = jwt.encode({"sub": "carol", "exp": int(time.time()) + 60}, SECRET, "HS256")
+    carol = open_connection()
+    assert "connect" in carol.command("connect", {"token": token})
+    assert "subscribe" in carol.command("subscribe", {"channel": "user:#carol"})
+
+
+def test_a_channel_of_no_namespace_is_unknown(
+    open_connection: OpenConnection,
+) -> None:
+    alice = open_connection("alice")
+    alice.command("connect", {})
+    refused = alice.command("subscribe", {"channel": "sport:results"})
+    assert refused["error"]["code"] == 102, refused
+
+
+def test_a_message_published_over_http_reaches_subscribers_as_the_publication_s_data(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    reader = open_connection("reader")
+    reader.command("connect", {})
+    assert "subscribe" in reader.command("subscribe", {"channel": "news:today"})
+    body = {"channel": "news:today", "message": {"headline": "h\u00e9llo \u2713"}}
+    request = urllib.request.Request(
+        server.url("/api/publish"),
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answer = json.load(response)
+    push = reader.receive()["push"]
+    assert push["channel"] == "news:today"
+    assert push["pub"]["data"] == {"headline": "h\u00e9llo \u2713"}
+    assert push["pub"]["offset"] == answer["offset"]
+    refused = reader.command("publish", {"channel": "news:today", "data": {}})
+    assert refused["error"]["code"] == 103, refused  # news: only the service publishes

@@ -156,8 +156,8 @@ def check_broadcast_endpoint(connection: JsonConnection) -> None:
 
 
 def check_channels_endpoint(connection: JsonConnection) -> None:
-    """The Centrifuge client protocol: a connect with no token from a client auth.py gave no
-    identity is refused with error 101 while ANONYMOUS_CONNECTIONS=no (test_channels.py
+    """A channels endpoint's protocol: a connect with no token from a client auth.py gave
+    no identity is refused with error 101 while ANONYMOUS_CONNECTIONS=no (test_channels.py
     goes further)."""
     connection.send_json({"id": 1, "connect": {"name": "test"}})
     reply = connection.receive_json()

@@ -158,7 +158,7 @@ if "broadcast" not in KINDS:
 
 if "channels" not in KINDS:
     for path in CHANNELS_ONLY:
-        (Path(PACKAGE) / path).unlink(missing_ok=True)
+        (Path(PACKAGE) / path).unlink()
     for path in CHANNELS_TESTS:
         Path(path).unlink()
 

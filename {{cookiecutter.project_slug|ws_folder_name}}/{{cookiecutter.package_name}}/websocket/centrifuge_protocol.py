@@ -103,6 +103,7 @@ SHUTDOWN: Final = Disconnect(3001, "shutdown")
 NO_PONG: Final = Disconnect(3012, "no pong")
 INVALID_TOKEN: Final = Disconnect(3500, "invalid token")
 PROTOCOL_VIOLATION: Final = Disconnect(3501, "bad request")
+STALE: Final = Disconnect(3502, "stale")
 
 INSUFFICIENT_STATE: Final = 2500
 """The unsubscribe push's code for a subscription that missed messages it cannot be sent
@@ -338,10 +339,11 @@ class _Connection:
         # The first ping at a random point of the second half of an interval, so that the
         # clients of a restarted service are not all pinged in the same instant.
         await asyncio.sleep(interval / 2 + random.random() * interval / 2)
+        if not self.connected:  # no connect by now: a client that will not speak
+            logger.info("channels %s: disconnected: no connect", self.path)
+            await _close(websocket, STALE)
+            return
         while True:
-            if not self.connected:  # no ping before connect (and no busy loop either)
-                await asyncio.sleep(interval)
-                continue
             self.pong_seen = False
             await websocket.send_text("{}")
             await asyncio.sleep(self.config.pong_timeout)
@@ -575,7 +577,8 @@ class _Connection:
             history = history[:limit]
         publications = ",".join(_publication_json(publication) for publication in history)
         result = dumps({"epoch": top.epoch, "offset": top.offset})
-        return f'{{"id":{id_},"history":{{"publications":[{publications}],{result[1:]}}}'
+        head = '{"id":' + str(id_) + ',"history":{"publications":['
+        return head + publications + "]," + result[1:] + "}"
 
     async def _presence(self, id_: int, body: dict[str, Any], stats: bool) -> str:
         channel = _channel(body)

@@ -501,6 +501,21 @@ async def test_pings_are_sent_and_a_missing_pong_closes_with_3012(open_session: 
     assert (close["code"], close["reason"]) == (3012, "no pong")
 
 
+async def test_a_connection_that_never_connects_is_closed_as_stale_others_go_on(
+    open_session: Any,
+) -> None:
+    options = {"ping_interval": 0.2, "pong_timeout": 0.1}
+    silent = await open_session(channels=config(**options))
+    refused = await open_session(user=None, channels=config(**options))
+    assert (await refused.call("connect", {}))["error"]["code"] == 101
+    await asyncio.sleep(0.25)  # the silent ones' first ping is due: they are closed
+    speaking = await open_session(channels=config(**options))
+    assert "client" in await speaking.connect()
+    for session in (silent, refused):
+        close = await session.closed()
+        assert (close["code"], close["reason"]) == (3502, "stale"), close
+
+
 async def test_closing_the_hub_disconnects_subscribers_with_3001(
     open_session: Any, hub: MemoryHub
 ) -> None:

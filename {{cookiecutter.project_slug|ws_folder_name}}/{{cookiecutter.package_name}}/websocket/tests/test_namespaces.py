@@ -1,0 +1,88 @@
+"""Namespaces: which channels exist, and who may subscribe and publish on them."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..namespaces import (
+    ANYONE,
+    AUTHENTICATED,
+    NOBODY,
+    SUBSCRIBERS,
+    USER_LIMITED,
+    ChannelRequest,
+    Namespace,
+    Namespaces,
+    Rule,
+    allows,
+    channel_users,
+)
+
+NAMESPACES = Namespaces([Namespace("chat"), Namespace("user", subscribe=USER_LIMITED)])
+
+
+def request(channel: str, user: str = "", subscribed: bool = False) -> ChannelRequest:
+    namespace = NAMESPACES.find(channel) or Namespace("any")
+    return ChannelRequest(channel, namespace, user, None, subscribed)
+
+
+def test_a_channel_belongs_to_the_namespace_before_its_colon() -> None:
+    assert NAMESPACES.find("chat:lobby") == Namespace("chat")
+    assert NAMESPACES.find("chat:") == Namespace("chat")
+    assert NAMESPACES.find("user:#alice") is not None
+    assert NAMESPACES.find("news:today") is None
+    assert NAMESPACES.find("lobby") is None  # no "" namespace declared
+    assert Namespaces([Namespace("")]).find("lobby") == Namespace("")
+
+
+@pytest.mark.parametrize(
+    "channel",
+    ["", "chat:" + "x" * 251, "chat:caf\u00e9", "chat:a\nb", "/ws/rooms/a", "chat:\x00"],
+)
+def test_names_that_cannot_be_channels_have_no_namespace(channel: str) -> None:
+    assert NAMESPACES.find(channel) is None
+
+
+def test_the_users_of_a_channel_follow_its_hash() -> None:
+    assert channel_users("user:#alice") == ["alice"]
+    assert channel_users("dialog:#alice,bob") == ["alice", "bob"]
+    assert channel_users("chat:lobby") == []
+
+
+async def test_the_rules_that_need_no_code() -> None:
+    cases: list[tuple[Rule, ChannelRequest, bool]] = [
+        (ANYONE, request("chat:a"), True),
+        (AUTHENTICATED, request("chat:a"), False),
+        (AUTHENTICATED, request("chat:a", "alice"), True),
+        (USER_LIMITED, request("user:#alice", "alice"), True),
+        (USER_LIMITED, request("user:#alice", "bob"), False),
+        (USER_LIMITED, request("user:#alice"), False),
+        (USER_LIMITED, request("user:lobby", "alice"), False),
+        (SUBSCRIBERS, request("chat:a", "alice"), False),
+        (SUBSCRIBERS, request("chat:a", "alice", subscribed=True), True),
+        (NOBODY, request("chat:a", "alice", subscribed=True), False),
+    ]
+    for rule, asked, allowed in cases:
+        assert await allows(rule, asked) is allowed, (rule, asked)
+
+
+async def test_a_function_decides_and_its_errors_reach_the_caller() -> None:
+    async def only_carol(asked: ChannelRequest) -> bool:
+        return asked.user == "carol"
+
+    async def broken(asked: ChannelRequest) -> bool:
+        raise LookupError("down")
+
+    assert await allows(only_carol, request("chat:a", "carol")) is True
+    assert await allows(only_carol, request("chat:a", "dave")) is False
+    with pytest.raises(LookupError):
+        await allows(broken, request("chat:a"))
+
+
+def test_declarations_that_cannot_work_are_refused_with_a_sentence() -> None:
+    with pytest.raises(ValueError, match="may not contain"):
+        Namespace("a:b")
+    with pytest.raises(ValueError, match="SUBSCRIBERS subscribe"):
+        Namespace("chat", subscribe=SUBSCRIBERS)
+    with pytest.raises(ValueError, match="declared twice"):
+        Namespaces([Namespace("chat"), Namespace("chat")])

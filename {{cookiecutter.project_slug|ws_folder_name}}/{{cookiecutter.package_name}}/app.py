@@ -317,16 +317,16 @@ async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
             "TOKEN_PUBLIC_KEY is set"
         )
 {%- endif %}
-{%- if metrics %}
     hub = settings.hub()
+{%- if channels %}
+    hub.use_channel_options(NAMESPACES.options_of)  # what it keeps of each namespace's channels
+{%- endif %}
+{%- if metrics %}
     if metrics is not None:
         metrics.watch_hub(hub)
+{%- endif %}
     async with hub:
         yield {HUB_STATE_KEY: hub}
-{%- else %}
-    async with settings.hub() as hub:
-        yield {HUB_STATE_KEY: hub}
-{%- endif %}
 {%- endif %}
 
 

@@ -17,8 +17,11 @@ allow, for instance::
     Namespace("team", subscribe=team_members, publish=SUBSCRIBERS, presence=True)
 
 ``presence`` lets clients ask who is subscribed, ``join_leave`` tells subscribers who comes
-and goes, ``history`` keeps the last messages (``HISTORY_SIZE``) for clients that recover
-what they missed. The namespaces are read at start-up: change them here and restart.
+and goes (with presence), ``history`` keeps the last messages for clients that recover
+what they missed: ``history_size`` of them (the service's ``HISTORY_SIZE`` unless given)
+for ``history_ttl`` seconds (``HISTORY_TTL_SECONDS``). The hub keeps no presence and no
+history where a namespace asks for none. The namespaces are read at start-up: change them
+here and restart (every process of the service with the same ones).
 """
 
 from __future__ import annotations

@@ -168,6 +168,26 @@ def new_epoch() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelOptions:
+    """What a hub keeps of one channel, where it differs from the hub's own settings (None:
+    the hub's). ``presence`` and ``join_leave`` can only turn off what the hub keeps."""
+
+    history_size: int | None = None
+    history_ttl: float | None = None
+    presence: bool | None = None
+    join_leave: bool | None = None
+
+
+class Kept(NamedTuple):
+    """What a hub keeps of one channel: its settings, narrowed by the channel's options."""
+
+    history_size: int
+    history_ttl: float
+    presence: bool
+    join_leave: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Publication:
     """One published message: its position and the text every subscriber is sent."""
 
@@ -712,6 +732,31 @@ class Hub(abc.ABC):
 
     stats: BroadcastStats | None = None
     """What the hub counts in, if anything (`count_in`)."""
+    options_of: Callable[[str], ChannelOptions | None] | None = None
+    """The options of a channel, where some channels differ (`use_channel_options`)."""
+    defaults: Kept = Kept(DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, True, True)
+    """What the hub keeps of a channel without options (its own settings)."""
+
+    def use_channel_options(self, options_of: Callable[[str], ChannelOptions | None]) -> None:
+        """Keep of each channel what ``options_of(channel)`` says (None: the hub's settings):
+        a smaller or larger history, no presence or no join and leave events. Call it
+        before `start`, with the same function in every process of the service."""
+        self.options_of = options_of
+
+    def kept(self, channel: str) -> Kept:
+        """What the hub keeps of ``channel``."""
+        defaults = self.defaults
+        options = None if self.options_of is None else self.options_of(channel)
+        if options is None:
+            return defaults
+        size, ttl = options.history_size, options.history_ttl
+        presence = defaults.presence and options.presence is not False
+        return Kept(
+            defaults.history_size if size is None else size,
+            defaults.history_ttl if ttl is None else ttl,
+            presence,
+            presence and defaults.join_leave and options.join_leave is not False,
+        )
 
     def count_in(self, stats: BroadcastStats) -> None:
         """Count what the hub does in ``stats`` (for metrics): call it before `start`."""
@@ -842,6 +887,7 @@ class MemoryHub(Hub):
         self.history_ttl = history_ttl
         self.presence_enabled = presence
         self.join_leave = presence and join_leave
+        self.defaults = Kept(history_size, history_ttl, presence, self.join_leave)
         self.presence_limit = presence_limit
         self._clock = clock
         self._fanout = Fanout(queue_size)
@@ -863,7 +909,8 @@ class MemoryHub(Hub):
             raise HubClosed("The broadcast hub is closed; nothing can be published.")
         head, tail = envelope_parts(channel, message, info)
         now = self._clock()
-        stream = self._stream(channel, now)
+        kept = self.kept(channel)
+        stream = self._stream(channel, now, kept)
         stream.offset += 1
         publication = Publication(
             stream.offset,
@@ -873,10 +920,10 @@ class MemoryHub(Hub):
         )
         if self.stats is not None:
             self.stats.published += 1
-        if self.history_size:
+        if kept.history_size:
             stream.history.append(publication)
-        stream.history_until = now + self.history_ttl
-        stream.kept_until = now + max(self.history_ttl, POSITION_TTL)
+        stream.history_until = now + kept.history_ttl
+        stream.kept_until = now + max(kept.history_ttl, POSITION_TTL)
         self._streams.move_to_end(channel)
         self._fanout.deliver(channel, publication)
         return Position(publication.offset, publication.epoch)
@@ -891,12 +938,13 @@ class MemoryHub(Hub):
     ) -> Subscription:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be subscribed.")
-        stream = self._stream(channel, self._clock())
+        kept = self.kept(channel)
+        stream = self._stream(channel, self._clock(), kept)
         subscription = self._fanout.add(channel, since, user, client_id)
         subscription.resume(
             subscription.needed(stream.history), Position(stream.offset, stream.epoch)
         )
-        if self.join_leave:
+        if kept.join_leave:
             self._fanout.notify(
                 channel, presence_event("join", subscription), subscription.client_id
             )
@@ -907,7 +955,7 @@ class MemoryHub(Hub):
     ) -> tuple[Position, list[Publication]]:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; no history can be read.")
-        stream = self._stream(channel, self._clock())
+        stream = self._stream(channel, self._clock(), self.kept(channel))
         history = list(stream.history)
         if since is not None and since.epoch == stream.epoch:
             history = [publication for publication in history if publication.offset > since.offset]
@@ -915,11 +963,12 @@ class MemoryHub(Hub):
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         leaving = not subscription.ended
-        if not self._fanout.remove(subscription) and leaving and self.join_leave:
+        channel = subscription.channel
+        if not self._fanout.remove(subscription) and leaving and self.kept(channel).join_leave:
             self._fanout.notify(subscription.channel, presence_event("leave", subscription))
 
     async def presence(self, channel: str) -> Presence:
-        if not self.presence_enabled:
+        if not self.kept(channel).presence:
             raise PresenceOff(PRESENCE_OFF)
         return self._fanout.presence(channel, self.presence_limit)
 
@@ -933,21 +982,21 @@ class MemoryHub(Hub):
         self._fanout.end_all()
         self._streams.clear()
 
-    def _stream(self, channel: str, now: float) -> _Stream:
+    def _stream(self, channel: str, now: float, kept: Kept) -> _Stream:
         """``channel``'s stream, new if it had none; forgets streams no longer kept."""
         while self._streams:
             oldest_channel, oldest = next(iter(self._streams.items()))
             if oldest.kept_until > now:
                 break
             if self._fanout.has_subscriptions(oldest_channel):  # kept while subscribed
-                oldest.kept_until = now + max(self.history_ttl, POSITION_TTL)
+                oldest.kept_until = now + POSITION_TTL
                 self._streams.move_to_end(oldest_channel)
             else:
                 del self._streams[oldest_channel]
         stream = self._streams.get(channel)
         if stream is None:
-            stream = self._streams[channel] = _Stream(self.history_size)
-            stream.kept_until = now + max(self.history_ttl, POSITION_TTL)
+            stream = self._streams[channel] = _Stream(kept.history_size)
+            stream.kept_until = now + max(kept.history_ttl, POSITION_TTL)
         elif stream.history_until <= now:
             stream.history.clear()
         return stream

@@ -2,8 +2,9 @@
 
 Part of the websocket backend vendored by ws-template (version and upgrade notes in
 ``__init__.py``). Standard library only, and no protocol in it: the project's
-``channels.py`` declares its `Namespaces`, and the protocol (``centrifuge_protocol.py``)
-asks them.
+``channels.py`` declares its `Namespaces`, the protocol (``centrifuge_protocol.py``) asks
+them who may do what, and the hub what it keeps of each channel (`Namespaces.options_of`,
+given to ``Hub.use_channel_options`` at start-up).
 
 A channel's name is ``namespace:rest`` (``chat:lobby``, ``news:today``); a name without
 ``:`` belongs to the namespace named ``""``, if one is declared. The part after a ``#``
@@ -26,6 +27,8 @@ import enum
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
+
+from .broadcast import ChannelOptions
 
 MAX_CHANNEL_LENGTH: Final = 255
 """Characters in a channel's name at most (printable ASCII), as in Centrifugo."""
@@ -72,10 +75,13 @@ Rule: TypeAlias = Allow | Decide
 class Namespace:
     """The channels named ``name:...``, and what may be done on them.
 
-    ``presence``: clients may ask who is subscribed (``presence``, ``presence_stats``);
-    ``join_leave``: subscribers are told who comes and goes; ``history``: clients may read
-    the channel's history and recover what they missed on a reconnect (its size and
-    lifetime are the service's: ``HISTORY_SIZE``, ``HISTORY_TTL_SECONDS``).
+    ``presence``: the hub keeps who is subscribed, and clients may ask (``presence``,
+    ``presence_stats``); ``join_leave``: subscribers are told who comes and goes;
+    ``history``: the hub keeps the channel's last messages, for clients to read and to
+    recover what they missed on a reconnect: ``history_size`` of them (None: the service's
+    ``HISTORY_SIZE``) for ``history_ttl`` seconds after the last publish (None: its
+    ``HISTORY_TTL_SECONDS``). The service's settings can turn presence and join and leave
+    events off everywhere (``PRESENCE_ENABLED``, ``JOIN_LEAVE_EVENTS``).
     """
 
     name: str
@@ -84,6 +90,8 @@ class Namespace:
     presence: bool = False
     join_leave: bool = False
     history: bool = True
+    history_size: int | None = None
+    history_ttl: float | None = None
 
     def __post_init__(self) -> None:
         if NAMESPACE_SEPARATOR in self.name or USERS_SEPARATOR in self.name:
@@ -91,11 +99,33 @@ class Namespace:
                 f"The namespace name {self.name!r} may not contain "
                 f"{NAMESPACE_SEPARATOR!r} or {USERS_SEPARATOR!r}."
             )
+        if self.history_size is not None and self.history_size < 1:
+            raise ValueError(
+                f"The namespace {self.name!r} keeps a history of {self.history_size}: "
+                "give at least 1, or history=False for none."
+            )
+        if self.history_ttl is not None and not self.history_ttl > 0:
+            raise ValueError(f"The namespace {self.name!r} needs a history_ttl over 0 seconds.")
+        if self.join_leave and not self.presence:
+            raise ValueError(
+                f"The namespace {self.name!r} has join_leave without presence: join and "
+                "leave events come with presence; set presence=True too."
+            )
         if self.subscribe is SUBSCRIBERS:
             raise ValueError(
                 f"The namespace {self.name!r} lets SUBSCRIBERS subscribe, which nobody can "
                 "be first: choose ANYONE, AUTHENTICATED, USER_LIMITED, NOBODY or a function."
             )
+
+    @property
+    def options(self) -> ChannelOptions:
+        """What the hub keeps of this namespace's channels."""
+        return ChannelOptions(
+            self.history_size if self.history else 0,
+            self.history_ttl,
+            self.presence,
+            self.join_leave,
+        )
 
 
 class Namespaces:
@@ -111,6 +141,14 @@ class Namespaces:
     @property
     def names(self) -> list[str]:
         return list(self._by_name)
+
+    def options_of(self, channel: str) -> ChannelOptions | None:
+        """What the hub keeps of ``channel`` (None: a channel of no namespace, such as a
+        broadcast endpoint's path, keeps the hub's settings)."""
+        namespace = self.find(channel)
+        if namespace is None:
+            return None
+        return namespace.options
 
     def find(self, channel: str) -> Namespace | None:
         """The namespace of ``channel``, or None if it has none or is not a valid name."""

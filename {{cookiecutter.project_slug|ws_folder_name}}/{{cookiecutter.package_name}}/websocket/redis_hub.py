@@ -81,11 +81,13 @@ from .broadcast import (
     POSITION_TTL,
     PRESENCE_OFF,
     BroadcastStats,
+    ChannelOptions,
     Fanout,
     Hub,
     HubClosed,
     HubUnavailable,
     JSONValue,
+    Kept,
     Position,
     Presence,
     PresenceOff,
@@ -230,6 +232,7 @@ class RedisHub(Hub):
             raise ValueError("presence_limit must be at least 1 and presence_ttl more than 0.")
         self.presence_enabled = presence
         self.join_leave = presence and join_leave
+        self.defaults = Kept(history_size, history_ttl, presence, self.join_leave)
         self.presence_limit = presence_limit
         self.presence_ttl = presence_ttl
         self._presence_ms = max(1, round(presence_ttl * 1000))
@@ -316,14 +319,18 @@ class RedisHub(Hub):
             raise HubClosed("broadcast unavailable: the service is stopping")
         head, tail = envelope_parts(channel, message, info)
         keys = self._keys(channel)
+        kept = self.kept(channel)
+        history_ms = self._history_ms
+        if kept.history_ttl != self.history_ttl:
+            history_ms = max(1, round(kept.history_ttl * 1000))
         args: list[str | int] = [
             self.prefix + channel,
             head,
             tail,
             new_epoch(),
-            self.history_size,
-            self._history_ms,
-            self._position_ms,
+            kept.history_size,
+            history_ms,
+            max(history_ms, self._position_ms),
         ]
         try:
             async with asyncio.timeout(self.timeout):
@@ -350,8 +357,9 @@ class RedisHub(Hub):
         subscription = self._fanout.add(channel, since, user, client_id)
         async with self._commands:
             await self._follow(channel, joining=subscription)
-        if self.presence_enabled:
-            await self._join(channel, [subscription], events=self.join_leave)
+        kept = self.kept(channel)
+        if kept.presence:
+            await self._join(channel, [subscription], events=kept.join_leave)
         return subscription
 
     async def history(
@@ -370,12 +378,12 @@ class RedisHub(Hub):
         if self._fanout.remove(subscription):
             async with self._commands:
                 await self._follow(subscription.channel)
-        if leaving and self.presence_enabled and not self._closed:
+        if leaving and not self._closed and self.kept(subscription.channel).presence:
             await self._leave(subscription.channel, [subscription])
 
     async def presence(self, channel: str) -> Presence:
         script = self._presence_script
-        if not self.presence_enabled:
+        if not self.kept(channel).presence:
             raise PresenceOff(PRESENCE_OFF)
         if self._closed or script is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
@@ -469,12 +477,13 @@ class RedisHub(Hub):
     async def _leave(self, channel: str, subscriptions: Sequence[Subscription]) -> None:
         """Remove ``subscriptions`` from ``channel``'s presence, with their leave events."""
         script = self._leave_script
+        events = self.kept(channel).join_leave
         for start in range(0, len(subscriptions), PRESENCE_BATCH):
             if script is None:
                 return
             args: list[str | int] = [self.prefix + channel]
             for subscription in subscriptions[start : start + PRESENCE_BATCH]:
-                event = presence_event("leave", subscription) if self.join_leave else ""
+                event = presence_event("leave", subscription) if events else ""
                 args += [subscription.client_id, event]
             try:
                 async with asyncio.timeout(self.timeout):
@@ -486,14 +495,16 @@ class RedisHub(Hub):
     async def _leave_all(self) -> None:
         """Remove every local subscription from presence (the hub closes)."""
         for channel in self._fanout.channels():
-            await self._leave(channel, self._fanout.subscriptions(channel))
+            if self.kept(channel).presence:
+                await self._leave(channel, self._fanout.subscriptions(channel))
 
     async def _renew_presence(self) -> None:
         """Every ``presence_ttl / 3`` seconds, renew the presence of every local client."""
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
             for channel in self._fanout.channels():
-                await self._join(channel, self._fanout.subscriptions(channel), events=False)
+                if self.kept(channel).presence:
+                    await self._join(channel, self._fanout.subscriptions(channel), events=False)
 
     def deliver_direct_here(self, user_key: str, text: str) -> None:
         """Queue a direct message for this hub's own subscriptions of ``user_key``."""
@@ -799,6 +810,11 @@ class ShardedRedisHub(Hub):
         super().count_in(stats)
         for shard in self.shards:
             shard.count_in(stats)
+
+    def use_channel_options(self, options_of: Callable[[str], ChannelOptions | None]) -> None:
+        super().use_channel_options(options_of)
+        for shard in self.shards:
+            shard.use_channel_options(options_of)
 
     def shard_of(self, channel: str) -> RedisHub:
         """The shard that holds ``channel``."""

@@ -22,11 +22,13 @@ import pytest
 from ..asgi_types import Message
 from ..broadcast import (
     BroadcastStats,
+    ChannelOptions,
     Hub,
     HubUnavailable,
     Inbox,
     JSONValue,
     Position,
+    PresenceOff,
     Subscription,
     run_broadcast,
 )
@@ -678,3 +680,32 @@ class HubContract:
             assert ended in await inbox.ready()
         assert ended.poll() is None
         assert ended.ended
+
+    async def test_channel_options_change_what_is_kept_of_some_channels_only(
+        self, make_hub: HubFactory
+    ) -> None:
+        hub = await make_hub(join_leave=True)
+        options = {
+            "short": ChannelOptions(history_size=2),
+            "none": ChannelOptions(history_size=0),
+            "quiet": ChannelOptions(presence=False),
+            "calm": ChannelOptions(join_leave=False),
+        }
+        hub.use_channel_options(lambda channel: options.get(channel.partition(":")[0]))
+        for channel in ("short:a", "none:a", "other:a"):
+            for number in range(1, 5):
+                await hub.publish(channel, numbered(number))
+        assert [p.offset for p in (await hub.history("short:a"))[1]] == [3, 4]
+        assert (await hub.history("none:a"))[1] == []
+        assert [p.offset for p in (await hub.history("other:a"))[1]] == [1, 2, 3, 4]
+        quiet = await subscribed(hub, "quiet:a", user="alice")
+        with pytest.raises(PresenceOff):
+            await hub.presence("quiet:a")
+        assert (await hub.presence("calm:a")).count == 0
+        for channel in ("calm:a", "other:b"):
+            first = await subscribed(hub, channel, user="alice")
+            await subscribed(hub, channel, user="bob")
+            await hub.publish(channel, numbered(1))
+            seen = await received(first)
+            assert seen["type"] == ("broadcast" if channel == "calm:a" else "join"), seen
+        await hub.unsubscribe(quiet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..broadcast import ChannelOptions
 from ..namespaces import (
     ANYONE,
     AUTHENTICATED,
@@ -86,3 +87,20 @@ def test_declarations_that_cannot_work_are_refused_with_a_sentence() -> None:
         Namespace("chat", subscribe=SUBSCRIBERS)
     with pytest.raises(ValueError, match="declared twice"):
         Namespaces([Namespace("chat"), Namespace("chat")])
+
+
+def test_a_namespace_tells_the_hub_what_to_keep_of_its_channels() -> None:
+    namespaces = Namespaces(
+        [
+            Namespace("chat", presence=True, join_leave=True, history_size=50, history_ttl=60),
+            Namespace("news", history=False),
+        ]
+    )
+    assert namespaces.options_of("chat:a") == ChannelOptions(50, 60, True, True)
+    assert namespaces.options_of("news:a") == ChannelOptions(0, None, False, False)
+    assert namespaces.options_of("/ws/rooms/a") is None
+    assert namespaces.options_of("other:a") is None
+    with pytest.raises(ValueError, match="history=False for none"):
+        Namespace("chat", history_size=0)
+    with pytest.raises(ValueError, match="set presence=True too"):
+        Namespace("chat", join_leave=True)

@@ -215,14 +215,20 @@ class _Pushes:
     def __init__(self, size: int = CACHED_PUSHES) -> None:
         self.size = size
         self._made: dict[str, _Made] = {}
+        self.pubs: dict[str, str] = {}
+        """The pub pushes alone, by text: the writer's one look-up per delivery."""
 
     def of(self, text: str) -> _Made:
         made = self._made.get(text)
         if made is None:
             made = _made_of(text)
             if len(self._made) >= self.size:
-                del self._made[next(iter(self._made))]
+                oldest = next(iter(self._made))
+                del self._made[oldest]
+                self.pubs.pop(oldest, None)
             self._made[text] = made
+            if made.kind == "pub":
+                self.pubs[text] = made.push
         return made
 
 
@@ -319,20 +325,28 @@ class _Connection:
                     subscription.attach(self.inbox)
 
     async def write(self, websocket: ChannelsSocket) -> None:
+        # The hot loop of every delivery: a publication's push is one dict look-up.
         send_text = websocket.send_text
         subscriptions = self.subscriptions
+        pubs = _PUSHES.pubs
+        ready = self.inbox.ready
         while True:
-            for subscription in await self.inbox.ready():
+            for subscription in await ready():
                 channel = subscription.channel
-                while subscriptions.get(channel) is subscription:
-                    text = subscription.poll()
-                    if text is None:
-                        if subscription.ended:  # the hub closed: the service is stopping
-                            await _close(websocket, SHUTDOWN)
-                            return
+                if subscriptions.get(channel) is not subscription:
+                    continue  # unsubscribed meanwhile: what it had queued is not sent
+                poll = subscription.poll
+                while (text := poll()) is not None:
+                    push = pubs.get(text)
+                    if push is None and (push := self._push_of(subscription, text)) is None:
+                        continue
+                    await send_text(push)
+                    if subscriptions.get(channel) is not subscription:
                         break
-                    if (push := self._push_of(subscription, text)) is not None:
-                        await send_text(push)
+                else:
+                    if subscription.ended:  # the hub closed: the service is stopping
+                        await _close(websocket, SHUTDOWN)
+                        return
 
     async def ping(self, websocket: ChannelsSocket) -> None:
         interval = self.config.ping_interval

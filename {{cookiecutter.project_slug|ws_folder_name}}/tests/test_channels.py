@@ -15,6 +15,9 @@ from typing import Any
 
 import jwt
 import pytest
+{%- if cookiecutter.metrics | ws_yes %}
+from prometheus_client.parser import text_string_to_metric_families
+{%- endif %}
 from websockets.sync.client import ClientConnection, connect
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -168,3 +171,29 @@ def test_a_message_published_over_http_reaches_subscribers_as_the_publication_s_
     assert push["pub"]["offset"] == answer["offset"]
     refused = reader.command("publish", {"channel": "news:today", "data": {}})
     assert refused["error"]["code"] == 103, refused  # news: only the service publishes
+{%- if cookiecutter.metrics | ws_yes %}
+
+
+def test_what_the_endpoint_does_is_in_the_metrics_by_method_and_namespace(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(server.url("/metrics"), timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    subscribed = ("channels_subscriptions_total", (("namespace", "news"),))
+    unknown = ("channels_commands_total", (("method", "subscribe"), ("outcome", "102")))
+    before = samples()
+    dave = open_connection("dave")
+    dave.command("connect", {})
+    dave.command("subscribe", {"channel": "news:metrics"})
+    dave.command("subscribe", {"channel": "nowhere:x"})
+    after = samples()
+    assert after[subscribed] == before.get(subscribed, 0) + 1
+    assert after[unknown] == before.get(unknown, 0) + 1
+{%- endif %}

@@ -129,6 +129,10 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
 {%- endif %}
+{%- if channels and metrics %}
+    if metrics is not None:
+        metrics.watch_channels(channels_config(settings).stats)
+{%- endif %}
     app = FastAPI(title=TITLE, version=__version__{% if broadcast %}, lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}
     {{ ws_formatted(ws_call("app.include_router", ws_call("create_router", '"' ~ endpoint.path ~ '"', "endpoints." ~ endpoint.handler)), 4) }}
@@ -190,6 +194,10 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
 {%- endif %}
 {%- if metrics %}
     metrics = Metrics() if settings.metrics_enabled else None
+{%- endif %}
+{%- if channels and metrics %}
+    if metrics is not None:
+        metrics.watch_channels(channels_config(settings).stats)
 {%- endif %}
     app = Router({% if broadcast %}lifespan={% if metrics %}partial(lifespan, metrics=metrics){% else %}lifespan{% endif %}{% endif %})
 {%- for endpoint in cookiecutter.endpoints | ws_endpoints %}

@@ -27,7 +27,7 @@ import random
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from .broadcast import (
@@ -123,10 +123,24 @@ METHODS: Final = (
     "sub_refresh",
 )
 """The command methods of the protocol, each a field of the command."""
-SERVED: Final = frozenset(
-    {"connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history"}
-)
 MAX_ID: Final = 2**32 - 1
+
+
+class ChannelsStats:
+    """What the channels endpoints of a process have done, in plain counters that an
+    observer reads (``metrics.py``); labels are bounded: methods, codes, namespaces."""
+
+    __slots__ = ("disconnects", "published", "replies", "subscribed")
+
+    def __init__(self) -> None:
+        self.replies: dict[tuple[str, str], int] = {}
+        """Commands answered, by method and outcome ("ok" or the error's code)."""
+        self.subscribed: dict[str, int] = {}
+        """Subscriptions made, by namespace."""
+        self.published: dict[str, int] = {}
+        """Messages clients published, by namespace."""
+        self.disconnects: dict[str, int] = {}
+        """Connections the protocol closed, by code (3501 bad request, 3012 no pong...)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,7 @@ class ChannelsConfig:
     ping_interval: float = DEFAULT_PING_INTERVAL
     pong_timeout: float = DEFAULT_PONG_TIMEOUT
     version: str = ""
+    stats: ChannelsStats = field(default_factory=ChannelsStats, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_channels < 1:
@@ -310,10 +325,10 @@ class _Connection:
                 replies, later = await self._answer(frame)
             except BadRequest as error:
                 logger.info("channels %s: disconnected: %s", self.path, error)
-                await _close(websocket, PROTOCOL_VIOLATION)
+                await self._close(websocket, PROTOCOL_VIOLATION)
                 return
             except Disconnected as error:
-                await _close(websocket, error.disconnect)
+                await self._close(websocket, error.disconnect)
                 return
             if replies:
                 await websocket.send_text("\n".join(replies))
@@ -345,7 +360,7 @@ class _Connection:
                         break
                 else:
                     if subscription.ended:  # the hub closed: the service is stopping
-                        await _close(websocket, SHUTDOWN)
+                        await self._close(websocket, SHUTDOWN)
                         return
 
     async def ping(self, websocket: ChannelsSocket) -> None:
@@ -355,7 +370,7 @@ class _Connection:
         await asyncio.sleep(interval / 2 + random.random() * interval / 2)
         if not self.connected:  # no connect by now: a client that will not speak
             logger.info("channels %s: disconnected: no connect", self.path)
-            await _close(websocket, STALE)
+            await self._close(websocket, STALE)
             return
         while True:
             self.pong_seen = False
@@ -363,7 +378,7 @@ class _Connection:
             await asyncio.sleep(self.config.pong_timeout)
             if not self.pong_seen:
                 logger.info("channels %s: disconnected: no pong", self.path)
-                await _close(websocket, NO_PONG)
+                await self._close(websocket, NO_PONG)
                 return
             await asyncio.sleep(interval - self.config.pong_timeout)
 
@@ -428,23 +443,39 @@ class _Connection:
         if method == "connect":
             if self.connected:
                 raise BadRequest("connect on a connection already connected")
-            return await self._connect(id_, body)
-        if not self.connected:
+        elif not self.connected:
             raise BadRequest(f"{method} before connect")
-        if method not in SERVED:
-            return _error(id_, METHOD_NOT_FOUND)
+        replies = self.config.stats.replies
         try:
-            if method == "subscribe":
-                return await self._subscribe(id_, body, later)
-            if method == "unsubscribe":
-                return await self._unsubscribe(id_, body)
-            if method == "publish":
-                return await self._publish(id_, body)
-            if method == "history":
-                return await self._history(id_, body)
-            return await self._presence(id_, body, stats=method == "presence_stats")
+            reply = await self._method(method, id_, body, later)
         except Refused as refusal:
+            key = (method, str(refusal.error.code))
+            replies[key] = replies.get(key, 0) + 1
             return _error(id_, refusal.error)
+        key = (method, "ok")
+        replies[key] = replies.get(key, 0) + 1
+        return reply
+
+    async def _method(
+        self,
+        method: str,
+        id_: int,
+        body: dict[str, Any],
+        later: list[tuple[Subscription, list[str]]],
+    ) -> str:
+        if method == "connect":
+            return await self._connect(id_, body)
+        if method == "subscribe":
+            return await self._subscribe(id_, body, later)
+        if method == "unsubscribe":
+            return await self._unsubscribe(id_, body)
+        if method == "publish":
+            return await self._publish(id_, body)
+        if method == "history":
+            return await self._history(id_, body)
+        if method in ("presence", "presence_stats"):
+            return await self._presence(id_, body, stats=method == "presence_stats")
+        raise Refused(METHOD_NOT_FOUND)
 
     async def _connect(self, id_: int, body: dict[str, Any]) -> str:
         token = _field(body, "token", str, "")
@@ -455,7 +486,7 @@ class _Connection:
                     raise TokenInvalid("this endpoint takes no tokens")
                 claims = tokens.verify(token)
             except TokenExpired:
-                return _error(id_, TOKEN_EXPIRED)
+                raise Refused(TOKEN_EXPIRED) from None
             except TokenInvalid as error:
                 logger.info("channels %s: connection token refused: %s", self.path, error)
                 raise Disconnected(INVALID_TOKEN) from None
@@ -464,7 +495,7 @@ class _Connection:
             self.identity = self.scope.get("user")
             self.user = user_of(self.identity)
         if not self.user and not self.config.anonymous:
-            return _error(id_, UNAUTHORIZED)
+            raise Refused(UNAUTHORIZED)
         self.connected = True
         result = {
             "client": self.client_id,
@@ -530,6 +561,8 @@ class _Connection:
             result["recovered"] = bool(subscribed.get("recovered")) and namespace.history
         result["offset"] = offset
         later.append((subscription, pushes))
+        counts = self.config.stats.subscribed
+        counts[namespace.name] = counts.get(namespace.name, 0) + 1
         if not recovered:
             return _reply(id_, "subscribe", result)
         text = dumps({"id": id_, "subscribe": result})
@@ -554,6 +587,8 @@ class _Connection:
             await self.hub.publish(channel, data, info=info)
         except HubUnavailable:
             raise Refused(INTERNAL) from None
+        counts = self.config.stats.published
+        counts[namespace.name] = counts.get(namespace.name, 0) + 1
         return _reply(id_, "publish", {})
 
     async def _history(self, id_: int, body: dict[str, Any]) -> str:
@@ -618,6 +653,12 @@ class _Connection:
         return _reply(id_, "presence", {"presence": clients})
 
     # Helpers.
+
+    async def _close(self, websocket: ChannelsSocket, disconnect: Disconnect) -> None:
+        disconnects = self.config.stats.disconnects
+        code = str(disconnect.code)
+        disconnects[code] = disconnects.get(code, 0) + 1
+        await _close(websocket, disconnect)
 
     def _namespace(self, channel: str) -> Namespace:
         namespace = self.config.namespaces.find(channel)
@@ -721,6 +762,7 @@ def _error(id_: int, error: Error) -> str:
 
 
 async def _close(websocket: ChannelsSocket, disconnect: Disconnect) -> None:
+    """Close with ``disconnect``'s code and reason (the client may be gone already)."""
     try:
         await websocket.send(
             {"type": "websocket.close", "code": disconnect.code, "reason": disconnect.reason}

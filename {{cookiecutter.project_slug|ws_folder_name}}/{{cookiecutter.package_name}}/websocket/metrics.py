@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -196,6 +196,72 @@ class _Broadcast:
             self.redis_up.set(1 if all(ups) else 0)  # every shard connected
 
 
+class ChannelsCounts(Protocol):
+    """What `Metrics.watch_channels` reads: ``centrifuge_protocol.ChannelsStats`` (named
+    here by its shape, as projects without a channels endpoint do not have that module)."""
+
+    @property
+    def replies(self) -> dict[tuple[str, str], int]: ...
+
+    @property
+    def subscribed(self) -> dict[str, int]: ...
+
+    @property
+    def published(self) -> dict[str, int]: ...
+
+    @property
+    def disconnects(self) -> dict[str, int]: ...
+
+
+class _Channels:
+    """The ``channels_*`` metrics, fed by the `ChannelsCounts` of the endpoints watched."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.replies = Counter(
+            "channels_commands_total",
+            "Commands of channels connections answered, by method and outcome (ok or the "
+            "error code).",
+            ["method", "outcome"],
+            registry=registry,
+        )
+        self.subscribed = Counter(
+            "channels_subscriptions_total",
+            "Subscriptions made on channels connections, by namespace.",
+            ["namespace"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "channels_client_publications_total",
+            "Messages that clients of channels connections published, by namespace.",
+            ["namespace"],
+            registry=registry,
+        )
+        self.disconnects = Counter(
+            "channels_disconnects_total",
+            "Channels connections the protocol closed, by code (3501 bad request, 3012 no "
+            "pong, 3502 stale, 3500 invalid token, 3001 shutdown).",
+            ["code"],
+            registry=registry,
+        )
+        self.watched: list[tuple[ChannelsCounts, dict[str, dict[Any, int]]]] = []
+
+    def flush(self) -> None:
+        for stats, reported in self.watched:
+            for counter, name in (
+                (self.replies, "replies"),
+                (self.subscribed, "subscribed"),
+                (self.published, "published"),
+                (self.disconnects, "disconnects"),
+            ):
+                counts: dict[Any, int] = getattr(stats, name)
+                seen = reported[name]
+                for key, count in list(counts.items()):
+                    if count != seen.get(key, 0):
+                        labels = key if isinstance(key, tuple) else (key,)
+                        counter.labels(*labels).inc(count - seen.get(key, 0))
+                        seen[key] = count
+
+
 class Metrics(GuardObserver):
     """The service's Prometheus metrics, fed by the guard (pass it as its ``observer``).
 
@@ -253,6 +319,15 @@ class Metrics(GuardObserver):
         self._endpoints: dict[str, _Endpoint] = {}
         self._flushing: asyncio.AbstractEventLoop | None = None
         self._broadcast: _Broadcast | None = None
+        self._channels: _Channels | None = None
+
+    def watch_channels(self, stats: ChannelsCounts) -> None:
+        """Count what a channels endpoint does in the ``channels_*`` metrics (``stats``: its
+        ``ChannelsConfig.stats``)."""
+        if self._channels is None:
+            self._channels = _Channels(self.registry)
+        names = ("replies", "subscribed", "published", "disconnects")
+        self._channels.watched.append((stats, {name: {} for name in names}))
 
     def watch_hub(self, hub: Hub) -> None:
         """Count what ``hub`` does in the ``broadcast_*`` metrics: call it before it starts."""
@@ -299,6 +374,8 @@ class Metrics(GuardObserver):
             endpoint.flush()
         if self._broadcast is not None:
             self._broadcast.flush()
+        if self._channels is not None:
+            self._channels.flush()
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format: this process's, or the whole service's."""

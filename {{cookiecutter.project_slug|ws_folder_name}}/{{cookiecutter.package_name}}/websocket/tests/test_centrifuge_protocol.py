@@ -70,6 +70,7 @@ class Session:
         self.client = client
         self.task = task
         self.next_id = 0
+        self.backlog: list[Any] = []
 
     def send(self, *commands: dict[str, Any]) -> list[int]:
         """Send ``commands`` in one frame, each given the next id unless it has one."""
@@ -93,14 +94,19 @@ class Session:
         return [json.loads(line) for line in message["text"].split("\n")]
 
     async def one(self) -> Any:
+        if self.backlog:
+            return self.backlog.pop(0)
         (value,) = await self.frame()
         return value
 
     async def call(self, method: str, body: dict[str, Any]) -> Any:
+        """The reply to one command; pushes that come first wait for `one`."""
         (id_,) = self.send({method: body})
-        reply = await self.one()
-        assert reply["id"] == id_, reply
-        return reply
+        while True:
+            for value in await self.frame():
+                if value.get("id") == id_:
+                    return value
+                self.backlog.append(value)
 
     async def closed(self) -> Message:
         """The close the server sent (after whatever else it sent first, returned too)."""
@@ -525,3 +531,30 @@ async def test_closing_the_hub_disconnects_subscribers_with_3001(
     await hub.close()
     close = await session.closed()
     assert (close["code"], close["reason"]) == (3001, "shutdown")
+
+
+async def test_what_the_endpoint_did_is_counted_by_method_code_and_namespace(
+    open_session: Any,
+) -> None:
+    channels = config()
+    session = await open_session(channels=channels)
+    await session.connect()
+    await session.subscribe("news:a")
+    await session.subscribe("news:b")
+    await session.subscribe("chat:lobby")
+    await session.subscribe("nowhere:x")
+    await session.call("publish", {"channel": "chat:lobby", "data": {"n": 1}})
+    await session.call("publish", {"channel": "news:a", "data": {"n": 1}})
+    session.client.send_text("{not json")
+    await session.closed()
+    stats = channels.stats
+    assert stats.replies == {
+        ("connect", "ok"): 1,
+        ("subscribe", "ok"): 3,
+        ("subscribe", "102"): 1,
+        ("publish", "ok"): 1,
+        ("publish", "103"): 1,
+    }
+    assert stats.subscribed == {"news": 2, "chat": 1}
+    assert stats.published == {"chat": 1}
+    assert stats.disconnects == {"3501": 1}

@@ -210,6 +210,33 @@ async def test_a_watched_hub_feeds_the_broadcast_metrics() -> None:
     assert "broadcast_redis_up" not in metrics.exposition().decode()  # a memory hub
 
 
+class Counts:
+    """The counters a channels endpoint keeps (``ChannelsStats``: this project may not have
+    that module), as its protocol steps them."""
+
+    def __init__(self) -> None:
+        self.replies: dict[tuple[str, str], int] = {}
+        self.subscribed: dict[str, int] = {}
+        self.published: dict[str, int] = {}
+        self.disconnects: dict[str, int] = {}
+
+
+def test_a_watched_channels_endpoint_feeds_the_channels_metrics_as_it_goes() -> None:
+    metrics, counts = Metrics(), Counts()
+    metrics.watch_channels(counts)
+    counts.replies.update({("connect", "ok"): 2, ("subscribe", "102"): 1})
+    counts.subscribed["news"] = 3
+    metrics.exposition()
+    counts.replies[("connect", "ok")] = 5
+    counts.published["chat"] = 1
+    counts.disconnects["3501"] = 1
+    assert sample(metrics, "channels_commands_total", method="connect", outcome="ok") == 5
+    assert sample(metrics, "channels_commands_total", method="subscribe", outcome="102") == 1
+    assert sample(metrics, "channels_subscriptions_total", namespace="news") == 3
+    assert sample(metrics, "channels_client_publications_total", namespace="chat") == 1
+    assert sample(metrics, "channels_disconnects_total", code="3501") == 1
+
+
 async def test_a_scrape_while_messages_wait_in_a_queue_counts_only_those_sent() -> None:
     metrics = Metrics()
     hub = MemoryHub(join_leave=False)

@@ -15,9 +15,10 @@ and drives it from this process (``websockets`` clients speaking each kind's pro
   broadcast connections against N channels connections with 10 subscriptions each;
 - **storm**: N channels connections with 10 channels each, one message on each channel,
   then every client drops its connection and reconnects at once, recovering its 10
-  channels: the time until every one is recovered, and the server's CPU meanwhile.
+  channels: the time until every one is recovered, the server's CPU meanwhile and, with
+  ``--backend redis`` (a redis-server of its own), the commands Redis processed.
 
-Prints the figures and the ratios channels/broadcast, and writes ``channels.json`` to
+Prints the figures and the ratios channels/broadcast, and writes ``channels-<backend>.json`` to
 ``--output`` (default ``bench/results/<date>/``). Every wait is bounded; loopback only.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -60,7 +62,7 @@ def free_port() -> int:
 class Server:
     """``channels_app`` on uvicorn, on 127.0.0.1 and a free port (CPU 0 if there are two)."""
 
-    def __init__(self) -> None:
+    def __init__(self, redis_url: str = "") -> None:
         self.port = free_port()
         command = [
             sys.executable,
@@ -82,7 +84,7 @@ class Server:
         ]
         if (os.cpu_count() or 1) >= 2:
             command = ["taskset", "-c", "0", *command]
-        env = {**os.environ, "PYTHONPATH": str(VENDORED)}
+        env = {**os.environ, "PYTHONPATH": str(VENDORED), "REDIS_URL": redis_url}
         self.process = subprocess.Popen(command, env=env)
         deadline = time.monotonic() + 30
         while True:
@@ -192,8 +194,10 @@ async def close_all(clients: list[ClientConnection]) -> None:
     await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
 
 
-async def delivery_round(connections: int, messages: int, order: list[str]) -> dict[str, float]:
-    server = Server()
+async def delivery_round(
+    connections: int, messages: int, order: list[str], redis_url: str = ""
+) -> dict[str, float]:
+    server = Server(redis_url)
     try:
         result = {}
         for kind in order:
@@ -209,9 +213,9 @@ async def delivery_round(connections: int, messages: int, order: list[str]) -> d
         server.stop()
 
 
-async def memory_of(kind: str, connections: int) -> float:
+async def memory_of(kind: str, connections: int, redis_url: str = "") -> float:
     """Resident bytes per idle connection of ``kind`` on a fresh server."""
-    server = Server()
+    server = Server(redis_url)
     try:
         warm = await (
             open_broadcast(server, 10)
@@ -236,9 +240,9 @@ def _channels(group: int) -> list[str]:
     return [f"news:g{group}-c{index}" for index in range(CHANNELS_EACH)]
 
 
-async def storm(connections: int) -> dict[str, float]:
+async def storm(connections: int, redis_url: str = "") -> dict[str, float]:
     """Every channels client drops and reconnects at once, recovering its 10 channels."""
-    server = Server()
+    server = Server(redis_url)
     groups = max(1, connections // 10)
     try:
         clients: list[ClientConnection] = []
@@ -254,6 +258,7 @@ async def storm(connections: int) -> dict[str, float]:
         for group in range(groups):
             for channel in _channels(group):
                 positions[channel] = await loop.run_in_executor(None, _position_of, server, channel)
+        commands_before = redis_commands(redis_url)
         before = sample(server.process.pid)
         started = time.monotonic()
         clients = []
@@ -265,10 +270,24 @@ async def storm(connections: int) -> dict[str, float]:
             clients += opened
         seconds = time.monotonic() - started
         after = sample(server.process.pid)
+        commands = redis_commands(redis_url) - commands_before
         await close_all(clients)
-        return {"seconds": seconds, "server_cpu_seconds": after.cpu_seconds - before.cpu_seconds}
+        figures = {"seconds": seconds, "server_cpu_seconds": after.cpu_seconds - before.cpu_seconds}
+        if redis_url:
+            figures["redis_commands"] = commands - 1  # less the INFO that read them
+        return figures
     finally:
         server.stop()
+
+
+def redis_commands(url: str) -> int:
+    """Commands the Redis at ``url`` has processed so far (0 without one)."""
+    if not url:
+        return 0
+    from redis import Redis
+
+    with Redis.from_url(url) as client:
+        return int(client.info("stats")["total_commands_processed"])
 
 
 def _position_of(server: Server, channel: str) -> tuple[int, str]:
@@ -293,26 +312,44 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--backend", choices=("memory", "redis"), default="memory")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.smoke:
         args.connections, args.messages, args.repetitions = 200, 10, 1
     output = args.output or ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y-%m-%d")
+    with contextlib.ExitStack() as stack:
+        redis_url = ""
+        if args.backend == "redis":
+            sys.path.insert(0, str(VENDORED))
+            from websocket.testing import RedisServer
+
+            redis_url = stack.enter_context(RedisServer()).url
+        report = measure(args, redis_url)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"channels-{args.backend}.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def measure(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    """Every phase, each printed once measured; the report."""
     rounds = []
     for repetition in range(args.repetitions):
         order = ["broadcast", "channels"] if repetition % 2 == 0 else ["channels", "broadcast"]
-        rounds.append(asyncio.run(delivery_round(args.connections, args.messages, order)))
+        round_ = asyncio.run(delivery_round(args.connections, args.messages, order, redis_url))
+        rounds.append(round_)
         print(
             f"delivery round {repetition + 1}: "
-            + ", ".join(f"{kind} {seconds * 1e6:.1f} us" for kind, seconds in rounds[-1].items()),
+            + ", ".join(f"{kind} {seconds * 1e6:.1f} us" for kind, seconds in round_.items()),
             flush=True,
         )
     memory = {
-        kind: asyncio.run(memory_of(kind, args.connections)) for kind in ("broadcast", "channels")
+        kind: asyncio.run(memory_of(kind, args.connections, redis_url))
+        for kind in ("broadcast", "channels")
     }
-    stormed = asyncio.run(storm(args.connections))
-    ratios = [round["channels"] / round["broadcast"] for round in rounds]
+    stormed = asyncio.run(storm(args.connections, redis_url))
+    ratios = [round_["channels"] / round_["broadcast"] for round_ in rounds]
     report = {
+        "backend": args.backend,
         "connections": args.connections,
         "messages": args.messages,
         "rounds": rounds,
@@ -322,6 +359,9 @@ def main() -> None:
         "memory_ratio": memory["channels"] / memory["broadcast"],
         "storm": {**stormed, "clients": args.connections, "channels_each": CHANNELS_EACH},
     }
+    redis_commands_line = (
+        f", Redis commands {stormed['redis_commands']:.0f}" if "redis_commands" in stormed else ""
+    )
     print(
         f"server CPU per delivery, channels/broadcast: {median(ratios):.2f}x "
         f"(rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)})\n"
@@ -330,9 +370,10 @@ def main() -> None:
         f"{report['memory_ratio']:.2f}x\n"
         f"reconnect of {args.connections} clients x {CHANNELS_EACH} channels, all recovered: "
         f"{stormed['seconds']:.2f} s, server CPU {stormed['server_cpu_seconds']:.2f} s"
+        f"{redis_commands_line}",
+        flush=True,
     )
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "channels.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

@@ -323,7 +323,7 @@ def test_the_channels_benchmark_measures_both_kinds_side_by_side(tmp_path: Path)
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "channels.json").read_text())
+    report = json.loads((tmp_path / "channels-memory.json").read_text())
     (round_,) = report["rounds"]
     assert set(round_) == {"broadcast", "channels"}
     assert all(seconds > 0 for seconds in round_.values()), round_

@@ -5,7 +5,8 @@ connection, its path) and ``/connection/websocket`` a ``channels`` endpoint
 (`run_channels`: the Centrifuge protocol, many channels per connection), both served by the
 vendored backend's raw-ASGI face, without the guard (neither kind pays for it here).
 ``POST /publish?channel=C`` publishes its body (a JSON object) to ``C`` on the hub and
-answers when it is published. Run from the template's root::
+answers when it is published. With ``REDIS_URL`` set, the hub is a `RedisHub` there instead.
+Run from the template's root::
 
     uvicorn --app-dir bench/baselines channels_app:app
 """
@@ -13,6 +14,7 @@ answers when it is published. Run from the template's root::
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +32,7 @@ sys.path.insert(
 
 from websocket.asgi import Receive, Scope, Send, WebSocket
 from websocket.asgi_backend import Router, respond_json
-from websocket.broadcast import HUB_STATE_KEY, MemoryHub, hub_of, run_broadcast
+from websocket.broadcast import HUB_STATE_KEY, Hub, MemoryHub, hub_of, run_broadcast
 from websocket.centrifuge_protocol import ChannelsConfig, run_channels
 from websocket.namespaces import ANYONE, Namespace, Namespaces
 
@@ -38,8 +40,16 @@ CONFIG = ChannelsConfig(Namespaces([Namespace("news", subscribe=ANYONE)]), anony
 
 
 @asynccontextmanager
-async def lifespan(app: object) -> AsyncIterator[dict[str, MemoryHub]]:
-    async with MemoryHub(join_leave=False) as hub:
+async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
+    url = os.environ.get("REDIS_URL")
+    hub: Hub
+    if url:
+        from websocket.redis_hub import RedisHub
+
+        hub = RedisHub(url, join_leave=False)
+    else:
+        hub = MemoryHub(join_leave=False)
+    async with hub:
         yield {HUB_STATE_KEY: hub}
 
 

@@ -487,13 +487,7 @@ class Subscription:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        return self._pop()
-
-    def poll(self) -> str | None:
-        """The next text to send the client, or None when nothing is queued (never waits).
-
-        A reader of many subscriptions polls those its `Inbox` says are ready."""
-        return self._pop() if self._entries else None
+        return self.poll()
 
     def attach(self, inbox: Inbox) -> None:
         """Tell ``inbox`` from now on whenever something is queued (or the end), instead of
@@ -502,9 +496,14 @@ class Subscription:
         if self._entries or self._ended:
             inbox.wake(self)
 
-    def _pop(self) -> str:
-        """Take the first queued entry, counted as sent, as the text to send."""
-        entry = self._entries.pop(0)
+    def poll(self) -> str | None:
+        """The next text to send the client, or None when nothing is queued (never waits);
+        what it takes is counted as sent. A reader of many subscriptions polls those its
+        `Inbox` says are ready."""
+        entries = self._entries
+        if not entries:
+            return None
+        entry = entries.pop(0)
         stats = self.stats
         if type(entry) is Publication:
             self._messages -= 1

@@ -75,4 +75,6 @@ def channels_config(settings: Settings) -> ChannelsConfig:
         anonymous=settings.anonymous_connections,
         max_channels=settings.max_channels_per_connection,
         version=__version__,
+        commands_per_second=settings.messages_per_second,  # a frame may carry many commands
+        command_burst=settings.message_burst,
     )

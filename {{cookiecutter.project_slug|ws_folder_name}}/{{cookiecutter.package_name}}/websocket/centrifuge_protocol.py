@@ -88,6 +88,7 @@ LIMIT_EXCEEDED: Final = Error(106, "limit exceeded")
 BAD_REQUEST: Final = Error(107, "bad request")
 NOT_AVAILABLE: Final = Error(108, "not available")
 TOKEN_EXPIRED: Final = Error(109, "token expired")
+TOO_MANY_REQUESTS: Final = Error(111, "too many requests", True)
 UNRECOVERABLE_POSITION: Final = Error(112, "unrecoverable position")
 
 
@@ -155,11 +156,17 @@ class ChannelsConfig:
     ping_interval: float = DEFAULT_PING_INTERVAL
     pong_timeout: float = DEFAULT_PONG_TIMEOUT
     version: str = ""
+    commands_per_second: float = 100.0
+    command_burst: int = 200
+    """A client's commands are limited like its messages (``MESSAGES_PER_SECOND``,
+    ``MESSAGE_BURST``: a frame may carry many): one over gets error 111, to try later."""
     stats: ChannelsStats = field(default_factory=ChannelsStats, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_channels < 1:
             raise ValueError("max_channels must be at least 1.")
+        if not (self.commands_per_second > 0 and self.command_burst >= 1):
+            raise ValueError("commands_per_second and command_burst must be more than 0.")
         if not 0 < self.pong_timeout < self.ping_interval:
             raise ValueError("pong_timeout must be more than 0 and less than ping_interval.")
 
@@ -307,6 +314,9 @@ class _Connection:
         self.pong_seen = True
         self.recent_messages: deque[str] = deque(maxlen=RECENT_MESSAGES)
         self.path = str(scope.get("path", "?"))
+        self.tokens = float(config.command_burst)
+        """Commands the client may send now (a token bucket, as the guard's for messages)."""
+        self.tokens_checked = asyncio.get_running_loop().time()
         self.leaving: set[asyncio.Task[None]] = set()
         """Unsubscriptions under way, of subscriptions that missed messages."""
 
@@ -447,6 +457,7 @@ class _Connection:
             raise BadRequest(f"{method} before connect")
         replies = self.config.stats.replies
         try:
+            self._take_token()
             reply = await self._method(method, id_, body, later)
         except Refused as refusal:
             key = (method, str(refusal.error.code))
@@ -653,6 +664,17 @@ class _Connection:
         return _reply(id_, "presence", {"presence": clients})
 
     # Helpers.
+
+    def _take_token(self) -> None:
+        """Count a command against the rate limit; `Refused` (111) when over it."""
+        config = self.config
+        now = asyncio.get_running_loop().time()
+        refill = (now - self.tokens_checked) * config.commands_per_second
+        self.tokens = min(float(config.command_burst), self.tokens + refill)
+        self.tokens_checked = now
+        if self.tokens < 1:
+            raise Refused(TOO_MANY_REQUESTS)
+        self.tokens -= 1
 
     async def _close(self, websocket: ChannelsSocket, disconnect: Disconnect) -> None:
         disconnects = self.config.stats.disconnects

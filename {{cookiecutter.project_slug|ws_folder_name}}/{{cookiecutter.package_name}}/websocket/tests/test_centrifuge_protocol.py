@@ -558,3 +558,19 @@ async def test_what_the_endpoint_did_is_counted_by_method_code_and_namespace(
     assert stats.subscribed == {"news": 2, "chat": 1}
     assert stats.published == {"chat": 1}
     assert stats.disconnects == {"3501": 1}
+
+
+async def test_commands_over_the_rate_limit_get_111_and_later_ones_pass(
+    open_session: Any,
+) -> None:
+    session = await open_session(channels=config(commands_per_second=10, command_burst=3))
+    await session.connect()  # the first of 3
+    ids = session.send(*({"presence_stats": {"channel": "news:a"}} for _ in range(3)))
+    replies = await session.frame()
+    assert [reply["id"] for reply in replies] == ids
+    assert "error" in replies[0] and replies[0]["error"]["code"] == 108  # news keeps none
+    assert replies[1]["error"]["code"] == 108
+    assert replies[2]["error"] == {"code": 111, "message": "too many requests", "temporary": True}
+    await asyncio.sleep(0.15)  # a token and a half back
+    reply = await session.subscribe("news:a")
+    assert "subscribe" in reply, reply

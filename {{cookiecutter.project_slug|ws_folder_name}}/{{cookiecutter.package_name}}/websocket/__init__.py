@@ -47,11 +47,15 @@ connection once for all its channels, ``Hub.history(channel, since)`` reads a ch
 history, an `Inbox` lets one task read many subscriptions (`Subscription.attach`,
 `Subscription.poll`), and ``Hub.use_channel_options`` lets some channels keep another
 history size or TTL, or no presence or join and leave events (`ChannelOptions`,
-``Hub.kept``; a namespace gives them for its channels). A `Subscription` holds less (slots,
+``Hub.kept``; a namespace gives them for its channels). ``Hub.listen_to_user`` tells a
+listener (a connection of many channels) each message to its user once, and
+``Hub.subscribe(..., direct=False)`` makes a subscription that does not get them. A
+`Subscription` holds less (slots,
 a list for its queue: about 680 bytes live, was 1,440). Metrics: ``Metrics.watch_channels``
 (``channels_*``). `testing.ScriptedClient.resume_reading` undoes ``stop_reading``.
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
-``history`` (abstract) and accept the new keywords; code that set attributes of its own on
+``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
+keywords; code that set attributes of its own on
 a `Subscription` cannot any more (slots).
 
 2.3.1: a client's close that crosses a reply is logged (and counted in

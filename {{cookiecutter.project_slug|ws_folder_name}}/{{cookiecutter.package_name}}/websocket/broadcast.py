@@ -623,16 +623,17 @@ class Inbox:
 
     Each `attach`\\ ed subscription tells its inbox when it has something queued (or has
     ended); `ready` waits until one has, and gives every such subscription once, in the
-    order they became ready, to be emptied with `Subscription.poll`.
+    order they became ready, to be emptied with `Subscription.poll`. The reader's own
+    queues (the messages to its user, say) wake it as None.
     """
 
     __slots__ = ("_ready", "_waiter")
 
     def __init__(self) -> None:
-        self._ready: dict[Subscription, None] = {}
+        self._ready: dict[Subscription | None, None] = {}
         self._waiter: asyncio.Future[None] | None = None
 
-    def wake(self, subscription: Subscription) -> None:
+    def wake(self, subscription: Subscription | None) -> None:
         self._ready[subscription] = None
         waiter = self._waiter
         if waiter is not None:
@@ -640,7 +641,7 @@ class Inbox:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def ready(self) -> list[Subscription]:
+    async def ready(self) -> list[Subscription | None]:
         """The subscriptions that have something queued or ended, once it is at least one.
 
         One reader at a time: a call while another waits raises RuntimeError."""
@@ -658,6 +659,13 @@ class Inbox:
         return ready
 
 
+class UserListener(Protocol):
+    """What receives the messages sent to a user (`Hub.publish_to_user`): a subscription,
+    or a connection of many channels that wants each once (`Hub.listen_to_user`)."""
+
+    def notify(self, text: str) -> None: ...
+
+
 class Fanout:
     """A hub's local subscriptions, by channel: delivers a channel's messages to each one."""
 
@@ -666,7 +674,7 @@ class Fanout:
         self.stats: BroadcastStats | None = None
         """Where the subscriptions made from now on count (see `Hub.count_in`)."""
         self._channels: dict[str, set[Subscription]] = {}
-        self._users: dict[str, set[Subscription]] = {}
+        self._users: dict[str, set[UserListener]] = {}
         """Subscriptions by their ``user_key``, for per-user delivery."""
 
     def add(
@@ -675,12 +683,25 @@ class Fanout:
         since: Position | None = None,
         user: JSONValue = None,
         client_id: str | None = None,
+        direct: bool = True,
     ) -> Subscription:
         subscription = Subscription(channel, self.queue_size, since, self.stats, user, client_id)
         self._channels.setdefault(channel, set()).add(subscription)
-        if subscription.user_key is not None:
+        if direct and subscription.user_key is not None:
             self._users.setdefault(subscription.user_key, set()).add(subscription)
         return subscription
+
+    def listen(self, user: JSONValue, listener: UserListener) -> None:
+        """``listener`` is told the messages sent to ``user`` from now on."""
+        self._users.setdefault(_compact(user), set()).add(listener)
+
+    def unlisten(self, user: JSONValue, listener: UserListener) -> None:
+        key = _compact(user)
+        listeners = self._users.get(key)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._users[key]
 
     def remove(self, subscription: Subscription) -> bool:
         """End ``subscription``; True if its channel has no subscription left."""
@@ -816,14 +837,25 @@ class Hub(abc.ABC):
         *,
         user: JSONValue = None,
         client_id: str | None = None,
+        direct: bool = True,
     ) -> Subscription:
         """A new subscription to ``channel``, resumed after ``since`` if the history allows.
 
         It receives its subscribed notice (with its ``client_id``, random unless given),
         then messages, once the hub has its position. It is in the channel's presence list,
         as ``user``, until it is unsubscribed; the channel's other subscriptions are told it
-        joined (and left).
+        joined (and left). It also receives the messages sent to ``user`` unless ``direct``
+        is False (a connection of many channels listens for them once, `listen_to_user`).
         """
+
+    @abc.abstractmethod
+    def listen_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        """Tell ``listener`` every message sent to ``user`` (`publish_to_user`), from every
+        process of the hub, until `unlisten_to_user`."""
+
+    @abc.abstractmethod
+    def unlisten_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        """Stop telling ``listener`` (again is harmless)."""
 
     @abc.abstractmethod
     async def history(
@@ -960,12 +992,13 @@ class MemoryHub(Hub):
         *,
         user: JSONValue = None,
         client_id: str | None = None,
+        direct: bool = True,
     ) -> Subscription:
         if self._closed:
             raise HubClosed("The broadcast hub is closed; nothing can be subscribed.")
         kept = self.kept(channel)
         stream = self._stream(channel, self._clock(), kept)
-        subscription = self._fanout.add(channel, since, user, client_id)
+        subscription = self._fanout.add(channel, since, user, client_id, direct)
         subscription.resume(
             subscription.needed(stream.history), Position(stream.offset, stream.epoch)
         )
@@ -974,6 +1007,12 @@ class MemoryHub(Hub):
                 channel, presence_event("join", subscription), subscription.client_id
             )
         return subscription
+
+    def listen_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        self._fanout.listen(user, listener)
+
+    def unlisten_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        self._fanout.unlisten(user, listener)
 
     async def history(
         self, channel: str, since: Position | None = None

@@ -64,9 +64,8 @@ the client is told to try again (a temporary error), before the SDKs' own timeou
 would make them reconnect."""
 MAX_RECOVERED: Final = 300
 """Publications a subscribe reply recovers at most, as in Centrifugo."""
-RECENT_MESSAGES: Final = 64
-"""Per-user messages remembered per connection, to send each once although every
-subscription of the user is handed it."""
+MAX_QUEUED_MESSAGES: Final = 100
+"""Messages to the connection's user waiting to be sent at most (then the oldest go)."""
 CACHED_PUSHES: Final = 4096
 
 
@@ -312,7 +311,8 @@ class _Connection:
         self.namespace_of: dict[str, Namespace] = {}
         self.inbox = Inbox()
         self.pong_seen = True
-        self.recent_messages: deque[str] = deque(maxlen=RECENT_MESSAGES)
+        self.messages: deque[str] = deque(maxlen=MAX_QUEUED_MESSAGES)
+        """Messages to the connection's user (`notify`), waiting for the writer."""
         self.path = str(scope.get("path", "?"))
         self.tokens = float(config.command_burst)
         """Commands the client may send now (a token bucket, as the guard's for messages)."""
@@ -357,6 +357,10 @@ class _Connection:
         ready = self.inbox.ready
         while True:
             for subscription in await ready():
+                if subscription is None:  # messages to the user
+                    while self.messages:
+                        await send_text(_PUSHES.of(self.messages.popleft()).push)
+                    continue
                 channel = subscription.channel
                 if subscriptions.get(channel) is not subscription:
                     continue  # unsubscribed meanwhile: what it had queued is not sent
@@ -392,7 +396,15 @@ class _Connection:
                 return
             await asyncio.sleep(interval - self.config.pong_timeout)
 
+    def notify(self, text: str) -> None:
+        """A message to the connection's user (the hub calls it): sent once, whatever the
+        channels the connection is on."""
+        self.messages.append(text)
+        self.inbox.wake(None)
+
     async def unsubscribe_all(self) -> None:
+        if self.connected and self.user:
+            self.hub.unlisten_to_user(self.user, self)
         subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
         for subscription in subscriptions:
@@ -508,6 +520,8 @@ class _Connection:
         if not self.user and not self.config.anonymous:
             raise Refused(UNAUTHORIZED)
         self.connected = True
+        if self.user:
+            self.hub.listen_to_user(self.user, self)
         result = {
             "client": self.client_id,
             "version": self.config.version,
@@ -531,7 +545,7 @@ class _Connection:
         since = asked if recover and namespace.history and asked.offset >= 0 else None
         try:
             subscription = await self.hub.subscribe(
-                channel, since, user=self.user or None, client_id=self.client_id
+                channel, since, user=self.user or None, client_id=self.client_id, direct=False
             )
         except HubUnavailable:
             raise Refused(INTERNAL) from None
@@ -720,11 +734,6 @@ class _Connection:
         if kind in ("join", "leave"):
             namespace = self.namespace_of.get(subscription.channel)
             return made.push if namespace is not None and namespace.join_leave else None
-        if kind == "message":
-            if any(seen is text for seen in self.recent_messages):
-                return None  # handed to each subscription of the user: sent once
-            self.recent_messages.append(text)
-            return made.push
         if kind == "gap":
             # Missed messages it cannot be sent: the SDK subscribes again and recovers.
             channel = subscription.channel

@@ -93,6 +93,7 @@ from .broadcast import (
     PresenceOff,
     Publication,
     Subscription,
+    UserListener,
     direct_message,
     envelope_parts,
     new_epoch,
@@ -351,16 +352,23 @@ class RedisHub(Hub):
         *,
         user: JSONValue = None,
         client_id: str | None = None,
+        direct: bool = True,
     ) -> Subscription:
         if self._closed:
             raise HubClosed("broadcast unavailable: the service is stopping")
-        subscription = self._fanout.add(channel, since, user, client_id)
+        subscription = self._fanout.add(channel, since, user, client_id, direct)
         async with self._commands:
             await self._follow(channel, joining=subscription)
         kept = self.kept(channel)
         if kept.presence:
             await self._join(channel, [subscription], events=kept.join_leave)
         return subscription
+
+    def listen_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        self._fanout.listen(user, listener)  # the direct channel is always followed
+
+    def unlisten_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        self._fanout.unlisten(user, listener)
 
     async def history(
         self, channel: str, since: Position | None = None
@@ -836,10 +844,17 @@ class ShardedRedisHub(Hub):
         *,
         user: JSONValue = None,
         client_id: str | None = None,
+        direct: bool = True,
     ) -> Subscription:
         return await self.shard_of(channel).subscribe(
-            channel, since, user=user, client_id=client_id
+            channel, since, user=user, client_id=client_id, direct=direct
         )
+
+    def listen_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        self.shards[0].listen_to_user(user, listener)  # each shard's messages reach them all
+
+    def unlisten_to_user(self, user: JSONValue, listener: UserListener) -> None:
+        self.shards[0].unlisten_to_user(user, listener)
 
     async def history(
         self, channel: str, since: Position | None = None

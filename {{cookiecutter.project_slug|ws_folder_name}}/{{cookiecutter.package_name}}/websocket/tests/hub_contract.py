@@ -669,8 +669,9 @@ class HubContract:
         while sum(map(len, got.values())) < 9:
             async with asyncio.timeout(5):
                 ready = await inbox.ready()
-            for subscription in ready:
-                while (text := subscription.poll()) is not None:
+            for one in ready:
+                assert one is not None
+                while (text := one.poll()) is not None:
                     delivery = json.loads(text)
                     got[delivery["channel"]].append(delivery["offset"])
         assert got == {channel: [1, 2, 3] for channel in subscriptions}, got
@@ -708,4 +709,35 @@ class HubContract:
             await hub.publish(channel, numbered(1))
             seen = await received(first)
             assert seen["type"] == ("broadcast" if channel == "calm:a" else "join"), seen
+        await hub.unsubscribe(quiet)
+
+    async def test_a_listener_hears_each_message_to_its_user_once_subscriptions_may_not(
+        self, hub: Hub
+    ) -> None:
+        class Listener:
+            def __init__(self) -> None:
+                self.heard: list[Any] = []
+                self.arrived = asyncio.Event()
+
+            def notify(self, text: str) -> None:
+                self.heard.append(json.loads(text))
+                self.arrived.set()
+
+        listener, other = Listener(), Listener()
+        hub.listen_to_user("alice", listener)
+        hub.listen_to_user("bob", other)
+        quiet = await subscribed(hub, "news:a", user="alice")
+        await hub.unsubscribe(quiet)
+        quiet = await hub.subscribe("news:a", user="alice", direct=False)
+        await received(quiet)  # its subscribed notice
+        await hub.publish_to_user("alice", numbered(1))
+        await asyncio.wait_for(listener.arrived.wait(), 5)
+        assert [heard["message"] for heard in listener.heard] == [numbered(1)]
+        assert other.heard == []
+        hub.unlisten_to_user("alice", listener)
+        hub.unlisten_to_user("alice", listener)  # again: harmless
+        await hub.publish_to_user("alice", numbered(2))
+        await hub.publish("news:a", numbered(3))
+        assert (await received(quiet))["message"] == numbered(3)  # no direct message before
+        assert [heard["message"] for heard in listener.heard] == [numbered(1)]
         await hub.unsubscribe(quiet)

@@ -484,14 +484,20 @@ async def test_presence_and_its_stats_list_each_connection_once(open_session: An
 async def test_a_message_to_the_user_arrives_once_however_many_channels(
     open_session: Any, hub: MemoryHub
 ) -> None:
-    session = await open_session("alice")
+    session, bare = await open_session("alice"), await open_session("alice")
     await session.connect()
+    await bare.connect()  # subscribed to nothing
     for channel in ("news:a", "news:b", "news:c"):
         await session.subscribe(channel)
     await hub.publish_to_user("alice", {"text": "hello"})
     await hub.publish("news:c", {"n": 1})
     assert await session.one() == {"push": {"message": {"data": {"text": "hello"}}}}
     assert (await session.one())["push"]["channel"] == "news:c"
+    assert await bare.one() == {"push": {"message": {"data": {"text": "hello"}}}}
+    bare.client.disconnect()
+    await asyncio.wait_for(bare.task, 5)
+    await hub.publish_to_user("alice", {"text": "again"})
+    assert await session.one() == {"push": {"message": {"data": {"text": "again"}}}}
 
 
 # Liveness

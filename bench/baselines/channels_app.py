@@ -49,6 +49,7 @@ async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
         hub = RedisHub(url, join_leave=False)
     else:
         hub = MemoryHub(join_leave=False)
+    hub.use_channel_options(CONFIG.namespaces.options_of)  # as generated apps do
     async with hub:
         yield {HUB_STATE_KEY: hub}
 

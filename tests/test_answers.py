@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from cookiecutter.exceptions import FailedHookException
 
-from tests.conftest import render
+from tests.conftest import TEMPLATE, render
 from ws_template_extension import (
     AnswerError,
     Endpoint,
@@ -25,18 +26,32 @@ DEFAULTS = {
     "description": "A websocket service.",
     "author_name": "Your Name",
     "author_email": "you@example.com",
-    "endpoints": "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker",
+    "endpoints": "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker, /ws/rooms/{room}:broadcast, "
+    "/connection/websocket:channels",
     "tick_seconds": "1.0",
     "framework": "fastapi",
 }
 
 
-def test_default_endpoints_parse_to_three_kinds() -> None:
+def test_default_endpoints_parse_to_every_kind() -> None:
     assert parse_endpoints(DEFAULTS["endpoints"]) == [
         Endpoint("/ws/keepalive", "keepalive", "ws_keepalive", (), "/ws/keepalive"),
         Endpoint("/ws/echo", "echo", "ws_echo", (), "/ws/echo"),
         Endpoint("/ws/clock", "ticker", "ws_clock", (), "/ws/clock"),
+        Endpoint("/ws/rooms/{room}", "broadcast", "ws_rooms_room", ("room",), "/ws/rooms/room-1"),
+        Endpoint(
+            "/connection/websocket",
+            "channels",
+            "connection_websocket",
+            (),
+            "/connection/websocket",
+        ),
     ]
+
+
+def test_the_default_answers_are_the_ones_cookiecutter_json_gives() -> None:
+    settings = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    assert settings["endpoints"] == DEFAULTS["endpoints"]
 
 
 def test_path_parameters_are_listed_and_filled_in_example_urls() -> None:
@@ -175,7 +190,7 @@ BAD_ANSWERS = [
     ({"author_name": "Bell\x07"}, "author_name 'Bell\\x07' contains the control character U+0007"),
     ({"author_email": "not-an-email"}, "author_email 'not-an-email' is not an e-mail address"),
     (
-        {"broadcast_backend": "redis"},
+        {"endpoints": "/ws/keepalive, /ws/echo:echo", "broadcast_backend": "redis"},
         "broadcast_backend 'redis' needs a broadcast or channels endpoint: add one to "
         "endpoints (e.g. '/ws/rooms/{room}:broadcast') or answer memory",
     ),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from websocket.testing import LiveServer
@@ -27,7 +29,12 @@ CHROMIUM_FLAGS = [  # no sandbox as root; no calls home, which this network refu
     "--disable-component-update",
     "--disable-sync",
 ]
-ENDPOINTS = "/ws/keepalive, /ws/rooms/{room}:echo, /ws/clock:ticker, /ws/news:broadcast"
+ENDPOINTS = (
+    "/ws/keepalive, /ws/rooms/{room}:echo, /ws/clock:ticker, /ws/news:broadcast, "
+    "/connection/websocket:channels"
+)
+SECRET = "a-secret-of-the-channels-console-test-0123456789"
+PUBLISH_KEY = "publish-key-of-the-console-test"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +69,7 @@ def test_the_console_drives_every_endpoint_kind(
     with LiveServer(
         "console_test.app:app",
         server="runner",
-        env={"TICK_SECONDS": "0.2", "MAX_MESSAGE_BYTES": "4096"},
+        env={"TICK_SECONDS": "0.2", "MAX_MESSAGE_BYTES": "4096", "ANONYMOUS_CONNECTIONS": "yes"},
         cwd=project,
     ) as server:
         with urllib.request.urlopen(server.url("/"), timeout=5) as response:
@@ -70,7 +77,10 @@ def test_the_console_drives_every_endpoint_kind(
         page = open_console(browser, server, errors)
         expect(page).to_have_title("Console <Test>: console")
         panels = page.locator("section.endpoint")
-        expect(panels).to_have_count(4)
+        expect(panels).to_have_count(5)
+        lead = page.locator("p.lead")
+        for kind in ("Connect to each websocket endpoint", "A broadcast panel", "A channels panel"):
+            expect(lead).to_contain_text(kind)
         for panel in panels.all():
             panel.locator("button.connect").click()
         for panel in panels.all():
@@ -118,6 +128,13 @@ def test_the_console_drives_every_endpoint_kind(
         expect(news.locator("li.note").first).to_have_text(re.compile("closed with 1009"))
         expect(news.locator(".state")).to_have_text("open")
         expect(news.locator(".recovery")).to_have_text("recovered")
+
+        # With ANONYMOUS_CONNECTIONS=yes, a channels panel connects with no token.
+        channels = page.locator('section[data-kind="channels"]')
+        channels.locator("button.subscribe").click()  # news:today, filled in
+        expect(channels.locator('li[data-channel="news:today"]')).to_have_attribute(
+            "data-state", "subscribed"
+        )
 
         keepalive = page.locator('section[data-kind="keepalive"]')
         keepalive.locator("button.connect").click()  # now labelled Disconnect
@@ -210,5 +227,126 @@ def test_two_consoles_in_one_room_see_each_other_in_presence_and_who_joins_and_l
         expect(rooms[0].locator("ul.clients li")).to_have_count(1)
         first.screenshot(path=str(tmp_path / "presence.png"), full_page=True)
         for page in (first, second):
+            page.close()
+    assert errors == []
+
+
+def token(user: str) -> str:
+    claims = {"sub": user, "exp": int(time.time()) + 600}
+    return jwt.encode(claims, SECRET, "HS256")
+
+
+def publish(server: LiveServer, channel: str, message: dict[str, object]) -> None:
+    request = urllib.request.Request(
+        server.url("/api/publish"),
+        data=json.dumps({"channel": channel, "message": message}).encode(),
+        headers={"Authorization": f"Bearer {PUBLISH_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "asgi"])
+def test_a_channels_panel_subscribes_to_several_channels_and_publishes_as_its_user(
+    framework: str, browser: Browser, tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    answers = {
+        "framework": framework,
+        "endpoints": "/connection/websocket:channels",
+        "package_name": "channels_console",
+    }
+    project = render(tmp_path, cookiecutter_config, answers)
+    errors: list[str] = []
+    env = {"TOKEN_HMAC_SECRET_KEY": SECRET, "PUBLISH_API_KEY": PUBLISH_KEY}
+    with LiveServer("channels_console.app:app", server="runner", env=env, cwd=project) as server:
+        alice_page, bob_page = (open_console(browser, server, errors) for _ in range(2))
+        alice, bob = (
+            page.locator('section[data-kind="channels"]') for page in (alice_page, bob_page)
+        )
+        # No token, and ANONYMOUS_CONNECTIONS unset: refused, with what to do.
+        alice.locator("button.connect").click()
+        expect(alice.locator("li.note").nth(1)).to_have_text(
+            "connect refused: 101 unauthorized: paste a connection token, or run the service "
+            "with ANONYMOUS_CONNECTIONS=yes"
+        )
+        expect(alice.locator(".state")).to_have_text("closed 1000 (closed from the console)")
+
+        for panel, user in ((alice, "alice"), (bob, "bob")):
+            panel.locator("input.token").fill(token(user))
+            panel.locator("button.connect").click()
+            expect(panel.locator(".state")).to_have_text("open")
+            expect(panel.locator(".client-id")).to_have_text(re.compile(r"^\S{8,}$"))
+            expect(panel.locator(".rtt")).to_have_text(re.compile(r"^\d+\.\d$"))
+        alice_id = alice.locator(".client-id").inner_text()
+
+        # Several channels on one connection.
+        for channel in ("news:x", "chat:lobby"):
+            alice.locator("input.channel").fill(channel)
+            alice.locator("button.subscribe").click()
+            row = alice.locator(f'ul.subscriptions li[data-channel="{channel}"]')
+            expect(row).to_have_attribute("data-state", "subscribed")
+            expect(row.locator(".sub-state")).to_have_text("subscribed at offset 0")
+        publish(server, "news:x", {"n": 1})
+        expect(alice.locator("li.in").first).to_have_text('news:x #1: {"n":1}')
+
+        # bob joins chat:lobby (alice sees it) and publishes there (both see it, from bob).
+        bob.locator("input.channel").fill("chat:lobby")
+        bob.locator("button.subscribe").click()
+        expect(bob.locator('li[data-channel="chat:lobby"]')).to_have_attribute(
+            "data-state", "subscribed"
+        )
+        bob_id = bob.locator(".client-id").inner_text()
+        expect(alice.locator('li.event[data-event="join"]')).to_have_text(
+            f"chat:lobby: {bob_id} (bob) joined"
+        )
+        bob.locator("input.publish-channel").fill("chat:lobby")
+        bob.locator("input.message").fill('{"text": "hi"}')
+        bob.locator("button.publish").click()
+        for panel in (alice, bob):
+            expect(panel.locator("li.in").first).to_have_text(
+                'chat:lobby #1 from bob: {"text":"hi"}'
+            )
+        alice.locator('li[data-channel="chat:lobby"] button.who').click()
+        expect(alice.locator("li.in").first).to_contain_text("chat:lobby: 2 here: ")
+        expect(alice.locator("li.in").first).to_contain_text(f"{alice_id} (alice) (you)")
+        expect(alice.locator("li.in").first).to_contain_text(f"{bob_id} (bob)")
+
+        # Refusals say why: news is the service's to publish, foo is no namespace.
+        bob.locator("input.publish-channel").fill("news:x")
+        bob.locator("button.publish").click()
+        expect(bob.locator("li.note").first).to_have_text(
+            "publish news:x refused: 103 permission denied: the channel's namespace does not "
+            "let this connection do it"
+        )
+        bob.locator("input.channel").fill("foo:bar")
+        bob.locator("button.subscribe").click()
+        expect(bob.locator("li.note").first).to_contain_text("subscribe foo:bar refused: 102")
+        expect(bob.locator("ul.subscriptions li")).to_have_count(1)
+
+        bob.locator('li[data-channel="chat:lobby"] button.unsubscribe').click()
+        expect(bob.locator("ul.subscriptions li")).to_have_count(0)
+        expect(alice.locator('li.event[data-event="leave"]')).to_have_text(
+            f"chat:lobby: {bob_id} (bob) left"
+        )
+
+        # Disconnect, miss two publications, Connect: both channels come back, news:x with
+        # what it missed.
+        alice.locator("button.connect").click()
+        expect(alice.locator(".state")).to_have_text("closed 1000 (closed from the console)")
+        expect(alice.locator('li[data-channel="news:x"]')).to_have_attribute(
+            "data-state", "subscribing"
+        )
+        publish(server, "news:x", {"n": 2})
+        publish(server, "news:x", {"n": 3})
+        alice.locator("button.connect").click()
+        news = alice.locator('li[data-channel="news:x"]')
+        expect(news.locator(".sub-state")).to_have_text("subscribed at offset 3, recovered")
+        expect(alice.locator("li.in").first).to_have_text('news:x #3: {"n":3}')
+        expect(alice.locator("li.in").nth(1)).to_have_text('news:x #2: {"n":2}')
+        expect(alice.locator('li[data-channel="chat:lobby"]')).to_have_attribute(
+            "data-state", "subscribed"
+        )
+        alice_page.screenshot(path=str(tmp_path / "channels.png"), full_page=True)
+        for page in (alice_page, bob_page):
             page.close()
     assert errors == []

@@ -14,7 +14,10 @@ from websocket.testing import RedisServer  # the vendored backend, as every proj
 from tests.conftest import VENDORED_BACKEND, render, run, tool_environment
 from ws_template_extension import is_yes, parse_endpoints
 
-DEFAULT_ENDPOINTS = "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker"
+DEFAULT_ENDPOINTS = (
+    "/ws/keepalive, /ws/echo:echo, /ws/clock:ticker, /ws/rooms/{room}:broadcast, "
+    "/connection/websocket:channels"
+)
 ODD_NAME = "Zo\u00eb's \"Quoted\" \\ Service''' + x"
 ODD_DESCRIPTION = "Says \"hi\", 'bye' and \\n; {braces} <b>bold</b>"
 

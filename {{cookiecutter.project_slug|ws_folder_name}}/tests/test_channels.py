@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from functools import cache
 from typing import Any
 
 import jwt
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.websocket.asgi_types import ASGIApp, Receive, Scope, Send
 from {{ cookiecutter.package_name }}.websocket.guard import Handshake
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
@@ -38,12 +40,17 @@ async def user_from_cookie(handshake: Handshake) -> object | None:
     return {"sub": user} if user else None
 
 
-def __getattr__(name: str) -> Any:
+async def app_with_users(scope: Scope, receive: Receive, send: Send) -> None:
     """``tests.test_channels:app_with_users``, which the server imports: the app with
-    `user_from_cookie` as its auth.py, made when asked (not when pytest collects this)."""
-    if name == "app_with_users":
-        return create_app(user_from_cookie)
-    raise AttributeError(name)
+    `user_from_cookie` as its auth.py, made on its first call in the server (not when pytest
+    collects this module). A plain function, which every server finds: hypercorn looks the
+    name up in the module's variables, where a module ``__getattr__`` is not consulted."""
+    await _app_with_users()(scope, receive, send)
+
+
+@cache
+def _app_with_users() -> ASGIApp:
+    return create_app(user_from_cookie)
 
 
 @pytest.fixture(scope="module")

@@ -566,12 +566,13 @@ class _Connection:
             result["positioned"] = True
         result["epoch"] = subscribed["epoch"]
         offset = subscribed["offset"]
+        was_recovered = since is not None and subscribed.get("recovered") is True
         recovered: list[str] = []
         pushes: list[str] = []
         while (text := subscription.poll()) is not None:
             made = _PUSHES.of(text)
             if (
-                recover
+                was_recovered  # not recovered: the reply carries no publication (reload)
                 and not pushes
                 and made.kind == "pub"
                 and made.offset == offset + 1
@@ -583,7 +584,7 @@ class _Connection:
                 pushes.append(text)
         if recover:
             result["was_recovering"] = True
-            result["recovered"] = bool(subscribed.get("recovered")) and namespace.history
+            result["recovered"] = was_recovered
         result["offset"] = offset
         later.append((subscription, pushes))
         counts = self.config.stats.subscribed

@@ -399,6 +399,39 @@ async def test_a_resubscription_recovers_what_it_missed_in_its_reply(
     assert "publications" not in result
 
 
+class LateHub(MemoryHub):
+    """A hub whose channel gets a message while a subscription waits for its position (as a
+    Redis hub's may: its position comes a round trip later)."""
+
+    async def subscribe(self, channel: str, *args: Any, **kwargs: Any) -> Any:
+        subscription = await super().subscribe(channel, *args, **kwargs)
+        await self.publish(channel, {"late": True})
+        return subscription
+
+
+async def test_an_unrecovered_subscription_gets_no_publication_in_its_reply(
+    make_socket: SocketFactory,
+) -> None:
+    async with LateHub(history_size=10) as hub:
+        for number in range(1, 4):
+            await hub.publish("news:a", {"n": number})
+        client = ScriptedClient("/connection/websocket")
+        client.scope["user"] = "alice"
+        websocket = cast(ChannelsSocket, make_socket(client))
+        session = Session(client, asyncio.create_task(run_channels(websocket, hub, config())))
+        await session.connect()
+        reply = await session.subscribe("news:a", recover=True, offset=2, epoch="lost")
+        result = reply["subscribe"]
+        assert (result["recovered"], result["offset"]) == (False, 3), result
+        assert "publications" not in result  # a client reloads its state at offset 3
+        late = await session.one()
+        assert late["push"]["pub"] == {"data": {"late": True}, "offset": 4}
+        reply = await session.subscribe("news:b", recover=True, offset=0, epoch="")
+        assert reply["subscribe"]["recovered"] is False, reply
+        session.client.disconnect()
+        await asyncio.wait_for(session.task, 5)
+
+
 async def test_a_subscriber_that_missed_messages_is_told_to_subscribe_again(
     open_session: Any, hub: MemoryHub
 ) -> None:

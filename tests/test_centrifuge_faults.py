@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import urllib.error
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 import redis
@@ -44,7 +45,7 @@ from tests.test_centrifuge_sdks import (
     unique,
 )
 
-T = TypeVar("T")
+E = TypeVar("E")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -187,50 +188,48 @@ class Seen:
     code: int = 0
 
 
-def seen_by_python(recorder: Recorder) -> list[Seen]:
-    seen = []
-    for kind, f in recorder.events:
-        if kind == "subscribed":
-            seen.append(
-                Seen(
-                    kind,
-                    f["channel"],
-                    f["offset"] or 0,
-                    f["epoch"] or "",
-                    f["recovered"],
-                    f["was_recovering"],
-                )
-            )
-        elif kind == "publication":
-            seen.append(Seen(kind, f["channel"], f["offset"], round=f["data"]["round"]))
-            assert f["data"]["channel"] == f["channel"]
-        elif kind == "unsubscribed":
-            seen.append(Seen(kind, f["channel"], code=f["code"]))
-    return seen
+def seen_in_python(event: tuple[str, dict[str, Any]]) -> Seen | None:
+    kind, f = event
+    if kind == "subscribed":
+        offset, epoch = f["offset"] or 0, f["epoch"] or ""
+        return Seen(kind, f["channel"], offset, epoch, f["recovered"], f["was_recovering"])
+    if kind == "publication":
+        assert f["data"]["channel"] == f["channel"]
+        return Seen(kind, f["channel"], f["offset"], round=f["data"]["round"])
+    if kind == "unsubscribed":
+        return Seen(kind, f["channel"], code=f["code"])
+    return None
 
 
-def seen_by_node(node: NodeClient) -> list[Seen]:
-    seen = []
-    for e in node.events:
-        kind = e["event"]
-        if kind == "subscribed":
-            position = e["streamPosition"] or {}
-            seen.append(
-                Seen(
-                    kind,
-                    e["channel"],
-                    position.get("offset", 0),
-                    position.get("epoch", ""),
-                    e["recovered"],
-                    e["wasRecovering"],
-                )
-            )
-        elif kind == "publication":
-            seen.append(Seen(kind, e["channel"], e["offset"], round=e["data"]["round"]))
-            assert e["data"]["channel"] == e["channel"]
-        elif kind == "unsubscribed":
-            seen.append(Seen(kind, e["channel"], code=e["code"]))
-    return seen
+def seen_in_node(e: dict[str, Any]) -> Seen | None:
+    kind = e["event"]
+    if kind == "subscribed":
+        position = e["streamPosition"] or {}
+        offset, epoch = position.get("offset", 0), position.get("epoch", "")
+        return Seen(kind, e["channel"], offset, epoch, e["recovered"], e["wasRecovering"])
+    if kind == "publication":
+        assert e["data"]["channel"] == e["channel"]
+        return Seen(kind, e["channel"], e["offset"], round=e["data"]["round"])
+    if kind == "unsubscribed":
+        return Seen(kind, e["channel"], code=e["code"])
+    return None
+
+
+class View(Generic[E]):
+    """What one client saw, as `Seen` events, converted once each as they come."""
+
+    def __init__(self, events: list[E], convert: Callable[[E], Seen | None]) -> None:
+        self.events, self.convert = events, convert
+        self.seen: list[Seen] = []
+        self.read = 0
+
+    def __call__(self) -> list[Seen]:
+        for event in self.events[self.read :]:
+            made = self.convert(event)
+            if made is not None:
+                self.seen.append(made)
+        self.read = len(self.events)
+        return self.seen
 
 
 def replay(seen: list[Seen], published: Published) -> dict[str, tuple[str, int]]:
@@ -280,31 +279,27 @@ def everything(seen: list[Seen], published: Published) -> bool:
 
 
 class Clients:
-    """A Python SDK client and a Node SDK client, subscribed to ``channels``."""
+    """Python SDK clients and Node SDK clients, subscribed to the same channels."""
 
     def __init__(self, recorders: list[Recorder], nodes: list[NodeClient]) -> None:
         self.recorders, self.nodes = recorders, nodes
+        self.views: dict[str, tuple[Recorder | NodeClient, View[Any]]] = {}
+        for i, recorder in enumerate(recorders):
+            self.views[f"python-{i}"] = (recorder, View(recorder.events, seen_in_python))
+        for i, node in enumerate(nodes):
+            self.views[f"node-{i}"] = (node, View(node.events, seen_in_node))
 
     def seen(self) -> dict[str, list[Seen]]:
-        views = {f"python-{i}": seen_by_python(r) for i, r in enumerate(self.recorders)}
-        views |= {f"node-{i}": seen_by_node(n) for i, n in enumerate(self.nodes)}
-        return views
+        return {name: view() for name, (_, view) in self.views.items()}
 
-    async def until(self, done: Callable[[str, list[Seen]], bool], what: str) -> None:
+    async def until(self, done: Callable[[list[Seen]], bool], what: str) -> None:
         """Wait until ``done`` holds for every client's view."""
-        for i, recorder in enumerate(self.recorders):
-            await recorder.until(_view(done, f"python-{i}", seen_by_python, recorder), what, SETTLE)
-        for i, node in enumerate(self.nodes):
-            await node.until(_view(done, f"node-{i}", seen_by_node, node), what, SETTLE)
+        for name, (client, view) in self.views.items():
+            await client.until(functools.partial(_holds, done, view), f"{name}: {what}", SETTLE)
 
 
-def _view(
-    done: Callable[[str, list[Seen]], bool],
-    name: str,
-    seen_by: Callable[[T], list[Seen]],
-    client: T,
-) -> Callable[[], bool]:
-    return lambda: done(name, seen_by(client))
+def _holds(done: Callable[[list[Seen]], bool], view: View[Any]) -> bool:
+    return done(view())
 
 
 @contextlib.asynccontextmanager
@@ -325,7 +320,7 @@ async def clients(
         ]
         group = Clients(recorders, nodes)
         await group.until(
-            lambda _, seen: sum(e.kind == "subscribed" for e in seen) >= len(channels),
+            lambda seen: sum(e.kind == "subscribed" for e in seen) >= len(channels),
             "every channel subscribed",
         )
         yield group
@@ -352,7 +347,7 @@ async def flow_with_a_fault(
             publishing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publishing
-    await group.until(lambda _, seen: everything(seen, published), "every message")
+    await group.until(lambda seen: everything(seen, published), "every message")
     for name, seen in group.seen().items():
         reached = replay(seen, published)
         assert reached == published.top(), name

@@ -347,10 +347,12 @@ async def flow_with_a_fault(
             publishing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publishing
-    await group.until(lambda seen: everything(seen, published), "every message")
-    for name, seen in group.seen().items():
-        reached = replay(seen, published)
-        assert reached == published.top(), name
+    try:
+        await group.until(lambda seen: everything(seen, published), "every message")
+    finally:  # a wrong event is the better report (the wait then never ends)
+        reached = {name: replay(seen, published) for name, seen in group.seen().items()}
+    for name, position in reached.items():
+        assert position == published.top(), name
     return published
 
 

@@ -12,15 +12,21 @@ that ``POST /api/publish`` sends to ``news:today``, so the docs cannot drift fro
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websocket.testing import LiveServer  # the vendored backend
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError
+from websockets.typing import Subprotocol
 
 from tests.conftest import render, tool_environment
 from tests.test_centrifuge_sdks import (
@@ -30,6 +36,7 @@ from tests.test_centrifuge_sdks import (
     SECRET,
     Service,
     node_or_skip,
+    token,
 )
 
 ADDRESS = "127.0.0.1:8000"  # where the snippets expect the service
@@ -153,3 +160,64 @@ def test_the_readme_js_snippet_prints_each_publication(
     # console.log(ctx.channel, ctx.data): the channel, then the message as Node shows it
     last = [message["n"] for _, message in sorted(published.items())][-4:]
     assert lines == [f"news:today {{ n: {n} }}" for n in last]
+
+
+NOT_SERVED = [  # (what the README's table names, in its first column; what its second says)
+    ("unidirectional transports", "404"),
+    ("`centrifuge-protobuf`", "3501"),
+    ("`delta` in `subscribe`", "whole publications"),
+    ("`subs` in `connect`", "ignored"),
+    ("RPC (`rpc`)", "error 104"),
+    ("`send`", "dropped"),
+    ("(`refresh`, `sub_refresh`)", "error 104"),
+    ("`token` in `subscribe`", "ignored"),
+]
+
+
+def test_the_readme_says_what_is_not_served_and_the_service_answers_as_it_says(
+    readme_and_service: tuple[str, Service],
+) -> None:
+    section, service = readme_and_service
+    table = section[section.index("**Not served.**") :]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    for named, answer in NOT_SERVED:
+        [row] = [r for r in rows if named in r.split(" | ")[0]]
+        assert answer in row.split(" | ")[1], row
+
+    async def commands() -> None:
+        url = service.ws_url
+        async with connect(url, subprotocols=[Subprotocol("centrifuge-protobuf")]) as websocket:
+            assert websocket.subprotocol is None
+        async with connect(url) as websocket:
+            connect_command = {"token": token("alice"), "subs": {"news:subs": {}}}
+            await websocket.send(json.dumps({"id": 1, "connect": connect_command}))
+            connected = json.loads(await websocket.recv())["connect"]
+            assert "subs" not in connected
+            assert "expires" not in connected  # nothing to refresh
+            for id_, method, body in [
+                (2, "rpc", {"method": "m", "data": {}}),
+                (3, "refresh", {"token": token("alice")}),
+                (4, "sub_refresh", {"channel": "news:a", "token": token("alice")}),
+            ]:
+                await websocket.send(json.dumps({"id": id_, method: body}))
+                reply = json.loads(await websocket.recv())
+                assert reply == {"id": id_, "error": {"code": 104, "message": "method not found"}}
+            subscribe = {"channel": "news:delta", "delta": "fossil", "token": "not-checked"}
+            await websocket.send(json.dumps({"id": 5, "subscribe": subscribe}))
+            subscribed = json.loads(await websocket.recv())["subscribe"]
+            assert "delta" not in subscribed
+            await websocket.send(json.dumps({"send": {"data": {"x": 1}}}))
+            await websocket.send(json.dumps({"id": 6, "history": {"channel": "news:delta"}}))
+            assert json.loads(await websocket.recv())["id"] == 6  # send: no reply, no close
+            await websocket.send(b"\x0a\x00")  # a protobuf command
+            with pytest.raises(ConnectionClosedError) as closed:
+                await websocket.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 3501
+
+    asyncio.run(commands())
+    for path in ("/connection/sse", "/connection/http_stream", "/connection/uni_websocket"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(service.server.url(path), timeout=WAIT)
+        refused.value.close()
+        assert refused.value.code == 404

@@ -249,7 +249,10 @@ def replay(seen: list[Seen], published: Published) -> dict[str, tuple[str, int]]
         elif event.kind == "publication":
             assert channel in position, f"a publication before a subscription: {event}"
             epoch, offset = position[channel]
-            assert event.offset == offset + 1, f"after {offset} of {epoch}: {event}"
+            assert event.offset == offset + 1, (
+                f"after {offset} of {epoch}: {event}; the channel's epochs "
+                f"{published.epochs.get(channel)}, its last events: {story(seen, event)}"
+            )
             round_ = published.at.get((channel, epoch, event.offset))
             if round_ is None:  # a publish whose answer was lost: a round retried
                 assert event.round in published.failed.get(channel, set()), (event, epoch)
@@ -257,6 +260,18 @@ def replay(seen: list[Seen], published: Published) -> dict[str, tuple[str, int]]
                 assert event.round == round_, (event, epoch, round_)
             position[channel] = (epoch, event.offset)
     return position
+
+
+def story(seen: list[Seen], event: Seen) -> list[str]:
+    """The last events of ``event``'s channel up to it, briefly."""
+    mine = [e for e in seen[: seen.index(event) + 1] if e.channel == event.channel]
+    return [
+        f"{e.kind} {e.offset}"
+        + (f" {e.epoch} recovered={e.recovered}" if e.epoch else "")
+        + (f" round {e.round}" if e.round else "")
+        + (f" code {e.code}" if e.code else "")
+        for e in mine[-8:]
+    ]
 
 
 def everything(seen: list[Seen], published: Published) -> bool:

@@ -18,6 +18,8 @@ import gc
 import json
 import os
 import shutil
+import socket
+import struct
 import time
 import urllib.request
 import uuid
@@ -745,6 +747,18 @@ class Proxy:
         for writer in list(self.links):
             transport = writer.transport
             transport.abort()
+
+    def reset(self) -> int:
+        """Reset the open connections, both ways, as a middlebox or a crashed peer would: an
+        RST (SO_LINGER 0), not a FIN. New connections pass. The sockets reset."""
+        reset = 0
+        for writer in list(self.links):
+            connection = writer.get_extra_info("socket")
+            if connection is not None:
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                reset += 1
+            writer.transport.abort()
+        return reset
 
     def let_through(self) -> None:
         self.blocked = False

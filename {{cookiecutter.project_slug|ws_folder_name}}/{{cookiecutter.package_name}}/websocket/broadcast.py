@@ -1186,12 +1186,17 @@ def since_of(query_string: bytes) -> Position | None:
     return Position(int(offset), name)
 
 
-async def run_broadcast(websocket: WS, hub: Hub, channel: str | None = None) -> None:
+async def run_broadcast(
+    websocket: WS, hub: Hub, channel: str | None = None, *, publish: bool = True
+) -> None:
     """Serve one connection of a broadcast endpoint until it ends (see the module's docs).
 
     ``channel`` defaults to the connection's path, so ``/ws/rooms/{room}`` has one channel
-    per room. A query ``?since=OFFSET&epoch=EPOCH`` resumes after that position. Accepts
-    and closes the socket as `run_websocket` does; the subscription ends with the session.
+    per room. A query ``?since=OFFSET&epoch=EPOCH`` resumes after that position. With
+    ``publish`` False the channel is receive-only: the service publishes (``hub.publish``,
+    ``POST /api/publish``), and a message from the client gets an error reply instead.
+    Accepts and closes the socket as `run_websocket` does; the subscription ends with the
+    session.
     """
     channel = channel or str(websocket.scope["path"])
     try:
@@ -1205,7 +1210,10 @@ async def run_broadcast(websocket: WS, hub: Hub, channel: str | None = None) -> 
         await run_websocket(
             websocket,
             _relay(subscription),
-            receive_json(_publisher(hub, channel), presence=_presence_answer(hub, channel)),
+            receive_json(
+                _publisher(hub, channel) if publish else _receive_only,
+                presence=_presence_answer(hub, channel),
+            ),
         )
     finally:
         await hub.unsubscribe(subscription)
@@ -1244,6 +1252,13 @@ def _presence_answer(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:
         await send_json(websocket, presence.answer(channel))
 
     return answer
+
+
+RECEIVE_ONLY: Final = "this channel is receive-only: only the service publishes on it"
+
+
+async def _receive_only(websocket: SessionSocket, message: dict[str, Any]) -> None:
+    await send_json(websocket, {"type": "error", "reason": RECEIVE_ONLY})
 
 
 def _publisher(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:

@@ -11,6 +11,7 @@ import pytest
 
 from ..broadcast import (
     HUB_STATE_KEY,
+    RECEIVE_ONLY,
     BroadcastStats,
     Fanout,
     Hub,
@@ -19,6 +20,7 @@ from ..broadcast import (
     Publication,
     Subscription,
     hub_of,
+    run_broadcast,
 )
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
@@ -319,3 +321,22 @@ async def test_without_a_hub_in_the_state_the_error_says_what_to_do(
 ) -> None:
     with pytest.raises(RuntimeError, match="run the app with its lifespan"):
         hub_of(make_socket(ScriptedClient("/ws/news")))
+
+
+async def test_a_receive_only_session_refuses_client_messages_and_relays_the_service_s(
+    make_socket: SocketFactory,
+) -> None:
+    async with MemoryHub(join_leave=False) as hub:
+        client = ScriptedClient("/ws/news", reply_timeout=5.0)
+        task = asyncio.create_task(run_broadcast(make_socket(client), hub, publish=False))
+        assert (await client.next_sent())["type"] == "websocket.accept"
+        assert json.loads((await client.next_sent())["text"])["type"] == "subscribed"
+        client.send_text('{"type": "chat", "text": "from a client"}')
+        refused = json.loads((await client.next_sent())["text"])
+        assert refused == {"type": "error", "reason": RECEIVE_ONLY}
+        assert (await hub.history("/ws/news"))[1] == []  # nothing was published
+        await hub.publish("/ws/news", {"text": "from the service"})
+        relayed = json.loads((await client.next_sent())["text"])
+        assert (relayed["offset"], relayed["message"]) == (1, {"text": "from the service"})
+        client.disconnect()
+        await asyncio.wait_for(task, 5)

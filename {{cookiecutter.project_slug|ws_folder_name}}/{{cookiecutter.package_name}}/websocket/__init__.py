@@ -52,7 +52,8 @@ listener (a connection of many channels) each message to its user once, and
 ``Hub.subscribe(..., direct=False)`` makes a subscription that does not get them. A
 `Subscription` holds less (slots,
 a list for its queue: about 680 bytes live, was 1,440). Metrics: ``Metrics.watch_channels``
-(``channels_*``). `testing.ScriptedClient.resume_reading` undoes ``stop_reading``.
+(``channels_*``). `testing.ScriptedClient.resume_reading` undoes ``stop_reading``. ``run_broadcast(...,
+publish=False)`` serves a receive-only broadcast channel.
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

@@ -63,10 +63,13 @@ SUBSCRIBE_TIMEOUT: Final = 4.0
 the client is told to try again (a temporary error), before the SDKs' own timeout (5 s)
 would make them reconnect."""
 MAX_RECOVERED: Final = 300
-"""Publications a subscribe reply recovers at most, as in Centrifugo."""
+"""Publications a subscribe reply carries at most (Centrifugo's cap); the rest of a
+recovery follow the reply as pushes, in order: a recovery is never partial."""
 MAX_QUEUED_MESSAGES: Final = 100
 """Messages to the connection's user waiting to be sent at most (then the oldest go)."""
 CACHED_PUSHES: Final = 4096
+"""Hub texts whose pushes the process remembers (the newest): a text reaches every local
+subscriber of its channel within moments of the first."""
 
 
 class Error(NamedTuple):

@@ -53,7 +53,10 @@ listener (a connection of many channels) each message to its user once, and
 `Subscription` holds less (slots,
 a list for its queue: about 680 bytes live, was 1,440). Metrics: ``Metrics.watch_channels``
 (``channels_*``). `testing.ScriptedClient.resume_reading` undoes ``stop_reading``. ``run_broadcast(...,
-publish=False)`` serves a receive-only broadcast channel.
+publish=False)`` serves a receive-only broadcast channel. `RedisHub` keeps its Redis
+connections in a pool that makes a burst wait for a free one (at most 64, within the hub's
+timeout): redis-py 8.1's default pool refused the commands past 100 in flight, so 1,000
+publishes at once from one process failed by the thousands.
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

@@ -65,7 +65,7 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -105,6 +105,8 @@ logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS: Final = (RedisError, OSError, TimeoutError)
 """What a lost or unreachable Redis raises."""
+MAX_CONNECTIONS: Final = 64
+"""Connections a hub's client opens to Redis at most; more commands in flight wait for one."""
 FIRST_RETRY_SECONDS: Final = 0.05
 LAST_RETRY_SECONDS: Final = 2.0
 DEFAULT_PRESENCE_TTL: Final = 30.0
@@ -445,13 +447,19 @@ class RedisHub(Hub):
                 await client.aclose()
 
     def _new_client(self, retry: Retry) -> Redis:
-        return Redis.from_url(
+        # A pool that makes a burst wait for a connection (within the hub's timeout) rather
+        # than fail: redis-py 8.1's default pool raises MaxConnectionsError past 100
+        # commands in flight, so a busy room's 101st publish was refused.
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=self.timeout,
             decode_responses=True,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
             retry=retry,
         )
+        return Redis.from_pool(pool)
 
     def _keys(self, channel: str) -> list[str]:
         tagged = self.prefix + "{" + channel + "}"  # one Redis Cluster slot for both

@@ -320,6 +320,19 @@ async def test_a_hub_starts_while_redis_is_down_and_subscribers_go_live_when_it_
         assert (await received(waiting))["message"] == {"n": 1}
 
 
+async def test_a_burst_of_a_thousand_publishes_from_one_process_is_all_published(
+    redis_server: RedisServer,
+) -> None:
+    async with new_hub(redis_server.url) as hub:
+        positions = await asyncio.gather(
+            *(hub.publish("burst", numbered(number)) for number in range(1000))
+        )
+        assert sorted(position.offset for position in positions) == list(range(1, 1001))
+        assert len({position.epoch for position in positions}) == 1
+        top, _ = await hub.history("burst")
+        assert top.offset == 1000
+
+
 async def test_publishing_while_redis_is_down_fails_at_once(
     own_redis_server: RedisServer,
 ) -> None:

@@ -285,6 +285,21 @@ def test_with_two_workers_the_figures_are_the_services(
                 pass
         assert survivors < 16
         wait_for(lambda: figure(scrape(server), open_gauge, endpoint=ENDPOINT) == survivors)
+{%- if redis %}
+
+
+def test_with_two_workers_redis_up_reads_1_once_every_worker_is_connected(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
+    """Each worker writes its own connection to Redis into the shared folder as it changes,
+    connections or not: the first scrape, whichever worker answers, sees both."""
+    shared = {**environment, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with LiveServer(APP, server="runner", env=shared, args=["--workers", "2"]) as server:
+        wait_for(lambda: server.log.count("connected to Redis") == 2, timeout=30)
+        time.sleep(1.5)  # no scrape before: a worker that was never asked must have written
+        for _ in range(6):  # the two workers answer in turn, or as the kernel picks
+            assert figure(scrape(server), "broadcast_redis_up") == 1, server.log
+{%- endif %}
 {%- endif %}
 {%- if broadcasts %}
 

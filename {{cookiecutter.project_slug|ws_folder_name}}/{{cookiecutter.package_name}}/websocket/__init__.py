@@ -57,6 +57,9 @@ publish=False)`` serves a receive-only broadcast channel. `RedisHub` keeps its R
 connections in a pool that makes a burst wait for a free one (at most 64, within the hub's
 timeout): redis-py 8.1's default pool refused the commands past 100 in flight, so 1,000
 publishes at once from one process failed by the thousands.
+Several workers: each flushes its metrics every second from the start once it watches a hub
+(`Metrics.watch_hub`), not from its first connection, so ``broadcast_redis_up`` reads 1 within
+a second of every worker connecting to Redis (it read 0 until a scrape had reached each).
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

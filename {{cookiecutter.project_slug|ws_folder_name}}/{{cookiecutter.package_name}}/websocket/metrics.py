@@ -13,8 +13,9 @@ codes above the standard ones are grouped (``4xxx``), never a concrete path, use
 What it costs: an ``inc()`` of prometheus-client takes about a microsecond; the four counts
 of a keepalive round trip would add about a fifth to it. Messages and bytes are therefore counted as plain integers in
 the guard's tallies and added to the Prometheus counters when ``/metrics`` is scraped (and
-every `FLUSH_SECONDS` in each worker of a multiprocess service); opens, closes and refusals
-go to Prometheus at once.
+every `FLUSH_SECONDS` in each worker of a multiprocess service, from its first connection
+or, with a hub, from the start: ``broadcast_redis_up``, the least over workers, reads 1 within
+a second of every worker connecting); opens, closes and refusals go to Prometheus at once.
 
 Several workers: with ``PROMETHEUS_MULTIPROC_DIR`` set before the workers start (the runner,
 ``python -m <package> --workers N``, does it), prometheus-client keeps each worker's values in
@@ -337,6 +338,10 @@ class Metrics(GuardObserver):
             if self._broadcast is None:
                 self._broadcast = _Broadcast(self.registry, redis=stats.backend_up is not None)
             self._broadcast.watched.append((stats, BroadcastStats()))
+        try:  # a worker with no connection yet writes its Redis connection all the same
+            self._flush_in(asyncio.get_running_loop())
+        except RuntimeError:  # no loop yet: the first connection starts the flushes
+            pass
 
     def refused(self, scope: Scope, reason: str) -> None:
         self.handshakes_refused.labels(reason).inc()
@@ -345,9 +350,7 @@ class Metrics(GuardObserver):
         endpoint = self._endpoint(endpoint_of(connection.scope))
         endpoint.opened.inc()
         endpoint.open.inc()
-        if self.multiprocess and self._flushing is not connection.loop:
-            self._flushing = connection.loop
-            connection.loop.call_later(FLUSH_SECONDS, self._flush_every, connection.loop)
+        self._flush_in(connection.loop)
         return endpoint.tally
 
     def closed(self, connection: GuardedConnection) -> None:
@@ -393,6 +396,13 @@ class Metrics(GuardObserver):
         if found is None:
             found = self._endpoints[endpoint] = _Endpoint(self, endpoint)
         return found
+
+    def _flush_in(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush every `FLUSH_SECONDS` in ``loop`` from now on, in multiprocess mode: a worker
+        that no scrape reaches still adds its figures (``/metrics`` flushes the one it asks)."""
+        if self.multiprocess and self._flushing is not loop:
+            self._flushing = loop
+            loop.call_later(FLUSH_SECONDS, self._flush_every, loop)
 
     def _flush_every(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._flushing is not loop:

@@ -202,6 +202,31 @@ def test_the_publish_api_reaches_every_client_of_the_channel(
             {"text": "from HTTP"},
         )
 
+{%- if "{" in endpoints[0].path %}
+
+
+@pytest.mark.parametrize(
+    ("channel", "mistake"),
+    [
+        (filled(BROADCAST_PATHS[0], "café") + "?since=1", "leave out the query string"),
+        (BROADCAST_PATHS[0], "fill in each {name}"),
+        (urllib.parse.quote(filled(BROADCAST_PATHS[0], "café")), "give the path decoded"),
+    ],
+)
+def test_the_publish_api_takes_the_decoded_path_a_client_is_on_and_refuses_near_misses(
+    live_server: LiveServer, channel: str, mistake: str
+) -> None:
+    room = filled(BROADCAST_PATHS[0], "café")
+    with connect(live_server.ws_url(urllib.parse.quote(room))) as listener:  # as a browser sends it
+        assert receive(listener)["channel"] == room  # the client is on the decoded path
+        refused, answer = publish(live_server, {"channel": channel, "message": {"n": 1}})
+        assert refused == 422, answer
+        assert BROADCAST_PATHS[0] in answer["detail"] and mistake in answer["detail"], answer
+        published, answer = publish(live_server, {"channel": room, "message": {"n": 2}})
+        assert published == 200, answer
+        assert receive(listener)["message"] == {"n": 2}  # the refused one never came
+{%- endif %}
+
 
 ANY_CHANNEL = "<a broadcast channel>"
 
@@ -231,7 +256,7 @@ ANY_CHANNEL = "<a broadcast channel>"
             API_KEY,
             "POST",
             422,
-            'The channel "/nowhere" is the path of no broadcast endpoint{% if "channels" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %} and in no namespace{% else %}.{% endif %}',
+            'The channel "/nowhere" is the path of no broadcast endpoint{% if "channels" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %} and in no namespace{% else %}; the broadcast endpoints are {{ endpoints | map(attribute="path") | join(", ") }}, each {name} filled in with one path segment.{% endif %}',
         ),
         (
             {"channel": ANY_CHANNEL, "message": [1]},

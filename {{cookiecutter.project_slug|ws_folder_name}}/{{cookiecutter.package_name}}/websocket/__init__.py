@@ -60,6 +60,9 @@ publishes at once from one process failed by the thousands.
 Several workers: each flushes its metrics every second from the start once it watches a hub
 (`Metrics.watch_hub`), not from its first connection, so ``broadcast_redis_up`` reads 1 within
 a second of every worker connecting to Redis (it read 0 until a scrape had reached each).
+`PublishAPI` refuses (422) a channel no client can be on: a query string, an unfilled
+``{name}``, a percent-escape (clients are on decoded paths: ``/ws/rooms/café``); its 422 names
+the broadcast endpoints' paths, the namespaces and the mistake (`ChannelNamespaces.names`).
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

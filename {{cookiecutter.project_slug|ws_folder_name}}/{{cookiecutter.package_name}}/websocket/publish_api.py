@@ -36,7 +36,10 @@ of the channel gets for ``{"type": "presence"}``. Every refusal is a JSON ``{"de
 - 400 for a body that is not JSON, 422 for one that is not ``{"channel": "...",
   "message": {...}}`` or ``{"user": ..., "message": {...}}``, or whose channel matches no
   broadcast endpoint and no namespace (or a presence query without one ``channel``), 413 for a message
-  over ``max_message_bytes`` (the limit clients have);
+  over ``max_message_bytes`` (the limit clients have). A channel is the path a client is on,
+  as the server decoded it: ``/ws/rooms/café``, never ``/ws/rooms/caf%C3%A9``, a query string
+  (``?since=1``) or a ``{name}`` left unfilled; the 422 names the endpoints' paths and the
+  namespaces, and says which of those mistakes the channel makes;
 - 405 for another method than POST (GET for presence), 404 for presence while the service
   keeps none (``PRESENCE_ENABLED=no``), 503 when the hub cannot publish or read presence
   (Redis is down).
@@ -46,10 +49,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from .asgi_types import Receive, Scope, Send
 from .broadcast import Hub, HubUnavailable, PresenceOff, hub_of
@@ -61,13 +65,19 @@ PATH: Final = "/api/publish"
 PRESENCE_PATH: Final = "/api/presence"
 BODY_OVERHEAD: Final = 4096
 """Bytes a request body may have besides its message (the channel, the JSON around)."""
+_NOT_IN_A_SEGMENT: Final = re.compile(r"[?#{}]|%[0-9A-Fa-f]{2}")
+"""What a channel's parameter segment cannot hold: a query, a fragment, an unfilled
+``{name}``, a percent-escape (a client of ``/ws/rooms/caf%C3%A9`` is on ``/ws/rooms/café``)."""
 
 
 class ChannelNamespaces(Protocol):
     """What `PublishAPI` asks of the namespaces of channels endpoints (``namespaces.py``'s
-    `Namespaces`): the namespace a channel name belongs to, or None."""
+    `Namespaces`): the namespace a channel name belongs to, or None, and their names."""
 
     def find(self, channel: str) -> object | None: ...
+
+    @property
+    def names(self) -> list[str]: ...
 
 
 class PublishAPI:
@@ -76,7 +86,7 @@ class PublishAPI:
 
     ``channels`` are the path templates of the broadcast endpoints (``/ws/rooms/{room}``):
     a channel is published to only if it matches one, each ``{name}`` matching one path
-    segment, or if ``namespaces`` (those of the channels endpoints, if the service has
+    segment that has no ``?``, ``#``, ``{``, ``}`` or percent-escape, or if ``namespaces`` (those of the channels endpoints, if the service has
     one) finds its namespace (``news:sport``). ``api_key`` empty turns the API off. ``hub``
     finds the hub from the scope.
     """
@@ -90,6 +100,7 @@ class PublishAPI:
         namespaces: ChannelNamespaces | None = None,
         hub: Callable[[Mapping[str, Any]], Hub] = hub_of,
     ) -> None:
+        self._channels = list(channels)
         self._templates = [template.split("/") for template in channels]
         self._namespaces = namespaces
         self._key = api_key.encode()
@@ -136,21 +147,39 @@ class PublishAPI:
         return any(
             len(template) == len(segments)
             and all(
-                part == segment or (part.startswith("{") and part.endswith("}") and segment != "")
-                for part, segment in zip(template, segments, strict=True)
+                _fills(part, segment) for part, segment in zip(template, segments, strict=True)
             )
             for template in self._templates
         )
 
     def _unknown(self, channel: object) -> str:
-        """The sentence refusing ``channel``, which `matches` no endpoint."""
-        shown = dumps(channel)[:200]
-        if self._namespaces is None:
-            return f"The channel {shown} is the path of no broadcast endpoint."
-        return (
-            f"The channel {shown} is the path of no broadcast endpoint and in no namespace of "
-            "the channels endpoints (channels.py)."
-        )
+        """The sentence refusing ``channel``, which `matches` no endpoint: what the channels
+        are, and the mistake it makes if it is a near miss."""
+        sentence = f"The channel {dumps(channel)[:200]} is the path of no broadcast endpoint"
+        if self._namespaces is not None:
+            names = ", ".join(self._namespaces.names)
+            sentence += f" and in no namespace of the channels endpoints (channels.py: {names})"
+        if self._channels:
+            sentence += (
+                f"; the broadcast endpoints are {', '.join(self._channels)}, each {{name}} "
+                "filled in with one path segment"
+            )
+        return f"{sentence}{self._mistake(channel) if isinstance(channel, str) else ''}."
+
+    def _mistake(self, channel: str) -> str:
+        """What makes ``channel`` miss a path that a client can be on, if that is all."""
+        path, question_mark, _ = channel.partition("?")
+        if question_mark and self.matches(path):
+            return f": leave out the query string ({dumps(path)})"
+        try:
+            decoded = unquote(channel, errors="strict")
+        except UnicodeDecodeError:  # not UTF-8 once decoded: no client's path
+            decoded = channel
+        if decoded != channel and self.matches(decoded):
+            return f": give the path decoded, as clients are on it ({dumps(decoded)})"
+        if re.search(r"/\{[^/]*\}(/|$)", channel):
+            return ": fill in each {name} with the room, user, ... a client connects to"
+        return ""
 
     def _refusal(self, scope: Scope, api: str) -> tuple[int, dict[str, Any]] | None:
         """Why the request may not use the ``api`` (its key), or None if it may."""
@@ -273,6 +302,14 @@ class PublishAPI:
                 f"The message is over MAX_MESSAGE_BYTES ({self._max_message_bytes} bytes).",
             )
         return None
+
+
+def _fills(part: str, segment: str) -> bool:
+    """Whether ``segment`` of a channel fills ``part`` of a path template: the same text, or
+    for a ``{name}`` one segment a client's path can have (see `_NOT_IN_A_SEGMENT`)."""
+    if part.startswith("{") and part.endswith("}"):
+        return segment != "" and _NOT_IN_A_SEGMENT.search(segment) is None
+    return part == segment
 
 
 def _refused(status: HTTPStatus, reason: str) -> tuple[int, dict[str, Any]]:

@@ -7,6 +7,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from urllib.parse import quote
+
 import pytest
 
 from ..asgi_types import Message
@@ -74,16 +76,64 @@ def test_channels_match_the_broadcast_paths_one_segment_per_parameter() -> None:
         assert not api.matches(channel), channel
 
 
+def test_a_channel_is_a_decoded_path_a_client_can_be_on() -> None:
+    # A client of /ws/rooms/caf%C3%A9 is on /ws/rooms/café, the path as the server decoded it.
+    api = PublishAPI(["/ws/rooms/{room}", "/ws/news"], api_key=KEY, max_message_bytes=100)
+    for channel in ("/ws/rooms/café", "/ws/rooms/a b", "/ws/rooms/100%", "/ws/rooms/a:b"):
+        assert api.matches(channel), channel
+    for channel in (
+        "/ws/rooms/general?since=1",
+        "/ws/news?since=1",
+        "/ws/rooms/{room}",
+        "/ws/rooms/caf%C3%A9",
+        "/ws/rooms/a%20b",
+        "/ws/rooms/a#b",
+    ):
+        assert not api.matches(channel), channel
+
+
+@pytest.mark.parametrize(
+    ("channel", "mistake"),
+    [
+        ("/ws/rooms/general?since=1", ': leave out the query string ("/ws/rooms/general").'),
+        ("/ws/news?since=1", ': leave out the query string ("/ws/news").'),
+        ("/ws/rooms/{room}", ": fill in each {name} with the room, user, ... a client connects to."),
+        ("/ws/rooms/caf%C3%A9", ': give the path decoded, as clients are on it ("/ws/rooms/café").'),
+        ("/ws/rooms/caf%FF", "."),  # no client path: %FF is no UTF-8
+        ("/nowhere", "."),
+    ],
+)
+async def test_a_channel_no_client_can_be_on_is_refused_naming_the_paths_and_the_mistake(
+    hub: MemoryHub, channel: str, mistake: str
+) -> None:
+    status, _, answer = await call(api_on(hub), json.dumps({"channel": channel, "message": {}}).encode())
+    assert status == 422
+    assert answer["detail"] == (
+        f"The channel {json.dumps(channel, ensure_ascii=False)} is the path of no broadcast "
+        "endpoint; the broadcast endpoints are /ws/rooms/{room}, /ws/news, each {name} filled in "
+        f"with one path segment{mistake}"
+    )
+    presence, _, answer = await call(
+        api_on(hub), b"", method="GET", path="/api/presence", query=f"channel={quote(channel)}".encode()
+    )
+    assert presence == 422 and answer["detail"].endswith(mistake), answer
+    assert (await hub.publish(channel, {})).offset == 1  # nothing was published before
+
+
 class Prefixes:
     """Namespaces as `PublishAPI` asks them (`namespaces.Namespaces` in a service with a
     channels endpoint): a channel ``name:rest`` is in the namespace ``name``, if declared."""
 
     def __init__(self, *names: str) -> None:
-        self.names = names
+        self._names = names
 
     def find(self, channel: str) -> str | None:
         name, colon, rest = channel.partition(":")
-        return name if colon and rest and name in self.names else None
+        return name if colon and rest and name in self._names else None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
 
 
 def test_with_namespaces_channels_of_declared_namespaces_match_besides_broadcast_paths() -> None:
@@ -112,7 +162,7 @@ async def test_a_message_published_to_a_namespace_s_channel_reaches_its_subscrib
     assert refused == 422
     assert answer["detail"] == (
         'The channel "sport:sport" is the path of no broadcast endpoint and in no namespace '
-        "of the channels endpoints (channels.py)."
+        "of the channels endpoints (channels.py: news)."
     )
 
 

@@ -202,7 +202,7 @@ def test_the_publish_api_reaches_every_client_of_the_channel(
             {"text": "from HTTP"},
         )
 
-{%- if "{" in endpoints[0].path %}
+{%- if endpoints and "{" in endpoints[0].path %}
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,27 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+{%- if broadcasts and cookiecutter.framework == "fastapi" %}
+from fastapi import Request
+from fastapi.testclient import TestClient
+{%- endif %}
 from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
+{%- if broadcasts and cookiecutter.framework == "fastapi" %}
+from {{ cookiecutter.package_name }}.app import create_app
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
+{%- if broadcasts and cookiecutter.framework == "asgi" %}
+from {{ cookiecutter.package_name }}.websocket.asgi import Message, Receive, Scope, Send
+from {{ cookiecutter.package_name }}.websocket.asgi_backend import respond_json
+from {{ cookiecutter.package_name }}.websocket.broadcast import HUB_STATE_KEY, HubUnavailable, Position, hub_of
+{%- elif broadcasts %}
+from {{ cookiecutter.package_name }}.websocket.broadcast import Position, hub_of
+{%- else %}
 from {{ cookiecutter.package_name }}.websocket.broadcast import Position
+{%- endif %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisServer
 
 from .conftest import TEST_ENVIRONMENT
@@ -47,9 +62,7 @@ HYPERCORN_CANCELLATION = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for these tests alone (they restart it)."""
+def redis_of_their_own() -> Iterator[RedisServer]:
     reason = RedisServer.unavailable()
     if reason is not None:
         if RedisServer.required():
@@ -57,6 +70,18 @@ def own_redis() -> Iterator[RedisServer]:
         pytest.skip(reason)
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for these tests alone (they restart it)."""
+    yield from redis_of_their_own()
+
+
+@pytest.fixture
+def lone_redis() -> Iterator[RedisServer]:
+    """A redis-server for one test alone (it stops it)."""
+    yield from redis_of_their_own()
 
 
 def serve(redis: RedisServer) -> LiveServer:
@@ -232,6 +257,70 @@ def test_another_process_publishes_with_the_hub_of_the_settings(
                 "server_ns": relayed["server_ns"],
                 "message": {"text": "from a worker"},
             }
+
+{%- if broadcasts %}
+{%- if cookiecutter.framework == "fastapi" %}
+
+
+def test_the_readme_s_route_answers_503_with_a_sentence_while_redis_is_down(
+    lone_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # README.md's route, as it is there: the app answers HubUnavailable as /api/publish does.
+    monkeypatch.setenv("REDIS_URL", lone_redis.url)
+    get_settings.cache_clear()
+    app = create_app()
+
+    @app.post("/orders/{order_id}/shipped")
+    async def shipped(order_id: str, request: Request) -> dict[str, int]:
+        position = await hub_of(request).publish(PATH, {"type": "shipped", "order": order_id})
+        return {"offset": position.offset}
+
+    with TestClient(app) as client:
+        assert client.post("/orders/1/shipped").json() == {"offset": 1}
+        lone_redis.stop()
+        answer = client.post("/orders/2/shipped")
+    assert (answer.status_code, answer.json()) == (503, {"detail": f"{UNAVAILABLE.capitalize()}."})
+    assert "Traceback" not in caplog.text, caplog.text
+{%- else %}
+
+
+def test_the_readme_s_route_answers_503_with_a_sentence_while_redis_is_down(
+    lone_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README.md's route, as it is there.
+    async def shipped(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            position = await hub_of(scope).publish(PATH, {"type": "shipped"})
+        except HubUnavailable as error:  # not sent: 503, as POST /api/publish answers
+            await respond_json(send, {"detail": f"{str(error).capitalize()}."}, status=503)
+            return
+        await respond_json(send, {"offset": position.offset})
+
+    async def call(scope: Scope) -> tuple[int, Any]:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await shipped(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def before_and_while_down() -> list[tuple[int, Any]]:
+        async with get_settings().hub() as hub:
+            scope: Scope = {"type": "http", "method": "POST", "state": {HUB_STATE_KEY: hub}}
+            answers = [await call(scope)]
+            lone_redis.stop()
+            return [*answers, await call(scope)]
+
+    monkeypatch.setenv("REDIS_URL", lone_redis.url)
+    get_settings.cache_clear()
+    answers = asyncio.run(before_and_while_down())
+    assert answers == [(200, {"offset": 1}), (503, {"detail": f"{UNAVAILABLE.capitalize()}."})]
+{%- endif %}
+{%- endif %}
 
 
 def test_clients_stay_through_a_redis_restart_and_get_errors_while_it_is_down(

@@ -37,8 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-{%- if cookiecutter.console_page | ws_yes %}
+{%- if cookiecutter.console_page | ws_yes and broadcast %}
+from fastapi.responses import HTMLResponse, JSONResponse
+{%- elif cookiecutter.console_page | ws_yes %}
 from fastapi.responses import HTMLResponse
+{%- elif broadcast %}
+from fastapi.responses import JSONResponse
 {%- endif %}
 {%- if broadcast or metrics %}
 from starlette.routing import Route
@@ -54,7 +58,7 @@ from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_
 from .websocket.asyncapi import document
 from .websocket.backend import create_router, websocket_routes
 {%- if broadcast %}
-from .websocket.broadcast import HUB_STATE_KEY, Hub
+from .websocket.broadcast import HUB_STATE_KEY, Hub, HubUnavailable
 {%- endif %}
 from .websocket.guard import Authenticator, WebSocketGuard
 from .websocket.logs import JsonFormatter
@@ -140,6 +144,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     app.add_api_route("/healthz", healthz)
     app.add_api_route("/asyncapi.json", asyncapi, include_in_schema=False)
 {%- if broadcast %}
+    app.add_exception_handler(HubUnavailable, hub_unavailable)
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
     app.router.routes.append(Route(PRESENCE_PATH, publish_api(settings)))
 {%- endif %}
@@ -164,6 +169,16 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
 async def healthz() -> dict[str, str]:
     """Liveness probe: the process is up and serving."""
     return {"status": "ok"}
+
+
+{%- if broadcast %}
+
+
+async def hub_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """Any route whose publish failed (``HubUnavailable``{% if cookiecutter.broadcast_backend == "redis" %}: Redis is down{% endif %}) answers 503 with
+    the sentence ``POST /api/publish`` gives, not 500 and a traceback in the log."""
+    return JSONResponse({"detail": f"{str(error).capitalize()}."}, status_code=503)
+{%- endif %}
 
 
 async def asyncapi(request: Request) -> dict[str, Any]:

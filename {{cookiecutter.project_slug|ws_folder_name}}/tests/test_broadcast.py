@@ -20,6 +20,9 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 {%- endif %}
+{%- if endpoints and cookiecutter.framework == "fastapi" %}
+from jsonschema import Draft202012Validator
+{%- endif %}
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as plain_connect
@@ -221,7 +224,8 @@ def test_the_publish_api_takes_the_decoded_path_a_client_is_on_and_refuses_near_
         assert receive(listener)["channel"] == room  # the client is on the decoded path
         refused, answer = publish(live_server, {"channel": channel, "message": {"n": 1}})
         assert refused == 422, answer
-        assert BROADCAST_PATHS[0] in answer["detail"] and mistake in answer["detail"], answer
+        assert BROADCAST_PATHS[0] in answer["detail"], answer
+        assert mistake in answer["detail"], answer
         published, answer = publish(live_server, {"channel": room, "message": {"n": 2}})
         assert published == 200, answer
         assert receive(listener)["message"] == {"n": 2}  # the refused one never came
@@ -452,4 +456,43 @@ def test_an_http_route_of_the_app_publishes_with_hub_of_request(client: TestClie
             answer["epoch"],
             {"text": "shipped"},
         )
+{%- endif %}
+{%- if endpoints and cookiecutter.framework == "fastapi" %}
+
+
+def test_the_http_api_is_in_the_openapi_document_as_it_answers(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    publish_api = document["paths"]["/api/publish"]["post"]
+    presence_api = document["paths"]["/api/presence"]["get"]
+    assert document["components"]["securitySchemes"]["PublishAPIKey"]["scheme"] == "bearer"
+    assert publish_api["security"] == presence_api["security"] == [{"PublishAPIKey": []}]
+    assert [p["name"] for p in presence_api["parameters"]] == ["channel"]
+
+    def conforms(schema: dict[str, Any], instance: object) -> None:
+        """``instance`` is valid for ``schema``, its $refs read in the document's components."""
+        whole = {**schema, "components": document["components"]}
+        Draft202012Validator.check_schema(whole)
+        Draft202012Validator(whole).validate(instance)
+
+    def answers(operation: dict[str, Any], status: int) -> dict[str, Any]:
+        return dict(operation["responses"][str(status)]["content"]["application/json"]["schema"])
+
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    url = filled(BROADCAST_PATHS[0], "openapi")
+    bodies: list[dict[str, Any]] = [
+        {"channel": url, "message": {"n": 1}},
+        {"user": "a", "message": {}},
+    ]
+    for body in bodies:
+        conforms(publish_api["requestBody"]["content"]["application/json"]["schema"], body)
+        answer = client.post("/api/publish", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        conforms(answers(publish_api, 200), answer.json())
+    for body in ({"channel": "/nowhere", "message": {}}, {"message": {"n": 1}}):
+        answer = client.post("/api/publish", json=body, headers=headers)
+        assert answer.status_code == 422, answer.text
+        conforms(answers(publish_api, 422), answer.json())
+    answer = client.get("/api/presence", params={"channel": url}, headers=headers)
+    conforms(answers(presence_api, answer.status_code), answer.json())
+    assert client.post("/api/publish", json={}).status_code == 401  # still its own key check
 {%- endif %}

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
-
+{{ "" }}
 {%- if broadcasts and cookiecutter.framework == "fastapi" %}
 from {{ cookiecutter.package_name }}.app import create_app
 {%- endif %}

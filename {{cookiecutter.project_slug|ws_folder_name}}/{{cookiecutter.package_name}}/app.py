@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import gc
 import logging
-{%- if broadcast %}
+{%- if broadcast and cookiecutter.framework == "fastapi" %}
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+{%- elif broadcast %}
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 {%- endif %}
@@ -68,7 +71,7 @@ from .websocket.metrics import Metrics, MetricsEndpoint
 {%- endif %}
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
-from .websocket.publish_api import PRESENCE_PATH, PublishAPI
+from .websocket.publish_api import PRESENCE_PATH, PublishAPI, add_to_openapi
 {%- endif %}
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
@@ -147,6 +150,7 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     app.add_exception_handler(HubUnavailable, hub_unavailable)
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
     app.router.routes.append(Route(PRESENCE_PATH, publish_api(settings)))
+    app.openapi = openapi_of(app)  # type: ignore[method-assign]  # FastAPI's documented way
 {%- endif %}
 {%- if metrics %}
     if metrics is not None:
@@ -178,6 +182,19 @@ async def hub_unavailable(request: Request, error: Exception) -> JSONResponse:
     """Any route whose publish failed (``HubUnavailable``{% if cookiecutter.broadcast_backend == "redis" %}: Redis is down{% endif %}) answers 503 with
     the sentence ``POST /api/publish`` gives, not 500 and a traceback in the log."""
     return JSONResponse({"detail": f"{str(error).capitalize()}."}, status_code=503)
+
+
+def openapi_of(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``GET /openapi.json``: FastAPI's document plus ``POST /api/publish`` and ``GET
+    /api/presence``, which it does not see (raw ASGI routes: ``websocket/publish_api.py``)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_to_openapi(plain(), {% if "broadcast" in kinds %}BROADCAST_PATHS{% else %}[]{% endif %})
+        return app.openapi_schema
+
+    return openapi
 {%- endif %}
 
 

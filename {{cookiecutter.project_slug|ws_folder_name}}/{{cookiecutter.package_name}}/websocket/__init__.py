@@ -63,6 +63,8 @@ a second of every worker connecting to Redis (it read 0 until a scrape had reach
 `PublishAPI` refuses (422) a channel no client can be on: a query string, an unfilled
 ``{name}``, a percent-escape (clients are on decoded paths: ``/ws/rooms/café``); its 422 names
 the broadcast endpoints' paths, the namespaces and the mistake (`ChannelNamespaces.names`).
+`publish_api.add_to_openapi` puts ``POST /api/publish`` and ``GET /api/presence`` (request
+and answer schemas, the bearer key) in an OpenAPI document: the FastAPI app's ``/openapi.json``.
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

@@ -31,6 +31,7 @@ import hmac
 import os
 import re
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -338,10 +339,10 @@ class Metrics(GuardObserver):
             if self._broadcast is None:
                 self._broadcast = _Broadcast(self.registry, redis=stats.backend_up is not None)
             self._broadcast.watched.append((stats, BroadcastStats()))
-        try:  # a worker with no connection yet writes its Redis connection all the same
+        # A worker with no connection yet writes its Redis connection all the same; with no
+        # loop running yet, the first connection starts the flushes.
+        with suppress(RuntimeError):
             self._flush_in(asyncio.get_running_loop())
-        except RuntimeError:  # no loop yet: the first connection starts the flushes
-            pass
 
     def refused(self, scope: Scope, reason: str) -> None:
         self.handshakes_refused.labels(reason).inc()

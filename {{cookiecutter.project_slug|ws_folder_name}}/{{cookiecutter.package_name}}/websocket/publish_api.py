@@ -146,9 +146,7 @@ class PublishAPI:
         segments = channel.split("/")
         return any(
             len(template) == len(segments)
-            and all(
-                _fills(part, segment) for part, segment in zip(template, segments, strict=True)
-            )
+            and all(_fills(part, segment) for part, segment in zip(template, segments, strict=True))
             for template in self._templates
         )
 
@@ -338,3 +336,147 @@ async def _body(receive: Receive, limit: int) -> bytes | None:
             return None
         if not event.get("more_body", False):
             return bytes(body)
+
+
+def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> dict[str, Any]:
+    """Add ``POST /api/publish`` and ``GET /api/presence`` to an OpenAPI 3.1 ``document``
+    (FastAPI's ``app.openapi()``, which does not see this raw ASGI app), with their request
+    and answer schemas and the bearer key; ``channels``, the broadcast endpoints' path
+    templates, go in the channel's description. Returns ``document``, changed in place."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemes = document["components"].setdefault("securitySchemes", {})
+    schemes["PublishAPIKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The service's PUBLISH_API_KEY (the API is off until it is set).",
+    }
+    where = f" ({', '.join(channels)}, each {{name}} filled in)" if channels else ""
+    channel = {
+        "type": "string",
+        "description": f"The path a client is on, decoded{where}, or a channel of a "
+        "namespace of the channels endpoints (news:today).",
+        "examples": [channels[0] if channels else "news:today"],
+    }
+    schemas["PublishToChannel"] = {
+        "type": "object",
+        "properties": {"channel": channel, "message": {"type": "object"}},
+        "required": ["channel", "message"],
+        "additionalProperties": False,
+    }
+    schemas["PublishToUser"] = {
+        "type": "object",
+        "properties": {
+            "user": {"description": "Who auth.py returned for the user (compared as JSON)."},
+            "message": {"type": "object"},
+        },
+        "required": ["user", "message"],
+        "additionalProperties": False,
+    }
+    schemas["Published"] = {
+        "type": "object",
+        "properties": {
+            "channel": {"type": "string"},
+            "offset": {"type": "integer"},
+            "epoch": {"type": "string"},
+        },
+        "required": ["channel", "offset", "epoch"],
+    }
+    schemas["SentToUser"] = {
+        "type": "object",
+        "properties": {"user": {}},
+        "required": ["user"],
+    }
+    schemas["Presence"] = {
+        "type": "object",
+        "properties": {
+            "type": {"const": "presence"},
+            "channel": {"type": "string"},
+            "count": {"type": "integer", "description": "Connections on every process."},
+            "clients": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"client_id": {"type": "string"}, "user": {}},
+                    "required": ["client_id", "user"],
+                },
+            },
+            "cut": {"type": "boolean", "description": "The list is shorter than count."},
+        },
+        "required": ["type", "channel", "count", "clients", "cut"],
+    }
+    schemas["Refusal"] = {
+        "type": "object",
+        "properties": {"detail": {"type": "string", "description": "One sentence: why."}},
+        "required": ["detail"],
+    }
+
+    def answer(description: str, schema: str) -> dict[str, Any]:
+        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+        return {"description": description, "content": content}
+
+    refusals = {
+        "401": answer("No key was sent.", "Refusal"),
+        "403": answer("The API is off (no PUBLISH_API_KEY) or the key is wrong.", "Refusal"),
+        "422": answer(
+            "The request is not one of the shapes above, or no client can be on the channel.",
+            "Refusal",
+        ),
+        "503": answer("The hub cannot answer (Redis is down): nothing was done.", "Refusal"),
+    }
+    paths = document.setdefault("paths", {})
+    paths[PATH] = {
+        "post": {
+            "summary": "Publish to a channel, or send to a user",
+            "description": "Every client of the channel receives the message as if a client had "
+            "sent it; with a user, each of the user's connections receives it as a direct "
+            "message (200 whether or not the user is connected).",
+            "operationId": "publish",
+            "security": [{"PublishAPIKey": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/PublishToChannel"},
+                                {"$ref": "#/components/schemas/PublishToUser"},
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Published: the message's position, or the user.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/Published"},
+                                    {"$ref": "#/components/schemas/SentToUser"},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "400": answer("The body is not JSON (UTF-8).", "Refusal"),
+                **refusals,
+                "413": answer("The message is over MAX_MESSAGE_BYTES.", "Refusal"),
+            },
+        }
+    }
+    paths[PRESENCE_PATH] = {
+        "get": {
+            "summary": "Who is on a channel",
+            "description": 'What a client of the channel gets for {"type": "presence"}.',
+            "operationId": "presence",
+            "security": [{"PublishAPIKey": []}],
+            "parameters": [{"name": "channel", "in": "query", "required": True, "schema": channel}],
+            "responses": {
+                "200": answer("Who is on the channel.", "Presence"),
+                **refusals,
+                "404": answer("The service keeps no presence (PRESENCE_ENABLED=no).", "Refusal"),
+            },
+        }
+    }
+    return document

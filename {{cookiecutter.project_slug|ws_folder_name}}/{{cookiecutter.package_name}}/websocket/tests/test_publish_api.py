@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any
-
 from urllib.parse import quote
 
 import pytest
@@ -97,8 +96,14 @@ def test_a_channel_is_a_decoded_path_a_client_can_be_on() -> None:
     [
         ("/ws/rooms/general?since=1", ': leave out the query string ("/ws/rooms/general").'),
         ("/ws/news?since=1", ': leave out the query string ("/ws/news").'),
-        ("/ws/rooms/{room}", ": fill in each {name} with the room, user, ... a client connects to."),
-        ("/ws/rooms/caf%C3%A9", ': give the path decoded, as clients are on it ("/ws/rooms/café").'),
+        (
+            "/ws/rooms/{room}",
+            ": fill in each {name} with the room, user, ... a client connects to.",
+        ),
+        (
+            "/ws/rooms/caf%C3%A9",
+            ': give the path decoded, as clients are on it ("/ws/rooms/café").',
+        ),
         ("/ws/rooms/caf%FF", "."),  # no client path: %FF is no UTF-8
         ("/nowhere", "."),
     ],
@@ -106,7 +111,9 @@ def test_a_channel_is_a_decoded_path_a_client_can_be_on() -> None:
 async def test_a_channel_no_client_can_be_on_is_refused_naming_the_paths_and_the_mistake(
     hub: MemoryHub, channel: str, mistake: str
 ) -> None:
-    status, _, answer = await call(api_on(hub), json.dumps({"channel": channel, "message": {}}).encode())
+    status, _, answer = await call(
+        api_on(hub), json.dumps({"channel": channel, "message": {}}).encode()
+    )
     assert status == 422
     assert answer["detail"] == (
         f"The channel {json.dumps(channel, ensure_ascii=False)} is the path of no broadcast "
@@ -114,9 +121,14 @@ async def test_a_channel_no_client_can_be_on_is_refused_naming_the_paths_and_the
         f"with one path segment{mistake}"
     )
     presence, _, answer = await call(
-        api_on(hub), b"", method="GET", path="/api/presence", query=f"channel={quote(channel)}".encode()
+        api_on(hub),
+        b"",
+        method="GET",
+        path="/api/presence",
+        query=f"channel={quote(channel)}".encode(),
     )
-    assert presence == 422 and answer["detail"].endswith(mistake), answer
+    assert presence == 422, answer
+    assert answer["detail"].endswith(mistake), answer
     assert (await hub.publish(channel, {})).offset == 1  # nothing was published before
 
 

@@ -159,8 +159,8 @@ class PublishAPI:
             sentence += f" and in no namespace of the channels endpoints (channels.py: {names})"
         if self._channels:
             sentence += (
-                f"; the broadcast endpoints are {', '.join(self._channels)}, each {{name}} "
-                "filled in with one path segment"
+                f"; the broadcast endpoints are {', '.join(self._channels)}, each "
+                "{name} filled in with one path segment"
             )
         return f"{sentence}{self._mistake(channel) if isinstance(channel, str) else ''}."
 
@@ -350,7 +350,7 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
         "scheme": "bearer",
         "description": "The service's PUBLISH_API_KEY (the API is off until it is set).",
     }
-    where = f" ({', '.join(channels)}, each {{name}} filled in)" if channels else ""
+    where = f" ({', '.join(channels)}, each " + "{name} filled in)" if channels else ""
     channel = {
         "type": "string",
         "description": f"The path a client is on, decoded{where}, or a channel of a "

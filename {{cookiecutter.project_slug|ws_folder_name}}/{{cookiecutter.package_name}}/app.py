@@ -49,7 +49,7 @@ from . import __version__, auth, endpoints
 {%- if channels %}
 from .channels import NAMESPACES, channels_config
 {%- endif %}
-from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, refuse_to_start
+from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, misspelt_settings, refuse_to_start
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
 from .websocket.backend import create_router, websocket_routes
@@ -122,6 +122,8 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     settings = get_settings()
     settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
+    for sentence in misspelt_settings():
+        logger.warning("%s", sentence)
     configure_gc(settings.gc_threshold)
 {%- if channels %}
     channels_config(settings)  # an unusable token key stops the start, not the first connection
@@ -188,6 +190,8 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     settings = get_settings()
     settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
+    for sentence in misspelt_settings():
+        logger.warning("%s", sentence)
     configure_gc(settings.gc_threshold)
 {%- if channels %}
     channels_config(settings)  # an unusable token key stops the start, not the first connection

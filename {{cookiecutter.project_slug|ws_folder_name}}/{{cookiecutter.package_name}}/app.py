@@ -86,9 +86,9 @@ from .websocket.publish_api import PRESENCE_PATH, PublishAPI
 {%- endif %}
 {%- endif %}
 from .websocket.workers import server_workers
-{%- if broadcast %}
 
 logger = logging.getLogger(__name__)
+{%- if broadcast %}
 {%- if "broadcast" in kinds %}
 
 BROADCAST_PATHS = [

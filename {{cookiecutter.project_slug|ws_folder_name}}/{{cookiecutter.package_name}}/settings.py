@@ -82,7 +82,7 @@ UNREAD_VARIABLES = {
 """Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
 
-OTHER_NAMES = frozenset({"PROMETHEUS_MULTIPROC_DIR", "LIVE_SERVER", "LIVE_SERVER_ARGS"})
+OTHER_NAMES = frozenset({"LIVE_SERVER", "LIVE_SERVER_ARGS"})
 """Variables near a setting's name that something else reads: never reported as misspelt."""
 MISSPELT_CUTOFF = 0.8
 """How alike (difflib's ratio, 0 to 1) a variable's name must be to a setting's to be reported."""

@@ -23,10 +23,12 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisS
 {%- else %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 {%- endif %}
+{{ "" }}
 {%- if broadcasts %}
-
 from .conftest import AUTH_HEADERS, TEST_ENVIRONMENT
 from .contract import Contract
+{%- else %}
+from .conftest import AUTH_HEADERS
 {%- endif %}
 
 FIRST_URL = "{{ (endpoints | rejectattr("kind", "equalto", "channels") | list + endpoints | list) | map(attribute="example_url") | first }}"
@@ -59,9 +61,10 @@ async def test_the_client_measures_keepalive_round_trips(live_server: LiveServer
 
 def test_the_terminal_client_prints_the_replies_to_piped_lines(live_server: LiveServer) -> None:
     lines = [json.dumps({"type": "keepalive", "client_ns": n}) for n in (1, 2, 3)]
+    client = "{{ cookiecutter.package_name }}.client"
     headers = [f"--header={name}:{value}" for name, value in AUTH_HEADERS.items()]
     done = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}.client", live_server.ws_url(FIRST_URL), *headers],
+        [sys.executable, "-m", client, live_server.ws_url(FIRST_URL), *headers],
         input="\n".join([*lines, "not json", ""]),
         capture_output=True,
         text=True,

@@ -21,14 +21,21 @@ from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 {{ "" }}
 {%- set kinds = cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list %}
+# How the tests get past auth.py. As generated, auth.py lets every client in and both are
+# empty. When auth.py checks clients, put here what lets a test client in: the variables
+# auth.py reads (set for every app and server under test) and the headers that every test
+# connection sends. README.md ("Security and limits") fills them for its auth.py example.
+AUTH_ENVIRONMENT: dict[str, str] = {}
+AUTH_HEADERS: dict[str, str] = {}
 {%- if "broadcast" in kinds or "channels" in kinds %}
 TEST_ENVIRONMENT = {
     "TICK_SECONDS": "0.05",
     "PUBLISH_API_KEY": "test-key-0123456789abcdef",
     "JOIN_LEAVE_EVENTS": "no",  # tests of messages see only messages; test_presence turns it on
+    **AUTH_ENVIRONMENT,
 }
 {%- else %}
-TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05"}
+TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05", **AUTH_ENVIRONMENT}
 {%- endif %}
 {%- if redis %}
 
@@ -69,7 +76,7 @@ def client(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterat
 {%- else %}
 def client() -> Iterator[TestClient]:
 {%- endif %}
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), headers=AUTH_HEADERS) as client:
         yield client
 {%- endif %}
 

@@ -25,6 +25,8 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as plain_connect
 from websockets.typing import Data, DataLike
 
+from .conftest import AUTH_HEADERS
+
 Messages = dict[str, Draft7Validator]
 
 
@@ -155,7 +157,12 @@ def _json_object(frame: Data) -> dict[str, Any] | None:
 
 
 def connect(uri: str, **kwargs: Any) -> CheckedConnection:
-    """``websockets.sync.client.connect``, checked against the server's ``/asyncapi.json``."""
+    """``websockets.sync.client.connect``, checked against the server's ``/asyncapi.json``;
+    with conftest's `AUTH_HEADERS` unless ``additional_headers`` gives the same ones."""
+    given = dict(kwargs.pop("additional_headers", None) or {})
+    names = {name.lower() for name in given}
+    headers = {k: v for k, v in AUTH_HEADERS.items() if k.lower() not in names} | given
+    kwargs["additional_headers"] = headers
     connection = plain_connect(uri, create_connection=CheckedConnection, **kwargs)
     assert isinstance(connection, CheckedConnection)
     connection.check_query()

@@ -32,7 +32,7 @@ from {{ cookiecutter.package_name }}.websocket.broadcast import hub_of
 {%- endif %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
-from .conftest import TEST_ENVIRONMENT
+from .conftest import AUTH_HEADERS, TEST_ENVIRONMENT
 from .contract import connect
 
 BROADCAST_PATHS = [
@@ -181,7 +181,8 @@ def test_a_client_whose_position_cannot_be_resumed_is_told_to_reload(
 @pytest.mark.parametrize("query", ["?since=1", "?since=x&epoch=e", "?since=1&epoch=%22"])
 def test_a_malformed_resume_gets_an_error_and_a_close(live_server: LiveServer, query: str) -> None:
     url = live_server.ws_url(filled(BROADCAST_PATHS[0], "bad") + query)
-    with plain_connect(url) as websocket:  # a query /asyncapi.json does not allow, on purpose
+    # A query /asyncapi.json does not allow, on purpose: not contract.connect.
+    with plain_connect(url, additional_headers=AUTH_HEADERS) as websocket:
         assert receive(websocket)["type"] == "error"
         with pytest.raises(ConnectionClosed) as closed:
             websocket.recv(timeout=5)

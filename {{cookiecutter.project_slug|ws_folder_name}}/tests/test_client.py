@@ -23,10 +23,12 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisS
 {%- else %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 {%- endif %}
+{{ "" }}
 {%- if broadcasts %}
-
-from .conftest import TEST_ENVIRONMENT
+from .conftest import AUTH_HEADERS, TEST_ENVIRONMENT
 from .contract import Contract
+{%- else %}
+from .conftest import AUTH_HEADERS
 {%- endif %}
 
 FIRST_URL = "{{ (endpoints | rejectattr("kind", "equalto", "channels") | list + endpoints | list) | map(attribute="example_url") | first }}"
@@ -40,7 +42,8 @@ async def wait_for(condition: str, check: Callable[[], bool], within: float = 10
 
 
 async def test_the_client_measures_keepalive_round_trips(live_server: LiveServer) -> None:
-    async with Client(live_server.ws_url(FIRST_URL), keepalive_seconds=0.05) as client:
+    url = live_server.ws_url(FIRST_URL)
+    async with Client(url, headers=AUTH_HEADERS, keepalive_seconds=0.05) as client:
         await wait_for("a keepalive answered", lambda: client.round_trip is not None)
         assert client.round_trip is not None
         assert 0 < client.round_trip < 5
@@ -58,8 +61,10 @@ async def test_the_client_measures_keepalive_round_trips(live_server: LiveServer
 
 def test_the_terminal_client_prints_the_replies_to_piped_lines(live_server: LiveServer) -> None:
     lines = [json.dumps({"type": "keepalive", "client_ns": n}) for n in (1, 2, 3)]
+    client = "{{ cookiecutter.package_name }}.client"
+    headers = [f"--header={name}:{value}" for name, value in AUTH_HEADERS.items()]
     done = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}.client", live_server.ws_url(FIRST_URL)],
+        [sys.executable, "-m", client, live_server.ws_url(FIRST_URL), *headers],
         input="\n".join([*lines, "not json", ""]),
         capture_output=True,
         text=True,
@@ -74,7 +79,7 @@ def test_the_terminal_client_prints_the_replies_to_piped_lines(live_server: Live
 
 
 async def test_a_refused_handshake_is_not_retried(live_server: LiveServer) -> None:
-    async with Client(live_server.ws_url("/no/such/endpoint")) as client:
+    async with Client(live_server.ws_url("/no/such/endpoint"), headers=AUTH_HEADERS) as client:
         with pytest.raises(Refused, match="HTTP 403"):
             await asyncio.wait_for(client.receive(), 10)
         with pytest.raises(Refused):
@@ -122,7 +127,11 @@ async def test_a_client_reconnects_after_a_restart_and_resumes(
 ) -> None:
     # The listener is on the server that restarts; the publisher (another client) is on
     # {% if redis %}the other server, on the same Redis: nothing it publishes meanwhile may be lost{% else %}the same one (the memory hub's history goes with the process){% endif %}.
-    options: dict[str, Any] = {"first_retry_seconds": 0.05, "last_retry_seconds": 0.5}
+    options: dict[str, Any] = {
+        "first_retry_seconds": 0.05,
+        "last_retry_seconds": 0.5,
+        "headers": AUTH_HEADERS,
+    }
     publisher_server = {{ "live_server" if redis else "restarting" }}
     async with (
         Client(restarting.ws_url(BROADCAST_URL), **options) as listener,

@@ -31,6 +31,7 @@ from websockets.sync.client import ClientConnection
 from {{ cookiecutter.package_name }}.settings import STARTUP_REFUSED
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer
 
+from .conftest import AUTH_ENVIRONMENT
 from .contract import connect
 
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -40,7 +41,9 @@ ANY_ENDPOINT = "{{ first.example_url }}"
 
 @pytest.fixture(scope="module")
 def runner() -> Iterator[LiveServer]:
-    with LiveServer(APP, server="runner", env={"MAX_MESSAGE_BYTES": "1024"}) as server:
+    with LiveServer(
+        APP, server="runner", env={**AUTH_ENVIRONMENT, "MAX_MESSAGE_BYTES": "1024"}
+    ) as server:
         yield server
 
 
@@ -49,7 +52,9 @@ def test_compression_is_off_unless_asked(runner: LiveServer) -> None:
         assert websocket.response is not None
         assert websocket.response.headers.get("Sec-WebSocket-Extensions") is None
     with (
-        LiveServer(APP, server="runner", args=["--ws-per-message-deflate"]) as compressing,
+        LiveServer(
+            APP, server="runner", env=AUTH_ENVIRONMENT, args=["--ws-per-message-deflate"]
+        ) as compressing,
         connect(compressing.ws_url(ANY_ENDPOINT)) as websocket,
     ):
         assert websocket.response is not None
@@ -63,7 +68,7 @@ def test_the_runner_lifts_its_open_file_limit_to_the_hard_one() -> None:
         pytest.skip(f"the hard limit ({hard}) leaves no room to lower the soft one")
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the runner inherits 256
     try:
-        with LiveServer(APP, server="runner") as server:
+        with LiveServer(APP, server="runner", env=AUTH_ENVIRONMENT) as server:
             limits = Path(f"/proc/{server.pid}/limits").read_text()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -86,7 +91,7 @@ def test_the_server_itself_refuses_messages_over_the_size_limit(runner: LiveServ
 
 
 def test_json_logs_are_one_object_per_line_with_the_events_fields_as_keys() -> None:
-    with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
+    with LiveServer(APP, server="runner", env={**AUTH_ENVIRONMENT, "LOG_FORMAT": "json"}) as server:
         with connect(server.ws_url(ANY_ENDPOINT)) as websocket:
 {%- if centrifuge %}
             websocket.send('{"id": 987654321, "connect": {}}')
@@ -122,7 +127,7 @@ def test_a_close_that_crosses_the_reply_is_logged_with_the_clients_code() -> Non
     # the connection closing, before the session has read the close.
     message = Frame(Opcode.TEXT, {% if centrifuge %}b'{"id": 1, "connect": {}}'{% else %}b'{"type": "keepalive"}'{% endif %}).serialize(mask=True)
     close = Frame(Opcode.CLOSE, Close(4001, "bye").serialize()).serialize(mask=True)
-    with LiveServer(APP, server="runner", env={"LOG_FORMAT": "json"}) as server:
+    with LiveServer(APP, server="runner", env={**AUTH_ENVIRONMENT, "LOG_FORMAT": "json"}) as server:
         for _ in range(3):
             with connect(server.ws_url(ANY_ENDPOINT)) as websocket:
                 websocket.socket.sendall(message + close)

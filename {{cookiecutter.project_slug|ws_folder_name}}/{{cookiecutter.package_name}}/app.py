@@ -56,7 +56,7 @@ from . import __version__, auth, endpoints
 {%- if channels %}
 from .channels import NAMESPACES, channels_config
 {%- endif %}
-from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, refuse_to_start
+from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, misspelt_settings, refuse_to_start
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
 from .websocket.backend import create_router, websocket_routes
@@ -93,9 +93,9 @@ from .websocket.publish_api import PRESENCE_PATH, PublishAPI
 {%- endif %}
 {%- endif %}
 from .websocket.workers import server_workers
-{%- if broadcast %}
 
 logger = logging.getLogger(__name__)
+{%- if broadcast %}
 {%- if "broadcast" in kinds %}
 
 BROADCAST_PATHS = [
@@ -129,6 +129,8 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     settings = get_settings()
     settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
+    for sentence in misspelt_settings():
+        logger.warning("%s", sentence)
     configure_gc(settings.gc_threshold)
 {%- if channels %}
     channels_config(settings)  # an unusable token key stops the start, not the first connection
@@ -220,6 +222,8 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     settings = get_settings()
     settings.check(server_workers())
     configure_logging(settings.log_level, settings.log_format)
+    for sentence in misspelt_settings():
+        logger.warning("%s", sentence)
     configure_gc(settings.gc_threshold)
 {%- if channels %}
     channels_config(settings)  # an unusable token key stops the start, not the first connection

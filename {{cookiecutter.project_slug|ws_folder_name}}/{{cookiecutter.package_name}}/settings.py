@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass{% if hub or metrics %}, field{% endif %}
+from dataclasses import dataclass{% if hub or metrics %}, field{% endif %}, fields
 from functools import lru_cache
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -80,6 +81,11 @@ UNREAD_VARIABLES = {
 }
 """Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
+
+OTHER_NAMES = frozenset({"LIVE_SERVER", "LIVE_SERVER_ARGS"})
+"""Variables near a setting's name that something else reads: never reported as misspelt."""
+MISSPELT_CUTOFF = 0.8
+"""How alike (difflib's ratio, 0 to 1) a variable's name must be to a setting's to be reported."""
 
 Value = TypeVar("Value")
 
@@ -222,7 +228,7 @@ class Settings:
             message_burst=read("MESSAGE_BURST", _positive(int), cls.message_burst),
             max_connections=read("MAX_CONNECTIONS", _positive(int), cls.max_connections),
             idle_timeout_seconds=read(
-                "IDLE_TIMEOUT_SECONDS", _positive(float), cls.idle_timeout_seconds
+                "IDLE_TIMEOUT_SECONDS", _idle_timeout, cls.idle_timeout_seconds
             ),
             send_timeout_seconds=read(
                 "SEND_TIMEOUT_SECONDS", _positive(float), cls.send_timeout_seconds
@@ -363,6 +369,18 @@ def _positive(kind: Callable[[str], Value]) -> Callable[[str, str], Value]:
     return read
 
 
+def _idle_timeout(name: str, value: str) -> float:
+    try:
+        return _positive(float)(name, value)
+    except SettingsError:
+        raise SettingsError(
+            f"{name}={value!r} must be a positive number of seconds; the idle timeout cannot "
+            "be turned off (it is how a client that went away unseen is found): for clients "
+            "that stay silent for long, set a long one (86400 is a day), or have them send "
+            "keepalives"
+        ) from None
+
+
 def _text(name: str, value: str) -> str:
     return value
 {%- if hub %}
@@ -466,6 +484,28 @@ def _redis_url(name: str, value: str) -> str:
 def _channel_prefix(name: str, value: str) -> str:
     return value
 {%- endif %}
+
+
+def misspelt_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """One sentence for each variable set whose name is close to a setting's but is none
+    (``HISTORY_SIZ`` for ``HISTORY_SIZE``, ``IDLE_TIMEOUT`` for ``IDLE_TIMEOUT_SECONDS``):
+    the service would ignore it without a word."""
+    known = [field.name.upper() for field in fields(Settings)]
+{%- if not (redis and channels) %}
+    known += UNREAD_VARIABLES  # the settings of other kinds of service are refused, not ignored
+{%- endif %}
+    sentences = []
+    for name in sorted(environ):
+        if name in known or name in OTHER_NAMES or not environ[name].strip():
+            continue
+        close = [f"{name}_SECONDS"] if f"{name}_SECONDS" in known else []
+        close = close or difflib.get_close_matches(name, known, 1, MISSPELT_CUTOFF)
+        if close:
+            sentences.append(
+                f"{name} is set, but no setting has that name and it is ignored: "
+                f"did you mean {close[0]}? (the settings are listed in README.md)"
+            )
+    return sentences
 
 
 def refuse_to_start(error: SettingsError) -> NoReturn:

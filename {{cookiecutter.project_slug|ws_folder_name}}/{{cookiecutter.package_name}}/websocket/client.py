@@ -58,6 +58,24 @@ logger = logging.getLogger(__name__)
 
 RETRIED_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013})
 """Close codes after which the client reconnects; any other close ends it (`Refused`)."""
+
+CLOSE_HINTS: Final = {
+    1008: "a policy violation: a request the service refused (its error message says "
+    "why), too many messages, or none for its IDLE_TIMEOUT_SECONDS (send keepalives)",
+    1009: "a message over the service's MAX_MESSAGE_BYTES: send smaller ones, or raise "
+    "MAX_MESSAGE_BYTES where the service runs",
+}
+"""What a close code that ends the client means, and what to do (in `Refused`'s message).
+1008's hint is given only when the close has no reason of its own."""
+
+STATUS_HINTS: Final = {
+    401: "the service wants credentials: send what its auth.py reads (headers=, or "
+    "--header/--cookie on the command line)",
+    403: "the service's auth.py or origin check refused it, or no endpoint has this path: "
+    "send what auth.py reads (headers=, or --header/--cookie on the command line)",
+    404: "no websocket endpoint has this path",
+}
+"""What an HTTP status refusing the handshake means, and what to do."""
 POSITION_TYPES: Final = frozenset({"subscribed", "broadcast", "dropped"})
 
 
@@ -189,8 +207,10 @@ class Refused(Exception):
 class Client:
     """A connection to one endpoint of the service, kept up (see the module's docs).
 
-    ``headers`` go with every handshake (``Authorization``, say); ``open_timeout`` bounds
-    one connection attempt, in seconds.
+    ``headers`` go with every handshake: what the service's ``auth.py`` reads, such as
+    ``{"Cookie": "session=..."}`` or ``{"Authorization": "Bearer ..."}``
+    (``python -m <package>.client`` takes them as ``--cookie`` and ``--header``);
+    ``open_timeout`` bounds one connection attempt, in seconds.
     """
 
     def __init__(
@@ -312,12 +332,9 @@ class Client:
                     await self._serve_one_connection()
                 except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as error:
                     if isinstance(error, InvalidStatus):
-                        raise Refused(
-                            f"the handshake was refused with HTTP {error.response.status_code}"
-                        ) from error
+                        raise Refused(_refused_because(error.response.status_code)) from error
                     if isinstance(error, ConnectionClosed) and not _retried(error):
-                        code = error.rcvd.code if error.rcvd else None
-                        raise Refused(f"the service closed the connection with {code}") from error
+                        raise Refused(_closed_because(error)) from error
                     logger.info("connection to %s lost or refused (%r); retrying", self.url, error)
                 if time.monotonic() - started >= self.stable_seconds:
                     attempts = 1
@@ -390,7 +407,27 @@ def _retried(error: ConnectionClosed) -> bool:
     return code in RETRIED_CLOSE_CODES
 
 
-async def _console(url: str, linger: float = 1.0) -> None:
+def _closed_because(error: ConnectionClosed) -> str:
+    """`Refused`'s sentence for a close that ends the client: the code, reason and a hint."""
+    if error.rcvd is None:
+        return "the service closed the connection with no close frame"
+    said = f"the service closed the connection with {error.rcvd.code}"
+    if error.rcvd.reason:
+        said += f" ({error.rcvd.reason})"
+    hint = CLOSE_HINTS.get(error.rcvd.code)
+    if hint is None or (error.rcvd.code == 1008 and error.rcvd.reason):
+        return said
+    return f"{said}: {hint}"
+
+
+def _refused_because(status: int) -> str:
+    """`Refused`'s sentence for a refused handshake: the status and a hint."""
+    said = f"the handshake was refused with HTTP {status}"
+    hint = STATUS_HINTS.get(status)
+    return f"{said}: {hint}" if hint else said
+
+
+async def _console(url: str, linger: float = 1.0, headers: Mapping[str, str] | None = None) -> None:
     """Print what arrives on ``url``, send each line typed (a JSON object); end ``linger``
     seconds after the end of the input (the replies to its last lines arrive meanwhile), or
     when the service refuses the client."""
@@ -403,7 +440,7 @@ async def _console(url: str, linger: float = 1.0) -> None:
         loop.call_soon_threadsafe(lines.put_nowait, None)
 
     threading.Thread(target=read_input, daemon=True).start()
-    async with Client(url) as client:
+    async with Client(url, headers=headers) as client:
 
         async def printing() -> None:
             async for message in client:
@@ -429,8 +466,31 @@ async def _console(url: str, linger: float = 1.0) -> None:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-        for task in done:
-            task.result()  # Refused, if that is what ended it
+        # Both tasks may have ended with the same Refused: read every one, raise one.
+        errors = [task.exception() for task in done if not task.cancelled()]
+        for error in errors:
+            if error is not None:
+                raise error
+
+
+def _header(text: str) -> tuple[str, str]:
+    """``NAME:VALUE`` (``--header``) as a pair; argparse reports a ValueError in one line."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise ValueError(text)
+    return name.strip(), value.strip()
+
+
+def _cookie(text: str) -> str:
+    """``NAME=VALUE`` (``--cookie``), checked."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise ValueError(text)
+    return f"{name.strip()}={value.strip()}"
+
+
+_header.__name__ = "NAME:VALUE header"  # what argparse names in its error
+_cookie.__name__ = "NAME=VALUE cookie"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,12 +505,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1.0,
         help="seconds to go on printing after the end of the input (default 1)",
     )
+    parser.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a header to send with the handshake, e.g. 'Authorization: Bearer ...' "
+        "(repeat for more)",
+    )
+    parser.add_argument(
+        "--cookie",
+        type=_cookie,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a cookie to send with the handshake, e.g. session=... (repeat for more)",
+    )
     args = parser.parse_args(argv)
+    headers = dict(args.header)
+    if args.cookie:
+        headers["Cookie"] = "; ".join([*filter(None, [headers.get("Cookie")]), *args.cookie])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_console(args.url, args.linger))
+        asyncio.run(_console(args.url, args.linger, headers))
     except Refused as error:
-        print(f"refused: {error}")
+        print(f"refused: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -66,6 +66,9 @@ METRICS_TESTS = ["tests/test_metrics.py"]
 # Project files (relative to the project) that a "no" to an option removes.
 CI_FILES = [".github"]
 CONTAINER_FILES = ["Dockerfile", ".dockerignore"]
+# Redis and two service processes behind one proxy: only where there is Redis to run and a
+# Dockerfile to build the service from.
+COMPOSE_FILES = ["compose.yaml", "proxy"]
 
 # The identity of the first commit when git has none configured (set for that command only).
 FALLBACK_IDENTITY = ("ws-template", "ws-template@localhost")
@@ -135,6 +138,13 @@ if not CONSOLE_PAGE:
     (Path(PACKAGE) / "console.html").unlink()
 
 for path in [*(CI_FILES if CI == "none" else []), *([] if CONTAINER else CONTAINER_FILES)]:
+    if Path(path).is_dir():
+        shutil.rmtree(path)
+    else:
+        Path(path).unlink()
+
+HUB = "broadcast" in KINDS or "channels" in KINDS
+for path in [] if (CONTAINER and HUB and BROADCAST_BACKEND == "redis") else COMPOSE_FILES:
     if Path(path).is_dir():
         shutil.rmtree(path)
     else:

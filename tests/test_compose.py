@@ -29,6 +29,7 @@ import pytest
 import yaml
 from websocket.testing import RedisServer  # the vendored backend, as every project has it
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from tests.conftest import TEMPLATE, render
 from tests.test_plumbing import exec_form, free_port
@@ -324,7 +325,9 @@ def test_proxy_configuration_joins_clients_of_two_processes_in_one_room(
             processes.append(proxy)
             wait_healthy(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
             url = f"ws://127.0.0.1:{proxy_port}{room}"
-            origin = f"http://127.0.0.1:{proxy_port}"  # the Origin check sees the proxy's Host
+            origin = Origin(
+                f"http://127.0.0.1:{proxy_port}"
+            )  # the Origin check sees the proxy's Host
             with connect(url, origin=origin) as first, connect(url, origin=origin) as second:
                 for client in (first, second):
                     assert json.loads(client.recv(timeout=10))["type"] == "subscribed"

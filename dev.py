@@ -3,7 +3,10 @@
     python3 dev.py demo   render the default project, install it, start it
     python3 dev.py test   run the whole test suite (lint, type-check, template tests)
 
-Both create or refresh ``.venv`` with the development dependencies of ``pyproject.toml``.
+Both create or refresh ``.venv`` with the development dependencies of ``pyproject.toml``;
+``test`` also installs the Node.js packages some tests use (``npm ci``, when npm is there and a
+folder's node_modules does not match its lock file), and says in one line, before the tests start,
+which tests cannot run on this machine and why (they skip, or fail under CI/REQUIRE_*).
 Standard library only: this script is what installs everything else.
 """
 
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import time
 import venv
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -28,6 +32,12 @@ VENV = ROOT / ".venv"
 MIN_PYTHON = (3, 11)
 MIN_PIP = "25.1"
 DEMO_USERS = ("alice", "bob")  # the first pip that installs a [dependency-groups] group
+NODE_FOLDERS = {  # folder with a package-lock.json: the tests that need its node_modules
+    "bench": "the benchmark's smoke runs",
+    "conformance/asyncapi": "the AsyncAPI checks",
+    "conformance/centrifuge": "the centrifuge SDK checks",
+}
+CHROMIUM = Path("/usr/bin/chromium")  # where tests/test_console.py looks for it
 
 
 def bin_path(environment: Path, name: str) -> Path:
@@ -118,11 +128,86 @@ def connection_token(user: str, secret: str, hours: int = 24) -> str:
     return f"{header}.{claims}.{part(signature)}"
 
 
+def node_modules_current(folder: Path) -> bool:
+    """True when ``folder/node_modules`` holds what ``folder/package-lock.json`` pins.
+
+    npm ci leaves a copy of what it installed in ``node_modules/.package-lock.json``; every
+    package of the lock file (but optional ones, which may not be for this platform) must be
+    there at the locked version, and nothing else.
+    """
+    installed_file = folder / "node_modules" / ".package-lock.json"
+    if not installed_file.is_file():
+        return False
+    try:
+        locked = json.loads((folder / "package-lock.json").read_text())["packages"]
+        installed = json.loads(installed_file.read_text())["packages"]
+        for name, package in locked.items():
+            if not name or (package.get("optional") and name not in installed):
+                continue
+            if installed.get(name, {}).get("version") != package.get("version"):
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable: reinstall
+        return False
+    return set(installed) <= set(locked)
+
+
+def node_installs(root: Path, which: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
+    """The folders of NODE_FOLDERS to ``npm ci``, and why the tests of the others cannot run."""
+    if which("node") is None:
+        return [], [f"{', '.join(NODE_FOLDERS.values())} (no node)"]
+    to_install: list[str] = []
+    cannot: list[str] = []
+    for folder, tests in NODE_FOLDERS.items():
+        if not node_modules_current(root / folder):
+            if which("npm") is None:
+                cannot.append(f"{tests} (no npm to install {folder}/node_modules)")
+            else:
+                to_install.append(folder)
+    return to_install, cannot
+
+
+def other_missing_tools(which: Callable[[str], str | None], chromium: Path = CHROMIUM) -> list[str]:
+    """Why the tests that need a program other than node cannot run here (as they detect it)."""
+    cannot = []
+    if which("redis-server") is None:
+        cannot.append("the Redis broadcast tests (no redis-server)")
+    if not chromium.exists():
+        cannot.append(f"the console's browser tests (no {chromium})")
+    prometheus = [name for name in ("prometheus", "promtool") if which(name) is None]
+    if prometheus:
+        cannot.append(f"the Prometheus tests (no {' or '.join(prometheus)})")
+    if which("valgrind") is None:
+        cannot.append("the benchmark's instruction counts (no valgrind)")
+    return cannot
+
+
+def not_run_line(cannot: list[str]) -> str:
+    """The one line said before the tests start."""
+    if not cannot:
+        return "Every test can run on this machine."
+    return "Not run on this machine (skipped, or failed under CI/REQUIRE_*): " + "; ".join(cannot)
+
+
+def install_node_packages(which: Callable[[str], str | None] = shutil.which) -> list[str]:
+    """``npm ci`` where needed; return why the tests that still cannot run cannot."""
+    to_install, cannot = node_installs(ROOT, which)
+    npm = which("npm")
+    for folder in to_install:
+        assert npm is not None
+        try:
+            run(npm, "ci", "--prefix", folder, "--no-audit", "--no-fund")
+        except subprocess.CalledProcessError:
+            cannot.append(f"{NODE_FOLDERS[folder]} (npm ci --prefix {folder} failed)")
+    return cannot + other_missing_tools(which)
+
+
 def test(pytest_args: list[str]) -> None:
     """Lint and type-check the template, then run its tests (two processes)."""
     python = ensure_dev_environment()
+    cannot = install_node_packages()
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     run(python, "-m", "pre_commit", "run", "--all-files", "--show-diff-on-failure", env=env)
+    print(not_run_line(cannot), flush=True)
     pytest = ["-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations", "15"]
     run(python, *pytest, *pytest_args, env=env)
 

@@ -36,6 +36,7 @@ NODE_FOLDERS = {  # folder with a package-lock.json: the tests that need its nod
     "bench": "the benchmark's smoke runs",
     "conformance/asyncapi": "the AsyncAPI checks",
     "conformance/centrifuge": "the centrifuge SDK checks",
+    "conformance/compose": "the compose.yaml schema checks",
 }
 CHROMIUM = Path("/usr/bin/chromium")  # where tests/test_console.py looks for it
 
@@ -178,6 +179,8 @@ def other_missing_tools(which: Callable[[str], str | None], chromium: Path = CHR
         cannot.append(f"the Prometheus tests (no {' or '.join(prometheus)})")
     if which("valgrind") is None:
         cannot.append("the benchmark's instruction counts (no valgrind)")
+    if which("nginx") is None:
+        cannot.append("the compose.yaml proxy test (no nginx)")
     return cannot
 
 

@@ -16,7 +16,7 @@ import pytest
 import dev
 from tests.conftest import TEMPLATE
 
-EVERY_PROGRAM = ("node", "npm", "redis-server", "prometheus", "promtool", "valgrind")
+EVERY_PROGRAM = ("node", "npm", "redis-server", "prometheus", "promtool", "valgrind", "nginx")
 
 
 def which_of(*programs: str) -> Callable[[str], str | None]:
@@ -107,7 +107,8 @@ def test_without_node_every_node_test_is_reported_in_one_entry(root: Path) -> No
     to_install, cannot = dev.node_installs(root, which_of("npm"))
     assert to_install == []
     assert cannot == [
-        "the benchmark's smoke runs, the AsyncAPI checks, the centrifuge SDK checks (no node)"
+        "the benchmark's smoke runs, the AsyncAPI checks, the centrifuge SDK checks, "
+        "the compose.yaml schema checks (no node)"
     ]
 
 
@@ -118,6 +119,7 @@ def test_the_line_names_each_missing_program_as_the_tests_detect_it(tmp_path: Pa
         f"the console's browser tests (no {tmp_path / 'chromium'})",
         "the Prometheus tests (no prometheus)",
         "the benchmark's instruction counts (no valgrind)",
+        "the compose.yaml proxy test (no nginx)",
     ]
     line = dev.not_run_line(cannot)
     assert "\n" not in line

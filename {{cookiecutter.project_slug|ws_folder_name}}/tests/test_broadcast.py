@@ -178,7 +178,32 @@ def test_a_client_whose_position_cannot_be_resumed_is_told_to_reload(
     assert receive(back)["offset"] == top["offset"] + 1
 
 
-@pytest.mark.parametrize("query", ["?since=1", "?since=x&epoch=e", "?since=1&epoch=%22"])
+def test_a_client_opened_with_last_starts_with_the_channel_s_last_messages(
+    clients: OpenClient,
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "last")
+    sender = clients(url)
+    for n in range(1, 6):
+        sender.send(json.dumps({"n": n}))
+    sent = [receive(sender) for _ in range(5)]
+    late = clients(url, "?last=3", recovered=True)
+    assert [(m["offset"], m["message"]) for m in (receive(late) for _ in range(3))] == [
+        (sent[n - 1]["offset"], {"n": n}) for n in (3, 4, 5)
+    ]
+    sender.send(json.dumps({"n": 6}))  # then the live ones
+    assert receive(late)["message"] == {"n": 6}
+
+
+def test_a_client_cannot_sign_a_message_as_someone_else(clients: OpenClient) -> None:
+    url = filled(BROADCAST_PATHS[0], "forged")
+    anonymous = clients(url)  # the default auth.py lets everyone in, with no identity
+    anonymous.send(json.dumps({"text": "hi", "user": "bob"}))
+    assert receive(anonymous)["message"] == {"text": "hi"}  # stamp_sender took it out
+
+
+@pytest.mark.parametrize(
+    "query", ["?since=1", "?since=x&epoch=e", "?since=1&epoch=%22", "?last=x", "?last=1&since=1"]
+)
 def test_a_malformed_resume_gets_an_error_and_a_close(live_server: LiveServer, query: str) -> None:
     url = live_server.ws_url(filled(BROADCAST_PATHS[0], "bad") + query)
     # A query /asyncapi.json does not allow, on purpose: not contract.connect.
@@ -410,6 +435,19 @@ def caught_up(server: LiveServer, channel: str, *websockets: ClientConnection) -
         while (message := receive(websocket)).get("message") != marker:
             before.append(message)
     return before
+
+
+def test_each_message_carries_its_sender_s_user_whatever_the_client_wrote(
+    users_server: LiveServer,
+) -> None:
+    room = filled(BROADCAST_PATHS[0], "signed")
+    with ExitStack() as stack:
+        alice, _ = as_user(stack, users_server, room, "token-a")
+        bob, _ = as_user(stack, users_server, room, "token-b")
+        caught_up(users_server, room, alice, bob)  # the join events read
+        alice.send(json.dumps({"text": "hi, it's bob", "user": "bob"}))
+        for websocket in (alice, bob):
+            assert receive(websocket)["message"] == {"text": "hi, it's bob", "user": "alice"}
 
 
 def test_a_message_to_a_user_reaches_each_of_their_connections_and_nobody_else(

@@ -71,7 +71,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Protocol, Self
+from typing import Any, Final, NamedTuple, Protocol, Self, TypeAlias
 from urllib.parse import parse_qs
 
 from .session import (
@@ -1216,8 +1216,8 @@ class Refused(Exception):
     sentence the client gets as ``{"type": "error", "reason": ...}``."""
 
 
-MessageHook = Callable[
-    [SessionSocket, dict[str, Any]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]
+MessageHook: TypeAlias = Callable[
+    [WS, dict[str, Any]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]
 ]
 """What `run_broadcast` calls with the connection and each JSON object its client sends,
 before publishing it: it returns the message to publish (the same, or changed), or raises
@@ -1255,7 +1255,7 @@ async def run_broadcast(
     channel: str | None = None,
     *,
     publish: bool = True,
-    on_message: MessageHook | None = None,
+    on_message: MessageHook[WS] | None = None,
 ) -> None:
     """Serve one connection of a broadcast endpoint until it ends (see the module's docs).
 
@@ -1340,9 +1340,9 @@ async def _receive_only(websocket: SessionSocket, message: dict[str, Any]) -> No
 
 
 def _publisher(
-    hub: Hub, channel: str, on_message: MessageHook | None = None
-) -> JsonHandler[SessionSocket]:
-    async def publish(websocket: SessionSocket, message: dict[str, Any]) -> None:
+    hub: Hub, channel: str, on_message: MessageHook[WS] | None = None
+) -> JsonHandler[WS]:
+    async def publish(websocket: WS, message: dict[str, Any]) -> None:
         outgoing: Mapping[str, Any] = message
         try:
             if on_message is not None:

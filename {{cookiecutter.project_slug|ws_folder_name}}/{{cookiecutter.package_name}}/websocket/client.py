@@ -317,9 +317,7 @@ class Client:
         if self._position is None and self.last is None:
             return self.url
         parts = urlsplit(self.url)
-        query = [
-            (k, v) for k, v in parse_qsl(parts.query) if k not in ("since", "epoch", "last")
-        ]
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("since", "epoch", "last")]
         if self._position is None:
             query += [("last", str(self.last))]
         else:

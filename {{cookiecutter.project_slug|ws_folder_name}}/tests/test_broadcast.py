@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,8 +29,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as plain_connect
 {{ "" }}
+from {{ cookiecutter.package_name }} import endpoints
 {%- if cookiecutter.framework == "fastapi" %}
-from {{ cookiecutter.package_name }}.websocket.broadcast import hub_of
+from {{ cookiecutter.package_name }}.websocket.broadcast import Refused, hub_of
+{%- else %}
+from {{ cookiecutter.package_name }}.websocket.broadcast import Refused
 {%- endif %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
@@ -212,6 +217,24 @@ def test_a_client_cannot_sign_a_message_as_someone_else(clients: OpenClient) -> 
     message = receive(sender, signed=True)["message"]
     assert message.get("user") != "bob"
     assert unsigned({"type": "broadcast", "message": message})["message"] == {"text": "hi"}
+
+
+README = Path(__file__).parents[1] / "README.md"
+HOOK_EXAMPLE = re.compile(r"```python\n(from \.websocket\.broadcast import Refused.*?)```", re.S)
+
+
+def test_the_readme_s_stamp_sender_example_stamps_validates_and_refuses() -> None:
+    example = HOOK_EXAMPLE.search(README.read_text())
+    assert example is not None, "README.md has no stamp_sender example"
+    namespace = dict(vars(endpoints))  # run as if written in endpoints.py
+    exec(example.group(1), namespace)
+    stamp_sender = namespace["stamp_sender"]
+    alice, anonymous = SimpleNamespace(scope={"user": "alice"}), SimpleNamespace(scope={})
+    assert stamp_sender(alice, {"text": "hi", "user": "bob"}) == {"text": "hi", "user": "alice"}
+    assert stamp_sender(anonymous, {"text": "hi", "user": "bob"}) == {"text": "hi"}
+    for refused in ({"text": 7}, {"text": "x" * 2001}, {}):
+        with pytest.raises(Refused, match="a message needs a text of at most 2000 characters"):
+            stamp_sender(alice, refused)
 
 
 @pytest.mark.parametrize(

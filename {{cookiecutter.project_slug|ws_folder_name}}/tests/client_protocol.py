@@ -141,13 +141,15 @@ def check_broadcast_endpoint(connection: JsonConnection) -> None:
         connection.send_json(message)
         relayed = receive_reply(connection)  # the sender gets its own message too
         offset += 1  # each message on the channel the next offset
+        # endpoints.py's stamp_sender adds the sender's user, when auth.py gave one.
+        stamped = {"user": relayed["message"]["user"]} if "user" in relayed["message"] else {}
         assert relayed == {
             "type": "broadcast",
             "channel": channel,
             "offset": offset,
             "epoch": epoch,
             "server_ns": relayed["server_ns"],
-            "message": message,
+            "message": {**message, **stamped},
         }, relayed
         assert abs(relayed["server_ns"] - time.time_ns()) < 5 * SECOND_NS, relayed
     check_keepalive_answered(connection)

@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,8 +29,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as plain_connect
 {{ "" }}
+from {{ cookiecutter.package_name }} import endpoints
 {%- if cookiecutter.framework == "fastapi" %}
-from {{ cookiecutter.package_name }}.websocket.broadcast import hub_of
+from {{ cookiecutter.package_name }}.websocket.broadcast import Refused, hub_of
+{%- else %}
+from {{ cookiecutter.package_name }}.websocket.broadcast import Refused
 {%- endif %}
 from {{ cookiecutter.package_name }}.websocket.testing import LiveServer{% if redis %}, RedisServer{% endif %}
 
@@ -51,8 +56,19 @@ def filled(path: str, value: str) -> str:
     return re.sub(r"\{(\w+)\}", rf"\1-{value}", path)
 
 
-def receive(websocket: ClientConnection) -> Any:
-    return json.loads(websocket.recv(timeout=5))
+def unsigned(received: Any) -> Any:
+    """``received`` without the ``user`` that ``stamp_sender`` (endpoints.py) puts in a
+    broadcast message of a signed-in sender: these tests connect as conftest's
+    ``AUTH_HEADERS`` say, anonymous or not."""
+    if isinstance(received, dict) and received.get("type") == "broadcast":
+        received["message"].pop("user", None)
+    return received
+
+
+def receive(websocket: ClientConnection, signed: bool = False) -> Any:
+    """The next message; a broadcast without its ``user`` unless ``signed`` (see `unsigned`)."""
+    received = json.loads(websocket.recv(timeout=5))
+    return received if signed else unsigned(received)
 
 
 @pytest.fixture
@@ -178,7 +194,52 @@ def test_a_client_whose_position_cannot_be_resumed_is_told_to_reload(
     assert receive(back)["offset"] == top["offset"] + 1
 
 
-@pytest.mark.parametrize("query", ["?since=1", "?since=x&epoch=e", "?since=1&epoch=%22"])
+def test_a_client_opened_with_last_starts_with_the_channel_s_last_messages(
+    clients: OpenClient,
+) -> None:
+    url = filled(BROADCAST_PATHS[0], "last")
+    sender = clients(url)
+    for n in range(1, 6):
+        sender.send(json.dumps({"n": n}))
+    sent = [receive(sender) for _ in range(5)]
+    late = clients(url, "?last=3", recovered=True)
+    assert [(m["offset"], m["message"]) for m in (receive(late) for _ in range(3))] == [
+        (sent[n - 1]["offset"], {"n": n}) for n in (3, 4, 5)
+    ]
+    sender.send(json.dumps({"n": 6}))  # then the live ones
+    assert receive(late)["message"] == {"n": 6}
+
+
+def test_a_client_cannot_sign_a_message_as_someone_else(clients: OpenClient) -> None:
+    url = filled(BROADCAST_PATHS[0], "forged")
+    sender = clients(url)  # anonymous with the default auth.py: stamp_sender takes "user" out
+    sender.send(json.dumps({"text": "hi", "user": "bob"}))
+    message = receive(sender, signed=True)["message"]
+    assert message.get("user") != "bob"
+    assert unsigned({"type": "broadcast", "message": message})["message"] == {"text": "hi"}
+
+
+README = Path(__file__).parents[1] / "README.md"
+HOOK_EXAMPLE = re.compile(r"```python\n(from \.websocket\.broadcast import Refused.*?)```", re.S)
+
+
+def test_the_readme_s_stamp_sender_example_stamps_validates_and_refuses() -> None:
+    example = HOOK_EXAMPLE.search(README.read_text())
+    assert example is not None, "README.md has no stamp_sender example"
+    namespace = dict(vars(endpoints))  # run as if written in endpoints.py
+    exec(example.group(1), namespace)
+    stamp_sender = namespace["stamp_sender"]
+    alice, anonymous = SimpleNamespace(scope={"user": "alice"}), SimpleNamespace(scope={})
+    assert stamp_sender(alice, {"text": "hi", "user": "bob"}) == {"text": "hi", "user": "alice"}
+    assert stamp_sender(anonymous, {"text": "hi", "user": "bob"}) == {"text": "hi"}
+    for refused in ({"text": 7}, {"text": "x" * 2001}, {}):
+        with pytest.raises(Refused, match="a message needs a text of at most 2000 characters"):
+            stamp_sender(alice, refused)
+
+
+@pytest.mark.parametrize(
+    "query", ["?since=1", "?since=x&epoch=e", "?since=1&epoch=%22", "?last=x", "?last=1&since=1"]
+)
 def test_a_malformed_resume_gets_an_error_and_a_close(live_server: LiveServer, query: str) -> None:
     url = live_server.ws_url(filled(BROADCAST_PATHS[0], "bad") + query)
     # A query /asyncapi.json does not allow, on purpose: not contract.connect.
@@ -410,6 +471,20 @@ def caught_up(server: LiveServer, channel: str, *websockets: ClientConnection) -
         while (message := receive(websocket)).get("message") != marker:
             before.append(message)
     return before
+
+
+def test_each_message_carries_its_sender_s_user_whatever_the_client_wrote(
+    users_server: LiveServer,
+) -> None:
+    room = filled(BROADCAST_PATHS[0], "signed")
+    with ExitStack() as stack:
+        alice, _ = as_user(stack, users_server, room, "token-a")
+        bob, _ = as_user(stack, users_server, room, "token-b")
+        caught_up(users_server, room, alice, bob)  # the join events read
+        alice.send(json.dumps({"text": "hi, it's bob", "user": "bob"}))
+        for websocket in (alice, bob):
+            signed = receive(websocket, signed=True)["message"]
+            assert signed == {"text": "hi, it's bob", "user": "alice"}
 
 
 def test_a_message_to_a_user_reaches_each_of_their_connections_and_nobody_else(

@@ -43,7 +43,15 @@ from {{ cookiecutter.package_name }}.websocket.testing import LiveServer, RedisS
 
 from .conftest import TEST_ENVIRONMENT
 from .contract import connect
-from .test_broadcast import SESSIONS, as_user, by_user, caught_up, presence_of, publish
+from .test_broadcast import (
+    SESSIONS,
+    as_user,
+    by_user,
+    caught_up,
+    presence_of,
+    publish,
+    unsigned,
+)
 
 APP = "{{ cookiecutter.package_name }}.app:app"
 PATH = "{{ broadcasts[0].example_url if broadcasts else "/" }}"
@@ -105,7 +113,8 @@ def servers(own_redis: RedisServer) -> Iterator[tuple[LiveServer, LiveServer]]:
 
 
 def receive(websocket: ClientConnection, timeout: float = 5.0) -> Any:
-    return json.loads(websocket.recv(timeout=timeout))
+    """The next message; a broadcast without the ``user`` stamp_sender may add (`unsigned`)."""
+    return unsigned(json.loads(websocket.recv(timeout=timeout)))
 
 
 def subscribe(stack: ExitStack, server: LiveServer, query: str = "") -> ClientConnection:

@@ -173,4 +173,23 @@ async def test_a_client_reconnects_after_a_restart_and_resumes(
     seen = numbers(received)
     assert seen == sorted(set(seen))  # in order, none twice
 {%- endif %}
+
+
+async def test_a_client_with_last_starts_with_the_channel_s_last_messages_then_resumes(
+    live_server: LiveServer,
+) -> None:
+    url = live_server.ws_url(BROADCAST_URL)
+    async with Client(url, headers=AUTH_HEADERS) as publisher:
+        assert (await publisher.receive())["type"] == "subscribed"
+        for n in range(5):
+            await publisher.send({"n": n})
+        received = [await asyncio.wait_for(publisher.receive(), 5) for _ in range(5)]
+    async with Client(url, headers=AUTH_HEADERS, last=2) as late:
+        assert "last=2" in late.resume_url()
+        notice = await asyncio.wait_for(late.receive(), 5)
+        assert (notice["type"], notice["recovered"]) == ("subscribed", True)
+        replayed = [await asyncio.wait_for(late.receive(), 5) for _ in range(2)]
+        assert numbers(replayed) == [3, 4]
+        assert late.position == (received[-1]["offset"], received[-1]["epoch"])
+        assert "last" not in late.resume_url()  # a reconnection resumes from its position
 {%- endif %}

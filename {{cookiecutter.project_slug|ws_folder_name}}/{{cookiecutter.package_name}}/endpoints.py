@@ -8,7 +8,8 @@ mount it in ``app.py`` with one ``create_router`` line.
 {%- if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
 
 Broadcast handlers hand the connection to ``run_broadcast`` with the service's hub, which
-``app.py``'s lifespan starts and stops (see ``websocket/broadcast.py``).
+``app.py``'s lifespan starts and stops (see ``websocket/broadcast.py``), and with
+``stamp_sender``, which sees each message a client sends before it is published.
 {%- endif %}
 {%- if "channels" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
 
@@ -29,16 +30,16 @@ from __future__ import annotations
 {%- if "ticker" in kinds %}
 import itertools
 {%- endif %}
-{%- if "echo" in kinds %}
+{%- if "echo" in kinds or "broadcast" in kinds %}
 from typing import Any
 {%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
-{%- if "ticker" in kinds or "echo" in kinds %}
+{%- if "ticker" in kinds or "echo" in kinds or "broadcast" in kinds %}
 {{ "" }}
 {%- endif %}
 from fastapi import WebSocket
 {%- endif %}
-{%- if cookiecutter.framework == "fastapi" or "ticker" in kinds or "echo" in kinds %}
+{%- if cookiecutter.framework == "fastapi" or "ticker" in kinds or "echo" in kinds or "broadcast" in kinds %}
 {{ "" }}
 {%- endif %}
 {%- if "channels" in kinds %}
@@ -80,7 +81,7 @@ from .websocket.{{ face }} import (
 {%- endif %}
 {%- if face == "asgi_backend" %}{{ asyncapi_import() }}{% endif %}
 {%- if "broadcast" in kinds %}
-from .websocket.broadcast import hub_of, run_broadcast
+from .websocket.broadcast import hub_of, presence_user, run_broadcast
 {%- elif "channels" in kinds %}
 from .websocket.broadcast import hub_of
 {%- endif %}
@@ -104,12 +105,30 @@ async def {{ endpoint.handler }}(websocket: WebSocket) -> None:
     await run_websocket(websocket, ticks, keepalive_loop)
 {%- elif endpoint.kind == "broadcast" %}
     """``{{ endpoint.path }}``: every JSON object goes to every client on the same path."""
-    await run_broadcast(websocket, hub_of(websocket))
+    await run_broadcast(websocket, hub_of(websocket), on_message=stamp_sender)
 {%- elif endpoint.kind == "channels" %}
     """``{{ endpoint.path }}``: many channels, in the Centrifuge client protocol (channels.py)."""
     await run_channels(websocket, hub_of(websocket), channels_config(get_settings()))
 {%- endif %}
 {%- endfor %}
+{%- if "broadcast" in kinds %}
+
+
+def stamp_sender(websocket: WebSocket, message: dict[str, Any]) -> dict[str, Any]:
+    """What a broadcast endpoint publishes of a message its client sent: the message with
+    ``user`` set to who auth.py says the sender is (removed for an anonymous sender), so
+    that nobody can sign as someone else.
+
+    Change it to validate or enrich messages (it may be ``async``), or raise
+    ``Refused("a sentence")`` (from ``.websocket.broadcast``) to refuse one: its sender gets
+    ``{"type": "error", "reason": "a sentence"}`` and nothing is published.
+    """
+    message.pop("user", None)
+    user = presence_user(websocket.scope.get("user"))
+    if user is not None:
+        message["user"] = user
+    return message
+{%- endif %}
 {%- if "echo" in kinds %}
 
 

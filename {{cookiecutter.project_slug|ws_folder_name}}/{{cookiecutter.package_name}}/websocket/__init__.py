@@ -65,6 +65,18 @@ a second of every worker connecting to Redis (it read 0 until a scrape had reach
 the broadcast endpoints' paths, the namespaces and the mistake (`ChannelNamespaces.names`).
 `publish_api.add_to_openapi` puts ``POST /api/publish`` and ``GET /api/presence`` (request
 and answer schemas, the bearer key) in an OpenAPI document: the FastAPI app's ``/openapi.json``.
+``run_broadcast(..., on_message=hook)``: a `MessageHook` sees each message a client sends
+on a broadcast endpoint, with the connection (its ``scope["user"]``), and gives the message
+to publish, changed or not, or raises `broadcast.Refused`, whose sentence the client gets as
+an ``error``; the generated ``endpoints.py`` wires one, ``stamp_sender``, that sets the
+message's ``user`` to the sender's identity (removed for an anonymous sender), so nobody can
+forge it. ``?last=N`` on a broadcast endpoint starts with the channel's last N messages
+the history holds (`broadcast.last_of`, `broadcast.start_of_last`: the subscribed notice
+gives the position before the first of them, with ``recovered``), on every hub; with
+``since`` it is refused (1008); when the history cannot be read, an ``error`` and a close
+with 1013. ``asyncapi.py`` declares ``last`` in the broadcast endpoints' query.
+`client.Client(..., last=N)` and ``python -m <package>.client --last N`` start with them,
+then resume from the position as before.
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

@@ -19,7 +19,8 @@ service sends) and a ``receive`` operation (what it receives) per channel::
 
 `KEEPALIVE_ENDPOINT`, `ECHO_ENDPOINT`, `TICKER_ENDPOINT`, `BROADCAST_ENDPOINT` and
 `CHANNELS_ENDPOINT` are the messages of the template's endpoint kinds; the broadcast one also
-declares the ``since``/``epoch`` query of a resume in the channel's ``ws`` binding. The
+declares the ``since``/``epoch`` query of a resume and ``last`` in the channel's ``ws``
+binding. The
 channels one is the Centrifuge client protocol v2 (JSON) as ``centrifuge_protocol.py``
 serves it: each command, reply and push is one message (a frame may carry several, one a
 line).
@@ -172,11 +173,16 @@ RESUME_QUERY: Final = {
         {
             "since": {"type": "string", "pattern": "^[0-9]{1,18}$"},
             "epoch": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+            "last": {"type": "string", "pattern": "^[0-9]{1,9}$"},
         },
         [],
         extra=True,  # the app's own parameters, a token for auth.py say, may come along
     ),
-    "dependencies": {"since": ["epoch"], "epoch": ["since"]},  # both or neither
+    "dependencies": {  # since and epoch both or neither; last without them
+        "since": ["epoch"],
+        "epoch": ["since"],
+        "last": {"not": {"anyOf": [{"required": ["since"]}, {"required": ["epoch"]}]}},
+    },
 }
 
 SUMMARIES: Final = {
@@ -231,9 +237,12 @@ BROADCAST_ENDPOINT: Final = Messages(
     query=RESUME_QUERY,
     description=(
         "Every JSON object a client sends goes to every client on the same path, the sender "
-        "included, with the channel's position. ?since=OFFSET&epoch=EPOCH resumes after a "
-        'position, from the channel\'s history. {"type": "presence"} asks who is on '
-        "the channel; join and leave tell the others who comes and goes; direct messages "
+        "included, with the channel's position; the endpoint may change a message first (the "
+        "generated project's stamp_sender sets its user to the sender's identity) or refuse "
+        "it with an error. ?since=OFFSET&epoch=EPOCH resumes after a position, from the "
+        "channel's history; ?last=N starts with the channel's last N messages it still holds. "
+        '{"type": "presence"} asks who is on the channel; join and leave tell the others who '
+        "comes and goes; direct messages "
         "reach every connection of one user."
     ),
 )

@@ -37,10 +37,16 @@ The client protocol of a broadcast connection (`run_broadcast`); a *position* is
   after that position follows, then the live ones) or ``"recovered": false`` (they could
   not be recovered: reload your state; messages continue from the position given). A
   malformed ``since`` or ``epoch`` gets ``{"type": "error", "reason"}`` and a close (1008);
+- a connection opened with ``?last=N`` starts with the channel's last N messages that the
+  history still holds (at most its ``history_size``): its subscribed notice gives the
+  position before the first of them and ``"recovered"`` (false: they were gone from the
+  history meanwhile; messages continue from the position given), and they follow it;
 - each JSON object the client sends, keepalives aside, is published to the channel and
   reaches every connection on it, the sender's included, as ``{"type": "broadcast",
   "channel", "offset", "epoch", "server_ns", "message": {...}}``; every connection sees the
-  channel's messages in the same order;
+  channel's messages in the same order. The endpoint's ``on_message`` hook, if any, sees
+  each such message first: it gives the message to publish (stamped with the sender, say)
+  or raises `Refused`, and the client gets ``{"type": "error", "reason"}`` instead;
 - ``{"type": "dropped", "channel", "count", "offset", "epoch"}`` reports ``count`` messages
   lost just before the position given (``null``: an unknown number, as when the epoch
   changed); the client can resume after the position it had reached by reconnecting with
@@ -55,16 +61,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
+import inspect
 import itertools
 import logging
 import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Protocol, Self
+from typing import Any, Final, NamedTuple, Protocol, Self, TypeAlias
 from urllib.parse import parse_qs
 
 from .session import (
@@ -83,6 +90,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_RESTART: Final = 1012
 POLICY_VIOLATION: Final = 1008
+TRY_AGAIN_LATER: Final = 1013
 HUB_STATE_KEY: Final = "broadcast_hub"
 """Where the app's lifespan puts its hub in the ASGI state (see `hub_of`)."""
 DEFAULT_QUEUE_SIZE: Final = 100
@@ -1162,6 +1170,61 @@ def hub_of(connection: HasScope | Mapping[str, Any]) -> Hub:
     return hub
 
 
+MAX_LAST_DIGITS: Final = 9
+
+
+def last_of(query_string: bytes) -> int | None:
+    """How many of a channel's last messages a client asks to start with: ``?last=N``, or None.
+
+    Raises ValueError, with a sentence for the client, when it is malformed or comes with
+    ``since`` (a client resumes from a position or starts from the last messages, not both).
+    """
+    if b"last" not in query_string:
+        return None
+    query = parse_qs(query_string.decode("latin-1"))
+    last = query.get("last", [])
+    if not last:
+        return None
+    if "since" in query or "epoch" in query:
+        raise ValueError("give either since and epoch (to resume) or last (to start), not both")
+    if len(last) != 1:
+        raise ValueError("give last once: how many of the channel's last messages to start with")
+    count = last[0]
+    if not (count.isascii() and count.isdigit() and len(count) <= MAX_LAST_DIGITS):
+        raise ValueError(
+            "last must be how many of the channel's last messages to start with: "
+            "a whole number, 0 or more"
+        )
+    return int(count)
+
+
+async def start_of_last(hub: Hub, channel: str, count: int) -> Position:
+    """The position before the last ``count`` messages of ``channel`` that its history holds
+    (fewer when it holds fewer; the channel's position when it holds none, or count is 0).
+
+    Raises `HubUnavailable` when the history cannot be read."""
+    top, history = await hub.history(channel)
+    history = [publication for publication in history if publication.epoch == top.epoch]
+    if not count or not history:
+        return top
+    first = history[-min(count, len(history))]
+    return Position(first.offset - 1, first.epoch)
+
+
+class Refused(Exception):
+    """A client's message that an ``on_message`` hook refuses; ``str(error)`` is the
+    sentence the client gets as ``{"type": "error", "reason": ...}``."""
+
+
+MessageHook: TypeAlias = Callable[
+    [WS, dict[str, Any]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]
+]
+"""What `run_broadcast` calls with the connection and each JSON object its client sends,
+before publishing it: it returns the message to publish (the same, or changed), or raises
+`Refused`. It may be a plain function or a coroutine function. The connection's
+``scope["user"]`` is what auth.py returned (None: anonymous)."""
+
+
 def since_of(query_string: bytes) -> Position | None:
     """The position a client asks to resume from: ``?since=OFFSET&epoch=EPOCH``, or None.
 
@@ -1187,23 +1250,38 @@ def since_of(query_string: bytes) -> Position | None:
 
 
 async def run_broadcast(
-    websocket: WS, hub: Hub, channel: str | None = None, *, publish: bool = True
+    websocket: WS,
+    hub: Hub,
+    channel: str | None = None,
+    *,
+    publish: bool = True,
+    on_message: MessageHook[WS] | None = None,
 ) -> None:
     """Serve one connection of a broadcast endpoint until it ends (see the module's docs).
 
     ``channel`` defaults to the connection's path, so ``/ws/rooms/{room}`` has one channel
-    per room. A query ``?since=OFFSET&epoch=EPOCH`` resumes after that position. With
+    per room. A query ``?since=OFFSET&epoch=EPOCH`` resumes after that position;
+    ``?last=N`` starts with the channel's last N messages that its history holds. With
     ``publish`` False the channel is receive-only: the service publishes (``hub.publish``,
     ``POST /api/publish``), and a message from the client gets an error reply instead.
-    Accepts and closes the socket as `run_websocket` does; the subscription ends with the
-    session.
+    ``on_message`` (a `MessageHook`) is called with the connection and each message its
+    client sends, and gives the message to publish or raises `Refused`. Accepts and closes
+    the socket as `run_websocket` does; the subscription ends with the session.
     """
     channel = channel or str(websocket.scope["path"])
+    query_string = websocket.scope.get("query_string", b"")
     try:
-        since = since_of(websocket.scope.get("query_string", b""))
+        since = since_of(query_string)
+        last = last_of(query_string)
     except ValueError as error:
         await run_websocket(websocket, _refusal(str(error)))
         return
+    if last is not None:
+        try:
+            since = await start_of_last(hub, channel, last)
+        except HubUnavailable as error:
+            await run_websocket(websocket, _refusal(str(error), TRY_AGAIN_LATER))
+            return
     user = presence_user(websocket.scope.get("user"))
     subscription = await hub.subscribe(channel, since, user=user)
     try:
@@ -1211,7 +1289,7 @@ async def run_broadcast(
             websocket,
             _relay(subscription),
             receive_json(
-                _publisher(hub, channel) if publish else _receive_only,
+                _publisher(hub, channel, on_message) if publish else _receive_only,
                 presence=_presence_answer(hub, channel),
             ),
         )
@@ -1225,10 +1303,10 @@ async def run_broadcast(
             )
 
 
-def _refusal(reason: str) -> TaskFactory[SessionSocket]:
+def _refusal(reason: str, code: int = POLICY_VIOLATION) -> TaskFactory[SessionSocket]:
     async def refusing(websocket: SessionSocket) -> None:
         await send_json(websocket, {"type": "error", "reason": reason})
-        await websocket.close(POLICY_VIOLATION)
+        await websocket.close(code)
 
     return refusing
 
@@ -1261,11 +1339,17 @@ async def _receive_only(websocket: SessionSocket, message: dict[str, Any]) -> No
     await send_json(websocket, {"type": "error", "reason": RECEIVE_ONLY})
 
 
-def _publisher(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:
-    async def publish(websocket: SessionSocket, message: dict[str, Any]) -> None:
+def _publisher(
+    hub: Hub, channel: str, on_message: MessageHook[WS] | None = None
+) -> JsonHandler[WS]:
+    async def publish(websocket: WS, message: dict[str, Any]) -> None:
+        outgoing: Mapping[str, Any] = message
         try:
-            await hub.publish(channel, message)
-        except HubUnavailable as error:
+            if on_message is not None:
+                hooked = on_message(websocket, message)
+                outgoing = await hooked if inspect.isawaitable(hooked) else hooked
+            await hub.publish(channel, outgoing)
+        except (HubUnavailable, Refused) as error:
             await send_json(websocket, {"type": "error", "reason": str(error)})
 
     return publish

@@ -23,7 +23,8 @@ Part of the websocket backend vendored by ws-template (version and upgrade notes
 - **Resuming.** On a broadcast endpoint it follows the channel's position (the ``offset``
   and ``epoch`` of every ``subscribed``, ``broadcast`` and ``dropped`` message) and
   reconnects with ``?since=OFFSET&epoch=EPOCH``, so it misses nothing the channel's
-  history still holds. The ``subscribed`` notice after a reconnect is passed on like any
+  history still holds. With ``last=N`` its first connection starts with the channel's last
+  N messages (``?last=N``; a ``last`` in the URL goes the same way). The ``subscribed`` notice after a reconnect is passed on like any
   message; `recovered` says whether the last resume recovered everything (False: reload
   your state).
 - **Typed.** `Subscribed`, `Broadcast`, `Dropped`, `Presence` (its `PresentClient` list),
@@ -210,7 +211,8 @@ class Client:
     ``headers`` go with every handshake: what the service's ``auth.py`` reads, such as
     ``{"Cookie": "session=..."}`` or ``{"Authorization": "Bearer ..."}``
     (``python -m <package>.client`` takes them as ``--cookie`` and ``--header``);
-    ``open_timeout`` bounds one connection attempt, in seconds.
+    ``open_timeout`` bounds one connection attempt, in seconds. ``last`` (a broadcast
+    endpoint) has the first connection start with the channel's last ``last`` messages.
     """
 
     def __init__(
@@ -224,8 +226,12 @@ class Client:
         stable_seconds: float = 10.0,
         max_attempts: int | None = None,
         open_timeout: float = 10.0,
+        last: int | None = None,
     ) -> None:
+        if last is not None and last < 0:
+            raise ValueError(f"last must be 0 or more, got {last!r}.")
         self.url = url
+        self.last = last
         self.headers = dict(headers or {})
         self.keepalive_seconds = keepalive_seconds
         self.first_retry_seconds = first_retry_seconds
@@ -306,13 +312,17 @@ class Client:
             yield await self.receive()
 
     def resume_url(self) -> str:
-        """The URL of the next connection: with ``since``/``epoch`` once a position is known."""
-        if self._position is None:
+        """The URL of the next connection: with ``since``/``epoch`` once a position is known
+        (and no ``last`` any more), with ``last`` before."""
+        if self._position is None and self.last is None:
             return self.url
         parts = urlsplit(self.url)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("since", "epoch")]
-        offset, epoch = self._position
-        query += [("since", str(offset)), ("epoch", epoch)]
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("since", "epoch", "last")]
+        if self._position is None:
+            query += [("last", str(self.last))]
+        else:
+            offset, epoch = self._position
+            query += [("since", str(offset)), ("epoch", epoch)]
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     def _raise_if_over(self) -> None:
@@ -427,7 +437,12 @@ def _refused_because(status: int) -> str:
     return f"{said}: {hint}" if hint else said
 
 
-async def _console(url: str, linger: float = 1.0, headers: Mapping[str, str] | None = None) -> None:
+async def _console(
+    url: str,
+    linger: float = 1.0,
+    headers: Mapping[str, str] | None = None,
+    last: int | None = None,
+) -> None:
     """Print what arrives on ``url``, send each line typed (a JSON object); end ``linger``
     seconds after the end of the input (the replies to its last lines arrive meanwhile), or
     when the service refuses the client."""
@@ -440,7 +455,7 @@ async def _console(url: str, linger: float = 1.0, headers: Mapping[str, str] | N
         loop.call_soon_threadsafe(lines.put_nowait, None)
 
     threading.Thread(target=read_input, daemon=True).start()
-    async with Client(url, headers=headers) as client:
+    async with Client(url, headers=headers, last=last) as client:
 
         async def printing() -> None:
             async for message in client:
@@ -493,6 +508,16 @@ _header.__name__ = "NAME:VALUE header"  # what argparse names in its error
 _cookie.__name__ = "NAME=VALUE cookie"
 
 
+def _count(text: str) -> int:
+    """``N`` (``--last``): a whole number, 0 or more; argparse reports a ValueError."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
+_count.__name__ = "whole number"  # what argparse names in its error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m <package>.client URL``: a terminal client that reconnects and resumes."""
     import argparse
@@ -522,13 +547,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a cookie to send with the handshake, e.g. session=... (repeat for more)",
     )
+    parser.add_argument(
+        "--last",
+        type=_count,
+        metavar="N",
+        help="on a broadcast endpoint, start with the channel's last N messages",
+    )
     args = parser.parse_args(argv)
     headers = dict(args.header)
     if args.cookie:
         headers["Cookie"] = "; ".join([*filter(None, [headers.get("Cookie")]), *args.cookie])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_console(args.url, args.linger, headers))
+        asyncio.run(_console(args.url, args.linger, headers, args.last))
     except Refused as error:
         print(f"refused: {error}", file=sys.stderr)
         return 1

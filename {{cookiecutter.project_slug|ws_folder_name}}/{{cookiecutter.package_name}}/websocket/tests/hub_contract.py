@@ -29,9 +29,11 @@ from ..broadcast import (
     JSONValue,
     Position,
     PresenceOff,
+    Refused,
     Subscription,
     run_broadcast,
 )
+from ..session import SessionSocket
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 
@@ -470,6 +472,10 @@ class HubContract:
             (b"since=one&epoch=e", "since must be the offset of a message"),
             (b"since=1&epoch=" + b"e" * 65, "epoch must be the epoch of a message"),
             (b"since=1&epoch=%22%7D", "epoch must be the epoch of a message"),
+            (b"last=-1", "last must be how many of the channel's last messages"),
+            (b"last=two", "last must be how many of the channel's last messages"),
+            (b"last=1&last=2", "give last once"),
+            (b"last=2&since=1&epoch=e", "give either since and epoch (to resume) or last"),
         ],
     )
     async def test_a_malformed_resume_query_gets_an_error_and_a_close(
@@ -484,6 +490,80 @@ class HubContract:
         assert error["reason"].startswith(reason), error
         assert (await client.next_sent())["code"] == 1008
         await asyncio.wait_for(task, 5)
+
+    @pytest.mark.parametrize(
+        ("last", "offsets"), [(2, [3, 4]), (10, [1, 2, 3, 4]), (0, []), (HISTORY_SIZE + 5, None)]
+    )
+    async def test_a_session_opened_with_last_starts_with_the_channel_s_last_messages(
+        self, hub: Hub, make_socket: SocketFactory, last: int, offsets: list[int] | None
+    ) -> None:
+        count = 4 if offsets is not None else HISTORY_SIZE + 3  # more than the history holds
+        offsets = offsets if offsets is not None else list(range(4, HISTORY_SIZE + 4))
+        for number in range(1, count + 1):
+            top = await hub.publish("/ws/rooms/l", numbered(number))
+        query = f"last={last}".encode()
+        client, task, notice = await open_session(hub, make_socket, "/ws/rooms/l", query)
+        start = offsets[0] - 1 if offsets else top.offset
+        assert (notice["offset"], notice["epoch"], notice["recovered"]) == (
+            start,
+            top.epoch,
+            True,
+        )
+        for offset in offsets:
+            replayed = json_sent(await client.next_sent())
+            assert (replayed["offset"], replayed["message"]) == (offset, numbered(offset))
+        await hub.publish("/ws/rooms/l", numbered(count + 1))
+        live = json_sent(await client.next_sent())
+        assert (live["offset"], live["message"]) == (count + 1, numbered(count + 1))
+        client.disconnect()
+        await asyncio.wait_for(task, 5)
+
+    async def test_last_on_a_channel_with_no_history_starts_at_its_position(
+        self, hub: Hub, make_socket: SocketFactory
+    ) -> None:
+        client, task, notice = await open_session(hub, make_socket, "/ws/rooms/new", b"last=5")
+        assert (notice["offset"], notice["recovered"]) == (0, True)
+        await hub.publish("/ws/rooms/new", numbered(1))
+        live = json_sent(await client.next_sent())
+        assert (live["offset"], live["message"]) == (1, numbered(1))
+        client.disconnect()
+        await asyncio.wait_for(task, 5)
+
+    async def test_a_hook_stamps_validates_or_refuses_each_client_message(
+        self, hub: Hub, make_socket: SocketFactory
+    ) -> None:
+        def stamp(websocket: SessionSocket, message: dict[str, Any]) -> dict[str, Any]:
+            if not isinstance(message.get("text"), str):
+                raise Refused("a chat message needs a text")
+            return {**message, "user": websocket.scope.get("user")}
+
+        client = ScriptedClient("/ws/rooms/h", reply_timeout=5.0)
+        client.scope["user"] = "alice"
+        task = asyncio.create_task(run_broadcast(make_socket(client), hub, on_message=stamp))
+        assert (await client.next_sent())["type"] == "websocket.accept"
+        assert json_sent(await client.next_sent())["type"] == "subscribed"
+        client.send_text('{"text": "hi", "user": "bob"}')
+        stamped = json_sent(await client.next_sent())
+        assert stamped["message"] == {"text": "hi", "user": "alice"}
+        client.send_text('{"text": 7}')
+        refused = json_sent(await client.next_sent())
+        assert refused == {"type": "error", "reason": "a chat message needs a text"}
+        assert [p.offset for p in (await hub.history("/ws/rooms/h"))[1]] == [1]
+
+        async def asynchronous(websocket: SessionSocket, message: dict[str, Any]) -> dict[str, Any]:
+            return {"n": message["n"] + 1}
+
+        other = ScriptedClient("/ws/rooms/h", reply_timeout=5.0)
+        other_task = asyncio.create_task(
+            run_broadcast(make_socket(other), hub, on_message=asynchronous)
+        )
+        assert (await other.next_sent())["type"] == "websocket.accept"
+        assert json_sent(await other.next_sent())["type"] == "subscribed"
+        other.send_text('{"n": 1}')
+        assert json_sent(await other.next_sent())["message"] == {"n": 2}
+        client.disconnect()
+        other.disconnect()
+        await asyncio.wait_for(asyncio.gather(task, other_task), 5)
 
     async def test_a_session_answers_keepalives_and_bad_frames_itself(
         self, hub: Hub, make_socket: SocketFactory

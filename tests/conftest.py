@@ -8,9 +8,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from cookiecutter.main import cookiecutter
+from websocket.testing import RedisServer  # the vendored backend, as every project has it
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug|ws_folder_name}}"
@@ -38,6 +40,32 @@ def render(output_dir: Path, config: Path, answers: Mapping[str, str]) -> Path:
         config_file=str(config),
     )
     return Path(project)
+
+
+def unavailable(reason: str, *, required: bool | None = None) -> NoReturn:
+    """Skip a test this machine cannot run, saying why; fail it where it must run: in CI
+    (``CI`` set), or where ``required`` says so (a ``REQUIRE_...`` variable)."""
+    if os.environ.get("CI") if required is None else required:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_redis() -> None:
+    """Go on only where redis-server runs (see `unavailable`; ``REQUIRE_REDIS=1`` in CI)."""
+    missing = RedisServer.unavailable()
+    if missing:
+        unavailable(missing, required=RedisServer.required())
+
+
+def node_with(folder: Path, package: str) -> str:
+    """The node command, once ``package`` is installed in ``folder`` (see `unavailable`)."""
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node is not installed (apt-get install nodejs)")
+    if not (folder / "node_modules" / package).is_dir():
+        where = folder.relative_to(TEMPLATE)
+        unavailable(f"{package} is not installed (npm ci --prefix {where})")
+    return node
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

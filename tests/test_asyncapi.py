@@ -9,9 +9,7 @@ appears once it declares its messages, and what it sends follows the document.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import urllib.request
 from contextlib import ExitStack
@@ -23,7 +21,7 @@ from jsonschema import Draft7Validator
 from websocket.testing import LiveServer, RedisServer  # the vendored backend
 from websockets.sync.client import connect
 
-from tests.conftest import TEMPLATE, render
+from tests.conftest import TEMPLATE, node_with, render, require_redis
 from tests.test_render import CASES, DEFAULT_ENDPOINTS, case_params
 from ws_template_extension import parse_endpoints
 
@@ -33,18 +31,7 @@ SEVERITIES = {0: "error", 1: "warning"}  # 2 (information) and 3 (hint) are not 
 
 def parser_or_skip() -> list[str]:
     """The command that validates documents; in CI, its absence fails the test."""
-    node = shutil.which("node")
-    reason = None
-    if node is None:
-        reason = "node is not installed (apt-get install nodejs)"
-    elif not (CHECKER / "node_modules" / "@asyncapi" / "parser").is_dir():
-        reason = "@asyncapi/parser is not installed (npm ci --prefix conformance/asyncapi)"
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    assert node is not None
-    return [node, str(CHECKER / "validate.mjs")]
+    return [node_with(CHECKER, "@asyncapi/parser"), str(CHECKER / "validate.mjs")]
 
 
 def findings(document: dict[str, Any], folder: Path) -> list[str]:
@@ -73,8 +60,7 @@ def served_document(project: Path, answers: dict[str, str]) -> dict[str, Any]:
     with ExitStack() as stack:
         environment = {}
         if answers.get("broadcast_backend") == "redis":
-            if RedisServer.unavailable():
-                pytest.skip(str(RedisServer.unavailable()))
+            require_redis()
             environment["REDIS_URL"] = stack.enter_context(RedisServer()).url
         server = stack.enter_context(
             LiveServer(f"{package_of(project)}.app:app", env=environment, cwd=project)

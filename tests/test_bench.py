@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from websocket.testing import RedisServer  # the vendored backend, as every project has it
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench import report, servers
 from bench.loadgen import CLIENT, ensure_client
-from tests.conftest import TEMPLATE
+from tests.conftest import TEMPLATE, require_redis
 
 SERVERS = (
     "generated-fastapi",
@@ -88,12 +87,7 @@ def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> No
 
 
 def test_smoke_run_measures_broadcast_through_redis_with_every_delivery(tmp_path: Path) -> None:
-    missing = RedisServer.unavailable()
-    if missing:
-        reason = f"broadcast through Redis cannot be measured: {missing}"
-        if RedisServer.required():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_redis()
     smoke = smoke_run(tmp_path, "--workloads", "broadcast", "--broadcast-backends", "redis")
     assert smoke.data["not_measured"] == {}
     assert_broadcast_measured(smoke, "redis")

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from websocket.testing import RedisServer  # the vendored backend, as every project has it
 
 from tests.broadcast_latency import run
-from tests.conftest import TEMPLATE
+from tests.conftest import TEMPLATE, require_redis
 
 SUBSCRIBERS = 1000
 MESSAGES = 50
@@ -24,11 +23,8 @@ MESSAGES = 50
 def test_broadcast_latency_is_measured_with_every_message_delivered_in_order(
     backend: str,
 ) -> None:
-    missing = RedisServer.unavailable()
-    if backend == "redis" and missing:
-        if RedisServer.required():
-            pytest.fail(missing)
-        pytest.skip(missing)
+    if backend == "redis":
+        require_redis()
     figures = run(backend, SUBSCRIBERS, MESSAGES)
     folder = TEMPLATE / "build" / "broadcast"
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import pytest
 import redis
 from websocket.testing import LiveServer, RedisServer  # the vendored backend
 
-from tests.conftest import render
+from tests.conftest import render, require_redis
 from tests.test_centrifuge_sdks import (
     ENDPOINTS,
     PATH,
@@ -62,14 +62,6 @@ ENVIRONMENT = {
     "PUBLISH_API_KEY": PUBLISH_KEY,
     "ANONYMOUS_CONNECTIONS": "yes",
 }
-
-
-def redis_or_skip() -> None:
-    missing = RedisServer.unavailable()
-    if missing:
-        if RedisServer.required():
-            pytest.fail(missing)
-        pytest.skip(missing)
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +374,7 @@ def twenty_channels() -> list[str]:
 def test_a_killed_pubsub_connection_is_refilled_from_history_message_by_message(
     projects: dict[str, tuple[Path, str]],
 ) -> None:
-    redis_or_skip()
+    require_redis()
     channels = twenty_channels()
     killed: list[int] = []
 
@@ -409,7 +401,7 @@ def test_a_redis_restart_mid_stream(projects: dict[str, tuple[Path, str]], keep_
     """With its data, every message arrives once in order in one epoch; without, clients
     move to the new epoch with recovered false, and no message of one epoch is taken for
     one of the other."""
-    redis_or_skip()
+    require_redis()
     channels = twenty_channels()
 
     async def scenario(service: Service, redis_server: RedisServer) -> Published:
@@ -449,7 +441,7 @@ def test_two_processes_on_one_redis_deliver_each_message_once_in_order(
 ) -> None:
     """Subscribers on both processes, publishes through either in turn, and the first
     process's pub/sub connection killed midway."""
-    redis_or_skip()
+    require_redis()
     channels = twenty_channels()
 
     async def scenario(first: Service, second: Service, url: str) -> None:
@@ -504,7 +496,7 @@ def test_a_reset_client_connection_reconnects_and_recovers_every_message(
     with contextlib.ExitStack() as stack:
         redis_url = None
         if backend == "redis":
-            redis_or_skip()
+            require_redis()
             redis_url = stack.enter_context(RedisServer()).url
         service = stack.enter_context(serve(projects, backend, redis_url))
         run(scenario(service))

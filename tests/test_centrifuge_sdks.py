@@ -16,8 +16,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
-import shutil
 import socket
 import struct
 import time
@@ -46,7 +44,7 @@ from centrifuge import (  # type: ignore[import-untyped]  # it ships no types
 from websocket.testing import LiveServer, RedisServer  # the vendored backend
 from websockets.asyncio.client import connect
 
-from tests.conftest import TEMPLATE, render
+from tests.conftest import TEMPLATE, node_with, render, require_redis
 
 T = TypeVar("T")
 DRIVER = TEMPLATE / "conformance" / "centrifuge"
@@ -83,18 +81,7 @@ def run(scenario: Coroutine[Any, Any, T]) -> T:
 
 def node_or_skip() -> str:
     """The node command; in CI, a missing node or SDK fails the test."""
-    node = shutil.which("node")
-    reason = None
-    if node is None:
-        reason = "node is not installed (apt-get install nodejs)"
-    elif not (DRIVER / "node_modules" / "centrifuge").is_dir():
-        reason = "the centrifuge SDK is not installed (npm ci --prefix conformance/centrifuge)"
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    assert node is not None
-    return node
+    return node_with(DRIVER, "centrifuge")
 
 
 def token(user: str, *, expires_in: float = 600, key: str = SECRET, alg: str = "HS256") -> str:
@@ -163,11 +150,7 @@ def service(
     }
     with contextlib.ExitStack() as stack:
         if backend == "redis":
-            missing = RedisServer.unavailable()
-            if missing:
-                if RedisServer.required():
-                    pytest.fail(missing)
-                pytest.skip(missing)
+            require_redis()
             environment["REDIS_URL"] = stack.enter_context(RedisServer()).url
         server = stack.enter_context(
             LiveServer(f"{app.parent.name}.app:app", env=environment, cwd=project)

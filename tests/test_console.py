@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from websocket.testing import LiveServer
 from websockets.sync.client import connect
 
-from tests.conftest import render
+from tests.conftest import render, unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
 CHROMIUM_FLAGS = [  # no sandbox as root; no calls home, which this network refuses
@@ -40,9 +40,8 @@ PUBLISH_KEY = "publish-key-of-the-console-test"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        if os.environ.get("REQUIRE_CHROMIUM") == "1":
-            pytest.fail(f"{CHROMIUM} is missing, and REQUIRE_CHROMIUM=1")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
+        unavailable(reason, required=os.environ.get("REQUIRE_CHROMIUM") == "1")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         yield launched

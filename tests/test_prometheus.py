@@ -22,7 +22,7 @@ import pytest
 from websocket.testing import LiveServer  # the vendored backend, as every project has it
 from websockets.sync.client import connect
 
-from tests.conftest import render
+from tests.conftest import render, unavailable
 
 HELD = 5
 """Connections each test holds open while Prometheus counts them."""
@@ -32,9 +32,7 @@ def require_prometheus() -> None:
     missing = [name for name in ("prometheus", "promtool") if shutil.which(name) is None]
     if missing:
         reason = f"{' and '.join(missing)} not installed (Debian: apt-get install prometheus)"
-        if os.environ.get("REQUIRE_PROMETHEUS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason, required=os.environ.get("REQUIRE_PROMETHEUS") == "1")
 
 
 def free_port() -> int:

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from websocket.testing import RedisServer  # the vendored backend, as every project has it
 
-from tests.conftest import TEMPLATE, render, run, tool_environment
+from tests.conftest import TEMPLATE, render, require_redis, run, tool_environment
 
 SERVERS = {
     # (The projects' own tests run uvicorn with the runner's LeanProtocol: here, uvicorn's own.)
@@ -53,11 +52,7 @@ def test_a_redis_broadcast_project_passes_its_tests_under_hypercorn(
 ) -> None:
     # The hub reaches connections through the ASGI lifespan state, which each server
     # implements itself; its cross-process tests run two hypercorn servers on one Redis.
-    missing = RedisServer.unavailable()
-    if missing:
-        if RedisServer.required():
-            pytest.fail(missing)
-        pytest.skip(missing)
+    require_redis()
     answers = {
         "framework": "asgi",
         "endpoints": "/ws/rooms/{room}:broadcast",

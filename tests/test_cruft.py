@@ -26,15 +26,36 @@ TEMPLATE_CHANGE = "The template changed after this project was made (tests/test_
 USER_EDIT = "\n## Deploying\n\nOur own notes, which a template update must keep.\n"
 
 
-def copy_template(destination: Path) -> None:
-    """The template as a repository of its own, as users would clone it."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache")
-    for name in TEMPLATE_FILES:
-        source = TEMPLATE / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=ignore)
-        else:
-            shutil.copyfile(source, destination / name)
+class Workspace:
+    """A folder with the template as a git repository of its own, as users would clone it,
+    and the environment cruft and git run in (no user or system git configuration)."""
+
+    def __init__(self, folder: Path, cookiecutter_config: Path) -> None:
+        self.env = tool_environment(
+            COOKIECUTTER_CONFIG=str(cookiecutter_config),
+            GIT_CONFIG_GLOBAL=str(folder / "gitconfig"),  # no signing, no hooks
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_AUTHOR_NAME="Test User",
+            GIT_AUTHOR_EMAIL="test@example.com",
+            GIT_COMMITTER_NAME="Test User",
+            GIT_COMMITTER_EMAIL="test@example.com",
+        )
+        (folder / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+        self.template = folder / "ws-template"
+        self.template.mkdir()
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache")
+        for name in TEMPLATE_FILES:
+            source = TEMPLATE / name
+            if source.is_dir():
+                shutil.copytree(source, self.template / name, ignore=ignore)
+            else:
+                shutil.copyfile(source, self.template / name)
+        self.git("init", "--quiet", cwd=self.template)
+        self.git("add", "--all", cwd=self.template)
+        self.git("commit", "--quiet", "-m", "The template", cwd=self.template)
+
+    def git(self, *args: str, cwd: Path) -> str:
+        return run(["git", *args], cwd=cwd, env=self.env).stdout.strip()
 
 
 def cruft(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -46,26 +67,8 @@ def cruft(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
 def test_cruft_update_brings_a_template_change_and_keeps_the_users_edits(
     tmp_path: Path, cookiecutter_config: Path
 ) -> None:
-    env = tool_environment(
-        COOKIECUTTER_CONFIG=str(cookiecutter_config),
-        GIT_CONFIG_GLOBAL=str(tmp_path / "gitconfig"),  # empty: no signing, no hooks
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_AUTHOR_NAME="Test User",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="Test User",
-        GIT_COMMITTER_EMAIL="test@example.com",
-    )
-    (tmp_path / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
-
-    def git(*args: str, cwd: Path) -> str:
-        return run(["git", *args], cwd=cwd, env=env).stdout.strip()
-
-    template = tmp_path / "ws-template"
-    template.mkdir()
-    copy_template(template)
-    git("init", "--quiet", cwd=template)
-    git("add", "--all", cwd=template)
-    git("commit", "--quiet", "-m", "The template", cwd=template)
+    workspace = Workspace(tmp_path, cookiecutter_config)
+    env, git, template = workspace.env, workspace.git, workspace.template
 
     # A project from it; init_git=yes commits it, and cruft then adds .cruft.json.
     context = json.dumps({"project_name": "Cruft Demo", "init_git": "yes"})
@@ -118,26 +121,8 @@ def test_cruft_update_moves_a_project_from_the_memory_to_the_redis_backend(
     tmp_path: Path, cookiecutter_config: Path
 ) -> None:
     """The README's "Moving to the Redis backend": its cruft command, the user's edits kept."""
-    env = tool_environment(
-        COOKIECUTTER_CONFIG=str(cookiecutter_config),
-        GIT_CONFIG_GLOBAL=str(tmp_path / "gitconfig"),
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_AUTHOR_NAME="Test User",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="Test User",
-        GIT_COMMITTER_EMAIL="test@example.com",
-    )
-    (tmp_path / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
-
-    def git(*args: str, cwd: Path) -> str:
-        return run(["git", *args], cwd=cwd, env=env).stdout.strip()
-
-    template = tmp_path / "ws-template"
-    template.mkdir()
-    copy_template(template)
-    git("init", "--quiet", cwd=template)
-    git("add", "--all", cwd=template)
-    git("commit", "--quiet", "-m", "The template", cwd=template)
+    workspace = Workspace(tmp_path, cookiecutter_config)
+    env, git, template = workspace.env, workspace.git, workspace.template
     answers = {
         "project_name": "Chat",
         "endpoints": "/ws/rooms/{room}:broadcast",

@@ -54,6 +54,10 @@ CHANNELS_ONLY = [
 ]
 CHANNELS_TESTS = ["tests/test_channels.py"]
 
+# Files that only a project with a hub (a broadcast or channels endpoint) uses, relative to
+# the package: the publish and presence API over HTTP.
+HUB_ONLY = ["websocket/publish_api.py", "websocket/tests/test_publish_api.py"]
+
 # Project tests of the template's own message protocol (keepalive, ...), which a service
 # whose every endpoint is a channels one does not speak.
 NON_CHANNELS_TESTS = ["tests/test_client.py"]
@@ -160,6 +164,10 @@ if not METRICS:
         (Path(PACKAGE) / path).unlink()
     for path in METRICS_TESTS:
         Path(path).unlink()
+
+if not HUB:
+    for path in HUB_ONLY:
+        (Path(PACKAGE) / path).unlink()
 
 if "broadcast" not in KINDS:
     Path("tests/test_broadcast.py").unlink()

@@ -21,9 +21,7 @@ import pytest
 from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 
-from tests.conftest import PROJECT_TEMPLATE, TEMPLATE, render, run, tool_environment
-
-WORKFLOW = PROJECT_TEMPLATE / ".github" / "workflows" / "ci.yml"
+from tests.conftest import TEMPLATE, render, run, tool_environment
 
 
 def lint(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -32,9 +30,12 @@ def lint(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_actionlint_catches_a_mistake_in_the_workflow(tmp_path: Path) -> None:
+def test_actionlint_catches_a_mistake_in_the_workflow(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    project = render(tmp_path, cookiecutter_config, {"broadcast_backend": "redis"})
     broken = tmp_path / "ci.yml"
-    text = WORKFLOW.read_text()
+    text = (project / ".github" / "workflows" / "ci.yml").read_text()
     assert "matrix.python-version" in text
     broken.write_text(text.replace("matrix.python-version", "matrix.python_version"))
     result = lint(["actionlint", str(broken)], cwd=tmp_path)

@@ -118,7 +118,6 @@ SHARED_BACKEND_FILES = {
     "client.py",
     "guard.py",
     "logs.py",
-    "publish_api.py",
     "session.py",
     "testing.py",
     "tests/__init__.py",
@@ -130,7 +129,6 @@ SHARED_BACKEND_FILES = {
     "tests/test_guard.py",
     "tests/test_live.py",
     "tests/test_logs.py",
-    "tests/test_publish_api.py",
     "tests/test_session.py",
     "tests/test_uvicorn_protocol.py",
     "tests/test_workers.py",
@@ -148,6 +146,8 @@ CHANNELS_BACKEND_FILES = {
     "tests/test_namespaces.py",
     "tests/test_tokens.py",
 }
+# The vendored files only projects with a hub (a broadcast or channels endpoint) keep.
+HUB_BACKEND_FILES = {"publish_api.py", "tests/test_publish_api.py"}
 # The vendored files only projects with metrics keep (they import prometheus_client).
 METRICS_BACKEND_FILES = {"metrics.py", "tests/test_metrics.py"}
 
@@ -226,7 +226,8 @@ def test_vendored_backend_is_byte_identical_to_the_template(rendered: Rendered) 
     redis = REDIS_BACKEND_FILES if uses_redis(answers) else set()
     metrics = METRICS_BACKEND_FILES if uses_metrics(answers) else set()
     channels = CHANNELS_BACKEND_FILES if uses_channels(answers) else set()
-    expected = SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis | metrics | channels
+    hub = HUB_BACKEND_FILES if kinds_of(answers) & {"broadcast", "channels"} else set()
+    expected = SHARED_BACKEND_FILES | BACKEND_FILES[framework] | redis | metrics | channels | hub
     assert {str(p) for p in files} == expected
 
 
@@ -277,7 +278,7 @@ def test_without_metrics_nothing_of_them_is_rendered_or_installed(rendered: Rend
     assert (project / "tests" / "test_metrics.py").exists() == uses_metrics(answers)
     if not uses_metrics(answers):
         for path in files_of(project):
-            if path.suffix in (".py", ".toml", ".md") and path.name not in ("__main__.py",):
+            if path.suffix in (".py", ".toml", ".md"):
                 text = path.read_text()
                 assert "prometheus" not in text.lower() or "websocket" in path.parts, path
 

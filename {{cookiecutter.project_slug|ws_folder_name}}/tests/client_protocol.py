@@ -1,7 +1,7 @@
 """The client side of the service's protocol, as checks run over one open connection.
 
-The same checks run in-process (Starlette's ``TestClient``) and against a real server (the
-``websockets`` client), through `JsonConnection`, the few methods both offer.
+The same checks run on any connection that offers `JsonConnection`'s few methods: a real
+server's, through the ``websockets`` client, or one of an in-process test client.
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+{%- set metrics = cookiecutter.metrics | ws_yes -%}
 """Run the service with production defaults: ``python -m <package>`` (``--help`` explains).
 
 Each option's default comes from an environment variable (see settings.py and README.md),
@@ -10,11 +11,17 @@ import argparse
 import copy
 import os
 import resource
+{%- if metrics %}
 import shutil
+{%- endif %}
 import sys
+{%- if metrics %}
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+{%- else %}
+from collections.abc import Sequence
+{%- endif %}
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,9 @@ from .settings import LOG_LEVELS, Settings, SettingsError, get_settings
 from .websocket.workers import ServerWorkers
 
 PACKAGE = __spec__.parent if __spec__ else "app"
+{%- if metrics %}
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
+{%- endif %}
 
 
 def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,8 +51,12 @@ def parse_arguments(settings: Settings, argv: Sequence[str] | None = None) -> ar
         "--workers",
         type=int,
         default=settings.workers,
+{%- if metrics %}
         help="worker processes (WORKERS); connection and rate limits apply per process, "
         "metrics are the whole service's",
+{%- else %}
+        help="worker processes (WORKERS); connection and rate limits apply per process",
+{%- endif %}
     )
     add(
         "--log-level",
@@ -118,9 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as error:
         sys.exit(f"{PACKAGE}: {error}")
     os.environ["LOG_LEVEL"] = arguments.log_level.upper()  # for the app, in every worker
-    # A project generated without metrics has no such setting.
-    metrics = bool(getattr(settings, "metrics_enabled", False))
-    with metrics_shared_by_workers(metrics and arguments.workers > 1):
+{%- if metrics %}
+    with metrics_shared_by_workers(settings.metrics_enabled and arguments.workers > 1):
         serve(arguments, settings)
 
 
@@ -146,6 +158,9 @@ def metrics_shared_by_workers(shared: bool) -> Iterator[None]:
     finally:
         if not given:
             shutil.rmtree(folder, ignore_errors=True)
+{%- else %}
+    serve(arguments, settings)
+{%- endif %}
 
 
 def serve(arguments: argparse.Namespace, settings: Settings) -> None:

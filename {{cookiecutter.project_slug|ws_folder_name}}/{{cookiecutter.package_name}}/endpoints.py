@@ -4,7 +4,7 @@ A handler serves one connection for its whole life: ``run_websocket`` accepts it
 tasks it is given side by side and closes the socket when the session ends. Every endpoint
 answers ``{"type": "keepalive"}`` with a ``keepalive_ack``. To add an endpoint, write a
 handler here, declare its messages for ``GET /asyncapi.json`` (``websocket/asyncapi.py``) and
-mount it in ``app.py`` with one ``create_router`` line.
+mount it in ``app.py`` with one {% if cookiecutter.framework == "fastapi" %}``create_router``{% else %}``add_websocket_route``{% endif %} line.
 {%- if "broadcast" in (cookiecutter.endpoints | ws_endpoints | map(attribute="kind") | list) %}
 
 Broadcast handlers hand the connection to ``run_broadcast`` with the service's hub, which

@@ -488,7 +488,7 @@ def _channel_prefix(name: str, value: str) -> str:
 
 def misspelt_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
     """One sentence for each variable set whose name is close to a setting's but is none
-    (``HISTORY_SIZ`` for ``HISTORY_SIZE``, ``IDLE_TIMEOUT`` for ``IDLE_TIMEOUT_SECONDS``):
+    (``MAX_CONECTIONS`` for ``MAX_CONNECTIONS``, ``IDLE_TIMEOUT`` for ``IDLE_TIMEOUT_SECONDS``):
     the service would ignore it without a word."""
     known = [field.name.upper() for field in fields(Settings)]
 {%- if not (redis and channels) %}

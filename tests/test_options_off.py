@@ -145,7 +145,9 @@ OPTIONS: dict[str, Option] = {
             ),
         ),
     ),
-    "ticker endpoints": Option({}, {"endpoints": without("ticker")}, ("TICK_SECONDS",)),
+    "ticker endpoints": Option(
+        {}, {"endpoints": without("ticker")}, ("TICK_SECONDS",), (REFUSED, REFUSED_TESTED)
+    ),
     "init_git": Option({"init_git": "yes"}, {}),
 }
 
@@ -250,22 +252,7 @@ def texts(project: Path, allowed: tuple[Allowed, ...] = ()) -> dict[str, str]:
     return found
 
 
-KNOWN_LEFTOVERS = {
-    "ticker endpoints": "TICK_SECONDS is a setting (settings.py, README, tests/test_app.py, "
-    "tests/conftest.py) of every project, with a ticker endpoint or not",
-}
-"""Options whose leftovers are known and not yet removed: their test must fail until they are."""
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_LEFTOVERS[name], strict=True))
-        if name in KNOWN_LEFTOVERS
-        else name
-        for name in OPTIONS
-    ],
-)
+@pytest.mark.parametrize("name", OPTIONS)
 def test_an_option_that_is_off_leaves_nothing_of_itself(
     name: str, tmp_path: Path, cookiecutter_config: Path
 ) -> None:

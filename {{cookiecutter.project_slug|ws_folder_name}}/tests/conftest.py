@@ -29,13 +29,20 @@ AUTH_ENVIRONMENT: dict[str, str] = {}
 AUTH_HEADERS: dict[str, str] = {}
 {%- if "broadcast" in kinds or "channels" in kinds %}
 TEST_ENVIRONMENT = {
+{%- if "ticker" in kinds %}
     "TICK_SECONDS": "0.05",
+{%- endif %}
     "PUBLISH_API_KEY": "test-key-0123456789abcdef",
     "JOIN_LEAVE_EVENTS": "no",  # tests of messages see only messages; test_presence turns it on
     **AUTH_ENVIRONMENT,
 }
 {%- else %}
-TEST_ENVIRONMENT = {"TICK_SECONDS": "0.05", **AUTH_ENVIRONMENT}
+TEST_ENVIRONMENT = {
+{%- if "ticker" in kinds %}
+    "TICK_SECONDS": "0.05",
+{%- endif %}
+    **AUTH_ENVIRONMENT,
+}
 {%- endif %}
 {%- if redis %}
 

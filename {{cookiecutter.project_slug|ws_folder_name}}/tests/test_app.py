@@ -3,6 +3,7 @@
 {%- set channels = "channels" in kinds -%}
 {%- set broadcast = "broadcast" in kinds or channels -%}{#- the hub -#}
 {%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
+{%- set ticker = "ticker" in kinds -%}
 """The application around the endpoints: health check, security, settings."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from websockets.typing import Origin
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import (
+{%- if ticker %}
     DEFAULT_TICK_SECONDS,
+{%- endif %}
     Settings,
     SettingsError,
     get_settings,
@@ -72,14 +75,20 @@ def test_an_oversized_message_closes_with_1009(live_server: LiveServer) -> None:
 
 
 def test_settings_defaults() -> None:
-    assert Settings.from_env({}) == Settings(log_level="INFO", tick_seconds=DEFAULT_TICK_SECONDS)
+    assert Settings.from_env({}) == Settings()
+    assert Settings().log_level == "INFO"
+{%- if ticker %}
+    assert Settings().tick_seconds == DEFAULT_TICK_SECONDS
+{%- endif %}
 
 
 def test_settings_from_environment() -> None:
     settings = Settings.from_env(
         {
             "LOG_LEVEL": "debug",
+{%- if ticker %}
             "TICK_SECONDS": " 0.25 ",
+{%- endif %}
             "ALLOWED_ORIGINS": "https://app.example.com, https://admin.example.com/",
             "MAX_CONNECTIONS": "50",
             "GC_THRESHOLD": "5000",
@@ -87,7 +96,9 @@ def test_settings_from_environment() -> None:
     )
     assert settings.gc_threshold == 5000
     assert settings.log_level == "DEBUG"
+{%- if ticker %}
     assert settings.tick_seconds == 0.25
+{%- endif %}
     assert settings.allowed_origins == ("https://app.example.com", "https://admin.example.com")
     assert settings.policy().max_connections == 50
 
@@ -107,10 +118,12 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("name", "value"),
     [
+{%- if ticker %}
         ("TICK_SECONDS", "0"),
         ("TICK_SECONDS", "-1"),
         ("TICK_SECONDS", "soon"),
         ("TICK_SECONDS", "nan"),
+{%- endif %}
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("MAX_MESSAGE_BYTES", "1.5"),

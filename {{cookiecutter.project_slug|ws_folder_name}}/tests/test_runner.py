@@ -6,6 +6,7 @@
 {%- set broadcast = "broadcast" in kinds or channels -%}{#- the hub -#}
 {%- set memory = broadcast and cookiecutter.broadcast_backend != "redis" -%}
 {%- set redis = broadcast and cookiecutter.broadcast_backend == "redis" -%}
+{%- set ticker = "ticker" in kinds -%}
 """The runner, ``python -m {{ cookiecutter.package_name }}``: production defaults, options, bad settings."""
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def refusal_of(result: subprocess.CompletedProcess[str]) -> list[str]:
         output = output[: output.index("Traceback")]
     assert "Traceback" not in output, output
     return [line for line in output.splitlines() if line.startswith(f"{PACKAGE}: ")]
-{%- if not (redis and channels) %}
+{%- if not (redis and channels and ticker) %}
 
 
 UNREAD = [
@@ -236,13 +237,16 @@ UNREAD = [
     "ANONYMOUS_CONNECTIONS",
     "MAX_CHANNELS_PER_CONNECTION",
 {%- endif %}
+{%- if not ticker %}
+    "TICK_SECONDS",
+{%- endif %}
 ]
 """Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
 
 
 CLASHES = [
-{%- if not (redis and channels) %}
+{%- if not (redis and channels and ticker) %}
     *(({name: "5"}, f"{name} is set, but ") for name in UNREAD if name != "REDIS_URL"),
 {%- endif %}
 {%- if not redis %}

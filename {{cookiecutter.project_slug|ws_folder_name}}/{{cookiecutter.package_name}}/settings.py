@@ -3,6 +3,7 @@
 {%- set hub = "broadcast" in kinds or channels -%}
 {%- set redis = hub and cookiecutter.broadcast_backend == "redis" -%}
 {%- set metrics = cookiecutter.metrics | ws_yes -%}
+{%- set ticker = "ticker" in kinds -%}
 """Settings of the service, read from environment variables (listed in README.md)."""
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from .websocket.tokens import MIN_HMAC_SECRET_BYTES
 {%- endif %}
 from .websocket.workers import ServerWorkers
 
+{% if ticker -%}
 DEFAULT_TICK_SECONDS = {{ cookiecutter.tick_seconds | ws_float }}
+{% endif -%}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 {%- if hub or metrics %}
@@ -40,7 +43,7 @@ MIN_API_KEY_LENGTH = 16
 STARTUP_REFUSED = 3
 """The exit status of a refused start: uvicorn's, hypercorn's and gunicorn's own for a worker
 that failed to start, so that their supervisors stop instead of starting it again."""
-{%- if not (redis and channels) %}
+{%- if not (redis and channels and ticker) %}
 {%- if hub and not redis %}
 MEMORY_BACKEND = (
     "the broadcast backend of this service is memory: it is not read; unset it, or render the "
@@ -52,6 +55,9 @@ NO_HUB = "this service has no broadcast endpoint: it is not read; unset it"
 {%- endif %}
 {%- if not channels %}
 NO_CHANNELS = "this service has no channels endpoint: it is not read; unset it"
+{%- endif %}
+{%- if not ticker %}
+NO_TICKER = "this service has no ticker endpoint: it is not read; unset it"
 {%- endif %}
 UNREAD_VARIABLES = {
 {%- if hub and not redis %}
@@ -78,6 +84,9 @@ UNREAD_VARIABLES = {
     "ANONYMOUS_CONNECTIONS": NO_CHANNELS,
     "MAX_CHANNELS_PER_CONNECTION": NO_CHANNELS,
 {%- endif %}
+{%- if not ticker %}
+    "TICK_SECONDS": NO_TICKER,
+{%- endif %}
 }
 """Variables of ws-template's other kinds of service, which this one does not read."""
 {%- endif %}
@@ -97,14 +106,16 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     """What the service reads from its environment: each field from the variable of its name
-    in capitals (``LOG_LEVEL``, ``TICK_SECONDS``, ...)."""
+    in capitals (``LOG_LEVEL``, ``MAX_CONNECTIONS``, ...)."""
 
     log_level: str = "INFO"
     """The level of the service's own log messages."""
     log_format: str = "text"
     """``text`` (readable lines) or ``json`` (one JSON object per line, for log collectors)."""
+{%- if ticker %}
     tick_seconds: float = DEFAULT_TICK_SECONDS
     """The period of ticker endpoints."""
+{%- endif %}
 {%- if hub %}
     broadcast_queue_size: int = 100
     """Messages a broadcast connection may have waiting; past that, its oldest are dropped."""
@@ -178,7 +189,9 @@ class Settings:
         return cls(
             log_level=read("LOG_LEVEL", _log_level, cls.log_level),
             log_format=read("LOG_FORMAT", _log_format, cls.log_format),
+{%- if ticker %}
             tick_seconds=read("TICK_SECONDS", _positive(float), cls.tick_seconds),
+{%- endif %}
 {%- if hub %}
             broadcast_queue_size=read(
                 "BROADCAST_QUEUE_SIZE", _positive(int), cls.broadcast_queue_size
@@ -263,7 +276,7 @@ class Settings:
         def given(name: str) -> bool:
             return bool(environ.get(name, "").strip())
 {{ "" }}
-{%- if not (redis and channels) %}
+{%- if not (redis and channels and ticker) %}
         for name, reason in UNREAD_VARIABLES.items():
             if given(name):
                 raise SettingsError(f"{name} is set, but {reason}")
@@ -491,7 +504,7 @@ def misspelt_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
     (``MAX_CONECTIONS`` for ``MAX_CONNECTIONS``, ``IDLE_TIMEOUT`` for ``IDLE_TIMEOUT_SECONDS``):
     the service would ignore it without a word."""
     known = [field.name.upper() for field in fields(Settings)]
-{%- if not (redis and channels) %}
+{%- if not (redis and channels and ticker) %}
     known += UNREAD_VARIABLES  # the settings of other kinds of service are refused, not ignored
 {%- endif %}
     sentences = []

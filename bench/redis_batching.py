@@ -151,7 +151,7 @@ async def worker(spec: dict[str, Any]) -> dict[str, float]:
         publish_floor(count)
         after = _redis_counters(admin, spec["redis_pid"])
     else:
-        hub = RedisHub(url, prefix=PREFIX, presence=False)
+        hub = RedisHub(url, prefix=PREFIX, presence=False, timeout=30.0)
         await hub.start()
         if side == "pipeline":
             _send_batches_by_pipeline(hub, url)

@@ -11,12 +11,18 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   with its offset and epoch. Every process therefore sees a channel's messages with
   contiguous offsets in one order. If Redis cannot be reached, `publish` raises
   `HubUnavailable` at once (connection refused) or after ``timeout`` seconds (no answer):
-  it never hangs. A pooled connection found closed (as after a Redis restart) is replaced
-  and the command sent once more, at once. Any process can publish: ``async with
-  RedisHub(url, prefix=...) as hub: await hub.publish(channel, message)``.
+  it never hangs. Any process can publish: ``async with RedisHub(url, prefix=...) as hub:
+  await hub.publish(channel, message)``.
+- **Pipelining.** Publishes, history reads and presence updates go to Redis through one
+  `CommandBatcher` (``redis_batch.py``) on a connection of their own: a lone command is
+  written at once, and those issued while a batch is out are written together as soon as
+  its replies are in, in the order they were issued. A batch that fails fails each of its
+  callers (`HubUnavailable`) and is never sent again; a connection found closed after a
+  quiet spell (a Redis restart) is replaced before it is used.
 - **Subscribing** uses one pub/sub connection per hub (per process) for every channel that
   has local subscribers: ``SUBSCRIBE`` when a channel gets its first local subscriber,
-  ``UNSUBSCRIBE`` when its last one leaves. Once Redis confirms, the hub reads the
+  ``UNSUBSCRIBE`` when its last one leaves (those asked for while others are written go
+  together, up to `SUBSCRIBE_BATCH` channels a command). Once Redis confirms, the hub reads the
   channel's position and the history its subscribers need (one script, one round trip),
   while what arrives meanwhile waits in each subscription; then they go live, each
   checking offsets so that nothing is sent twice. Later subscribers of a live channel
@@ -514,18 +520,28 @@ class RedisHub(Hub):
                 return
 
     async def _leave_all(self) -> None:
-        """Remove every local subscription from presence (the hub closes)."""
-        for channel in self._fanout.channels():
-            if self.kept(channel).presence:
-                await self._leave(channel, self._fanout.subscriptions(channel))
+        """Remove every local subscription from presence (the hub closes), every channel at
+        once: their scripts share batches."""
+        await asyncio.gather(
+            *(
+                self._leave(channel, self._fanout.subscriptions(channel))
+                for channel in self._fanout.channels()
+                if self.kept(channel).presence
+            )
+        )
 
     async def _renew_presence(self) -> None:
-        """Every ``presence_ttl / 3`` seconds, renew the presence of every local client."""
+        """Every ``presence_ttl / 3`` seconds, renew the presence of every local client, every
+        channel at once: their scripts share batches."""
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
-            for channel in self._fanout.channels():
-                if self.kept(channel).presence:
-                    await self._join(channel, self._fanout.subscriptions(channel), events=False)
+            await asyncio.gather(
+                *(
+                    self._join(channel, self._fanout.subscriptions(channel), events=False)
+                    for channel in self._fanout.channels()
+                    if self.kept(channel).presence
+                )
+            )
 
     def deliver_direct_here(self, user_key: str, text: str) -> None:
         """Queue a direct message for this hub's own subscriptions of ``user_key``."""

@@ -700,3 +700,21 @@ async def test_redis_killed_mid_batch_fails_that_batch_and_recovery_loses_nothin
             if delivery["type"] == "broadcast":
                 seen.append((delivery["offset"], delivery["message"]["n"]))
         assert seen == sorted(texts.items())
+
+
+async def test_presence_renewals_of_many_channels_share_batches(redis_server: RedisServer) -> None:
+    # 200 channels with a client each and a TTL of 0.9 s: renewed every 0.3 s, every
+    # channel at once, so each renewal is a few batches, not 200; and the clients stay
+    # listed well past the TTL.
+    async with new_hub(redis_server.url, presence_ttl=0.9) as hub:
+        channels = [f"r{number}" for number in range(200)]
+        for channel in channels:
+            await subscribed(hub, channel, user=channel)
+        batcher = hub._batcher
+        assert batcher is not None
+        before = batcher.batches
+        await asyncio.sleep(2.0)  # six renewals or so
+        renewing = batcher.batches - before
+        counts = await asyncio.gather(*(hub.presence(channel) for channel in channels))
+    assert [presence.count for presence in counts] == [1] * 200
+    assert 0 < renewing <= 60, renewing

@@ -3,8 +3,9 @@
     .venv/bin/python bench/redis_batching.py
     .venv/bin/python bench/redis_batching.py --in-flight 1 100 --publishes 10000 --output out.md
 
-Starts a redis-server (on the first CPU) and, on the second CPU, one subscriber process (a
-`RedisHub` following the 50 channels published to, reading everything). Then, for each number
+Starts a redis-server (on the first CPU) and, on the second CPU, ``--subscriber-processes``
+subscriber processes (each a `RedisHub` following the 50 channels published to, reading
+everything). Then, for each number
 of publishes in flight (1, 100, 1,000) and each side, in that order, a fresh publisher
 process publishes ``--publishes`` messages (a tenth of that at 1 in flight) round-robin on
 the 50 channels, with history, from that many tasks at once. The sides:
@@ -26,7 +27,9 @@ Per publish it reports Redis's CPU (``INFO cpu``, user + system), the script's
 ``usec_per_call`` (``INFO commandstats``, ``evalsha``), Redis's socket reads and writes
 (``syscr`` + ``syscw`` of ``/proc/<redis-server>/io``: Redis reads and writes its sockets
 with read(2) and write(2); the subscriber's deliveries are among them), the publisher's own
-CPU (its ``getrusage``), publishes per second, and the latency of a publish (median).
+CPU (its ``getrusage``), publishes per second, and the latency of a publish (median and
+mean: with many in flight the unbatched hub's pool serves its waiters out of order, so its
+median hides a long tail; the mean is in flight / publishes per second).
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", default=BASELINE, help="commit of the unbatched hub")
     parser.add_argument("--hiredis", type=Path, help="folder holding the hiredis package")
     parser.add_argument("--repetitions", type=int, default=1)
+    parser.add_argument(
+        "--subscriber-processes", type=int, default=1, help="processes following the channels"
+    )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -187,6 +193,7 @@ async def worker(spec: dict[str, Any]) -> dict[str, float]:
         "service_cpu_us": (after["own_cpu"] - before["own_cpu"]) / count * 1e6,
         "per_s": count / seconds,
         "latency_ms": statistics.median(latencies) * 1e3,
+        "latency_mean_ms": statistics.fmean(latencies) * 1e3,
     }
 
 
@@ -276,16 +283,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with RedisServer() as redis_server:
             pin(redis_server.pid, redis_cpu)
-            listening = subprocess.Popen(
-                command({"side": "subscriber", "url": redis_server.url}),
-                env=environment("batched"),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            listening = [
+                subprocess.Popen(
+                    command({"side": "subscriber", "url": redis_server.url}),
+                    env=environment("batched"),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(args.subscriber_processes)
+            ]
             try:
-                assert listening.stdout is not None
-                assert listening.stdout.readline() == "ready\n", "the subscriber did not start"
+                for process in listening:
+                    assert process.stdout is not None
+                    assert process.stdout.readline() == "ready\n", "a subscriber did not start"
                 for repetition in range(args.repetitions):
                     for in_flight in args.in_flight:
                         count = args.publishes // 10 if in_flight == 1 else args.publishes
@@ -316,9 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 flush=True,
                             )
             finally:
-                if listening.stdin is not None:
-                    listening.stdin.close()
-                listening.wait(30)
+                for process in listening:
+                    if process.stdin is not None:
+                        process.stdin.close()
+                    process.wait(30)
         version = subprocess.run(
             ["redis-server", "--version"], capture_output=True, text=True
         ).stdout.split()[2]
@@ -345,12 +357,13 @@ def report(
         "",
         f"`.venv/bin/python bench/redis_batching.py {' '.join(argv or sys.argv[1:])}`; "
         f"redis-server {version}; {args.publishes} publishes a row ({args.publishes // 10} at "
-        f"1 in flight) on 50 channels with history, one subscriber process following them; "
+        f"1 in flight) on 50 channels with history, {args.subscriber_processes} subscriber "
+        "process(es) following them; "
         f"{pinning.replace('server', 'redis-server').replace('load generator', 'publisher and subscriber')}; "
         f"unbatched = {args.baseline}; medians of {args.repetitions} repetition(s), interleaved.",
         "",
-        "| in flight | side | Redis CPU us/publish | x floor | script usec_per_call | Redis socket reads+writes/publish | service CPU us/publish | publishes/s | latency p50 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| in flight | side | Redis CPU us/publish | x floor | script usec_per_call | Redis socket reads+writes/publish | service CPU us/publish | publishes/s | latency p50 ms | latency mean ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for in_flight in args.in_flight:
         floor = median(in_flight, "floor", "redis_cpu_us") if "floor" in sides else None
@@ -363,7 +376,8 @@ def report(
                 f"{median(in_flight, side, 'syscalls'):.2f} | "
                 f"{median(in_flight, side, 'service_cpu_us'):.0f} | "
                 f"{median(in_flight, side, 'per_s'):.0f} | "
-                f"{median(in_flight, side, 'latency_ms'):.3f} |"
+                f"{median(in_flight, side, 'latency_ms'):.3f} | "
+                f"{median(in_flight, side, 'latency_mean_ms'):.3f} |"
             )
     if "unbatched" in sides and "batched" in sides:
         lines.append("")

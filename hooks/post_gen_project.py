@@ -36,6 +36,7 @@ ONLY_FOR = {
 # Files that only the Redis broadcast backend uses, relative to the package (they import redis).
 REDIS_ONLY = [
     "websocket/redis_hub.py",
+    "websocket/redis_batch.py",
     "websocket/tests/test_redis_hub.py",
     "websocket/tests/test_sharded_redis_hub.py",
 ]

@@ -149,7 +149,12 @@ def test_cruft_update_moves_a_project_from_the_memory_to_the_redis_backend(
     update = cruft(*shlex.split(command)[1:], cwd=project, env=env)
     assert update.returncode == 0, update.stdout + update.stderr
     assert git("status", "--porcelain", "--untracked-files=all", "--", "*.rej", cwd=project) == ""
-    for path in ("chat/websocket/redis_hub.py", "tests/test_broadcast_redis.py", "compose.yaml"):
+    for path in (
+        "chat/websocket/redis_hub.py",
+        "chat/websocket/redis_batch.py",
+        "tests/test_broadcast_redis.py",
+        "compose.yaml",
+    ):
         assert (project / path).is_file(), path
     assert '"redis>=' in (project / "pyproject.toml").read_text()
     assert 'read("REDIS_URL"' in (project / "chat" / "settings.py").read_text()

@@ -136,7 +136,12 @@ SHARED_BACKEND_FILES = {
     "workers.py",
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
-REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py", "tests/test_sharded_redis_hub.py"}
+REDIS_BACKEND_FILES = {
+    "redis_hub.py",
+    "redis_batch.py",
+    "tests/test_redis_hub.py",
+    "tests/test_sharded_redis_hub.py",
+}
 # The vendored files only projects with a channels endpoint keep (tokens.py imports jwt).
 CHANNELS_BACKEND_FILES = {
     "centrifuge_protocol.py",

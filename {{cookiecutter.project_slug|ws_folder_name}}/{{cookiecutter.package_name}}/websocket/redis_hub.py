@@ -11,12 +11,18 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   with its offset and epoch. Every process therefore sees a channel's messages with
   contiguous offsets in one order. If Redis cannot be reached, `publish` raises
   `HubUnavailable` at once (connection refused) or after ``timeout`` seconds (no answer):
-  it never hangs. A pooled connection found closed (as after a Redis restart) is replaced
-  and the command sent once more, at once. Any process can publish: ``async with
-  RedisHub(url, prefix=...) as hub: await hub.publish(channel, message)``.
+  it never hangs. Any process can publish: ``async with RedisHub(url, prefix=...) as hub:
+  await hub.publish(channel, message)``.
+- **Pipelining.** Publishes, history reads and presence updates go to Redis through one
+  `CommandBatcher` (``redis_batch.py``) on a connection of their own: a lone command is
+  written at once, and those issued while a batch is out are written together as soon as
+  its replies are in, in the order they were issued. A batch that fails fails each of its
+  callers (`HubUnavailable`) and is never sent again; a connection found closed after a
+  quiet spell (a Redis restart) is replaced before it is used.
 - **Subscribing** uses one pub/sub connection per hub (per process) for every channel that
   has local subscribers: ``SUBSCRIBE`` when a channel gets its first local subscriber,
-  ``UNSUBSCRIBE`` when its last one leaves. Once Redis confirms, the hub reads the
+  ``UNSUBSCRIBE`` when its last one leaves (those asked for while others are written go
+  together, up to `SUBSCRIBE_BATCH` channels a command). Once Redis confirms, the hub reads the
   channel's position and the history its subscribers need (one script, one round trip),
   while what arrives meanwhile waits in each subscription; then they go live, each
   checking offsets so that nothing is sent twice. Later subscribers of a live channel
@@ -65,12 +71,10 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .broadcast import (
@@ -99,14 +103,15 @@ from .broadcast import (
     new_epoch,
     presence_event,
 )
+from .redis_batch import CommandBatcher, Script
 from .session import dumps, loads
 
 logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS: Final = (RedisError, OSError, TimeoutError)
 """What a lost or unreachable Redis raises."""
-MAX_CONNECTIONS: Final = 64
-"""Connections a hub's client opens to Redis at most; more commands in flight wait for one."""
+SUBSCRIBE_BATCH: Final = 512
+"""Channels named in one SUBSCRIBE or UNSUBSCRIBE command at most (as Centrifuge does)."""
 FIRST_RETRY_SECONDS: Final = 0.05
 LAST_RETRY_SECONDS: Final = 2.0
 DEFAULT_PRESENCE_TTL: Final = 30.0
@@ -204,6 +209,12 @@ end
 return {redis.call('HGET', KEYS[1], 'offset'), epoch, entries}
 """
 
+PUBLISH: Final = Script(PUBLISH_SCRIPT)
+READ: Final = Script(READ_SCRIPT)
+JOIN: Final = Script(JOIN_SCRIPT)
+LEAVE: Final = Script(LEAVE_SCRIPT)
+PRESENCE: Final = Script(PRESENCE_SCRIPT)
+
 
 class RedisHub(Hub):
     """A hub whose channels live on Redis: it reaches every process on one Redis.
@@ -243,9 +254,6 @@ class RedisHub(Hub):
         """Where the direct messages this hub hears go (a sharded hub sends them to every
         shard's subscriptions): called with the user's key and the text."""
         self._renewing: asyncio.Task[None] | None = None
-        self._join_script: AsyncScript | None = None
-        self._leave_script: AsyncScript | None = None
-        self._presence_script: AsyncScript | None = None
         self.url = url
         self.prefix = prefix
         self.history_size = history_size
@@ -255,10 +263,8 @@ class RedisHub(Hub):
         self._history_ms = max(1, round(history_ttl * 1000))
         self._position_ms = max(self._history_ms, round(POSITION_TTL * 1000))
         self._fanout = Fanout(queue_size)
-        self._client: Redis | None = None
-        """For publishing and reading history."""
-        self._publish_script: AsyncScript | None = None
-        self._read_script: AsyncScript | None = None
+        self._batcher: CommandBatcher | None = None
+        """For every command but pub/sub's: publishing, history, presence."""
         self._subscriber: Redis | None = None
         """For the pub/sub connection, which the hub alone reconnects."""
         self._task: asyncio.Task[None] | None = None
@@ -268,6 +274,9 @@ class RedisHub(Hub):
         """Set once the first connection attempt has succeeded or failed."""
         self._commands = asyncio.Lock()
         """Held while a command is written to the pub/sub connection."""
+        self._pubsub_queue: list[tuple[bool, str]] = []
+        """(SUBSCRIBE or not, channel) to write to the pub/sub connection, in order."""
+        self._pubsub_writer: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
         """The pub/sub connection, while it is up."""
         self._subscribed: set[str] = set()
@@ -293,12 +302,15 @@ class RedisHub(Hub):
         if self._task is not None:
             return
         self._closed = False
-        self._client = self._new_client(Retry(NoBackoff(), 1, (RedisConnectionError,)))
-        self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
-        self._read_script = self._client.register_script(READ_SCRIPT)
-        self._join_script = self._client.register_script(JOIN_SCRIPT)
-        self._leave_script = self._client.register_script(LEAVE_SCRIPT)
-        self._presence_script = self._client.register_script(PRESENCE_SCRIPT)
+        connection = ConnectionPool.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+        ).make_connection()  # type: ignore[no-untyped-call]  # redis-py types
+        scripts = (PUBLISH, READ, JOIN, LEAVE, PRESENCE)
+        self._batcher = CommandBatcher(connection, scripts, self.timeout)
         self._subscriber = self._new_client(Retry(NoBackoff(), 0, ()))
         self._task = asyncio.create_task(self._hold_connection(self._subscriber), name="RedisHub")
         if self.presence_enabled:
@@ -317,8 +329,8 @@ class RedisHub(Hub):
     async def publish(
         self, channel: str, message: Mapping[str, Any], *, info: Mapping[str, Any] | None = None
     ) -> Position:
-        script = self._publish_script
-        if self._closed or script is None:
+        batcher = self._batcher
+        if self._closed or batcher is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
         head, tail = envelope_parts(channel, message, info)
         keys = self._keys(channel)
@@ -337,7 +349,7 @@ class RedisHub(Hub):
         ]
         try:
             async with asyncio.timeout(self.timeout):
-                offset, epoch = await script(keys=keys, args=args)
+                offset, epoch = await batcher.run_script(PUBLISH, keys, args)
         except CONNECTION_ERRORS as error:
             logger.debug("publishing on %s failed: %r", channel, error)
             raise HubUnavailable(
@@ -360,7 +372,7 @@ class RedisHub(Hub):
             raise HubClosed("broadcast unavailable: the service is stopping")
         subscription = self._fanout.add(channel, since, user, client_id, direct)
         async with self._commands:
-            await self._follow(channel, joining=subscription)
+            self._follow(channel, joining=subscription)
         kept = self.kept(channel)
         if kept.presence:
             await self._join(channel, [subscription], events=kept.join_leave)
@@ -387,20 +399,20 @@ class RedisHub(Hub):
         leaving = not subscription.ended
         if self._fanout.remove(subscription):
             async with self._commands:
-                await self._follow(subscription.channel)
+                self._follow(subscription.channel)
         if leaving and not self._closed and self.kept(subscription.channel).presence:
             await self._leave(subscription.channel, [subscription])
 
     async def presence(self, channel: str) -> Presence:
-        script = self._presence_script
+        batcher = self._batcher
         if not self.kept(channel).presence:
             raise PresenceOff(PRESENCE_OFF)
-        if self._closed or script is None:
+        if self._closed or batcher is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
         try:
             async with asyncio.timeout(self.timeout):
-                count, infos = await script(
-                    keys=self._presence_keys(channel), args=[self.presence_limit]
+                count, infos = await batcher.run_script(
+                    PRESENCE, self._presence_keys(channel), [self.presence_limit]
                 )
         except CONNECTION_ERRORS as error:
             logger.debug("reading the presence of %s failed: %r", channel, error)
@@ -409,13 +421,13 @@ class RedisHub(Hub):
         return Presence(int(count), clients, len(clients) < int(count))
 
     async def publish_to_user(self, user: JSONValue, message: Mapping[str, Any]) -> None:
-        client = self._client
-        if self._closed or client is None:
+        batcher = self._batcher
+        if self._closed or batcher is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
         data = dumps(user) + "\n" + direct_message(message)
         try:
             async with asyncio.timeout(self.timeout):
-                await client.publish(self.prefix + DIRECT_CHANNEL, data)
+                await batcher.call("PUBLISH", self.prefix + DIRECT_CHANNEL, data)
         except CONNECTION_ERRORS as error:
             logger.debug("publishing to a user failed: %r", error)
             raise HubUnavailable(
@@ -423,7 +435,7 @@ class RedisHub(Hub):
             ) from error
 
     async def close(self) -> None:
-        if not self._closed and self.presence_enabled and self._client is not None:
+        if not self._closed and self.presence_enabled and self._batcher is not None:
             await self._leave_all()
         self._closed = True
         task, self._task = self._task, None
@@ -431,28 +443,27 @@ class RedisHub(Hub):
             self._renewing.cancel()
             await asyncio.wait([self._renewing])
             self._renewing = None
-        tasks = [*self._syncing.values(), *([task] if task is not None else [])]
+        writer, self._pubsub_writer = self._pubsub_writer, None
+        tasks = [*self._syncing.values(), *(t for t in (task, writer) if t is not None)]
         self._syncing.clear()
         for each in tasks:
             each.cancel()
         if tasks:
             await asyncio.wait(tasks)
         self._fanout.end_all()
-        clients = [self._client, self._subscriber]
-        self._client = self._subscriber = None
-        self._publish_script = self._read_script = None
-        self._join_script = self._leave_script = self._presence_script = None
-        for client in clients:
-            if client is not None:
-                await client.aclose()
+        batcher, subscriber = self._batcher, self._subscriber
+        self._batcher = self._subscriber = None
+        if batcher is not None:
+            await batcher.aclose()
+        if subscriber is not None:
+            await subscriber.aclose()
 
     def _new_client(self, retry: Retry) -> Redis:
-        # A pool that makes a burst wait for a connection (within the hub's timeout) rather
-        # than fail: redis-py 8.1's default pool raises MaxConnectionsError past 100
-        # commands in flight, so a busy room's 101st publish was refused.
+        # The pub/sub connection's client. A blocking pool of one: redis-py 8.1's default
+        # pool raises MaxConnectionsError past 100 connections.
         pool = BlockingConnectionPool.from_url(
             self.url,
-            max_connections=MAX_CONNECTIONS,
+            max_connections=1,
             timeout=self.timeout,
             decode_responses=True,
             socket_timeout=self.timeout,
@@ -474,9 +485,9 @@ class RedisHub(Hub):
     ) -> None:
         """Add (or renew) ``subscriptions`` in ``channel``'s presence, with their join events
         if ``events``. A failure is logged only: the next renewal puts them in."""
-        script = self._join_script
+        batcher = self._batcher
         for start in range(0, len(subscriptions), PRESENCE_BATCH):
-            if script is None or self._closed:
+            if batcher is None or self._closed:
                 return
             args: list[str | int] = [self._presence_ms, self.prefix + channel]
             for subscription in subscriptions[start : start + PRESENCE_BATCH]:
@@ -485,17 +496,17 @@ class RedisHub(Hub):
                 args += [subscription.client_id, dumps(client), event]
             try:
                 async with asyncio.timeout(self.timeout):
-                    await script(keys=self._presence_keys(channel), args=args)
+                    await batcher.run_script(JOIN, self._presence_keys(channel), args)
             except CONNECTION_ERRORS as error:
                 logger.debug("writing the presence of %s failed: %r", channel, error)
                 return
 
     async def _leave(self, channel: str, subscriptions: Sequence[Subscription]) -> None:
         """Remove ``subscriptions`` from ``channel``'s presence, with their leave events."""
-        script = self._leave_script
+        batcher = self._batcher
         events = self.kept(channel).join_leave
         for start in range(0, len(subscriptions), PRESENCE_BATCH):
-            if script is None:
+            if batcher is None:
                 return
             args: list[str | int] = [self.prefix + channel]
             for subscription in subscriptions[start : start + PRESENCE_BATCH]:
@@ -503,24 +514,34 @@ class RedisHub(Hub):
                 args += [subscription.client_id, event]
             try:
                 async with asyncio.timeout(self.timeout):
-                    await script(keys=self._presence_keys(channel), args=args)
+                    await batcher.run_script(LEAVE, self._presence_keys(channel), args)
             except CONNECTION_ERRORS as error:  # they expire within the TTL
                 logger.debug("removing presence from %s failed: %r", channel, error)
                 return
 
     async def _leave_all(self) -> None:
-        """Remove every local subscription from presence (the hub closes)."""
-        for channel in self._fanout.channels():
-            if self.kept(channel).presence:
-                await self._leave(channel, self._fanout.subscriptions(channel))
+        """Remove every local subscription from presence (the hub closes), every channel at
+        once: their scripts share batches."""
+        await asyncio.gather(
+            *(
+                self._leave(channel, self._fanout.subscriptions(channel))
+                for channel in self._fanout.channels()
+                if self.kept(channel).presence
+            )
+        )
 
     async def _renew_presence(self) -> None:
-        """Every ``presence_ttl / 3`` seconds, renew the presence of every local client."""
+        """Every ``presence_ttl / 3`` seconds, renew the presence of every local client, every
+        channel at once: their scripts share batches."""
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
-            for channel in self._fanout.channels():
-                if self.kept(channel).presence:
-                    await self._join(channel, self._fanout.subscriptions(channel), events=False)
+            await asyncio.gather(
+                *(
+                    self._join(channel, self._fanout.subscriptions(channel), events=False)
+                    for channel in self._fanout.channels()
+                    if self.kept(channel).presence
+                )
+            )
 
     def deliver_direct_here(self, user_key: str, text: str) -> None:
         """Queue a direct message for this hub's own subscriptions of ``user_key``."""
@@ -531,13 +552,13 @@ class RedisHub(Hub):
     ) -> tuple[Position, list[Publication]]:
         """``channel``'s position and its history after ``since`` (all of it if ``since`` is
         of another epoch; none for None), in one atomic read."""
-        script = self._read_script
-        if self._closed or script is None:
+        batcher = self._batcher
+        if self._closed or batcher is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
         first, epoch = ("", "") if since is None else (str(since.offset + 1), since.epoch)
         async with asyncio.timeout(self.timeout):
-            top, epoch, entries = await script(
-                keys=self._keys(channel), args=[new_epoch(), first, self._position_ms, epoch]
+            top, epoch, entries = await batcher.run_script(
+                READ, self._keys(channel), [new_epoch(), first, self._position_ms, epoch]
             )
         history = [
             Publication(int(entry_id.partition("-")[0]), epoch, fields[1])
@@ -545,35 +566,65 @@ class RedisHub(Hub):
         ]
         return Position(int(top), epoch), history
 
-    async def _follow(self, channel: str, joining: Subscription | None = None) -> None:
+    def _follow(self, channel: str, joining: Subscription | None = None) -> None:
         """Make the pub/sub connection follow the local subscribers of ``channel``.
 
-        Called with the command lock held, ``joining`` being a subscription just added.
-        Without a connection there is nothing to do: the connection task subscribes to
-        every channel when it connects. Constant time in the channel's subscriber count:
-        10,000 clients joining one room must not walk it 10,000 times.
+        Called with the command lock held (so not while the connection task connects),
+        ``joining`` being a subscription just added. Without a connection there is nothing
+        to do: the connection task subscribes to every channel when it connects. Constant
+        time in the channel's subscriber count: 10,000 clients joining one room must not
+        walk it 10,000 times.
         """
-        pubsub = self._pubsub
-        if pubsub is None:
+        if self._pubsub is None:
             return
         wanted = self._fanout.has_subscriptions(channel)
+        if wanted and channel not in self._subscribed:
+            self._subscribed.add(channel)
+            self._unconfirmed[channel] += 1
+            self._write_soon(True, channel)
+        elif joining is not None and not self._unconfirmed[channel]:
+            latest = self._latest.get(channel)
+            if latest is not None and joining.since is None:
+                joining.resume((), latest)  # the channel is followed: live at once
+            else:
+                self._sync_soon(channel)
+        elif not wanted and channel in self._subscribed:
+            self._subscribed.discard(channel)
+            self._latest.pop(channel, None)
+            self._write_soon(False, channel)
+
+    def _write_soon(self, subscribe: bool, channel: str) -> None:
+        """Queue a SUBSCRIBE (or UNSUBSCRIBE) of ``channel`` on the pub/sub connection."""
+        self._pubsub_queue.append((subscribe, channel))
+        if self._pubsub_writer is None:
+            self._pubsub_writer = asyncio.create_task(
+                self._write_pubsub(), name="RedisHub pub/sub commands"
+            )
+
+    async def _write_pubsub(self) -> None:
+        """Write the queued SUBSCRIBE and UNSUBSCRIBE commands, in their order: those queued
+        while some are written go together next, each command naming up to
+        `SUBSCRIBE_BATCH` channels."""
         try:
-            if wanted and channel not in self._subscribed:
-                self._subscribed.add(channel)
-                self._unconfirmed[channel] += 1
-                await pubsub.subscribe(self.prefix + channel)
-            elif joining is not None and not self._unconfirmed[channel]:
-                latest = self._latest.get(channel)
-                if latest is not None and joining.since is None:
-                    joining.resume((), latest)  # the channel is followed: live at once
-                else:
-                    self._sync_soon(channel)
-            elif not wanted and channel in self._subscribed:
-                self._subscribed.discard(channel)
-                self._latest.pop(channel, None)
-                await pubsub.unsubscribe(self.prefix + channel)
-        except CONNECTION_ERRORS as error:  # the connection task sees the loss too
-            logger.debug("pub/sub command for %s failed: %r", channel, error)
+            while self._pubsub_queue:
+                async with self._commands:
+                    queue, self._pubsub_queue = self._pubsub_queue, []
+                    pubsub = self._pubsub
+                    if pubsub is None:
+                        continue  # the connection task subscribes to all when it connects
+                    for subscribe, channels in _runs(queue, SUBSCRIBE_BATCH):
+                        names = [self.prefix + channel for channel in channels]
+                        try:
+                            if subscribe:
+                                await pubsub.subscribe(*names)
+                            else:
+                                await pubsub.unsubscribe(*names)
+                        except CONNECTION_ERRORS as error:  # the connection task sees it too
+                            logger.debug("pub/sub command failed: %r", error)
+                            break
+        finally:
+            if self._pubsub_writer is asyncio.current_task():
+                self._pubsub_writer = None
 
     def _sync_soon(self, channel: str) -> None:
         if channel not in self._syncing and not self._closed:
@@ -737,6 +788,7 @@ class RedisHub(Hub):
                 self.stats.backend_up = False
             self._subscribed.clear()
             self._unconfirmed.clear()
+            self._pubsub_queue.clear()
             self._latest.clear()
             for task in self._syncing.values():
                 task.cancel()
@@ -747,6 +799,16 @@ class RedisHub(Hub):
             await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py 7
         except CONNECTION_ERRORS as error:
             logger.debug("closing the pub/sub connection failed: %r", error)
+
+
+def _runs(queue: Sequence[tuple[bool, str]], most: int) -> list[tuple[bool, list[str]]]:
+    """``queue`` as commands: each run of one kind cut into lists of at most ``most``."""
+    runs: list[tuple[bool, list[str]]] = []
+    for subscribe, channel in queue:
+        if not runs or runs[-1][0] != subscribe or len(runs[-1][1]) >= most:
+            runs.append((subscribe, []))
+        runs[-1][1].append(channel)
+    return runs
 
 
 def _published_ns(text: str) -> int:

@@ -10,6 +10,8 @@ import asyncio
 import itertools
 import json
 import logging
+import os
+import signal
 import socket
 import sys
 import time
@@ -160,8 +162,10 @@ async def main():
     async with RedisHub(url, prefix=prefix, history_size=1000) as hub:
         print("ready", flush=True)
         sys.stdin.readline()
-        for n in range(count):
-            await hub.publish("room", {"by": name, "n": n})
+        async def publish(task):  # ten tasks at once: their publishes share batches
+            for n in range(task, count, 10):
+                await hub.publish("room", {"by": name, "n": n})
+        await asyncio.gather(*(publish(task) for task in range(10)))
 asyncio.run(main())
 """
 
@@ -169,9 +173,9 @@ asyncio.run(main())
 async def test_publishers_in_several_processes_give_contiguous_offsets_in_one_order(
     redis_server: RedisServer,
 ) -> None:
-    # Three processes publish at once on one channel; two hubs (two more processes, as
-    # far as Redis knows) see offsets 1..N with no gap and in one order, each process's
-    # messages in the order it sent them, and the history holds the same.
+    # Three processes publish at once on one channel, each from ten tasks; two hubs (two
+    # more processes, as far as Redis knows) see offsets 1..N with no gap and in one order,
+    # each task's messages in the order it sent them, and the history holds the same.
     count, names = 300, ["p0", "p1", "p2"]
     prefix = f"test-{next(_prefixes)}:"
     first, second = (
@@ -209,9 +213,10 @@ async def test_publishers_in_several_processes_give_contiguous_offsets_in_one_or
     assert [d["offset"] for d in seen_here] == list(range(1, total + 1))
     assert seen_here == seen_there
     for name in names:
-        assert [d["message"]["n"] for d in seen_here if d["message"]["by"] == name] == list(
-            range(count)
-        )
+        numbers = [d["message"]["n"] for d in seen_here if d["message"]["by"] == name]
+        assert sorted(numbers) == list(range(count))
+        for task in range(10):
+            assert [n for n in numbers if n % 10 == task] == list(range(task, count, 10))
     async with new_hub(redis_server.url, history_size=1000) as reader:
         reader.prefix = prefix
         replay = await subscribed(reader, "room", Position(0, seen_here[0]["epoch"]))
@@ -557,3 +562,159 @@ async def test_closing_the_hub_leaves_no_connection_or_task_behind(
             break
         await asyncio.sleep(0.02)
     assert await connected_clients() == before
+
+
+async def test_publishes_from_many_tasks_share_batches_and_keep_one_order_everywhere(
+    redis_server: RedisServer,
+) -> None:
+    # 50 tasks on each of two hubs publish 20 messages each, all at once: the hubs write
+    # them in batches (far fewer writes than publishes), and both subscribers see offsets
+    # 1..2000 in one order, each task's messages in the order it sent them.
+    tasks, each = 50, 20
+    first = new_hub(redis_server.url, queue_size=2500, history_size=2500)
+    second = new_hub(redis_server.url, queue_size=2500, history_size=2500)
+    second.prefix = first.prefix
+    async with first, second:
+        here, there = await subscribed(first, "room"), await subscribed(second, "room")
+        batches_before = [hub._batcher.batches for hub in (first, second) if hub._batcher]
+
+        async def publish(hub: RedisHub, name: str) -> None:
+            for number in range(each):
+                await hub.publish("room", {"by": name, "n": number})
+
+        await asyncio.gather(
+            *(
+                publish(hub, f"{h}-{t}")
+                for h, hub in enumerate((first, second))
+                for t in range(tasks)
+            )
+        )
+        batches = [hub._batcher.batches for hub in (first, second) if hub._batcher]
+        total = 2 * tasks * each
+        seen_here = [await received(here) for _ in range(total)]
+        seen_there = [await received(there) for _ in range(total)]
+    assert sum(batches) - sum(batches_before) < total / 5, (batches_before, batches)
+    assert [d["offset"] for d in seen_here] == list(range(1, total + 1))
+    assert seen_here == seen_there
+    by_task: dict[str, list[int]] = {}
+    for delivery in seen_here:
+        by_task.setdefault(delivery["message"]["by"], []).append(delivery["message"]["n"])
+    assert by_task == {f"{h}-{t}": list(range(each)) for h in range(2) for t in range(tasks)}
+
+
+async def test_a_thousand_channels_subscribed_at_once_take_few_subscribe_commands(
+    redis_server: RedisServer,
+) -> None:
+    # Subscribing to 1,000 channels at once: the SUBSCRIBE commands name many channels
+    # each (up to 512), every subscription goes live, and a publish on each reaches it.
+    channels = [f"c{number}" for number in range(1000)]
+    async with new_hub(redis_server.url) as hub, Redis.from_url(redis_server.url) as admin:
+        before = (await admin.info("commandstats")).get("cmdstat_subscribe", {"calls": 0})
+        subscriptions = await asyncio.gather(*(hub.subscribe(c) for c in channels))
+        notices = [await received(s, within=10) for s in subscriptions]
+        after = (await admin.info("commandstats"))["cmdstat_subscribe"]
+        assert {n["type"] for n in notices} == {"subscribed"}
+        assert after["calls"] - before["calls"] <= 10, (before, after)
+        await asyncio.gather(*(hub.publish(c, numbered(i)) for i, c in enumerate(channels)))
+        for number, subscription in enumerate(subscriptions):
+            assert (await received(subscription))["message"] == {"n": number}
+        before = (await admin.info("commandstats")).get("cmdstat_unsubscribe", {"calls": 0})
+        await asyncio.gather(*(hub.unsubscribe(s) for s in subscriptions[:600]))
+        names = [hub.prefix + channel for channel in channels]
+        await wait_until(
+            "unsubscribed", lambda: hub._pubsub_writer is None and not hub._pubsub_queue
+        )
+        after = (await admin.info("commandstats"))["cmdstat_unsubscribe"]
+        assert after["calls"] - before["calls"] <= 10, (before, after)
+        numbers = dict(await admin.pubsub_numsub(*names))
+        assert [numbers[name.encode()] for name in names] == [0] * 600 + [1] * 400
+
+
+async def test_a_redis_that_forgot_the_scripts_gets_them_again_and_nothing_is_lost(
+    redis_server: RedisServer,
+) -> None:
+    # SCRIPT FLUSH (as after a restart): the next batch's scripts are answered NOSCRIPT,
+    # loaded, and those commands sent again; each runs once, in order.
+    async with new_hub(redis_server.url) as hub, Redis.from_url(redis_server.url) as admin:
+        subscription = await subscribed(hub, "room")
+        await hub.publish("room", numbered(0))
+        await admin.script_flush()
+        positions = await asyncio.gather(*(hub.publish("room", numbered(n)) for n in range(1, 6)))
+        assert [p.offset for p in positions] == [2, 3, 4, 5, 6]
+        seen = [await received(subscription) for _ in range(6)]
+        assert [(d["offset"], d["message"]["n"]) for d in seen] == [(n + 1, n) for n in range(6)]
+        top, history = await hub.history("room")
+        assert (top.offset, len(history)) == (6, 6)
+
+
+async def test_redis_killed_mid_batch_fails_that_batch_and_recovery_loses_nothing(
+    keeping_redis_server: RedisServer,
+) -> None:
+    # Redis freezes with a batch of 50 publishes written to it and 50 more waiting behind;
+    # then it is killed (SIGKILL) and restarted with its data. The written batch fails,
+    # each of its publishes with HubUnavailable (Redis never ran them); the waiting batch
+    # fails or succeeds as a whole; every publish answered is in the history at its offset,
+    # and the subscribers (on another hub) get every message of the history exactly once,
+    # in order, one by one, with no gap.
+    server = keeping_redis_server
+    publisher = new_hub(server.url, queue_size=500, history_size=500, timeout=3.0)
+    subscriber = new_hub(server.url, queue_size=500, history_size=500, timeout=3.0)
+    subscriber.prefix = publisher.prefix
+    async with publisher, subscriber:
+        readers = [await subscribed(subscriber, "room") for _ in range(3)]
+        first = await asyncio.gather(*(publisher.publish("room", numbered(n)) for n in range(20)))
+        answered = dict(enumerate(first))
+        batcher = publisher._batcher
+        assert batcher is not None
+        batches = batcher.batches
+        server.pause()
+        written = [
+            asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(20, 70)
+        ]
+        await wait_until("the batch written", lambda: batcher.batches > batches)
+        waiting = [
+            asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(70, 120)
+        ]
+        await asyncio.sleep(0.1)
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()
+        outcomes = await asyncio.gather(*written, return_exceptions=True)
+        assert all(isinstance(outcome, HubUnavailable) for outcome in outcomes), outcomes
+        server.start()
+        later = await asyncio.gather(*waiting, return_exceptions=True)
+        failed = [isinstance(outcome, HubUnavailable) for outcome in later]
+        assert all(failed) or not any(failed), later
+        answered |= {70 + i: p for i, p in enumerate(later) if isinstance(p, Position)}
+        await wait_until("resubscribed", lambda: all(r.live for r in readers))
+        for n in range(120, 140):
+            answered[n] = await publisher.publish("room", numbered(n))
+        top, history = await publisher.history("room")
+    texts = {p.offset: json.loads(p.text)["message"]["n"] for p in history}
+    assert list(texts) == list(range(1, top.offset + 1))  # no gap in the history
+    assert set(texts.values()).isdisjoint(range(20, 70))  # the failed batch never ran
+    assert {n: p.offset for n, p in answered.items()} == {n: o for o, n in texts.items()}
+    for reader in readers:
+        seen: list[tuple[int, int]] = []
+        while len(seen) < top.offset:
+            delivery = await received(reader)
+            if delivery["type"] == "broadcast":
+                seen.append((delivery["offset"], delivery["message"]["n"]))
+        assert seen == sorted(texts.items())
+
+
+async def test_presence_renewals_of_many_channels_share_batches(redis_server: RedisServer) -> None:
+    # 200 channels with a client each and a TTL of 0.9 s: renewed every 0.3 s, every
+    # channel at once, so each renewal is a few batches, not 200; and the clients stay
+    # listed well past the TTL.
+    async with new_hub(redis_server.url, presence_ttl=0.9) as hub:
+        channels = [f"r{number}" for number in range(200)]
+        for channel in channels:
+            await subscribed(hub, channel, user=channel)
+        batcher = hub._batcher
+        assert batcher is not None
+        before = batcher.batches
+        await asyncio.sleep(2.0)  # six renewals or so
+        renewing = batcher.batches - before
+        counts = await asyncio.gather(*(hub.presence(channel) for channel in channels))
+    assert [presence.count for presence in counts] == [1] * 200
+    assert 0 < renewing <= 60, renewing

@@ -1,0 +1,192 @@
+"""`CommandBatcher`: the commands a `RedisHub` sends one Redis, pipelined in batches.
+
+Part of the websocket backend vendored by ws-template (version notes in ``__init__.py``);
+only projects whose broadcast backend is Redis have it.
+
+redis-py's asyncio client sends each command on a connection of its own and waits for the
+reply, so a hub publishing a hundred messages at once paid a hundred round trips, and Redis
+a read and a write for each. A batcher holds one connection and keeps at most one batch on
+it: a command issued while no batch is out is written at once (a lone publish waits for
+nothing), and the commands issued while a batch is out are written together, in the order
+they were issued, as soon as its replies are in (up to `MAX_BATCH` a write). Redis runs a
+batch's commands one after the other, each script atomically, and answers them in one
+write; each caller gets its own reply.
+
+A batch that fails (the connection breaks, or no answer within ``timeout`` seconds) fails
+each of its callers with the same error, and the next batch goes on a new connection. It is
+never sent again: Redis may have run some of its commands, and sending them twice could
+publish a message twice. A caller that stopped waiting before its command was written
+(its own timeout, a cancelled task) is left out of the batch. A connection that sat idle
+is checked before it is used, so one that Redis closed meanwhile (a restart) is replaced
+without failing anybody.
+
+Scripts go by their SHA1 (``EVALSHA``); a Redis that does not know one (``NOSCRIPT``: it
+restarted, or ran ``SCRIPT FLUSH``) gets it loaded and the commands that asked for it sent
+again, in their order, right after: those commands did not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+MAX_BATCH: Final = 512
+"""Commands written to Redis in one batch at most; more wait for the next."""
+IDLE_CHECK_SECONDS: Final = 1.0
+"""A connection idle for longer is checked for a close by Redis before it is used."""
+
+Command = tuple[str | int, ...]
+
+
+class Script:
+    """A Lua script sent by its SHA1."""
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+    def command(self, keys: Sequence[str], args: Sequence[str | int]) -> Command:
+        """The ``EVALSHA`` command that runs the script on ``keys`` and ``args``."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class CommandBatcher:
+    """Sends the commands of its callers on ``connection``, pipelined in batches.
+
+    ``scripts`` are the scripts its callers run (`run_script`), to be loaded on NOSCRIPT.
+    ``timeout`` bounds a batch, from its write to its last reply, in seconds.
+    """
+
+    def __init__(
+        self, connection: AbstractConnection, scripts: Sequence[Script], timeout: float
+    ) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.batches = 0
+        """Batches written so far (each a write of one or more commands)."""
+        self._scripts = {script.sha: script for script in scripts}
+        self._pending: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._used_at = -math.inf
+        self._closed = False
+
+    async def call(self, *command: str | int) -> Any:
+        """Send ``command`` in the next batch and answer its reply (a `ResponseError` for an
+        error reply, the batch's error if it fails)."""
+        if self._closed:
+            raise RedisConnectionError("the batcher is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((command, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="RedisHub batches")
+        return await future
+
+    async def run_script(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        """Run ``script`` (one of those the batcher was given) on ``keys`` and ``args``."""
+        return await self.call(*script.command(keys, args))
+
+    async def aclose(self) -> None:
+        """Let the batches already asked for finish, then close the connection."""
+        self._closed = True
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
+        await self.connection.disconnect()
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                batch = [entry for entry in self._pending[:MAX_BATCH] if not entry[1].done()]
+                del self._pending[:MAX_BATCH]
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._writer = None
+
+    async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        """Send ``batch`` and settle each of its callers' futures."""
+        self.batches += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await self._exchange([command for command, _ in batch])
+                unknown = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+                if unknown:
+                    replies = await self._load_and_resend(batch, replies, unknown)
+        except BaseException as error:  # lost, timed out or cancelled: none is answered
+            await self.connection.disconnect(nowait=True)
+            failure = error
+            if not isinstance(error, Exception):
+                failure = RedisConnectionError("the Redis hub is closing")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            if failure is not error:
+                raise
+            return
+        finally:
+            self._used_at = asyncio.get_running_loop().time()
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _load_and_resend(
+        self,
+        batch: list[tuple[Command, asyncio.Future[Any]]],
+        replies: list[Any],
+        unknown: list[int],
+    ) -> list[Any]:
+        """Load the scripts Redis did not know, then send again the commands that asked for
+        them (they did not run), in their order, in one write."""
+        shas = dict.fromkeys(str(batch[i][0][1]) for i in unknown)
+        loads: list[Command] = [("SCRIPT", "LOAD", self._scripts[sha].body) for sha in shas]
+        again = await self._exchange([*loads, *(batch[i][0] for i in unknown)])
+        for problem in again[: len(loads)]:
+            if isinstance(problem, Exception):
+                raise problem
+        for i, reply in zip(unknown, again[len(loads) :], strict=True):
+            replies[i] = reply
+        return replies
+
+    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
+        """Write ``commands`` in one write and read their replies (error replies as
+        `ResponseError` values)."""
+        connection = self.connection
+        if asyncio.get_running_loop().time() - self._used_at > IDLE_CHECK_SECONDS:
+            await self._check(connection)
+        await connection.connect()  # type: ignore[no-untyped-call]  # redis-py types
+        await connection.send_packed_command(connection.pack_commands(commands), False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:  # no timeout per reply: the batch has one
+                replies.append(await connection.read_response(timeout=math.inf))
+            except ResponseError as error:
+                replies.append(error)
+        return replies
+
+    @staticmethod
+    async def _check(connection: AbstractConnection) -> None:
+        """Drop ``connection`` if Redis closed it while it was idle (or it holds stray
+        data): then the next write goes on a new one."""
+        if not connection.is_connected:
+            return
+        try:
+            if await connection.can_read():
+                await connection.disconnect()
+        except (RedisConnectionError, OSError):
+            await connection.disconnect()
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError)

@@ -235,6 +235,8 @@ UNREAD = [
     "TOKEN_PUBLIC_KEY",
     "ANONYMOUS_CONNECTIONS",
     "MAX_CHANNELS_PER_CONNECTION",
+    "CONNECTION_TOKEN_TTL_SECONDS",
+    "SUBSCRIPTION_TOKEN_TTL_SECONDS",
 {%- endif %}
 ]
 """Variables of ws-template's other kinds of service, which this one does not read."""

@@ -77,6 +77,8 @@ UNREAD_VARIABLES = {
     "TOKEN_PUBLIC_KEY": NO_CHANNELS,
     "ANONYMOUS_CONNECTIONS": NO_CHANNELS,
     "MAX_CHANNELS_PER_CONNECTION": NO_CHANNELS,
+    "CONNECTION_TOKEN_TTL_SECONDS": NO_CHANNELS,
+    "SUBSCRIPTION_TOKEN_TTL_SECONDS": NO_CHANNELS,
 {%- endif %}
 }
 """Variables of ws-template's other kinds of service, which this one does not read."""
@@ -130,6 +132,10 @@ class Settings:
     """Whether a channels connection with no user (no token, no identity) may connect."""
     max_channels_per_connection: int = 128
     """Channels one connection of a channels endpoint may be subscribed to at once."""
+    connection_token_ttl_seconds: float = 600.0
+    """How long a connection token from ``POST /api/tokens/connection`` is valid."""
+    subscription_token_ttl_seconds: float = 600.0
+    """How long a subscription token from ``POST /api/tokens/subscription`` is valid."""
 {%- endif %}
 {%- if redis %}
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
@@ -202,6 +208,14 @@ class Settings:
             anonymous_connections=read("ANONYMOUS_CONNECTIONS", _flag, cls.anonymous_connections),
             max_channels_per_connection=read(
                 "MAX_CHANNELS_PER_CONNECTION", _positive(int), cls.max_channels_per_connection
+            ),
+            connection_token_ttl_seconds=read(
+                "CONNECTION_TOKEN_TTL_SECONDS", _positive(float), cls.connection_token_ttl_seconds
+            ),
+            subscription_token_ttl_seconds=read(
+                "SUBSCRIPTION_TOKEN_TTL_SECONDS",
+                _positive(float),
+                cls.subscription_token_ttl_seconds,
             ),
 {%- endif %}
 {%- if redis %}

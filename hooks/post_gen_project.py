@@ -51,6 +51,7 @@ CHANNELS_ONLY = [
     "websocket/tests/test_namespaces.py",
     "websocket/tests/test_tokens.py",
     "channels.py",
+    "token_api.py",
 ]
 CHANNELS_TESTS = ["tests/test_channels.py"]
 

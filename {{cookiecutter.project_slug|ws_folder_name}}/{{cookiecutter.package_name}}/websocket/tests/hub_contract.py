@@ -51,6 +51,7 @@ class HubFactory(Protocol):
         history_ttl: float = 300.0,
         join_leave: bool = False,
         presence_limit: int = 1000,
+        join_leave_limit: int | None = None,
     ) -> Awaitable[Hub]: ...
 
 
@@ -634,6 +635,36 @@ class HubContract:
         third = await subscribed(hub, "/p/j")
         await hub.publish("/p/j", numbered(2))
         assert (await received(third))["message"] == {"n": 2}  # not its own join
+
+    async def test_join_and_leave_events_stop_on_a_channel_past_the_limit(
+        self, make_hub: HubFactory
+    ) -> None:
+        # A reconnect storm of N clients would send N * (N - 1) / 2 of them: past the
+        # limit of present clients (the one coming or going included), none is sent.
+        hub = await make_hub(join_leave=True, join_leave_limit=3)
+        subscriptions = [await subscribed(hub, "/p/crowd", user=f"u{n}") for n in range(5)]
+
+        async def events_before_the_next_message(number: int) -> list[list[str]]:
+            await hub.publish("/p/crowd", numbered(number))
+            seen: list[list[str]] = [[] for _ in subscriptions]
+            for subscription, kinds in zip(subscriptions, seen, strict=True):
+                if subscription.ended:
+                    continue
+                while (event := await received(subscription))["type"] != "broadcast":
+                    kinds.append(f"{event['type']} {event['client']['user']}")
+            return seen
+
+        assert await events_before_the_next_message(1) == [
+            ["join u1", "join u2"],  # the 2nd and 3rd clients; the 4th and 5th are past it
+            ["join u2"],
+            [],
+            [],
+            [],
+        ]
+        for leaving in reversed(subscriptions[2:]):  # 5, 4 present: silent; 3: told
+            await hub.unsubscribe(leaving)
+        assert await events_before_the_next_message(2) == [["leave u2"], ["leave u2"], [], [], []]
+        assert (await hub.presence("/p/crowd")).count == 2
 
     async def test_join_and_leave_events_can_be_turned_off(self, make_hub: HubFactory) -> None:
         hub = await make_hub(join_leave=False)  # hubs send them unless told not to

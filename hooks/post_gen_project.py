@@ -49,6 +49,8 @@ CHANNELS_ONLY = [
     "websocket/tokens.py",
     "websocket/tests/test_centrifuge_protocol.py",
     "websocket/tests/test_namespaces.py",
+    "websocket/tests/test_personal_channels.py",
+    "websocket/tests/sample_channels_app.py",
     "websocket/tests/test_tokens.py",
     "channels.py",
     "token_api.py",

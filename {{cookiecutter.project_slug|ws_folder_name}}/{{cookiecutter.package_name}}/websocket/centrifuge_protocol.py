@@ -14,9 +14,18 @@ by newlines; ``connect`` (a connection token, or the identity auth.py gave the h
 ``subscribe`` with recovery, ``unsubscribe``, ``publish``, ``presence``,
 ``presence_stats``, ``history``; pushes ``pub``, ``join``, ``leave``, ``unsubscribe``
 and ``message``; pings ``{}`` answered by pongs ``{}``. Errors carry the protocol's codes;
-a client that breaks the protocol is disconnected with its close codes. Not served:
-unidirectional transports, the protobuf encoding, delta compression, server-side
-subscriptions (``connect.subs``), RPC, ``send``, token refresh and subscription tokens.
+a client that breaks the protocol is disconnected with its close codes.
+
+Server-side subscriptions: a connection with a user is subscribed at connect to its
+user's channel of each *personal* namespace (``user:#alice``, `Namespace.personal`); the
+connect reply's ``subs`` gives each one's subscribe result (position, and the
+publications recovered from where the client's ``connect.subs`` says it was), and its
+publications come as ``pub`` pushes of that channel (the SDKs emit them on the client, not
+on a subscription). Such a connection gets what is sent to its user there, recoverable,
+and no ``message`` pushes; the client cannot unsubscribe from it (103), and one that
+missed messages it cannot be sent closes the connection with 3010 so that the SDK
+reconnects and recovers them. Not served: unidirectional transports, the protobuf
+encoding, delta compression, RPC, ``send``, token refresh and subscription tokens.
 """
 
 from __future__ import annotations
@@ -107,6 +116,9 @@ NO_PONG: Final = Disconnect(3012, "no pong")
 INVALID_TOKEN: Final = Disconnect(3500, "invalid token")
 PROTOCOL_VIOLATION: Final = Disconnect(3501, "bad request")
 STALE: Final = Disconnect(3502, "stale")
+INSUFFICIENT_STATE_CLOSE: Final = Disconnect(3010, "insufficient state")
+"""How a server-side subscription (a personal channel) that missed messages it cannot be
+sent ends: the connection closes, and the SDK reconnects and recovers them (connect.subs)."""
 
 INSUFFICIENT_STATE: Final = 2500
 """The unsubscribe push's code for a subscription that missed messages it cannot be sent
@@ -322,6 +334,8 @@ class _Connection:
         self.tokens_checked = asyncio.get_running_loop().time()
         self.leaving: set[asyncio.Task[None]] = set()
         """Unsubscriptions under way, of subscriptions that missed messages."""
+        self.server_side: set[str] = set()
+        """The channels the server subscribed the connection to (its personal channels)."""
 
     # The tasks of the session: reading commands, writing pushes, pinging.
 
@@ -336,6 +350,14 @@ class _Connection:
                 if frame is None:
                     raise BadRequest("binary frames are not JSON commands")
                 replies, later = await self._answer(frame)
+                if replies:
+                    await websocket.send_text("\n".join(replies))
+                for subscription, pushes in later:
+                    for text in pushes:
+                        if (push := self._push_of(subscription, text)) is not None:
+                            await websocket.send_text(push)
+                    if self.subscriptions.get(subscription.channel) is subscription:
+                        subscription.attach(self.inbox)
             except BadRequest as error:
                 logger.info("channels %s: disconnected: %s", self.path, error)
                 await self._close(websocket, PROTOCOL_VIOLATION)
@@ -343,14 +365,6 @@ class _Connection:
             except Disconnected as error:
                 await self._close(websocket, error.disconnect)
                 return
-            if replies:
-                await websocket.send_text("\n".join(replies))
-            for subscription, pushes in later:
-                for text in pushes:
-                    if (push := self._push_of(subscription, text)) is not None:
-                        await websocket.send_text(push)
-                if self.subscriptions.get(subscription.channel) is subscription:
-                    subscription.attach(self.inbox)
 
     async def write(self, websocket: ChannelsSocket) -> None:
         # The hot loop of every delivery: a publication's push is one dict look-up.
@@ -358,27 +372,30 @@ class _Connection:
         subscriptions = self.subscriptions
         pubs = _PUSHES.pubs
         ready = self.inbox.ready
-        while True:
-            for subscription in await ready():
-                if subscription is None:  # messages to the user
-                    while self.messages:
-                        await send_text(_PUSHES.of(self.messages.popleft()).push)
-                    continue
-                channel = subscription.channel
-                if subscriptions.get(channel) is not subscription:
-                    continue  # unsubscribed meanwhile: what it had queued is not sent
-                poll = subscription.poll
-                while (text := poll()) is not None:
-                    push = pubs.get(text)
-                    if push is None and (push := self._push_of(subscription, text)) is None:
+        try:
+            while True:
+                for subscription in await ready():
+                    if subscription is None:  # messages to the user
+                        while self.messages:
+                            await send_text(_PUSHES.of(self.messages.popleft()).push)
                         continue
-                    await send_text(push)
+                    channel = subscription.channel
                     if subscriptions.get(channel) is not subscription:
-                        break
-                else:
-                    if subscription.ended:  # the hub closed: the service is stopping
-                        await self._close(websocket, SHUTDOWN)
-                        return
+                        continue  # unsubscribed meanwhile: what it had queued is not sent
+                    poll = subscription.poll
+                    while (text := poll()) is not None:
+                        push = pubs.get(text)
+                        if push is None and (push := self._push_of(subscription, text)) is None:
+                            continue
+                        await send_text(push)
+                        if subscriptions.get(channel) is not subscription:
+                            break
+                    else:
+                        if subscription.ended:  # the hub closed: the service is stopping
+                            await self._close(websocket, SHUTDOWN)
+                            return
+        except Disconnected as error:  # a personal channel missed messages
+            await self._close(websocket, error.disconnect)
 
     async def ping(self, websocket: ChannelsSocket) -> None:
         interval = self.config.ping_interval
@@ -490,7 +507,7 @@ class _Connection:
         later: list[tuple[Subscription, list[str]]],
     ) -> str:
         if method == "connect":
-            return await self._connect(id_, body)
+            return await self._connect(id_, body, later)
         if method == "subscribe":
             return await self._subscribe(id_, body, later)
         if method == "unsubscribe":
@@ -503,7 +520,9 @@ class _Connection:
             return await self._presence(id_, body, stats=method == "presence_stats")
         raise Refused(METHOD_NOT_FOUND)
 
-    async def _connect(self, id_: int, body: dict[str, Any]) -> str:
+    async def _connect(
+        self, id_: int, body: dict[str, Any], later: list[tuple[Subscription, list[str]]]
+    ) -> str:
         token = _field(body, "token", str, "")
         if token:
             tokens = self.config.tokens
@@ -522,8 +541,9 @@ class _Connection:
             self.user = user_of(self.identity)
         if not self.user and not self.config.anonymous:
             raise Refused(UNAUTHORIZED)
+        subs = await self._server_side(_field(body, "subs", dict, {}), later)
         self.connected = True
-        if self.user:
+        if self.user and not subs:  # with a personal channel, what is sent to it goes there
             self.hub.listen_to_user(self.user, self)
         result = {
             "client": self.client_id,
@@ -531,7 +551,37 @@ class _Connection:
             "ping": round(self.config.ping_interval),
             "pong": True,
         }
-        return _reply(id_, "connect", result)
+        return _with_subs(_reply(id_, "connect", result), subs)
+
+    async def _server_side(
+        self, asked: dict[str, Any], later: list[tuple[Subscription, list[str]]]
+    ) -> dict[str, str]:
+        """Subscribe the connection to its user's personal channels (server-side
+        subscriptions), each recovered from where ``connect.subs`` says the client was
+        (``{channel: {recover, offset, epoch}}``; other channels there are ignored); their
+        results as JSON, by channel. A channel that cannot be subscribed refuses the
+        connect, and undoes the others."""
+        results: dict[str, str] = {}
+        first = len(later)
+        try:
+            for channel in self.config.namespaces.personal_channels(self.user):
+                position = _field(asked, channel, dict, {})
+                recover = _field(position, "recover", bool, False)
+                since = Position(
+                    _field(position, "offset", int, 0), _field(position, "epoch", str, "")
+                )
+                namespace = self._namespace(channel)
+                results[channel] = _result_json(
+                    *await self._start(channel, namespace, recover, since, later)
+                )
+                self.server_side.add(channel)
+        except (Refused, BadRequest):
+            for subscription, _ in later[first:]:
+                await self._forget(subscription)
+            del later[first:]
+            self.server_side.clear()
+            raise
+        return results
 
     async def _subscribe(
         self, id_: int, body: dict[str, Any], later: list[tuple[Subscription, list[str]]]
@@ -545,6 +595,20 @@ class _Connection:
             raise Refused(LIMIT_EXCEEDED)
         namespace = self._namespace(channel)
         await self._check(namespace.subscribe, "subscribe", channel, namespace)
+        result, recovered = await self._start(channel, namespace, recover, asked, later)
+        return '{"id":' + str(id_) + ',"subscribe":' + _result_json(result, recovered) + "}"
+
+    async def _start(
+        self,
+        channel: str,
+        namespace: Namespace,
+        recover: bool,
+        asked: Position,
+        later: list[tuple[Subscription, list[str]]],
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Subscribe to ``channel`` (recovering after ``asked`` if ``recover``): the
+        subscribe result and the recovered publications (JSON) it carries; the subscription
+        joins ``later``, with what to push after the reply before it goes live."""
         since = asked if recover and namespace.history and asked.offset >= 0 else None
         try:
             subscription = await self.hub.subscribe(
@@ -592,13 +656,12 @@ class _Connection:
         later.append((subscription, pushes))
         counts = self.config.stats.subscribed
         counts[namespace.name] = counts.get(namespace.name, 0) + 1
-        if not recovered:
-            return _reply(id_, "subscribe", result)
-        text = dumps({"id": id_, "subscribe": result})
-        return text[:-2] + ',"publications":[' + ",".join(recovered) + "]}}"
+        return result, recovered
 
     async def _unsubscribe(self, id_: int, body: dict[str, Any]) -> str:
         channel = _channel(body)
+        if channel in self.server_side:  # the server's to end: the user's own channel
+            raise Refused(PERMISSION_DENIED)
         subscription = self.subscriptions.get(channel)
         if subscription is not None:
             await self._forget(subscription)
@@ -739,8 +802,11 @@ class _Connection:
             namespace = self.namespace_of.get(subscription.channel)
             return made.push if namespace is not None and namespace.join_leave else None
         if kind == "gap":
-            # Missed messages it cannot be sent: the SDK subscribes again and recovers.
+            # Missed messages it cannot be sent: the SDK subscribes again and recovers (or,
+            # for a server-side subscription, reconnects and recovers it).
             channel = subscription.channel
+            if channel in self.server_side:
+                raise Disconnected(INSUFFICIENT_STATE_CLOSE)
             if self.subscriptions.get(channel) is subscription:
                 del self.subscriptions[channel]
                 self.namespace_of.pop(channel, None)
@@ -787,6 +853,22 @@ def _publication_json(publication: Publication) -> str:
 
 def _reply(id_: int, method: str, result: Mapping[str, Any]) -> str:
     return dumps({"id": id_, method: result})
+
+
+def _result_json(result: Mapping[str, Any], publications: list[str]) -> str:
+    """A subscribe result as JSON, with its recovered ``publications`` (JSON) if any."""
+    text = dumps(result)
+    if not publications:
+        return text
+    return text[:-1] + ',"publications":[' + ",".join(publications) + "]}"
+
+
+def _with_subs(connect_reply: str, subs: Mapping[str, str]) -> str:
+    """The connect reply (JSON) with the results of its server-side subscriptions."""
+    if not subs:
+        return connect_reply
+    results = ",".join(dumps(channel) + ":" + result for channel, result in subs.items())
+    return connect_reply[:-2] + ',"subs":{' + results + "}}}"
 
 
 def _error(id_: int, error: Error) -> str:

@@ -1,13 +1,15 @@
 {%- set paths = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "channels") | map(attribute="path") | list -%}{#- none: removed after generation -#}
 {%- set redis = cookiecutter.broadcast_backend == "redis" -%}
 """The channels endpoint on a real uvicorn server, spoken to in raw Centrifuge commands (JSON):
-who may connect, subscribe and publish (channels.py), and ``POST /api/publish`` reaching
-subscribers. The Centrifuge SDKs speak the same protocol."""
+who may connect, subscribe and publish (channels.py), the personal channel, the RPC methods,
+the token routes (token_api.py) and ``POST /api/publish`` reaching subscribers. The
+Centrifuge SDKs speak the same protocol."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -178,6 +180,87 @@ def test_a_message_published_over_http_reaches_subscribers_as_the_publication_s_
     assert push["pub"]["offset"] == answer["offset"]
     refused = reader.command("publish", {"channel": "news:today", "data": {}})
     assert refused["error"]["code"] == 103, refused  # news: only the service publishes
+
+
+def ask_token(server: LiveServer, path: str, user: str, body: object = None) -> tuple[int, Any]:
+    """The status and answer of a token route, asked with ``user``'s cookie."""
+    request = urllib.request.Request(
+        server.url(path),
+        data=json.dumps(body or {}).encode(),
+        headers={"content-type": "application/json", "cookie": f"user={user}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.load(error)
+
+
+def test_the_token_routes_mint_tokens_for_the_user_auth_py_finds(server: LiveServer) -> None:
+    status, answer = ask_token(server, "/api/tokens/connection", "alice")
+    assert status == 200, answer
+    assert jwt.decode(answer["token"], SECRET, ["HS256"])["sub"] == "alice"
+    channel = {"channel": "private:notes#alice"}
+    status, answer = ask_token(server, "/api/tokens/subscription", "alice", channel)
+    assert status == 200, answer
+    assert jwt.decode(answer["token"], SECRET, ["HS256"])["channel"] == "private:notes#alice"
+    assert ask_token(server, "/api/tokens/subscription", "bob", channel)[0] == 403
+    assert ask_token(server, "/api/tokens/connection", "")[0] == 401
+
+
+def test_a_private_channel_takes_the_subscription_token_the_route_minted(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    alice = open_connection("alice")
+    alice.command("connect", {})
+    refused = alice.command("subscribe", {"channel": "private:notes#alice"})
+    assert refused["error"]["code"] == 103, refused  # no token
+    channel = {"channel": "private:notes#alice"}
+    _, answer = ask_token(server, "/api/tokens/subscription", "alice", channel)
+    subscribed = alice.command("subscribe", {**channel, "token": answer["token"]})
+    assert subscribed["subscribe"]["expires"] is True, subscribed
+
+
+def test_each_connection_of_a_user_is_on_the_personal_channel_from_the_start(
+    open_connection: OpenConnection,
+) -> None:
+    erin = open_connection("erin")
+    connected = erin.command("connect", {})["connect"]
+    assert list(connected["subs"]) == ["user:#erin"]
+
+
+def test_the_rpc_methods_answer_who_the_connection_is_and_page_through_history(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    frank = open_connection("frank")
+    frank.command("connect", {})
+    reply = frank.command("rpc", {"method": "whoami", "data": {}})
+    assert reply["rpc"]["data"] == {"user": "frank"}
+    for n in range(5):
+        body = {"channel": "news:pages", "message": {"n": n}}
+        request = urllib.request.Request(
+            server.url("/api/publish"),
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
+        )
+        urllib.request.urlopen(request, timeout=5).close()
+    pages, before = [], None
+    while True:
+        data: dict[str, Any] = {"channel": "news:pages", "limit": 2}
+        if before is not None:
+            data["before"] = before
+        page = frank.command("rpc", {"method": "history_page", "data": data})["rpc"]["data"]
+        pages.append([publication["data"]["n"] for publication in page["publications"]])
+        before = page["next"]
+        if before is None:
+            break
+    assert pages == [[4, 3], [2, 1], [0]]
+    refused = frank.command("rpc", {"method": "history_page", "data": {"channel": 1}})
+    assert refused["error"]["code"] == 107, refused  # not what its params schema says
+    private = {"channel": "private:notes#alice"}
+    refused = frank.command("rpc", {"method": "history_page", "data": private})
+    assert refused["error"] == {"code": 403, "message": "permission denied"}, refused
 {%- if cookiecutter.metrics | ws_yes %}
 
 

@@ -23,9 +23,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -112,7 +111,7 @@ class Publisher:
     """Publishes ``{"n": 1}``, ``{"n": 2}``... to each channel (the personal one by user)
     through ``server``'s ``POST /api/publish``, from a thread, until stopped."""
 
-    TARGETS = {
+    TARGETS: ClassVar[dict[str, dict[str, str]]] = {
         "news:today": {"channel": "news:today"},
         f"private:notes#{USER}": {"channel": f"private:notes#{USER}"},
         f"user:#{USER}": {"user": USER},
@@ -193,9 +192,7 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
             "CONNECTION_TOKEN_TTL_SECONDS": TOKEN_TTL,
             "SUBSCRIPTION_TOKEN_TTL_SECONDS": TOKEN_TTL,
         }
-        server = stack.enter_context(
-            LiveServer("browser_page:app", env=environment, cwd=project)
-        )
+        server = stack.enter_context(LiveServer("browser_page:app", env=environment, cwd=project))
         other = stack.enter_context(  # the service's second process: the publisher
             LiveServer("browser_page:app", env=environment, cwd=project)
         )
@@ -206,9 +203,11 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on(
             "request",
-            lambda request: tokens.update([request.url.rsplit("/", 1)[1]])
-            if "/api/tokens/" in request.url
-            else None,
+            lambda request: (
+                tokens.update([request.url.rsplit("/", 1)[1]])
+                if "/api/tokens/" in request.url
+                else None
+            ),
         )
         page.goto(server.url("/"))
         expect(page.locator("#user")).to_have_text(USER, timeout=WAIT)  # the whoami RPC

@@ -12,6 +12,7 @@ connection token that expires mid-session.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -22,10 +23,20 @@ from typing import Any
 
 import jwt
 import pytest
+from centrifuge import ReplyError  # type: ignore[import-untyped]  # it ships no types
 from websocket.testing import LiveServer  # the vendored backend
 
 from tests.conftest import render
-from tests.test_centrifuge_sdks import PATH, PUBLISH_KEY, SECRET
+from tests.test_centrifuge_sdks import (
+    PATH,
+    PUBLISH_KEY,
+    SECRET,
+    Recorder,
+    SubscriptionRecorder,
+    python_client,
+    run,
+    subscribe,
+)
 from tests.test_first_hour import AUTH_EXAMPLE
 
 ENDPOINTS = "/connection/websocket:channels"
@@ -169,3 +180,153 @@ def test_without_an_hmac_secret_the_token_routes_answer_503_with_why(
         # and still 401 first for a request with no user
         assert ask(server, CONNECTION, user=None)[0] == 401
 
+
+# What centrifuge-python gets for each bad token, RPC and personal channel.
+
+
+@pytest.fixture(scope="module")
+def sdk_server(
+    tmp_path_factory: pytest.TempPathFactory, cookiecutter_config: Path
+) -> Iterator[LiveServer]:
+    project, app = served_project(
+        tmp_path_factory.mktemp("tokens-sdk"), cookiecutter_config, "fastapi"
+    )
+    with LiveServer(app, env=environment(TOKEN_HMAC_SECRET_KEY=SECRET), cwd=project) as server:
+        yield server
+
+
+def signed(claims: dict[str, Any], expires_in: float = 600, key: str = SECRET) -> str:
+    return jwt.encode({**claims, "exp": int(time.time() + expires_in)}, key, "HS256")
+
+
+def test_the_sdk_is_refused_a_subscription_token_of_another_channel_user_or_key(
+    sdk_server: LiveServer,
+) -> None:
+    channel = "private:notes#alice"
+    refusals = {  # token: what the subscription or connection ends with
+        "another channel": (signed({"sub": "alice", "channel": "private:notes#bob"}), "3500"),
+        "another user": (signed({"sub": "bob", "channel": channel}), "3500"),
+        "another key": (signed({"sub": "alice", "channel": channel}, key="k" * 40), "103"),
+    }
+
+    async def scenario(token: str) -> Recorder:
+        async with python_client(sdk_server.ws_url(PATH), token=signed({"sub": "alice"})) as (
+            client,
+            alice,
+        ):
+            await client.connect()
+            sub = client.new_subscription(
+                channel, events=SubscriptionRecorder(alice, channel), token=token
+            )
+            await sub.subscribe()
+            await alice.until(
+                lambda: bool(alice.of("unsubscribed") or alice.of("disconnected")), "a refusal"
+            )
+            return alice
+
+    for what, (token, code) in refusals.items():
+        alice = run(scenario(token))
+        assert not alice.of("subscribed"), what
+        if code == "3500":  # a token the service signed for someone else: invalid token
+            assert [e["code"] for e in alice.of("disconnected")][:1] == [3500], (what, alice.events)
+        else:
+            assert [e["code"] for e in alice.of("unsubscribed")] == [int(code)], (
+                what,
+                alice.events,
+            )
+
+
+def test_the_sdk_asks_again_for_an_expired_subscription_token_and_gets_in(
+    sdk_server: LiveServer,
+) -> None:
+    channel = "private:notes#alice"
+    asked: list[str] = []
+
+    async def get_token(ctx: Any) -> str:
+        asked.append(ctx.channel)
+        return signed({"sub": "alice", "channel": channel})
+
+    async def scenario() -> Recorder:
+        async with python_client(sdk_server.ws_url(PATH), token=signed({"sub": "alice"})) as (
+            client,
+            alice,
+        ):
+            await client.connect()
+            expired = signed({"sub": "alice", "channel": channel}, expires_in=-10)
+            sub = client.new_subscription(
+                channel,
+                events=SubscriptionRecorder(alice, channel),
+                token=expired,
+                get_token=get_token,
+            )
+            await sub.subscribe()
+            await alice.count("subscribed", 1)
+            return alice
+
+    alice = run(scenario())
+    assert asked == [channel]  # once, after the 109
+    assert not alice.of("unsubscribed")
+
+
+def test_the_sdk_cannot_subscribe_to_another_user_s_personal_channel(
+    sdk_server: LiveServer,
+) -> None:
+    async def scenario() -> Recorder:
+        async with python_client(sdk_server.ws_url(PATH), token=signed({"sub": "alice"})) as (
+            client,
+            alice,
+        ):
+            await client.connect()
+            sub = subscribe(client, alice, "user:#bob")
+            await sub.subscribe()
+            await alice.count("unsubscribed", 1)
+            return alice
+
+    alice = run(scenario())
+    assert [e["code"] for e in alice.of("unsubscribed")] == [103]
+
+
+def test_the_sdk_rpc_answers_and_refuses_bad_data_with_107(sdk_server: LiveServer) -> None:
+    async def scenario() -> None:
+        async with python_client(sdk_server.ws_url(PATH), token=signed({"sub": "alice"})) as (
+            client,
+            alice,
+        ):
+            await client.connect()
+            assert (await client.rpc("whoami", {})).data == {"user": "alice"}
+            for data in ({"channel": 5}, {"channel": "news:x", "limit": 0}, "text"):
+                with pytest.raises(ReplyError) as refused:
+                    await client.rpc("history_page", data)
+                assert refused.value.code == 107, data
+            with pytest.raises(ReplyError) as refused:
+                await client.rpc("no_such_method", {})
+            assert refused.value.code == 104
+            page = await client.rpc("history_page", {"channel": "news:never"})
+            assert page.data == {"publications": [], "epoch": page.data["epoch"], "next": None}
+            assert alice.of("disconnected") == []  # refusals leave the connection open
+
+    run(scenario())
+
+
+def test_a_connection_token_that_expires_mid_session_is_renewed_or_ends_the_connection(
+    sdk_server: LiveServer,
+) -> None:
+    renewed: list[str] = []
+
+    async def get_token() -> str:
+        renewed.append("token")
+        return signed({"sub": "alice"}, expires_in=2)
+
+    async def scenario(**options: Any) -> Recorder:
+        async with python_client(sdk_server.ws_url(PATH), **options) as (client, alice):
+            await client.connect()
+            await alice.count("connected", 1)
+            await asyncio.sleep(5)  # past the first token's exp, and a renewed one's
+            return alice
+
+    alice = run(scenario(token=signed({"sub": "alice"}, expires_in=2), get_token=get_token))
+    assert len(renewed) >= 2  # refreshed before each exp, on the same connection
+    assert alice.of("disconnected") == [], alice.events
+    assert len(alice.of("connected")) == 1, alice.events
+    alice = run(scenario(token=signed({"sub": "alice"}, expires_in=2)))  # nothing to renew with
+    assert alice.of("disconnected"), alice.events  # the service ended it; the SDK gave up

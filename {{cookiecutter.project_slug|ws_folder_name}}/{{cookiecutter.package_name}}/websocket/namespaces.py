@@ -18,15 +18,19 @@ A `Rule` says who may subscribe to, or publish from a client on, a namespace's c
 - `USER_LIMITED`: the users named after the channel's ``#``;
 - `SUBSCRIBERS`: connections subscribed to the channel (for publishing);
 - `NOBODY`: no client (the server publishes: ``hub.publish``, ``POST /api/publish``);
+- `TOKEN` (subscribing only): connections that send a subscription token for the channel
+  and their user (``tokens.py``; minted by the application, Centrifugo's claims). A token
+  sent to a namespace with another rule is checked too (a bad one is refused) but grants
+  nothing that rule does not;
 - an async function of a `ChannelRequest` that returns True to allow.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from .broadcast import ChannelOptions
 
@@ -44,6 +48,7 @@ class Allow(enum.Enum):
     USER_LIMITED = "user_limited"
     SUBSCRIBERS = "subscribers"
     NOBODY = "nobody"
+    TOKEN = "token"
 
 
 ANYONE: Final = Allow.ANYONE
@@ -51,6 +56,7 @@ AUTHENTICATED: Final = Allow.AUTHENTICATED
 USER_LIMITED: Final = Allow.USER_LIMITED
 SUBSCRIBERS: Final = Allow.SUBSCRIBERS
 NOBODY: Final = Allow.NOBODY
+TOKEN: Final = Allow.TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,9 @@ class ChannelRequest:
     """What auth.py returned for the connection, or the claims of its connection token."""
     subscribed: bool
     """Whether the connection is subscribed to the channel."""
+    token: Mapping[str, Any] | None = None
+    """The claims of the subscription token the client sent for the channel, verified
+    (None: it sent none)."""
 
 
 Decide: TypeAlias = Callable[[ChannelRequest], Awaitable[bool]]
@@ -121,7 +130,13 @@ class Namespace:
         if self.subscribe is SUBSCRIBERS:
             raise ValueError(
                 f"The namespace {self.name!r} lets SUBSCRIBERS subscribe, which nobody can "
-                "be first: choose ANYONE, AUTHENTICATED, USER_LIMITED, NOBODY or a function."
+                "be first: choose ANYONE, AUTHENTICATED, USER_LIMITED, TOKEN, NOBODY or a "
+                "function."
+            )
+        if self.publish is TOKEN:
+            raise ValueError(
+                f"The namespace {self.name!r} lets TOKEN publish: subscription tokens grant "
+                "subscribing; choose SUBSCRIBERS (those the token let in), or another rule."
             )
         if self.personal and self.subscribe not in (USER_LIMITED, NOBODY):
             raise ValueError(
@@ -214,5 +229,7 @@ async def allows(rule: Rule, request: ChannelRequest) -> bool:
         return request.subscribed
     if rule is NOBODY:
         return False
+    if rule is TOKEN:
+        return request.token is not None
     assert not isinstance(rule, Allow)
     return bool(await rule(request))

@@ -1,17 +1,23 @@
-"""Connection tokens: JSON Web Tokens that say who a client of a `channels` endpoint is.
+"""Connection and subscription tokens: JSON Web Tokens for the clients of a `channels` endpoint.
 
 Part of the websocket backend vendored by ws-template (version and upgrade notes in
-``__init__.py``). Verified with PyJWT. The application mints a token for its user (``sub``
-the user's id, ``exp`` when it stops being accepted) and the client sends it in its
-``connect`` command, as Centrifugo's clients do. HS256 tokens are signed with a shared
-secret of at least 32 bytes (``TOKEN_HMAC_SECRET_KEY``); RS256 and ES256 ones with a
-private key whose public half the service is given (``TOKEN_PUBLIC_KEY``, PEM). A token
-that is not signed (``alg: none``), signed with another key or algorithm, or whose claims
-are malformed is refused; so is every token while no key is configured.
+``__init__.py``). Signed and verified with PyJWT, with Centrifugo's claims. The application
+mints a *connection token* for its user (``sub`` the user's id, ``exp`` when it stops being
+accepted) and the client sends it in its ``connect`` command (and a new one in ``refresh``
+before it expires); a *subscription token* (``sub``, ``channel``, ``exp``) lets that user
+subscribe to that one channel (namespaces whose rule is ``TOKEN``), sent in ``subscribe``
+and renewed by ``sub_refresh``. `TokenSigner` mints both (HS256); `TokenVerifier` checks
+them. HS256 tokens are signed with a shared secret of at least 32 bytes
+(``TOKEN_HMAC_SECRET_KEY``); RS256 and ES256 ones with a private key whose public half the
+service is given (``TOKEN_PUBLIC_KEY``, PEM). A token that is not signed (``alg: none``),
+signed with another key or algorithm, or whose claims are malformed is refused; so is every
+token while no key is configured.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, Final
 
 import jwt
@@ -30,15 +36,53 @@ class TokenExpired(TokenInvalid):
     """The token was valid, but its ``exp`` has passed: the client should get a new one."""
 
 
+class TokenMismatch(TokenInvalid):
+    """A subscription token, signed by a key of the service, for another channel, another
+    user or another connection: not a token this client should hold."""
+
+
+def _check_secret(hmac_secret: str) -> None:
+    if len(hmac_secret.encode()) < MIN_HMAC_SECRET_BYTES:
+        raise ValueError(
+            f"The token HMAC secret has {len(hmac_secret.encode())} bytes; "
+            f"use at least {MIN_HMAC_SECRET_BYTES} random ones."
+        )
+
+
+class TokenSigner:
+    """Mints HS256 tokens with the service's HMAC secret, for the application to hand to its
+    users (a route that knows who the user of a request is)."""
+
+    def __init__(self, hmac_secret: str) -> None:
+        _check_secret(hmac_secret)
+        self._secret = hmac_secret
+
+    def connection_token(self, user: str, ttl: float, **claims: Any) -> str:
+        """A connection token for ``user`` (``sub``), valid ``ttl`` seconds from now; extra
+        ``claims`` (``info``, say) go in as they are."""
+        return self._sign({**claims, "sub": user}, ttl)
+
+    def subscription_token(self, user: str, channel: str, ttl: float, **claims: Any) -> str:
+        """A token that lets ``user``'s connections subscribe to ``channel`` for ``ttl``
+        seconds from now (and a subscription made with it live that long, unless renewed)."""
+        if not channel:
+            raise ValueError("A subscription token needs the channel it is for.")
+        return self._sign({**claims, "sub": user, "channel": channel}, ttl)
+
+    def _sign(self, claims: dict[str, Any], ttl: float) -> str:
+        if not ttl > 0:
+            raise ValueError(f"A token's ttl must be more than 0 seconds (was {ttl}).")
+        now = time.time()
+        claims.update(iat=int(now), exp=math.ceil(now + ttl))  # at least ttl seconds
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+
 class TokenVerifier:
     """Checks connection tokens with the service's keys (either may be empty)."""
 
     def __init__(self, hmac_secret: str = "", public_key: str = "") -> None:
-        if hmac_secret and len(hmac_secret.encode()) < MIN_HMAC_SECRET_BYTES:
-            raise ValueError(
-                f"The token HMAC secret has {len(hmac_secret.encode())} bytes; "
-                f"use at least {MIN_HMAC_SECRET_BYTES} random ones."
-            )
+        if hmac_secret:
+            _check_secret(hmac_secret)
         self._keys: list[tuple[Any, list[str]]] = []
         if hmac_secret:
             self._keys.append((hmac_secret, ["HS256"]))
@@ -81,6 +125,22 @@ class TokenVerifier:
                 raise TokenInvalid("the token's sub claim is not a string")
             return claims
         raise TokenInvalid(problem)
+
+    def verify_subscription(
+        self, token: str, channel: str, user: str, client_id: str = ""
+    ) -> dict[str, Any]:
+        """The claims of subscription ``token``, once checked as `verify` does and found to
+        be for ``channel`` and ``user`` (and, if it names one in ``client``, for the
+        connection ``client_id``); else `TokenMismatch` (the others as `verify`)."""
+        claims = self.verify(token)
+        if claims.get("channel") != channel:
+            raise TokenMismatch("the subscription token is for another channel")
+        if claims.get("sub", "") != user:
+            raise TokenMismatch("the subscription token is for another user")
+        client = claims.get("client")
+        if client and client != client_id:
+            raise TokenMismatch("the subscription token is for another connection")
+        return claims
 
 
 def _public_key(pem: str) -> tuple[Any, list[str]]:

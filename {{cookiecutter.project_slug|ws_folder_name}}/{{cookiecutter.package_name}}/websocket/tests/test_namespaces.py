@@ -10,6 +10,7 @@ from ..namespaces import (
     AUTHENTICATED,
     NOBODY,
     SUBSCRIBERS,
+    TOKEN,
     USER_LIMITED,
     ChannelRequest,
     Namespace,
@@ -22,9 +23,11 @@ from ..namespaces import (
 NAMESPACES = Namespaces([Namespace("chat"), Namespace("user", subscribe=USER_LIMITED)])
 
 
-def request(channel: str, user: str = "", subscribed: bool = False) -> ChannelRequest:
+def request(
+    channel: str, user: str = "", subscribed: bool = False, token: dict[str, str] | None = None
+) -> ChannelRequest:
     namespace = NAMESPACES.find(channel) or Namespace("any")
-    return ChannelRequest(channel, namespace, user, None, subscribed)
+    return ChannelRequest(channel, namespace, user, None, subscribed, token)
 
 
 def test_a_channel_belongs_to_the_namespace_before_its_colon() -> None:
@@ -62,6 +65,8 @@ async def test_the_rules_that_need_no_code() -> None:
         (SUBSCRIBERS, request("chat:a", "alice"), False),
         (SUBSCRIBERS, request("chat:a", "alice", subscribed=True), True),
         (NOBODY, request("chat:a", "alice", subscribed=True), False),
+        (TOKEN, request("chat:a", "alice"), False),
+        (TOKEN, request("chat:a", "alice", token={"sub": "alice", "channel": "chat:a"}), True),
     ]
     for rule, asked, allowed in cases:
         assert await allows(rule, asked) is allowed, (rule, asked)
@@ -85,6 +90,8 @@ def test_declarations_that_cannot_work_are_refused_with_a_sentence() -> None:
         Namespace("a:b")
     with pytest.raises(ValueError, match="SUBSCRIBERS subscribe"):
         Namespace("chat", subscribe=SUBSCRIBERS)
+    with pytest.raises(ValueError, match="TOKEN publish"):
+        Namespace("chat", subscribe=TOKEN, publish=TOKEN)
     with pytest.raises(ValueError, match="declared twice"):
         Namespaces([Namespace("chat"), Namespace("chat")])
 

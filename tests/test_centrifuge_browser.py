@@ -181,7 +181,6 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
     redis_or_skip()
     project = browser_project(tmp_path, cookiecutter_config, framework)
     errors: list[str] = []
-    tokens: Counter[str] = Counter()
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
         environment = {
@@ -201,14 +200,9 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
         context.add_cookies([{"name": "session", "value": SESSION, "url": server.url("/")}])
         page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on(
-            "request",
-            lambda request: (
-                tokens.update([request.url.rsplit("/", 1)[1]])
-                if "/api/tokens/" in request.url
-                else None
-            ),
-        )
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.on("websocket", lambda websocket: requested.append(websocket.url))
         page.goto(server.url("/"))
         expect(page.locator("#user")).to_have_text(USER, timeout=WAIT)  # the whoami RPC
 
@@ -244,6 +238,11 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
             assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), channel
         page.screenshot(path=str(tmp_path / "browser.png"), full_page=True)
     assert errors == []
+    origin = server.url("/").rstrip("/")
+    ws_origin = origin.replace("http://", "ws://")
+    elsewhere = [url for url in requested if not url.startswith((origin, ws_origin))]
+    assert elsewhere == []  # nothing loaded from elsewhere
+    tokens = Counter(url.rsplit("/", 1)[1] for url in requested if "/api/tokens/" in url)
     # Renewed on the way: several connection tokens and several subscription tokens.
     assert tokens["connection"] >= 4, tokens
     assert tokens["subscription"] >= 4, tokens

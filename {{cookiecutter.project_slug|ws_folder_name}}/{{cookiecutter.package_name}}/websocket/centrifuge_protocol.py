@@ -24,15 +24,32 @@ publications come as ``pub`` pushes of that channel (the SDKs emit them on the c
 on a subscription). Such a connection gets what is sent to its user there, recoverable,
 and no ``message`` pushes; the client cannot unsubscribe from it (103), and one that
 missed messages it cannot be sent closes the connection with 3010 so that the SDK
-reconnects and recovers them. Not served: unidirectional transports, the protobuf
-encoding, delta compression, RPC, ``send``, token refresh and subscription tokens.
+reconnects and recovers them.
+
+Tokens (``tokens.py``), as Centrifugo answers them: a connection token with ``exp`` makes
+the connect reply say ``expires`` and ``ttl``; the client renews it with ``refresh``, and a
+connection not renewed by ``exp`` (and ``expired_close_delay`` seconds of grace) is closed
+with 3005, so the SDK reconnects with a new token. A ``subscribe`` may carry a
+subscription token (required by namespaces whose rule is ``TOKEN``): expired, error 109
+(the SDK asks for another); signed with no key of the service, 103; for another channel,
+user or connection, a close with 3500. One with ``exp`` is renewed by ``sub_refresh``
+(an expired one: error 110), and a subscription not renewed in time ends with an
+``unsubscribe`` push (2501, the SDK subscribes again with a new token).
+``rpc`` commands go to the methods of ``ChannelsConfig.rpc`` (``rpc.py``): unknown, 104;
+data that does not match the method's schema, 107; the method's `RpcError`, its code and
+message; any other exception, 100 and a log line, the connection goes on. ``send`` goes to
+its handler there, with no reply. Not served: unidirectional transports, the protobuf
+encoding, delta compression, server-side subscriptions other than personal channels, and
+the server-side refresh of tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -56,14 +73,18 @@ from .namespaces import (
     Rule,
     allows,
 )
+from .rpc import BadParams, MethodNotFound, RpcError, RpcMethods, RpcRequest
 from .session import SessionSocket, dumps, loads, run_websocket
-from .tokens import TokenExpired, TokenInvalid, TokenVerifier
+from .tokens import TokenExpired, TokenInvalid, TokenMismatch, TokenVerifier
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHANNELS: Final = 128
 DEFAULT_PING_INTERVAL: Final = 25.0
 DEFAULT_PONG_TIMEOUT: Final = 8.0
+DEFAULT_EXPIRED_CLOSE_DELAY: Final = 25.0
+"""Seconds past a token's ``exp`` before its connection is closed, or its subscription
+ended (Centrifuge's default): the SDKs renew a token when its ``ttl`` is up, not before."""
 MAX_COMMANDS_PER_FRAME: Final = 512
 """Commands in one frame at most (the SDKs send ``connect`` and every subscription
 together); a frame of more is a broken client, disconnected."""
@@ -99,6 +120,7 @@ LIMIT_EXCEEDED: Final = Error(106, "limit exceeded")
 BAD_REQUEST: Final = Error(107, "bad request")
 NOT_AVAILABLE: Final = Error(108, "not available")
 TOKEN_EXPIRED: Final = Error(109, "token expired")
+EXPIRED: Final = Error(110, "expired")
 TOO_MANY_REQUESTS: Final = Error(111, "too many requests", True)
 UNRECOVERABLE_POSITION: Final = Error(112, "unrecoverable position")
 
@@ -112,6 +134,7 @@ class Disconnect(NamedTuple):
 
 
 SHUTDOWN: Final = Disconnect(3001, "shutdown")
+CONNECTION_EXPIRED: Final = Disconnect(3005, "connection expired")
 NO_PONG: Final = Disconnect(3012, "no pong")
 INVALID_TOKEN: Final = Disconnect(3500, "invalid token")
 PROTOCOL_VIOLATION: Final = Disconnect(3501, "bad request")
@@ -123,6 +146,9 @@ sent ends: the connection closes, and the SDK reconnects and recovers them (conn
 INSUFFICIENT_STATE: Final = 2500
 """The unsubscribe push's code for a subscription that missed messages it cannot be sent
 (a slow reader, or the hub lost them): the SDK subscribes again and recovers."""
+SUBSCRIPTION_EXPIRED: Final = 2501
+"""The unsubscribe push's code for a subscription whose token expired without a
+``sub_refresh``: the SDK asks for a new token and subscribes again."""
 
 METHODS: Final = (
     "connect",
@@ -161,7 +187,8 @@ class ChannelsStats:
 @dataclass(frozen=True)
 class ChannelsConfig:
     """What a ``channels`` endpoint serves: its namespaces, how connections prove who they
-    are (``tokens``; ``anonymous`` lets those with no user in), and its limits."""
+    are (``tokens``; ``anonymous`` lets those with no user in), its RPC methods (``rpc``),
+    and its limits (``expired_close_delay``: the grace past a token's ``exp``)."""
 
     namespaces: Namespaces
     tokens: TokenVerifier | None = None
@@ -174,6 +201,8 @@ class ChannelsConfig:
     command_burst: int = 200
     """A client's commands are limited like its messages (``MESSAGES_PER_SECOND``,
     ``MESSAGE_BURST``: a frame may carry many): one over gets error 111, to try later."""
+    rpc: RpcMethods | None = None
+    expired_close_delay: float = DEFAULT_EXPIRED_CLOSE_DELAY
     stats: ChannelsStats = field(default_factory=ChannelsStats, compare=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +212,8 @@ class ChannelsConfig:
             raise ValueError("commands_per_second and command_burst must be more than 0.")
         if not 0 < self.pong_timeout < self.ping_interval:
             raise ValueError("pong_timeout must be more than 0 and less than ping_interval.")
+        if not self.expired_close_delay >= 0:
+            raise ValueError("expired_close_delay must be 0 seconds or more.")
 
 
 class ChannelsSocket(SessionSocket, Protocol):
@@ -336,6 +367,14 @@ class _Connection:
         """Unsubscriptions under way, of subscriptions that missed messages."""
         self.server_side: set[str] = set()
         """The channels the server subscribed the connection to (its personal channels)."""
+        self.by_token = False
+        """Whether the connection's identity is the claims of its connection token."""
+        self.expires_at: float | None = None
+        """When (the loop's clock) the connection ends unless its token is renewed."""
+        self.sub_deadlines: dict[str, float] = {}
+        """When each subscription made with an expiring token ends unless renewed."""
+        self.wake: asyncio.Future[None] | None = None
+        """What the ping task sleeps on: woken early when a deadline comes nearer."""
 
     # The tasks of the session: reading commands, writing pushes, pinging.
 
@@ -398,10 +437,17 @@ class _Connection:
             await self._close(websocket, error.disconnect)
 
     async def ping(self, websocket: ChannelsSocket) -> None:
+        """Ping, and end what expires (tokens not renewed in time) meanwhile."""
+        try:
+            await self._ping(websocket)
+        except Disconnected as error:
+            await self._close(websocket, error.disconnect)
+
+    async def _ping(self, websocket: ChannelsSocket) -> None:
         interval = self.config.ping_interval
         # The first ping at a random point of the second half of an interval, so that the
         # clients of a restarted service are not all pinged in the same instant.
-        await asyncio.sleep(interval / 2 + random.random() * interval / 2)
+        await self._sleep(websocket, interval / 2 + random.random() * interval / 2)
         if not self.connected:  # no connect by now: a client that will not speak
             logger.info("channels %s: disconnected: no connect", self.path)
             await self._close(websocket, STALE)
@@ -409,12 +455,12 @@ class _Connection:
         while True:
             self.pong_seen = False
             await websocket.send_text("{}")
-            await asyncio.sleep(self.config.pong_timeout)
+            await self._sleep(websocket, self.config.pong_timeout)
             if not self.pong_seen:
                 logger.info("channels %s: disconnected: no pong", self.path)
                 await self._close(websocket, NO_PONG)
                 return
-            await asyncio.sleep(interval - self.config.pong_timeout)
+            await self._sleep(websocket, interval - self.config.pong_timeout)
 
     def notify(self, text: str) -> None:
         """A message to the connection's user (the hub calls it): sent once, whatever the
@@ -479,7 +525,8 @@ class _Connection:
         if method == "send":
             if not self.connected:
                 raise BadRequest("send before connect")
-            return None  # no handler takes asynchronous messages
+            await self._send(body)
+            return None  # a send gets no reply
         if not id_:
             raise BadRequest(f"{method} without an id")
         if method == "connect":
@@ -518,12 +565,19 @@ class _Connection:
             return await self._history(id_, body)
         if method in ("presence", "presence_stats"):
             return await self._presence(id_, body, stats=method == "presence_stats")
+        if method == "rpc":
+            return await self._rpc(id_, body)
+        if method == "refresh":
+            return await self._refresh(id_, body)
+        if method == "sub_refresh":
+            return await self._sub_refresh(id_, body)
         raise Refused(METHOD_NOT_FOUND)
 
     async def _connect(
         self, id_: int, body: dict[str, Any], later: list[tuple[Subscription, list[str]]]
     ) -> str:
         token = _field(body, "token", str, "")
+        lifetime: dict[str, Any] = {}
         if token:
             tokens = self.config.tokens
             try:
@@ -536,6 +590,8 @@ class _Connection:
                 logger.info("channels %s: connection token refused: %s", self.path, error)
                 raise Disconnected(INVALID_TOKEN) from None
             self.identity, self.user = claims, str(claims.get("sub") or "")
+            self.by_token = True
+            self.expires_at, lifetime = self._lifetime(claims)
         else:
             self.identity = self.scope.get("user")
             self.user = user_of(self.identity)
@@ -550,6 +606,7 @@ class _Connection:
             "version": self.config.version,
             "ping": round(self.config.ping_interval),
             "pong": True,
+            **lifetime,
         }
         return _with_subs(_reply(id_, "connect", result), subs)
 
@@ -594,8 +651,9 @@ class _Connection:
         if len(self.subscriptions) >= self.config.max_channels:
             raise Refused(LIMIT_EXCEEDED)
         namespace = self._namespace(channel)
-        await self._check(namespace.subscribe, "subscribe", channel, namespace)
-        result, recovered = await self._start(channel, namespace, recover, asked, later)
+        claims = self._subscription_claims(_field(body, "token", str, ""), channel)
+        await self._check(namespace.subscribe, "subscribe", channel, namespace, claims)
+        result, recovered = await self._start(channel, namespace, recover, asked, later, claims)
         return '{"id":' + str(id_) + ',"subscribe":' + _result_json(result, recovered) + "}"
 
     async def _start(
@@ -605,10 +663,12 @@ class _Connection:
         recover: bool,
         asked: Position,
         later: list[tuple[Subscription, list[str]]],
+        claims: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
         """Subscribe to ``channel`` (recovering after ``asked`` if ``recover``): the
         subscribe result and the recovered publications (JSON) it carries; the subscription
-        joins ``later``, with what to push after the reply before it goes live."""
+        joins ``later``, with what to push after the reply before it goes live; ``claims``, of
+        its subscription token, say when it ends unless renewed."""
         since = asked if recover and namespace.history and asked.offset >= 0 else None
         try:
             subscription = await self.hub.subscribe(
@@ -653,6 +713,7 @@ class _Connection:
             result["was_recovering"] = True
             result["recovered"] = was_recovered
         result["offset"] = offset
+        result.update(self._track_expiry(channel, claims))
         later.append((subscription, pushes))
         counts = self.config.stats.subscribed
         counts[namespace.name] = counts.get(namespace.name, 0) + 1
@@ -744,6 +805,167 @@ class _Connection:
             return _reply(id_, "presence_stats", result)
         return _reply(id_, "presence", {"presence": clients})
 
+    # Token lifetimes (refresh, sub_refresh, expiry) and RPC.
+
+    async def _refresh(self, id_: int, body: dict[str, Any]) -> str:
+        token = _field(body, "token", str, "")
+        if not token:
+            raise BadRequest("refresh without a token")
+        tokens = self.config.tokens
+        if tokens is None:
+            raise Refused(NOT_AVAILABLE)
+        try:
+            claims = tokens.verify(token)
+        except TokenExpired:
+            raise Disconnected(CONNECTION_EXPIRED) from None
+        except TokenInvalid as error:
+            logger.info("channels %s: refresh token refused: %s", self.path, error)
+            raise Disconnected(INVALID_TOKEN) from None
+        if str(claims.get("sub") or "") != self.user:
+            logger.info("channels %s: refresh token refused: for another user", self.path)
+            raise Disconnected(INVALID_TOKEN)
+        if self.by_token:
+            self.identity = claims
+        self.expires_at, lifetime = self._lifetime(claims)
+        return _reply(id_, "refresh", lifetime)
+
+    async def _sub_refresh(self, id_: int, body: dict[str, Any]) -> str:
+        channel = _channel(body)
+        token = _field(body, "token", str, "")
+        if channel not in self.subscriptions:
+            raise Refused(PERMISSION_DENIED)
+        if self.config.tokens is None:
+            raise Refused(NOT_AVAILABLE)
+        if not token:
+            raise Refused(BAD_REQUEST)
+        try:
+            claims = self.config.tokens.verify_subscription(
+                token, channel, self.user, self.client_id
+            )
+        except TokenExpired:
+            raise Refused(EXPIRED) from None
+        except TokenInvalid as error:
+            logger.info("channels %s: subscription refresh token refused: %s", self.path, error)
+            raise Disconnected(INVALID_TOKEN) from None
+        return _reply(id_, "sub_refresh", self._track_expiry(channel, claims))
+
+    def _subscription_claims(self, token: str, channel: str) -> dict[str, Any] | None:
+        """The claims of the subscription token of a subscribe to ``channel`` (None: none
+        sent); `Refused` or `Disconnected` if it is no good, with Centrifugo's codes."""
+        if not token:
+            return None
+        try:
+            if self.config.tokens is None:
+                raise TokenInvalid("this endpoint takes no tokens")
+            return self.config.tokens.verify_subscription(token, channel, self.user, self.client_id)
+        except TokenExpired:
+            raise Refused(TOKEN_EXPIRED) from None
+        except TokenMismatch as error:
+            logger.info("channels %s: subscription token refused: %s", self.path, error)
+            raise Disconnected(INVALID_TOKEN) from None
+        except TokenInvalid as error:
+            logger.info("channels %s: subscription token refused: %s", self.path, error)
+            raise Refused(PERMISSION_DENIED) from None
+
+    def _lifetime(self, claims: Mapping[str, Any]) -> tuple[float | None, dict[str, Any]]:
+        """When a token with these claims stops being honoured (the loop's clock, with the
+        grace delay; None: never), and what a reply says of it (``expires`` and ``ttl``)."""
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return None, {}
+        left = exp - time.time()
+        deadline = asyncio.get_running_loop().time() + left + self.config.expired_close_delay
+        self._deadlines_changed()
+        return deadline, {"expires": True, "ttl": max(1, math.floor(left))}
+
+    def _track_expiry(self, channel: str, claims: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Note when the subscription to ``channel`` ends unless renewed (its token's
+        ``exp``; none without one), and return what its reply says of it."""
+        deadline, lifetime = self._lifetime(claims) if claims else (None, {})
+        if deadline is None:
+            self.sub_deadlines.pop(channel, None)
+        else:
+            self.sub_deadlines[channel] = deadline
+        return lifetime
+
+    def _deadlines_changed(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    async def _sleep(self, websocket: ChannelsSocket, seconds: float) -> None:
+        """Sleep ``seconds``, ending what expires meanwhile: a subscription gets an
+        unsubscribe push (2501); the connection itself, `Disconnected` (3005)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while True:
+            now = loop.time()
+            if self.expires_at is not None and now >= self.expires_at:
+                logger.info("channels %s: disconnected: the token was not refreshed", self.path)
+                raise Disconnected(CONNECTION_EXPIRED)
+            for channel, deadline in list(self.sub_deadlines.items()):
+                if now >= deadline:
+                    await self._expire_subscription(websocket, channel)
+            if now >= end:
+                return
+            deadlines = [end, *self.sub_deadlines.values()]
+            if self.expires_at is not None:
+                deadlines.append(self.expires_at)
+            self.wake = wake = loop.create_future()
+            timer = loop.call_at(min(deadlines), _wake, wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+                self.wake = None
+
+    async def _expire_subscription(self, websocket: ChannelsSocket, channel: str) -> None:
+        del self.sub_deadlines[channel]
+        subscription = self.subscriptions.get(channel)
+        if subscription is None:  # unsubscribed meanwhile
+            return
+        await self._forget(subscription)
+        unsubscribe = {"code": SUBSCRIPTION_EXPIRED, "reason": "subscription expired"}
+        await websocket.send_text(dumps({"push": {"channel": channel, "unsubscribe": unsubscribe}}))
+
+    async def _rpc(self, id_: int, body: dict[str, Any]) -> str:
+        method = _field(body, "method", str, "")
+        if self.config.rpc is None:
+            raise Refused(METHOD_NOT_FOUND)
+        request = RpcRequest(method, body.get("data"), self.user, self.identity, self.client_id)
+        try:
+            result = await self.config.rpc.call(request)
+            data = None if result is None else dumps(result)
+        except MethodNotFound:
+            raise Refused(METHOD_NOT_FOUND) from None
+        except BadParams as error:
+            raise Refused(Error(BAD_REQUEST.code, str(error))) from None
+        except RpcError as error:
+            raise Refused(Error(error.code, error.message, error.temporary)) from None
+        except Exception:
+            logger.exception("channels %s: the rpc method %r failed", self.path, method)
+            raise Refused(INTERNAL) from None
+        if data is None:
+            return '{"id":' + str(id_) + ',"rpc":{}}'
+        return '{"id":' + str(id_) + ',"rpc":{"data":' + data + "}}"
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        """Give a ``send``'s data to the send handler (none: it is dropped); what goes wrong
+        is logged, the client is told nothing (a send has no reply)."""
+        if self.config.rpc is None or not self.config.rpc.handles_send:
+            return
+        try:
+            self._take_token()
+        except Refused:
+            logger.info("channels %s: a send over the rate limit was dropped", self.path)
+            return
+        request = RpcRequest("", body.get("data"), self.user, self.identity, self.client_id)
+        try:
+            await self.config.rpc.send(request)
+        except RpcError as error:
+            logger.info("channels %s: the send handler refused: %d", self.path, error.code)
+        except Exception:
+            logger.exception("channels %s: the send handler failed", self.path)
+
     # Helpers.
 
     def _take_token(self) -> None:
@@ -769,9 +991,16 @@ class _Connection:
             raise Refused(UNKNOWN_CHANNEL)
         return namespace
 
-    async def _check(self, rule: Rule, action: str, channel: str, namespace: Namespace) -> None:
+    async def _check(
+        self,
+        rule: Rule,
+        action: str,
+        channel: str,
+        namespace: Namespace,
+        token: Mapping[str, Any] | None = None,
+    ) -> None:
         request = ChannelRequest(
-            channel, namespace, self.user, self.identity, channel in self.subscriptions
+            channel, namespace, self.user, self.identity, channel in self.subscriptions, token
         )
         try:
             allowed = await allows(rule, request)
@@ -816,6 +1045,11 @@ class _Connection:
             unsubscribe = {"code": INSUFFICIENT_STATE, "reason": "insufficient state"}
             return dumps({"push": {"channel": channel, "unsubscribe": unsubscribe}})
         return None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _command(line: str) -> dict[str, Any]:

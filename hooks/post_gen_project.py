@@ -41,17 +41,22 @@ REDIS_ONLY = [
 ]
 
 # Files that only a project with a channels endpoint uses, relative to the package (the
-# Centrifuge protocol, its namespaces and its tokens, which import jwt), and relative to
+# Centrifuge protocol, its namespaces, its tokens and its RPC methods, which import jwt and
+# jsonschema), and relative to
 # the project.
 CHANNELS_ONLY = [
     "websocket/centrifuge_protocol.py",
     "websocket/namespaces.py",
     "websocket/tokens.py",
+    "websocket/rpc.py",
+    "websocket/tests/channels_server.py",
     "websocket/tests/test_centrifuge_protocol.py",
+    "websocket/tests/test_channels_tokens.py",
     "websocket/tests/test_namespaces.py",
     "websocket/tests/test_personal_channels.py",
     "websocket/tests/sample_channels_app.py",
     "websocket/tests/test_tokens.py",
+    "websocket/tests/test_rpc.py",
     "channels.py",
     "token_api.py",
 ]

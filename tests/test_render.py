@@ -139,13 +139,20 @@ SHARED_BACKEND_FILES = {
 }
 # The vendored files only the Redis broadcast backend keeps (they import redis).
 REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py", "tests/test_sharded_redis_hub.py"}
-# The vendored files only projects with a channels endpoint keep (tokens.py imports jwt).
+# The vendored files only projects with a channels endpoint keep (tokens.py imports jwt,
+# rpc.py jsonschema).
 CHANNELS_BACKEND_FILES = {
     "centrifuge_protocol.py",
     "namespaces.py",
     "tokens.py",
+    "rpc.py",
+    "tests/channels_server.py",
     "tests/test_centrifuge_protocol.py",
+    "tests/test_channels_tokens.py",
+    "tests/test_rpc.py",
     "tests/test_namespaces.py",
+    "tests/test_personal_channels.py",
+    "tests/sample_channels_app.py",
     "tests/test_tokens.py",
 }
 # The vendored files only projects with metrics keep (they import prometheus_client).
@@ -307,7 +314,7 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
     ]
     redis = ["redis>=8.1"] if uses_redis(rendered.answers) else []
     metrics = ["prometheus-client>=0.26"] if uses_metrics(rendered.answers) else []
-    jwt = ["PyJWT[crypto]>=2.8"] if uses_channels(rendered.answers) else []
+    jwt = ["jsonschema>=4.23", "PyJWT[crypto]>=2.8"] if uses_channels(rendered.answers) else []
     # websockets is the Python client's library (websocket/client.py), not a framework.
     expected = [*metrics, *jwt, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
     assert dependencies == expected

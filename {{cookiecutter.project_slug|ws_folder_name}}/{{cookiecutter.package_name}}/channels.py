@@ -132,6 +132,7 @@ HISTORY_PAGE_RESULT: dict[str, Any] = {
     "required": ["publications", "epoch", "next"],
 }
 
+
 class _Running:
     hub: Hub | None = None
     """The hub of the running service, for the RPC methods (`use_hub`)."""
@@ -179,7 +180,11 @@ async def history_page(request: RpcRequest) -> dict[str, Any]:
     page = older[-request.data.get("limit", 20) :][::-1]
     publications = [{"offset": p.offset, "data": loads(p.text)["message"]} for p in page]
     more = bool(page) and older[0].offset < page[-1].offset
-    return {"publications": publications, "epoch": top.epoch, "next": page[-1].offset if more else None}
+    return {
+        "publications": publications,
+        "epoch": top.epoch,
+        "next": page[-1].offset if more else None,
+    }
 
 
 @lru_cache(maxsize=1)

@@ -137,7 +137,7 @@ def test_a_client_auth_py_let_in_connects_as_its_user(
     connected = alice.command("connect", {"name": "test"})["connect"]
     assert connected["client"]
     assert connected["pong"] is True
-    assert "subscribe" in alice.command("subscribe", {"channel": "user:#alice"})
+    assert list(connected["subs"]) == ["user:#alice"]  # her personal channel
     refused = alice.command("subscribe", {"channel": "user:#bob"})  # bob's alone
     assert refused["error"]["code"] == 103, refused
 
@@ -147,8 +147,8 @@ def test_a_connection_token_names_the_user(
 ) -> None:
     token = jwt.encode({"sub": "carol", "exp": int(time.time()) + 60}, SECRET, "HS256")
     carol = open_connection()
-    assert "connect" in carol.command("connect", {"token": token})
-    assert "subscribe" in carol.command("subscribe", {"channel": "user:#carol"})
+    connected = carol.command("connect", {"token": token})["connect"]
+    assert list(connected["subs"]) == ["user:#carol"]
 
 
 def test_a_channel_of_no_namespace_is_unknown(
@@ -223,11 +223,22 @@ def test_a_private_channel_takes_the_subscription_token_the_route_minted(
 
 
 def test_each_connection_of_a_user_is_on_the_personal_channel_from_the_start(
-    open_connection: OpenConnection,
+    server: LiveServer, open_connection: OpenConnection
 ) -> None:
     erin = open_connection("erin")
     connected = erin.command("connect", {})["connect"]
-    assert list(connected["subs"]) == ["user:#erin"]
+    assert connected["subs"]["user:#erin"]["recoverable"] is True
+    body = {"user": "erin", "message": {"text": "your export is ready"}}
+    request = urllib.request.Request(
+        server.url("/api/publish"),
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+    push = erin.receive()["push"]
+    assert (push["channel"], push["pub"]["data"]) == ("user:#erin", body["message"])
+    refused = erin.command("unsubscribe", {"channel": "user:#erin"})
+    assert refused["error"]["code"] == 103, refused  # the service's to end
 
 
 def test_the_rpc_methods_answer_who_the_connection_is_and_page_through_history(

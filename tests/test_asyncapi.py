@@ -157,3 +157,40 @@ def test_an_endpoint_added_as_the_readme_shows_appears_once_it_declares_its_mess
     Draft7Validator(payloads["shout"]["payload"]).validate(sent)
     Draft7Validator(payloads["shout"]["payload"]).validate(answer)
     assert findings(document, tmp_path) == []
+
+
+def test_a_channels_endpoint_s_rpc_methods_are_listed_and_the_parser_accepts_them(
+    tmp_path: Path,
+) -> None:
+    from websocket.asyncapi import channels_endpoint, declares, document
+    from websocket.rpc import RpcMethods, RpcRequest
+
+    methods = RpcMethods()
+
+    @methods.method(
+        "history.page",
+        params={"type": "object", "properties": {"cursor": {"type": "string"}}},
+        result={"type": "object", "required": ["items"]},
+    )
+    async def page(request: RpcRequest) -> dict[str, Any]:
+        """One page of a channel's history."""
+        return {"items": []}
+
+    @methods.method("whoami")
+    async def whoami(request: RpcRequest) -> str:
+        return request.user
+
+    @methods.on_send
+    async def read(request: RpcRequest) -> None: ...
+
+    @declares(channels_endpoint(methods))
+    async def connection(websocket: object) -> None: ...
+
+    described = document([("/connection/websocket", connection)], title="T")
+    messages = described["components"]["messages"]
+    assert messages["rpc_history_page_command"]["payload"]["properties"]["rpc"]["properties"][
+        "method"
+    ] == {"const": "history.page"}
+    assert "One page of a channel's history." in messages["rpc_history_page_command"]["summary"]
+    assert {"rpc_whoami_command", "rpc_whoami_reply", "send_command"} <= set(messages)
+    assert findings(described, tmp_path) == []

@@ -144,13 +144,13 @@ REDIS_BACKEND_FILES = {"redis_hub.py", "tests/test_redis_hub.py", "tests/test_sh
 CHANNELS_BACKEND_FILES = {
     "centrifuge_protocol.py",
     "namespaces.py",
-    "tokens.py",
     "rpc.py",
+    "tokens.py",
     "tests/channels_server.py",
     "tests/test_centrifuge_protocol.py",
     "tests/test_channels_tokens.py",
-    "tests/test_rpc.py",
     "tests/test_namespaces.py",
+    "tests/test_rpc.py",
     "tests/test_personal_channels.py",
     "tests/sample_channels_app.py",
     "tests/test_tokens.py",
@@ -264,6 +264,7 @@ def test_without_a_channels_endpoint_nothing_of_it_is_rendered_or_installed(
         "dependencies"
     ]
     assert ("PyJWT[crypto]>=2.8" in dependencies) == channels
+    assert ("jsonschema>=4.23" in dependencies) == channels  # rpc.py checks params with it
     assert (project / "tests" / "test_channels.py").exists() == channels
     [package] = [p.parent for p in project.glob("*/app.py")]
     assert (package / "channels.py").exists() == channels
@@ -314,9 +315,9 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
     ]
     redis = ["redis>=8.1"] if uses_redis(rendered.answers) else []
     metrics = ["prometheus-client>=0.26"] if uses_metrics(rendered.answers) else []
-    jwt = ["jsonschema>=4.23", "PyJWT[crypto]>=2.8"] if uses_channels(rendered.answers) else []
+    channels = ["PyJWT[crypto]>=2.8", "jsonschema>=4.23"] if uses_channels(rendered.answers) else []
     # websockets is the Python client's library (websocket/client.py), not a framework.
-    expected = [*metrics, *jwt, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
+    expected = [*metrics, *channels, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
     assert dependencies == expected
 
 

@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.4.0. Every file in this folder is copied unchanged into each project that
+Version 2.5.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -17,7 +17,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``centrifuge_protocol.py`` (projects with a ``channels`` endpoint): `run_channels`, which
   serves a connection of many channels in the Centrifuge client protocol (v2, JSON), so the
   Centrifuge SDKs are its clients; ``namespaces.py``, which channels exist and who may
-  subscribe and publish; ``tokens.py``, connection tokens (JWT, with PyJWT).
+  subscribe and publish; ``tokens.py``, connection and subscription tokens (JWT, with
+  PyJWT); ``rpc.py``, the Python methods its clients call (``rpc``, ``send``).
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` (to a channel or a user) and
   ``GET /api/presence`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
@@ -38,6 +39,30 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.5.0: tokens and RPC on ``channels`` endpoints. Token lifetimes: a connection token with
+``exp`` gives ``expires`` and ``ttl`` in the connect reply, ``refresh`` renews it, and a
+connection not renewed by ``exp`` plus ``ChannelsConfig.expired_close_delay`` (25 s, as
+Centrifuge) is closed with 3005 "connection expired" (the SDKs reconnect with a new token);
+a refresh with an expired token closes with 3005, one for another user or key with 3500.
+Subscription tokens: `namespaces.TOKEN` (``Allow.TOKEN``), a subscribe rule that needs a
+subscription token for the channel and the connection's user; a token sent to a namespace
+with another rule is verified too but grants nothing (`ChannelRequest.token`: its claims,
+for rule functions). Expired, error 109; signed with no key of the service, 103; for another
+channel, user or connection (its ``client`` claim), a close with 3500; ``sub_refresh``
+renews one (expired: 110), and a subscription not renewed in time gets an ``unsubscribe``
+push 2501 "subscription expired". ``tokens.py``: `TokenSigner` (mints HS256 connection and
+subscription tokens), `TokenVerifier.verify_subscription`, `TokenMismatch`. RPC:
+``rpc.py``, `RpcMethods` (``@methods.method(name, params=..., result=...)``,
+``@methods.on_send``), `RpcRequest`, `RpcError` (codes 400-1999); ``ChannelsConfig.rpc``;
+an unknown method is 104, data that fails the ``params`` schema 107 (jsonschema, now a
+dependency of projects with a channels endpoint), a method's `RpcError` its code and
+message, any other exception 100 with one log line (the connection goes on); ``send``
+reaches the send handler, with no reply. ``asyncapi.channels_endpoint(rpc)`` lists the
+methods with their schemas; `asyncapi.CHANNELS_ENDPOINT` declares refresh, sub_refresh,
+subscription tokens and lifetimes. Upgrading: a hand-written `Namespace` rule that checked
+``rule is ...`` for each `Allow` must handle ``TOKEN``; ``ChannelRequest`` gained a field
+(``token``, last, defaulting to None).
 
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the

@@ -23,7 +23,9 @@ declares the ``since``/``epoch`` query of a resume and ``last`` in the channel's
 binding. The
 channels one is the Centrifuge client protocol v2 (JSON) as ``centrifuge_protocol.py``
 serves it: each command, reply and push is one message (a frame may carry several, one a
-line).
+line). `channels_endpoint` adds the RPC methods of an endpoint (``rpc.RpcMethods``), each
+with its ``rpc`` command and reply (the schemas of its params and result), and ``send``
+when a handler takes it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 Schema = Mapping[str, Any]
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -301,6 +303,12 @@ RECOVERY: Final[Mapping[str, Schema]] = {
     "offset": OFFSET,
     "epoch": {"type": "string"},
 }
+LIFETIME: Final[Mapping[str, Schema]] = {
+    "expires": {"type": "boolean"},
+    "ttl": {"type": "integer", "minimum": 1},
+}
+"""A token's lifetime in a reply: ``expires``, and ``ttl`` seconds to renew it in."""
+TOKEN: Final = {"type": "string", "minLength": 1}
 CONNECT_COMMAND: Final = _command(
     "connect",
     {"token": {"type": "string"}, "data": ANY_JSON, "name": {"type": "string"}},
@@ -310,6 +318,7 @@ SUBSCRIBE_COMMAND: Final = _command(
     "subscribe",
     {
         "channel": CHANNEL_NAME,
+        "token": {"type": "string"},
         "data": ANY_JSON,
         "positioned": {"type": "boolean"},
         "recoverable": {"type": "boolean"},
@@ -335,6 +344,10 @@ CHANNEL_COMMANDS: Final = {
         },
         ["channel"],
     ),
+    "refresh_command": _command("refresh", {"token": TOKEN}, ["token"]),
+    "sub_refresh_command": _command(
+        "sub_refresh", {"channel": CHANNEL_NAME, "token": TOKEN}, ["channel", "token"]
+    ),
 }
 CONNECT_RESULT: Final = _object(
     {
@@ -343,6 +356,7 @@ CONNECT_RESULT: Final = _object(
         "data": ANY_JSON,
         "ping": {"type": "integer", "minimum": 0},
         "pong": {"type": "boolean"},
+        **LIFETIME,
     },
     ["client"],
 )
@@ -356,6 +370,7 @@ SUBSCRIBE_RESULT: Final = _object(
         "recovered": {"type": "boolean"},
         "was_recovering": {"type": "boolean"},
         "data": ANY_JSON,
+        **LIFETIME,
     },
     [],
 )
@@ -386,31 +401,54 @@ CENTRIFUGE_SUMMARIES: Final = {
     "presence_command": "Asks who is on a channel (namespaces with presence).",
     "presence_stats_command": "Asks how many clients and users are on a channel.",
     "history_command": "Asks for a channel's stream position and its last publications.",
+    "refresh_command": "Renews the connection token before its ttl is up.",
+    "sub_refresh_command": "Renews a subscription token before its ttl is up.",
+    "send_command": "Data for the service's send handler, with no reply (and no id).",
     "pong": "{}: the client's answer to a ping (the connect result says pong: true).",
     "ping": "{}: the server's ping, every ping seconds of the connect result.",
-    "connect_reply": "The session is open: the client's id, the ping period, pong: true.",
+    "connect_reply": "The session is open: the client's id, the ping period, pong: true; "
+    "expires and ttl when the token has an exp.",
     "subscribe_reply": "Subscribed: the stream position, and recovered publications if any.",
     "unsubscribe_reply": "Unsubscribed.",
     "publish_reply": "Published.",
     "presence_reply": "The clients on the channel, by client id.",
     "presence_stats_reply": "How many clients and distinct users are on the channel.",
     "history_reply": "The channel's stream position and the publications asked for.",
+    "refresh_reply": "The connection token is renewed: its new ttl (none: it does not expire).",
+    "sub_refresh_reply": "The subscription token is renewed: its new ttl.",
     "error_reply": "The command was refused: code (101 unauthorized, 102 unknown channel, "
-    "103 permission denied, ...), message, and temporary when a retry may succeed.",
+    "103 permission denied, 104 method not found, 107 bad request, 109 token expired, "
+    "110 expired, 400-1999 an RPC method's own...), message, and temporary when a retry "
+    "may succeed.",
     "pub_push": "A publication of a subscribed channel, with its offset.",
     "join_push": "A client subscribed to the channel (namespaces with join_leave).",
     "leave_push": "A client left the channel (namespaces with join_leave).",
-    "unsubscribe_push": "The server ended the subscription (code 2500 and up: subscribe again).",
+    "unsubscribe_push": "The server ended the subscription (code 2500 and up: subscribe "
+    "again; 2501: its token expired, with a new one).",
     "message_push": "A message sent to this connection's user, outside any channel.",
 }
-CHANNELS_ENDPOINT: Final = Messages(
-    client={
+
+
+class RpcCatalog(Protocol):
+    """What `channels_endpoint` reads of an endpoint's RPC methods (``rpc.RpcMethods``)."""
+
+    def described(self) -> Mapping[str, tuple[Schema | None, Schema | None, str]]:
+        """Each method's params schema, result schema and summary, by name."""
+        ...
+
+    @property
+    def handles_send(self) -> bool: ...
+
+
+def channels_endpoint(rpc: RpcCatalog | None = None) -> Messages:
+    """The messages of a channels endpoint, with the RPC methods of ``rpc`` if given."""
+    client: dict[str, Schema] = {
         "connect_command": CONNECT_COMMAND,
         "subscribe_command": SUBSCRIBE_COMMAND,
         **CHANNEL_COMMANDS,
         "pong": EMPTY,
-    },
-    server={
+    }
+    server: dict[str, Schema] = {
         "connect_reply": _reply("connect", CONNECT_RESULT),
         "subscribe_reply": _reply("subscribe", SUBSCRIBE_RESULT),
         "unsubscribe_reply": _reply("unsubscribe", EMPTY),
@@ -418,6 +456,8 @@ CHANNELS_ENDPOINT: Final = Messages(
         "presence_reply": _reply("presence", PRESENCE_RESULT),
         "presence_stats_reply": _reply("presence_stats", PRESENCE_STATS_RESULT),
         "history_reply": _reply("history", HISTORY_RESULT),
+        "refresh_reply": _reply("refresh", _object(LIFETIME, [])),
+        "sub_refresh_reply": _reply("sub_refresh", _object(LIFETIME, [])),
         "error_reply": _reply("error", CENTRIFUGE_ERROR),
         "pub_push": _push("pub", PUBLICATION),
         "join_push": _push("join", _object({"info": CLIENT_INFO}, ["info"])),
@@ -430,17 +470,42 @@ CHANNELS_ENDPOINT: Final = Messages(
         ),
         "message_push": _push("message", _object({"data": ANY_JSON}, ["data"]), channel=False),
         "ping": EMPTY,
-    },
-    description=(
-        "Many channels over one connection, in the Centrifuge client protocol v2 (JSON), so "
-        "that the Centrifuge SDKs (centrifuge-js, centrifuge-python) work against it. Each "
-        "message here is one JSON object; a frame carries one or more, one a line. A "
-        "session starts with connect; channels are namespace:name, each namespace with its "
-        "own rules (channels.py). Not served: protobuf, unidirectional transports, delta "
-        "compression, connect subs, RPC, refresh, sub_refresh and subscription tokens."
-    ),
-    names=CENTRIFUGE_SUMMARIES,
-)
+    }
+    names = dict(CENTRIFUGE_SUMMARIES)
+    methods = rpc.described() if rpc is not None else {}
+    for method, (params, result, summary) in methods.items():
+        key = re.sub(r"[^A-Za-z0-9]+", "_", method).strip("_") or "method"
+        body = {"method": {"const": method}, "data": params or ANY_JSON}
+        client[f"rpc_{key}_command"] = _command("rpc", body, ["method"])
+        server[f"rpc_{key}_reply"] = _reply("rpc", _object({"data": result or ANY_JSON}, []))
+        what = f" {summary}" if summary else ""
+        names[f"rpc_{key}_command"] = f"Calls the RPC method {method!r}.{what}"
+        names[f"rpc_{key}_reply"] = f"What the RPC method {method!r} returned."
+    sends = rpc is not None and rpc.handles_send
+    if sends:
+        client["send_command"] = _object(
+            {"send": _object({"data": ANY_JSON}, [])}, ["send"], extra=False
+        )
+    calls = "RPC methods (an rpc command and reply each)" if methods else "no RPC methods"
+    takes = "takes send commands" if sends else "takes no send commands"
+    return Messages(
+        client=client,
+        server=server,
+        description=(
+            "Many channels over one connection, in the Centrifuge client protocol v2 (JSON), "
+            "so that the Centrifuge SDKs (centrifuge-js, centrifuge-python) work against it. "
+            "Each message here is one JSON object; a frame carries one or more, one a line. A "
+            "session starts with connect; channels are namespace:name, each namespace with its "
+            "own rules (channels.py). Tokens with an exp are renewed with refresh and "
+            f"sub_refresh. This endpoint has {calls}, and {takes}. Not served: protobuf, "
+            "unidirectional transports, delta compression and connect subs."
+        ),
+        names=names,
+    )
+
+
+CHANNELS_ENDPOINT: Final = channels_endpoint()
+"""The messages of a channels endpoint without RPC methods."""
 
 
 def document(

@@ -902,8 +902,9 @@ class _Connection:
             if self.expires_at is not None and now >= self.expires_at:
                 logger.info("channels %s: disconnected: the token was not refreshed", self.path)
                 raise Disconnected(CONNECTION_EXPIRED)
-            for channel, deadline in list(self.sub_deadlines.items()):
-                if now >= deadline:
+            for channel in list(self.sub_deadlines):
+                deadline = self.sub_deadlines.get(channel)  # renewed or gone meanwhile?
+                if deadline is not None and loop.time() >= deadline:
                     await self._expire_subscription(websocket, channel)
             if now >= end:
                 return
@@ -919,7 +920,7 @@ class _Connection:
                 self.wake = None
 
     async def _expire_subscription(self, websocket: ChannelsSocket, channel: str) -> None:
-        del self.sub_deadlines[channel]
+        self.sub_deadlines.pop(channel, None)
         subscription = self.subscriptions.get(channel)
         if subscription is None:  # unsubscribed meanwhile
             return

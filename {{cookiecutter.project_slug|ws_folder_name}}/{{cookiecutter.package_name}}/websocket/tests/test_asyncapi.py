@@ -133,10 +133,19 @@ CENTRIFUGE_CLIENT = [
     {"id": 7, "presence_stats": {"channel": "chat:a"}},
     {"id": 8, "history": {"channel": "chat:a", "limit": 0, "reverse": False}},
     {"id": 9, "history": {"channel": "chat:a", "limit": 10, "since": {"offset": 2, "epoch": "e"}}},
+    {"id": 10, "subscribe": {"channel": "private:a", "token": "a.b.c"}},
+    {"id": 11, "refresh": {"token": "a.b.c"}},
+    {"id": 12, "sub_refresh": {"channel": "private:a", "token": "a.b.c"}},
     {},
 ]
 CENTRIFUGE_SERVER = [
     {"id": 1, "connect": {"client": "c1", "version": "0.1.0", "ping": 25, "pong": True}},
+    {"id": 1, "connect": {"client": "c1", "expires": True, "ttl": 60, "ping": 25, "pong": True}},
+    {"id": 10, "subscribe": {"expires": True, "ttl": 60, "epoch": "e", "offset": 0}},
+    {"id": 11, "refresh": {"expires": True, "ttl": 3600}},
+    {"id": 11, "refresh": {}},
+    {"id": 12, "sub_refresh": {"expires": True, "ttl": 60}},
+    {"id": 12, "error": {"code": 110, "message": "expired"}},
     {"id": 2, "subscribe": {}},
     {"id": 3, "subscribe": {"recoverable": True, "positioned": True, "epoch": "e", "offset": 5}},
     {
@@ -160,6 +169,12 @@ CENTRIFUGE_SERVER = [
     {"push": {"channel": "chat:a", "join": {"info": {"user": "bob", "client": "c3"}}}},
     {"push": {"channel": "chat:a", "leave": {"info": {"user": "bob", "client": "c3"}}}},
     {"push": {"channel": "chat:a", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}},
+    {
+        "push": {
+            "channel": "private:a",
+            "unsubscribe": {"code": 2501, "reason": "subscription expired"},
+        }
+    },
     {"push": {"message": {"data": {"text": "to you"}}}},
     {},
 ]

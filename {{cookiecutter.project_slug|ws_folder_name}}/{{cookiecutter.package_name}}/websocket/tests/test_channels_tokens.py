@@ -98,19 +98,19 @@ async def test_a_connection_not_refreshed_in_time_is_closed_with_3005(url: str) 
 @pytest.mark.parametrize(
     ("token", "close"),
     [
-        (expired({"sub": "alice"}), (3005, "connection expired")),
-        (SIGNER.connection_token("bob", 60), (3500, "invalid token")),
-        (TokenSigner("k" * 32).connection_token("alice", 60), (3500, "invalid token")),
-        ("", (3501, "bad request")),
+        (lambda: expired({"sub": "alice"}), (3005, "connection expired")),
+        (lambda: SIGNER.connection_token("bob", 60), (3500, "invalid token")),
+        (lambda: TokenSigner("k" * 32).connection_token("alice", 60), (3500, "invalid token")),
+        (lambda: "", (3501, "bad request")),
     ],
     ids=["expired", "another-user", "another-key", "no-token"],
 )
 async def test_a_refresh_with_a_bad_token_closes_the_connection(
-    url: str, token: str, close: tuple[int, str]
+    url: str, token: Callable[[], str], close: tuple[int, str]
 ) -> None:
     async with raw_client(url) as client:
         await client.connect(token=SIGNER.connection_token("alice", 60))
-        await client.send("refresh", {"token": token})
+        await client.send("refresh", {"token": token()})
         assert await client.closed() == close
 
 
@@ -151,23 +151,25 @@ async def test_a_token_namespace_takes_a_subscription_token_for_the_channel_and_
 @pytest.mark.parametrize(
     ("token", "answer"),
     [
-        (SIGNER.subscription_token("alice", "private:other", 60), (3500, "invalid token")),
-        (SIGNER.subscription_token("bob", "private:plans", 60), (3500, "invalid token")),
+        (lambda: SIGNER.subscription_token("alice", "private:other", 60), (3500, "invalid token")),
+        (lambda: SIGNER.subscription_token("bob", "private:plans", 60), (3500, "invalid token")),
         (
-            SIGNER.subscription_token("alice", "private:plans", 60, client="another-connection"),
+            lambda: SIGNER.subscription_token(
+                "alice", "private:plans", 60, client="another-connection"
+            ),
             (3500, "invalid token"),
         ),
-        (SIGNER.connection_token("alice", 60), (3500, "invalid token")),
+        (lambda: SIGNER.connection_token("alice", 60), (3500, "invalid token")),
         (
-            TokenSigner("k" * 32).subscription_token("alice", "private:plans", 60),
+            lambda: TokenSigner("k" * 32).subscription_token("alice", "private:plans", 60),
             {"code": 103, "message": "permission denied"},
         ),
         (
-            jwt.encode({"sub": "alice", "channel": "private:plans"}, "", "none"),
+            lambda: jwt.encode({"sub": "alice", "channel": "private:plans"}, "", "none"),
             {"code": 103, "message": "permission denied"},
         ),
         (
-            expired({"sub": "alice", "channel": "private:plans"}),
+            lambda: expired({"sub": "alice", "channel": "private:plans"}),
             {"code": 109, "message": "token expired"},
         ),
     ],
@@ -182,15 +184,16 @@ async def test_a_token_namespace_takes_a_subscription_token_for_the_channel_and_
     ],
 )
 async def test_a_bad_subscription_token_is_refused_with_centrifugo_s_code(
-    url: str, token: str, answer: tuple[int, str] | dict[str, Any]
+    url: str, token: Callable[[], str], answer: tuple[int, str] | dict[str, Any]
 ) -> None:
+    """(The tokens are made as the test runs: they expire.)"""
     async with raw_client(url) as client:
         await client.connect(token=SIGNER.connection_token("alice", 60))
         if isinstance(answer, tuple):  # a close: the SDK does not reconnect
-            await client.send("subscribe", {"channel": "private:plans", "token": token})
+            await client.send("subscribe", {"channel": "private:plans", "token": token()})
             assert await client.closed() == answer
             return
-        reply = await client.call("subscribe", {"channel": "private:plans", "token": token})
+        reply = await client.call("subscribe", {"channel": "private:plans", "token": token()})
         assert reply["error"] == answer, reply
         assert await client.alive()
 

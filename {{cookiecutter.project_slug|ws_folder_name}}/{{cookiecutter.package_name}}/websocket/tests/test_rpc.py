@@ -4,12 +4,14 @@ raw protocol on a real uvicorn, each refusal with its code, the connection livin
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
+from jsonschema import Draft7Validator
 
 from ..asgi_types import Receive, Scope, Send
+from ..asyncapi import channels_endpoint
 from ..broadcast import MemoryHub
 from ..centrifuge_protocol import ChannelsConfig
 from ..namespaces import AUTHENTICATED, Namespace, Namespaces
@@ -211,3 +213,25 @@ def test_the_registry_describes_its_methods_for_asyncapi() -> None:
     assert described["room"] == (None, None, "")
     assert RPC.handles_send
     assert not RpcMethods().handles_send
+
+
+def test_the_asyncapi_document_lists_each_method_with_its_schemas() -> None:
+    messages = channels_endpoint(RPC)
+    add_call = {"id": 3, "rpc": {"method": "add", "data": {"a": 1, "b": 2}}}
+    assert declared_by(messages.client, add_call) == ["rpc_add_command"]
+    bad_call = {"id": 3, "rpc": {"method": "add", "data": {"a": "x"}}}
+    assert declared_by(messages.client, bad_call) == []
+    assert declared_by(messages.client, {"id": 3, "rpc": {"method": "not-json"}}) == [
+        "rpc_not_json_command"
+    ]
+    assert declared_by(messages.client, {"send": {"data": {"read": 7}}}) == ["send_command"]
+    whoami_reply = {"id": 3, "rpc": {"data": {"user": "alice"}}}
+    assert "rpc_whoami_reply" in declared_by(messages.server, whoami_reply)
+    assert "rpc_whoami_reply" not in declared_by(messages.server, {"id": 3, "rpc": {"data": {}}})
+    assert "Who the connection is." in messages.names["rpc_whoami_command"]
+    assert not any(name.startswith("rpc_") for name in channels_endpoint(RpcMethods()).client)
+    assert "send_command" not in channels_endpoint(RpcMethods()).client
+
+
+def declared_by(declared: Mapping[str, Any], message: Any) -> list[str]:
+    return [name for name, schema in declared.items() if Draft7Validator(schema).is_valid(message)]

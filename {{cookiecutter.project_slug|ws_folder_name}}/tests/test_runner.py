@@ -222,6 +222,7 @@ UNREAD = [
     "PUBLISH_API_KEY",
     "PRESENCE_ENABLED",
     "JOIN_LEAVE_EVENTS",
+    "JOIN_LEAVE_LIMIT",
     "PRESENCE_LIST_LIMIT",
 {%- endif %}
 {%- if not redis %}

@@ -69,6 +69,7 @@ UNREAD_VARIABLES = {
     "PUBLISH_API_KEY": NO_HUB,
     "PRESENCE_ENABLED": NO_HUB,
     "JOIN_LEAVE_EVENTS": NO_HUB,
+    "JOIN_LEAVE_LIMIT": NO_HUB,
     "PRESENCE_LIST_LIMIT": NO_HUB,
     "PRESENCE_TTL_SECONDS": NO_HUB,
 {%- endif %}
@@ -119,6 +120,7 @@ class Settings:
     presence_enabled: bool = True
     """Whether {% if channels %}the hub keeps{% else %}broadcast endpoints keep{% endif %} presence: who is on each channel."""
     join_leave_events: bool = True
+    join_leave_limit: int = 100
     """Whether a channel's clients are told who joins and leaves it (with presence only)."""
     presence_list_limit: int = 1000
     """Clients listed in a presence answer at most (its count is always the whole room's)."""
@@ -196,6 +198,7 @@ class Settings:
             publish_api_key=read("PUBLISH_API_KEY", _api_key, cls.publish_api_key),
             presence_enabled=read("PRESENCE_ENABLED", _flag, cls.presence_enabled),
             join_leave_events=read("JOIN_LEAVE_EVENTS", _flag, cls.join_leave_events),
+            join_leave_limit=read("JOIN_LEAVE_LIMIT", _positive(int), cls.join_leave_limit),
             presence_list_limit=read(
                 "PRESENCE_LIST_LIMIT", _positive(int), cls.presence_list_limit
             ),
@@ -341,6 +344,7 @@ class Settings:
             timeout=self.redis_timeout_seconds,
             presence=self.presence_enabled,
             join_leave=self.join_leave_events,
+            join_leave_limit=self.join_leave_limit,
             presence_limit=self.presence_list_limit,
             presence_ttl=self.presence_ttl_seconds,
         )
@@ -351,6 +355,7 @@ class Settings:
             history_ttl=self.history_ttl_seconds,
             presence=self.presence_enabled,
             join_leave=self.join_leave_events,
+            join_leave_limit=self.join_leave_limit,
             presence_limit=self.presence_list_limit,
         )
 {%- endif %}

@@ -500,7 +500,7 @@ def test_a_message_to_a_user_reaches_each_of_their_connections_and_nobody_else(
         for room, websockets in in_room.items():  # one room, if the path has no parameter
             caught_up(users_server, room, *websockets)  # the join events read
         status, answer = publish(users_server, {"user": "alice", "message": {"text": "hi"}})
-        assert (status, answer["user"]) == (200, "alice")  # and the personal channels reached
+        assert (status, answer["user"]) == (200, "alice")  # and its personal channels, if any
         for websocket, _ in alices:
             direct = receive(websocket)
             assert (direct["type"], direct["message"]) == ("direct", {"text": "hi"})

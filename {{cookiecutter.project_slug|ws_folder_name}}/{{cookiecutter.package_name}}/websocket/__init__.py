@@ -82,6 +82,10 @@ gained the limit: a 2.4 process on the same Redis runs its own, and still sends 
 of its clients past the limit). Upgrading: a personal `Namespace` must keep its channels to
 their user (``subscribe=USER_LIMITED`` or ``NOBODY``); a client of a personal namespace's
 endpoint that read ``message`` pushes reads publications of its personal channel instead.
+A pong (or a connect) that waits behind a frame the server is still answering is no longer
+taken for a dead client: the ping task gives the reader `centrifuge_protocol.CATCH_UP`
+(1 s) after its last answer before closing with 3012 (or 3502); in a reconnect storm on
+Redis, frames of ten subscriptions took over 20 s to answer, and their clients were closed.
 
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the

@@ -52,7 +52,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
@@ -88,6 +88,10 @@ ended (Centrifuge's default): the SDKs renew a token when its ``ttl`` is up, not
 MAX_COMMANDS_PER_FRAME: Final = 512
 """Commands in one frame at most (the SDKs send ``connect`` and every subscription
 together); a frame of more is a broken client, disconnected."""
+CATCH_UP: Final = 1.0
+"""Seconds the reader has, once it has answered a frame, to read what waited behind it
+before a pong (or a connect) is judged late: a client is not late for the server's own
+delay (a frame of subscriptions answered slowly in a reconnect storm)."""
 SUBSCRIBE_TIMEOUT: Final = 4.0
 """Seconds a subscription may take to get its position from the hub (Redis away): then
 the client is told to try again (a temporary error), before the SDKs' own timeout (5 s)
@@ -375,6 +379,10 @@ class _Connection:
         """When each subscription made with an expiring token ends unless renewed."""
         self.wake: asyncio.Future[None] | None = None
         """What the ping task sleeps on: woken early when a deadline comes nearer."""
+        self.answering = False
+        """Whether the reader is answering a frame (what the client sent next waits)."""
+        self.answered_at = 0.0
+        """When the reader last finished answering a frame (the loop's clock)."""
 
     # The tasks of the session: reading commands, writing pushes, pinging.
 
@@ -388,7 +396,12 @@ class _Connection:
             try:
                 if frame is None:
                     raise BadRequest("binary frames are not JSON commands")
-                replies, later = await self._answer(frame)
+                self.answering = True
+                try:
+                    replies, later = await self._answer(frame)
+                finally:
+                    self.answering = False
+                    self.answered_at = asyncio.get_running_loop().time()
                 if replies:
                     await websocket.send_text("\n".join(replies))
                 for subscription, pushes in later:
@@ -448,6 +461,7 @@ class _Connection:
         # The first ping at a random point of the second half of an interval, so that the
         # clients of a restarted service are not all pinged in the same instant.
         await self._sleep(websocket, interval / 2 + random.random() * interval / 2)
+        await self._caught_up(lambda: self.connected)
         if not self.connected:  # no connect by now: a client that will not speak
             logger.info("channels %s: disconnected: no connect", self.path)
             await self._close(websocket, STALE)
@@ -456,11 +470,22 @@ class _Connection:
             self.pong_seen = False
             await websocket.send_text("{}")
             await self._sleep(websocket, self.config.pong_timeout)
+            await self._caught_up(lambda: self.pong_seen)
             if not self.pong_seen:
                 logger.info("channels %s: disconnected: no pong", self.path)
                 await self._close(websocket, NO_PONG)
                 return
             await self._sleep(websocket, interval - self.config.pong_timeout)
+
+    async def _caught_up(self, done: Callable[[], bool]) -> None:
+        """Wait, unless ``done()``, until the reader has had `CATCH_UP` seconds since it
+        last answered a frame to read what the client sent after it."""
+        loop = asyncio.get_running_loop()
+        while not done():
+            wait = CATCH_UP if self.answering else self.answered_at + CATCH_UP - loop.time()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     def notify(self, text: str) -> None:
         """A message to the connection's user (the hub calls it): sent once, whatever the

@@ -40,7 +40,9 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   the list is read. No ``leave`` event is sent for them. `close` removes its clients at
   once (with their ``leave`` events). Join and leave events are published only while the
   channel's presence holds at most ``join_leave_limit`` clients (counted in the script, on
-  every process: `Hub.announces`).
+  every process: `Hub.announces`), and delivered only while the process has at most that
+  many subscribers of the channel: a storm of N clients would otherwise hear each of the
+  first events N times.
 - **Per-user delivery** (`publish_to_user`) publishes on one pub/sub channel per hub,
   ``prefix + "#direct"``, that every process follows: each delivers to its own connections
   of that user (a user is matched by its compact JSON).
@@ -712,8 +714,11 @@ class RedisHub(Hub):
         if kind == "message":
             data = str(message["data"])
             if data.startswith("p "):  # a join or leave event
-                client_id, _, text = data[2:].partition(" ")
-                self._fanout.notify(channel, text, client_id)
+                # Published while the channel had at most the limit of clients; those who
+                # came since would hear it too: not once the channel is past it here.
+                if self.announces(self._fanout.count(channel)):
+                    client_id, _, text = data[2:].partition(" ")
+                    self._fanout.notify(channel, text, client_id)
                 return
             if channel == DIRECT_CHANNEL:
                 user_key, _, text = data.partition("\n")

@@ -642,28 +642,35 @@ class HubContract:
         # A reconnect storm of N clients would send N * (N - 1) / 2 of them: past the
         # limit of present clients (the one coming or going included), none is sent.
         hub = await make_hub(join_leave=True, join_leave_limit=3)
-        subscriptions = [await subscribed(hub, "/p/crowd", user=f"u{n}") for n in range(5)]
+        subscriptions: list[Subscription] = []
+        marks = iter(range(1, 100))
 
-        async def events_before_the_next_message(number: int) -> list[list[str]]:
-            await hub.publish("/p/crowd", numbered(number))
-            seen: list[list[str]] = [[] for _ in subscriptions]
-            for subscription, kinds in zip(subscriptions, seen, strict=True):
-                if subscription.ended:
-                    continue
+        async def events() -> list[list[str]]:
+            """What each subscription was told before the next message."""
+            await hub.publish("/p/crowd", numbered(next(marks)))
+            seen: list[list[str]] = []
+            for subscription in subscriptions:
+                kinds = []
                 while (event := await received(subscription))["type"] != "broadcast":
                     kinds.append(f"{event['type']} {event['client']['user']}")
+                seen.append(kinds)
             return seen
 
-        assert await events_before_the_next_message(1) == [
-            ["join u1", "join u2"],  # the 2nd and 3rd clients; the 4th and 5th are past it
-            ["join u2"],
-            [],
-            [],
-            [],
+        told = []
+        for number in range(5):
+            subscriptions.append(await subscribed(hub, "/p/crowd", user=f"u{number}"))
+            told.append(await events())
+        assert told == [
+            [[]],
+            [["join u1"], []],
+            [["join u2"], ["join u2"], []],
+            [[], [], [], []],  # 4 clients: past the limit
+            [[], [], [], [], []],
         ]
-        for leaving in reversed(subscriptions[2:]):  # 5, 4 present: silent; 3: told
-            await hub.unsubscribe(leaving)
-        assert await events_before_the_next_message(2) == [["leave u2"], ["leave u2"], [], [], []]
+        for _ in range(3):  # 5 and 4 present: silent; 3: told
+            await hub.unsubscribe(subscriptions.pop())
+            told.append(await events())
+        assert told[5:] == [[[], [], [], []], [[], [], []], [["leave u2"], ["leave u2"]]]
         assert (await hub.presence("/p/crowd")).count == 2
 
     async def test_join_and_leave_events_can_be_turned_off(self, make_hub: HubFactory) -> None:

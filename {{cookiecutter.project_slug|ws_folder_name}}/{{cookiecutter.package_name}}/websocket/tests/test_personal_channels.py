@@ -213,13 +213,10 @@ async def test_join_and_leave_events_stop_past_the_limit_counted_per_client(
     server: LiveServer,
 ) -> None:
     room = f"chat:crowd{server.port}"
-    clients = []
-    for number in range(5):  # the limit is 3
-        client, _ = await connected(server, f"u{number}")
-        assert "subscribe" in await client.call("subscribe", {"channel": room})
-        clients.append(client)
+    clients: list[Client] = []
 
     async def events() -> list[list[str]]:
+        """What each client was told (joins, leaves) before the next message."""
         await clients[0].call("publish", {"channel": room, "data": {"mark": True}})
         seen = []
         for client in clients:
@@ -228,21 +225,33 @@ async def test_join_and_leave_events_stop_past_the_limit_counted_per_client(
                 [
                     f"{kind} {push[kind]['info']['user']}"
                     for push in pushes[:-1]
-                    for kind in push
-                    if kind in ("join", "leave")
+                    for kind in ("join", "leave")
+                    if kind in push
                 ]
             )
         return seen
 
-    assert await events() == [["join u1", "join u2"], ["join u2"], [], [], []]
-    for client in reversed(clients[2:]):  # 5 and 4 present: silent; 3: told
-        await client.websocket.close()
-    clients = clients[:2]
-    for _ in range(100):  # the server sees the closes (bounded)
-        stats = await clients[0].call("presence_stats", {"channel": room})
-        if stats["presence_stats"]["num_clients"] == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert await events() == [["leave u2"], ["leave u2"]]
+    told = []
+    for number in range(5):  # the limit is 3
+        client, _ = await connected(server, f"u{number}")
+        assert "subscribe" in await client.call("subscribe", {"channel": room})
+        clients.append(client)
+        told.append(await events())
+    assert told == [
+        [[]],
+        [["join u1"], []],
+        [["join u2"], ["join u2"], []],
+        [[], [], [], []],  # 4 clients: past the limit
+        [[], [], [], [], []],
+    ]
+    for present in (4, 3, 2):  # 5 and 4 present: silent; 3: told
+        await clients.pop().websocket.close()
+        for _ in range(100):  # until the server has seen the close (bounded)
+            stats = await clients[0].call("presence_stats", {"channel": room})
+            if stats["presence_stats"]["num_clients"] == present:
+                break
+            await asyncio.sleep(0.05)
+        told.append(await events())
+    assert told[5:] == [[[], [], [], []], [[], [], []], [["leave u2"], ["leave u2"]]]
     for client in clients:
         await client.websocket.close()

@@ -31,6 +31,7 @@ from playwright.sync_api import Browser, Page, expect
 from websocket.testing import LiveServer, RedisServer  # the vendored backend
 
 from tests.conftest import render
+from tests.test_centrifuge_faults import redis_or_skip
 from tests.test_centrifuge_sdks import DRIVER, PUBLISH_KEY, SECRET
 from tests.test_console import browser
 from tests.test_first_hour import AUTH_EXAMPLE
@@ -99,14 +100,6 @@ def browser_project(folder: Path, config: Path, framework: str) -> Path:
     harness = HARNESS.format(package=package.name, mjs=str(CENTRIFUGE_MJS))
     (project / "browser_page.py").write_text(harness)
     return project
-
-
-def redis_or_skip() -> None:
-    missing = RedisServer.unavailable()
-    if missing:
-        if RedisServer.required():
-            pytest.fail(missing)
-        pytest.skip(missing)
 
 
 class Publisher:

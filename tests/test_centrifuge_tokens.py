@@ -13,17 +13,18 @@ connection token that expires mid-session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from centrifuge import ReplyError  # type: ignore[import-untyped]  # it ships no types
+from centrifuge import Client, ReplyError  # type: ignore[import-untyped]  # it ships no types
 from websocket.testing import LiveServer  # the vendored backend
 
 from tests.conftest import render
@@ -35,7 +36,6 @@ from tests.test_centrifuge_sdks import (
     SubscriptionRecorder,
     python_client,
     run,
-    subscribe,
 )
 from tests.test_first_hour import AUTH_EXAMPLE
 
@@ -200,6 +200,22 @@ def sdk_server(
         yield server
 
 
+@contextlib.asynccontextmanager
+async def as_alice(server: LiveServer, **options: Any) -> AsyncIterator[tuple[Client, Recorder]]:
+    """alice connected with centrifuge-python: her session cookie (auth.py), and a
+    connection token unless ``options`` give another."""
+    options.setdefault("token", signed({"sub": "alice"}))
+    async with python_client(server.ws_url(PATH), headers=ALICE, **options) as connected:
+        await connected[0].connect()
+        yield connected
+
+
+def subscribe(client: Client, recorder: Recorder, channel: str, **options: Any) -> Any:
+    """A new subscription of ``client`` to ``channel``, its events recorded."""
+    events = SubscriptionRecorder(recorder, channel)
+    return client.new_subscription(channel, events=events, **options)
+
+
 def signed(claims: dict[str, Any], expires_in: float = 600, key: str = SECRET) -> str:
     return jwt.encode({**claims, "exp": int(time.time() + expires_in)}, key, "HS256")
 
@@ -215,17 +231,8 @@ def test_the_sdk_is_refused_a_subscription_token_of_another_channel_user_or_key(
     }
 
     async def scenario(token: str) -> Recorder:
-        async with python_client(
-            sdk_server.ws_url(PATH), headers=ALICE, token=signed({"sub": "alice"})
-        ) as (
-            client,
-            alice,
-        ):
-            await client.connect()
-            sub = client.new_subscription(
-                channel, events=SubscriptionRecorder(alice, channel), token=token
-            )
-            await sub.subscribe()
+        async with as_alice(sdk_server) as (client, alice):
+            await subscribe(client, alice, channel, token=token).subscribe()
             await alice.until(
                 lambda: bool(alice.of("unsubscribed") or alice.of("disconnected")), "a refusal"
             )
@@ -254,21 +261,9 @@ def test_the_sdk_asks_again_for_an_expired_subscription_token_and_gets_in(
         return signed({"sub": "alice", "channel": channel})
 
     async def scenario() -> Recorder:
-        async with python_client(
-            sdk_server.ws_url(PATH), headers=ALICE, token=signed({"sub": "alice"})
-        ) as (
-            client,
-            alice,
-        ):
-            await client.connect()
+        async with as_alice(sdk_server) as (client, alice):
             expired = signed({"sub": "alice", "channel": channel}, expires_in=-10)
-            sub = client.new_subscription(
-                channel,
-                events=SubscriptionRecorder(alice, channel),
-                token=expired,
-                get_token=get_token,
-            )
-            await sub.subscribe()
+            await subscribe(client, alice, channel, token=expired, get_token=get_token).subscribe()
             await alice.count("subscribed", 1)
             return alice
 
@@ -281,15 +276,8 @@ def test_the_sdk_cannot_subscribe_to_another_user_s_personal_channel(
     sdk_server: LiveServer,
 ) -> None:
     async def scenario() -> Recorder:
-        async with python_client(
-            sdk_server.ws_url(PATH), headers=ALICE, token=signed({"sub": "alice"})
-        ) as (
-            client,
-            alice,
-        ):
-            await client.connect()
-            sub = subscribe(client, alice, "user:#bob")
-            await sub.subscribe()
+        async with as_alice(sdk_server) as (client, alice):
+            await subscribe(client, alice, "user:#bob").subscribe()
             await alice.count("unsubscribed", 1)
             return alice
 
@@ -299,13 +287,7 @@ def test_the_sdk_cannot_subscribe_to_another_user_s_personal_channel(
 
 def test_the_sdk_rpc_answers_and_refuses_bad_data_with_107(sdk_server: LiveServer) -> None:
     async def scenario() -> None:
-        async with python_client(
-            sdk_server.ws_url(PATH), headers=ALICE, token=signed({"sub": "alice"})
-        ) as (
-            client,
-            alice,
-        ):
-            await client.connect()
+        async with as_alice(sdk_server) as (client, alice):
             assert (await client.rpc("whoami", {})).data == {"user": "alice"}
             for data in ({"channel": 5}, {"channel": "news:x", "limit": 0}, "text"):
                 with pytest.raises(ReplyError) as refused:
@@ -332,12 +314,7 @@ def test_a_connection_token_that_expires_mid_session_is_renewed_or_the_connectio
             return signed({"sub": "alice"}, expires_in=expires_in)
 
         first = signed({"sub": "alice"}, expires_in=2)
-        url = sdk_server.ws_url(PATH)
-        async with python_client(url, headers=ALICE, token=first, get_token=get_token) as (
-            client,
-            alice,
-        ):
-            await client.connect()
+        async with as_alice(sdk_server, token=first, get_token=get_token) as (_, alice):
             await alice.count("connected", 1)
             await asyncio.sleep(5)  # past the first token's exp, and a renewed one's
             return alice

@@ -127,6 +127,17 @@ def open_connection(server: LiveServer) -> Iterator[OpenConnection]:
         yield open_one
 
 
+def publish(server: LiveServer, body: dict[str, Any]) -> Any:
+    """``POST /api/publish`` with ``body``; its answer."""
+    request = urllib.request.Request(
+        server.url("/api/publish"),
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
 def test_an_anonymous_connect_is_refused_while_anonymous_connections_are_off(
     open_connection: OpenConnection,
 ) -> None:
@@ -171,14 +182,8 @@ def test_a_message_published_over_http_reaches_subscribers_as_the_publication_s_
     reader = open_connection("reader")
     reader.command("connect", {})
     assert "subscribe" in reader.command("subscribe", {"channel": "news:today"})
-    body = {"channel": "news:today", "message": {"headline": "h\u00e9llo \u2713"}}
-    request = urllib.request.Request(
-        server.url("/api/publish"),
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        answer = json.load(response)
+    message = {"headline": "h\u00e9llo \u2713"}
+    answer = publish(server, {"channel": "news:today", "message": message})
     push = reader.receive()["push"]
     assert push["channel"] == "news:today"
     assert push["pub"]["data"] == {"headline": "h\u00e9llo \u2713"}
@@ -234,12 +239,7 @@ def test_each_connection_of_a_user_is_on_the_personal_channel_from_the_start(
     connected = erin.command("connect", {})["connect"]
     assert connected["subs"]["user:#erin"]["recoverable"] is True
     body = {"user": "erin", "message": {"text": "your export is ready"}}
-    request = urllib.request.Request(
-        server.url("/api/publish"),
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
-    )
-    urllib.request.urlopen(request, timeout=5).close()
+    publish(server, body)
     push = erin.receive()["push"]
     assert (push["channel"], push["pub"]["data"]) == ("user:#erin", body["message"])
     refused = erin.command("unsubscribe", {"channel": "user:#erin"})
@@ -254,13 +254,7 @@ def test_the_rpc_methods_answer_who_the_connection_is_and_page_through_history(
     reply = frank.command("rpc", {"method": "whoami", "data": {}})
     assert reply["rpc"]["data"] == {"user": "frank"}
     for n in range(5):
-        body = {"channel": "news:pages", "message": {"n": n}}
-        request = urllib.request.Request(
-            server.url("/api/publish"),
-            data=json.dumps(body).encode(),
-            headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
-        )
-        urllib.request.urlopen(request, timeout=5).close()
+        publish(server, {"channel": "news:pages", "message": {"n": n}})
     pages, before = [], None
     while True:
         data: dict[str, Any] = {"channel": "news:pages", "limit": 2}

@@ -79,7 +79,9 @@ other connections. Join and leave events stop on a channel of more than
 `Hub.announces`), so N clients reconnecting at once no longer cost N squared events; the
 Redis hub counts a channel's presence in its join and leave scripts (their arguments
 gained the limit: a 2.4 process on the same Redis runs its own, and still sends the events
-of its clients past the limit). Upgrading: a personal `Namespace` must keep its channels to
+of its clients past the limit), and delivers an event only while the process has at most
+the limit of subscribers of the channel. `Fanout.count` gives a channel's local
+subscriptions. Upgrading: a personal `Namespace` must keep its channels to
 their user (``subscribe=USER_LIMITED`` or ``NOBODY``); a client of a personal namespace's
 endpoint that read ``message`` pushes reads publications of its personal channel instead.
 A pong (or a connect) that waits behind a frame the server is still answering is no longer

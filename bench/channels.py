@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/channels.py                  1,000 connections, 3 repetitions
     .venv/bin/python bench/channels.py --smoke          200 connections, one repetition
+    .venv/bin/python bench/channels.py --storm-only     the storm alone (2,000 clients)
 
 Serves ``bench/baselines/channels_app.py`` (both kinds on one memory hub, the raw-ASGI face,
 LeanProtocol) with uvicorn on 127.0.0.1, the server pinned to one CPU where there are two,
@@ -13,11 +14,18 @@ and drives it from this process (``websockets`` clients speaking each kind's pro
   turn in the same server process, the order swapped every repetition;
 - **memory**: a fresh server per kind: its resident memory per idle connection, N
   broadcast connections against N channels connections with 10 subscriptions each;
-- **storm**: N channels connections with 10 channels each, one message on each channel,
-  then every client drops its connection and reconnects at once, recovering its 10
-  channels: the time until every one is recovered, the server's CPU meanwhile and, with
-  ``--backend redis`` (a redis-server of its own), the commands the service sent Redis
-  (script calls, SUBSCRIBE, UNSUBSCRIBE...: its round trips, unpipelined).
+- **storm**: ``--storm-clients`` clients (2,000) on the same 10 rooms, with join and leave
+  events on (presence kept, the hubs' default join/leave limit of 100), once as channels
+  connections (10 subscriptions each), once as broadcast ones (one socket per room: 10 per
+  client), each on a fresh server: one message on each room, then the service restarts, one
+  more message is published on each room while the clients are away, and every client
+  reconnects at once (all its sockets together), recovering its rooms: the time until every
+  one is resubscribed, the server's CPU meanwhile, the join and leave events the clients
+  were sent (and in the second after) and, with ``--backend redis`` (a redis-server of its
+  own, which keeps the rooms' history across the restart), the commands the service sent
+  Redis (script calls, SUBSCRIBE, UNSUBSCRIBE...: its round trips, unpipelined); the
+  ratios channels/broadcast. A memory hub's restart loses the history (a new epoch): its
+  clients resubscribe unrecovered. ``--storm-only`` runs this phase alone.
 
 Prints the figures and the ratios channels/broadcast, and writes ``channels-<backend>.json`` to
 ``--output`` (default ``bench/results/<date>/``). Every wait is bounded; loopback only.
@@ -46,11 +54,17 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.loadgen import sample
+from bench.run import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDORED = ROOT / "{{cookiecutter.project_slug|ws_folder_name}}" / "{{cookiecutter.package_name}}"
 TIMEOUT = 120.0
+STORM_TIMEOUT = 600.0
+"""A storm of 20,000 broadcast sockets at once overflows the server's accept backlog: the
+kernel drops SYNs, and clients retry after 1, 3, 7... seconds."""
 CHANNELS_EACH = 10
+DEFAULT_JOIN_LEAVE_LIMIT = 100
+"""The hubs' default (``websocket/broadcast.py``), which the storm's server keeps."""
 
 
 def free_port() -> int:
@@ -63,7 +77,7 @@ def free_port() -> int:
 class Server:
     """``channels_app`` on uvicorn, on 127.0.0.1 and a free port (CPU 0 if there are two)."""
 
-    def __init__(self, redis_url: str = "") -> None:
+    def __init__(self, redis_url: str = "", *, join_leave: bool = False) -> None:
         self.port = free_port()
         command = [
             sys.executable,
@@ -85,7 +99,12 @@ class Server:
         ]
         if (os.cpu_count() or 1) >= 2:
             command = ["taskset", "-c", "0", *command]
-        env = {**os.environ, "PYTHONPATH": str(VENDORED), "REDIS_URL": redis_url}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(VENDORED),
+            "REDIS_URL": redis_url,
+            "JOIN_LEAVE": "yes" if join_leave else "no",
+        }
         self.process = subprocess.Popen(command, env=env)
         deadline = time.monotonic() + 30
         while True:
@@ -100,14 +119,16 @@ class Server:
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def publish(self, channel: str, message: dict[str, Any]) -> None:
+    def publish(self, channel: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Publish ``message`` on ``channel``; its position (offset, epoch)."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/publish?channel={channel}",
             data=json.dumps(message).encode(),
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
-            answer.read()
+            position: dict[str, Any] = json.loads(answer.read())
+            return position
 
     def stop(self) -> None:
         self.process.terminate()
@@ -128,27 +149,20 @@ async def open_broadcast(server: Server, count: int) -> list[ClientConnection]:
     return await _in_batches(one, count)
 
 
-async def open_channels(
-    server: Server, count: int, channels: list[str], recover: dict[str, Any] | None = None
-) -> list[ClientConnection]:
+async def open_channels(server: Server, count: int, channels: list[str]) -> list[ClientConnection]:
     async def one() -> ClientConnection:
         client = await connect(
             server.url("/connection/websocket"), ping_interval=None, max_size=None
         )
         commands = [{"id": 1, "connect": {}}]
         for number, channel in enumerate(channels, 2):
-            body: dict[str, Any] = {"channel": channel}
-            if recover is not None:
-                body.update(recover=True, offset=recover[channel][0], epoch=recover[channel][1])
-            commands.append({"id": number, "subscribe": body})
+            commands.append({"id": number, "subscribe": {"channel": channel}})
         await client.send("\n".join(json.dumps(command) for command in commands))
         replies = 0
         while replies < len(commands):
             for line in str(await client.recv()).split("\n"):
                 reply = json.loads(line)
                 assert "error" not in reply, reply
-                if recover is not None and "subscribe" in reply:
-                    assert reply["subscribe"]["recovered"] is True, reply
                 replies += "id" in reply
         return client
 
@@ -241,41 +255,164 @@ def _channels(group: int) -> list[str]:
     return [f"news:g{group}-c{index}" for index in range(CHANNELS_EACH)]
 
 
-async def storm(connections: int, redis_url: str = "") -> dict[str, float]:
-    """Every channels client drops and reconnects at once, recovering its 10 channels."""
-    server = Server(redis_url)
-    groups = max(1, connections // 10)
+STORM_ROOMS = [f"c{index}" for index in range(CHANNELS_EACH)]
+"""The channels every storm client is on (``room:c0``... for channels clients,
+``/ws/rooms/c0``... for broadcast ones): rooms of all the clients, where join and leave
+events would grow as N squared."""
+
+
+class StormCounts:
+    """What the storm's clients read, counted as they read it."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        """Join and leave events (pushes of channels clients, messages of broadcast ones)."""
+        self.pubs = 0
+        self.recovered = 0
+        self.not_recovered = 0
+        self.gaps = 0
+        """Subscriptions told they missed messages (a slow reader's full queue)."""
+
+
+def _storm_channel(kind: str, room: str) -> str:
+    return f"room:{room}" if kind == "channels" else f"/ws/rooms/{room}"
+
+
+async def _storm_socket(
+    server: Server,
+    kind: str,
+    positions: dict[str, tuple[int, str]] | None,
+    counts: StormCounts,
+    room: str = "",
+) -> tuple[ClientConnection, asyncio.Task[None]]:
+    """One storm client's socket, once it is subscribed (and has recovered, with
+    ``positions``), and the task that reads what follows, counting it."""
+    if kind == "channels":
+        commands: list[dict[str, Any]] = [{"id": 1, "connect": {}}]
+        for number, each in enumerate(STORM_ROOMS, 2):
+            body: dict[str, Any] = {"channel": _storm_channel(kind, each)}
+            if positions is not None:
+                offset, epoch = positions[body["channel"]]
+                body.update(recover=True, offset=offset, epoch=epoch)
+            commands.append({"id": number, "subscribe": body})
+        url, replies = server.url("/connection/websocket"), len(commands)
+    else:
+        url, replies = server.url(_storm_channel(kind, room)), 1
+        if positions is not None:
+            offset, epoch = positions[_storm_channel(kind, room)]
+            url += f"?since={offset}&epoch={epoch}"
+    client = await connect(url, ping_interval=None, max_size=None, open_timeout=STORM_TIMEOUT)
+    if kind == "channels":
+        await client.send("\n".join(json.dumps(command) for command in commands))
+    while replies:
+        text = str(await client.recv())
+        await _count(client, text, counts)
+        for line in text.split("\n"):
+            if '"id":' in line or '"type":"subscribed"' in line:
+                replies -= 1
+    return client, asyncio.create_task(_read_counting(client, counts))
+
+
+async def _count(client: ClientConnection, text: str, counts: StormCounts) -> None:
+    """Count what ``text`` brings; answer a channels ping (``{}``) as the SDKs do."""
+    if text == "{}":
+        await client.send("{}")
+        return
+    counts.events += text.count('"join":{') + text.count('"leave":{')
+    counts.events += text.count('"type":"join"') + text.count('"type":"leave"')
+    counts.pubs += text.count('"pub":{') + text.count('"type":"broadcast"')
+    counts.recovered += text.count('"recovered":true')
+    counts.not_recovered += text.count('"recovered":false')
+    counts.gaps += text.count('"unsubscribe":{') + text.count('"type":"dropped"')
+
+
+async def _read_counting(client: ClientConnection, counts: StormCounts) -> None:
+    with contextlib.suppress(Exception):  # the server went away: the storm's restart
+        async for text in client:
+            await _count(client, str(text), counts)
+
+
+async def _storm_clients(
+    server: Server,
+    kind: str,
+    clients: int,
+    positions: dict[str, tuple[int, str]] | None,
+    counts: StormCounts,
+    batch: int | None,
+) -> list[tuple[ClientConnection, asyncio.Task[None]]]:
+    """``clients`` storm clients (10 sockets each on broadcast), opened ``batch`` at a time
+    (None: all at once)."""
+    rooms = [""] if kind == "channels" else STORM_ROOMS
+    opening = [(kind, room) for _ in range(clients) for room in rooms]
+    opened: list[tuple[ClientConnection, asyncio.Task[None]]] = []
+    step = batch or len(opening)
+    for start in range(0, len(opening), step):
+        opened += await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    _storm_socket(server, each, positions, counts, room)
+                    for each, room in opening[start : start + step]
+                )
+            ),
+            STORM_TIMEOUT,
+        )
+    return opened
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + STORM_TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the storm timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def storm(kind: str, clients: int, redis_url: str = "") -> dict[str, float]:
+    """``clients`` clients on the 10 rooms (one channels connection each, or 10 broadcast
+    ones), a message on each room; the service restarts, a message is published on each
+    room while they are away, and every client reconnects at once, recovering its rooms:
+    the time until every one has, the server's CPU, the commands sent Redis and the join
+    and leave events the clients were sent meanwhile (and in the second after)."""
+    counts = StormCounts()
+    sockets = clients * (1 if kind == "channels" else CHANNELS_EACH)
+    server = Server(redis_url, join_leave=True)
     try:
-        clients: list[ClientConnection] = []
-        for group in range(groups):
-            clients += await open_channels(server, connections // groups, _channels(group))
-        positions: dict[str, tuple[int, str]] = {}
+        opened = await _storm_clients(server, kind, clients, None, counts, batch=100)
         loop = asyncio.get_running_loop()
-        for group in range(groups):
-            for channel in _channels(group):
-                await loop.run_in_executor(None, server.publish, channel, {"n": 0})
-        await asyncio.sleep(0.5)
-        await close_all(clients)
-        for group in range(groups):
-            for channel in _channels(group):
-                positions[channel] = await loop.run_in_executor(None, _position_of, server, channel)
+        positions = {}
+        for room in STORM_ROOMS:
+            channel = _storm_channel(kind, room)
+            answer = await loop.run_in_executor(None, server.publish, channel, {"n": 1})
+            positions[channel] = (answer["offset"], answer["epoch"])
+        await _until(
+            lambda: counts.pubs + counts.gaps >= clients * CHANNELS_EACH, "the first messages"
+        )
+        server.stop()  # the restart: every client loses its connection
+        await asyncio.wait_for(asyncio.gather(*(task for _, task in opened)), TIMEOUT)
+        server = Server(redis_url, join_leave=True)
+        for room in STORM_ROOMS:  # published while the clients are away
+            await loop.run_in_executor(None, server.publish, _storm_channel(kind, room), {"n": 2})
+        counts = StormCounts()  # the reconnection alone
         commands_before = redis_commands(redis_url)
         before = sample(server.process.pid)
         started = time.monotonic()
-        clients = []
-        reconnecting = [
-            open_channels(server, connections // groups, _channels(group), positions)
-            for group in range(groups)
-        ]
-        for opened in await asyncio.wait_for(asyncio.gather(*reconnecting), TIMEOUT):
-            clients += opened
+        opened = await _storm_clients(server, kind, clients, positions, counts, batch=None)
         seconds = time.monotonic() - started
         after = sample(server.process.pid)
         commands = redis_commands(redis_url) - commands_before
-        await close_all(clients)
-        figures = {"seconds": seconds, "server_cpu_seconds": after.cpu_seconds - before.cpu_seconds}
+        await asyncio.sleep(1.0)  # events still on their way
+        figures = {
+            "sockets": sockets,
+            "seconds": seconds,
+            "server_cpu_seconds": after.cpu_seconds - before.cpu_seconds,
+            "join_leave_events": counts.events,
+            "recovered": counts.recovered,
+            "not_recovered": counts.not_recovered,
+            "gaps": counts.gaps,
+        }
         if redis_url:
             figures["redis_commands"] = commands
+        await close_all([client for client, _ in opened])
         return figures
     finally:
         server.stop()
@@ -297,33 +434,23 @@ def redis_commands(url: str) -> int:
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in CLIENT_COMMANDS)
 
 
-def _position_of(server: Server, channel: str) -> tuple[int, str]:
-    return asyncio.run(_read_position(server, channel))
-
-
-async def _read_position(server: Server, channel: str) -> tuple[int, str]:
-    async with connect(server.url("/connection/websocket"), ping_interval=None) as client:
-        await client.send(
-            '{"id":1,"connect":{}}\n' + json.dumps({"id": 2, "subscribe": {"channel": channel}})
-        )
-        while True:
-            for line in str(await client.recv()).split("\n"):
-                reply = json.loads(line)
-                if reply.get("id") == 2:
-                    return reply["subscribe"]["offset"] - 1, reply["subscribe"]["epoch"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--storm-clients", type=int, default=2000)
+    parser.add_argument("--storm-only", action="store_true", help="only the storm phase")
     parser.add_argument("--backend", choices=("memory", "redis"), default="memory")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.smoke:
         args.connections, args.messages, args.repetitions = 200, 10, 1
+        args.storm_clients = 100
+    # Broadcast clients hold 10 sockets each, in this process and in the server's (each
+    # inherits the limit), with some 200 files of their own.
+    raise_open_file_limit(args.storm_clients * CHANNELS_EACH + 200)
     output = args.output or ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y-%m-%d")
     with contextlib.ExitStack() as stack:
         redis_url = ""
@@ -334,11 +461,56 @@ def main() -> None:
             redis_url = stack.enter_context(RedisServer()).url
         report = measure(args, redis_url)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"channels-{args.backend}.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "channels-storm" if args.storm_only else "channels"
+    (output / f"{name}-{args.backend}.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def measure(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     """Every phase, each printed once measured; the report."""
+    report: dict[str, Any] = {"backend": args.backend}
+    if not args.storm_only:
+        report.update(measure_delivery_and_memory(args, redis_url))
+    stormed = {
+        kind: asyncio.run(storm(kind, args.storm_clients, redis_url))
+        for kind in ("channels", "broadcast")
+    }
+    report["storm"] = {
+        "clients": args.storm_clients,
+        "channels_each": CHANNELS_EACH,
+        "join_leave_limit": DEFAULT_JOIN_LEAVE_LIMIT,
+        **stormed,
+        "ratios": {
+            figure: stormed["channels"][figure] / stormed["broadcast"][figure]
+            for figure in stormed["channels"]
+            if stormed["broadcast"][figure]
+        },
+    }
+    print(
+        f"reconnect storm after a restart, {args.storm_clients} clients x {CHANNELS_EACH} "
+        f"rooms of all of them (join/leave limit {DEFAULT_JOIN_LEAVE_LIMIT}):",
+        flush=True,
+    )
+    for kind, figures in stormed.items():
+        redis = f", {figures['redis_commands']:.0f} commands to Redis" if redis_url else ""
+        print(
+            f"  {kind}: {figures['sockets']:.0f} sockets, all resubscribed in "
+            f"{figures['seconds']:.2f} s, server CPU {figures['server_cpu_seconds']:.2f} s"
+            f"{redis}, {figures['join_leave_events']:.0f} join/leave events, "
+            f"recovered {figures['recovered']:.0f}, not recovered {figures['not_recovered']:.0f}"
+            f", gaps {figures['gaps']:.0f}",
+            flush=True,
+        )
+    ratios = report["storm"]["ratios"]
+    print(
+        "  channels/broadcast: "
+        + ", ".join(f"{figure} {ratio:.2f}x" for figure, ratio in ratios.items()),
+        flush=True,
+    )
+    return report
+
+
+def measure_delivery_and_memory(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    """The delivery rounds and the memory per connection, printed; their report."""
     rounds = []
     for repetition in range(args.repetitions):
         order = ["broadcast", "channels"] if repetition % 2 == 0 else ["channels", "broadcast"]
@@ -353,10 +525,16 @@ def measure(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         kind: asyncio.run(memory_of(kind, args.connections, redis_url))
         for kind in ("broadcast", "channels")
     }
-    stormed = asyncio.run(storm(args.connections, redis_url))
     ratios = [round_["channels"] / round_["broadcast"] for round_ in rounds]
-    report = {
-        "backend": args.backend,
+    print(
+        f"server CPU per delivery, channels/broadcast: {median(ratios):.2f}x "
+        f"(rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)})\n"
+        f"memory per idle connection: broadcast {memory['broadcast'] / 1024:.1f} KiB (1 channel), "
+        f"channels {memory['channels'] / 1024:.1f} KiB ({CHANNELS_EACH} channels): "
+        f"{memory['channels'] / memory['broadcast']:.2f}x",
+        flush=True,
+    )
+    return {
         "connections": args.connections,
         "messages": args.messages,
         "rounds": rounds,
@@ -364,25 +542,7 @@ def measure(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         "cpu_per_delivery_ratios": ratios,
         "memory_per_connection_bytes": memory,
         "memory_ratio": memory["channels"] / memory["broadcast"],
-        "storm": {**stormed, "clients": args.connections, "channels_each": CHANNELS_EACH},
     }
-    redis_commands_line = (
-        f", commands sent to Redis {stormed['redis_commands']:.0f}"
-        if "redis_commands" in stormed
-        else ""
-    )
-    print(
-        f"server CPU per delivery, channels/broadcast: {median(ratios):.2f}x "
-        f"(rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)})\n"
-        f"memory per idle connection: broadcast {memory['broadcast'] / 1024:.1f} KiB (1 channel), "
-        f"channels {memory['channels'] / 1024:.1f} KiB ({CHANNELS_EACH} channels): "
-        f"{report['memory_ratio']:.2f}x\n"
-        f"reconnect of {args.connections} clients x {CHANNELS_EACH} channels, all recovered: "
-        f"{stormed['seconds']:.2f} s, server CPU {stormed['server_cpu_seconds']:.2f} s"
-        f"{redis_commands_line}",
-        flush=True,
-    )
-    return report
 
 
 if __name__ == "__main__":

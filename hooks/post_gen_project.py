@@ -54,8 +54,11 @@ CHANNELS_ONLY = [
     "websocket/tests/test_channels_tokens.py",
     "websocket/tests/test_namespaces.py",
     "websocket/tests/test_rpc.py",
+    "websocket/tests/test_personal_channels.py",
+    "websocket/tests/sample_channels_app.py",
     "websocket/tests/test_tokens.py",
     "channels.py",
+    "token_api.py",
 ]
 CHANNELS_TESTS = ["tests/test_channels.py"]
 

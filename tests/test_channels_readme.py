@@ -7,6 +7,9 @@ endpoint: the ``sh`` block mints the connection token (bash, with this virtualen
 node_modules (npm ``centrifuge``). Only the address changes: the snippets say
 ``127.0.0.1:8000``, the server listens on a free port. Each must print the publications
 that ``POST /api/publish`` sends to ``news:today``, so the docs cannot drift from the service.
+The section "Channels in a browser" (a page and its ``app.js``) runs in Chromium in
+tests/test_centrifuge_browser.py, and its token routes' answers are held by
+tests/test_centrifuge_tokens.py.
 """
 
 from __future__ import annotations
@@ -167,10 +170,7 @@ NOT_SERVED = [  # (what the README's table names, in its first column; what its 
     ("`centrifuge-protobuf`", "3501"),
     ("`delta` in `subscribe`", "whole publications"),
     ("`subs` in `connect`", "ignored"),
-    ("RPC (`rpc`)", "error 104"),
     ("`send`", "dropped"),
-    ("(`refresh`, `sub_refresh`)", "error 104"),
-    ("`token` in `subscribe`", "ignored"),
 ]
 
 
@@ -192,23 +192,14 @@ def test_the_readme_says_what_is_not_served_and_the_service_answers_as_it_says(
             connect_command = {"token": token("alice"), "subs": {"news:subs": {}}}
             await websocket.send(json.dumps({"id": 1, "connect": connect_command}))
             connected = json.loads(await websocket.recv())["connect"]
-            assert "subs" not in connected
-            assert "expires" not in connected  # nothing to refresh
-            for id_, method, body in [
-                (2, "rpc", {"method": "m", "data": {}}),
-                (3, "refresh", {"token": token("alice")}),
-                (4, "sub_refresh", {"channel": "news:a", "token": token("alice")}),
-            ]:
-                await websocket.send(json.dumps({"id": id_, method: body}))
-                reply = json.loads(await websocket.recv())
-                assert reply == {"id": id_, "error": {"code": 104, "message": "method not found"}}
-            subscribe = {"channel": "news:delta", "delta": "fossil", "token": "not-checked"}
-            await websocket.send(json.dumps({"id": 5, "subscribe": subscribe}))
+            assert list(connected["subs"]) == ["user:#alice"]  # her personal channel alone
+            subscribe = {"channel": "news:delta", "delta": "fossil"}
+            await websocket.send(json.dumps({"id": 2, "subscribe": subscribe}))
             subscribed = json.loads(await websocket.recv())["subscribe"]
             assert "delta" not in subscribed
             await websocket.send(json.dumps({"send": {"data": {"x": 1}}}))
-            await websocket.send(json.dumps({"id": 6, "history": {"channel": "news:delta"}}))
-            assert json.loads(await websocket.recv())["id"] == 6  # send: no reply, no close
+            await websocket.send(json.dumps({"id": 3, "history": {"channel": "news:delta"}}))
+            assert json.loads(await websocket.recv())["id"] == 3  # send: no reply, no close
             await websocket.send(b"\x0a\x00")  # a protobuf command
             with pytest.raises(ConnectionClosedError) as closed:
                 await websocket.recv()

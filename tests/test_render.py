@@ -154,6 +154,8 @@ CHANNELS_BACKEND_FILES = {
     "tests/test_channels_tokens.py",
     "tests/test_namespaces.py",
     "tests/test_rpc.py",
+    "tests/test_personal_channels.py",
+    "tests/sample_channels_app.py",
     "tests/test_tokens.py",
 }
 # The vendored files only projects with a hub (a broadcast or channels endpoint) keep.

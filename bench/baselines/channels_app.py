@@ -5,7 +5,10 @@ connection, its path) and ``/connection/websocket`` a ``channels`` endpoint
 (`run_channels`: the Centrifuge protocol, many channels per connection), both served by the
 vendored backend's raw-ASGI face, without the guard (neither kind pays for it here).
 ``POST /publish?channel=C`` publishes its body (a JSON object) to ``C`` on the hub and
-answers when it is published. With ``REDIS_URL`` set, the hub is a `RedisHub` there instead.
+answers its position when it is published. With ``REDIS_URL`` set, the hub is a `RedisHub`
+there instead. Join and leave events are off unless ``JOIN_LEAVE=yes`` (the storm's
+server: then the ``room`` namespace and the broadcast rooms send them, up to the hub's
+default ``join_leave_limit``).
 Run from the template's root::
 
     uvicorn --app-dir bench/baselines channels_app:app
@@ -36,19 +39,26 @@ from websocket.broadcast import HUB_STATE_KEY, Hub, MemoryHub, hub_of, run_broad
 from websocket.centrifuge_protocol import ChannelsConfig, run_channels
 from websocket.namespaces import ANYONE, Namespace, Namespaces
 
-CONFIG = ChannelsConfig(Namespaces([Namespace("news", subscribe=ANYONE)]), anonymous=True)
+NAMESPACES = Namespaces(
+    [
+        Namespace("news", subscribe=ANYONE),
+        Namespace("room", subscribe=ANYONE, presence=True, join_leave=True),
+    ]
+)
+CONFIG = ChannelsConfig(NAMESPACES, anonymous=True)
 
 
 @asynccontextmanager
 async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
     url = os.environ.get("REDIS_URL")
+    join_leave = os.environ.get("JOIN_LEAVE") == "yes"
     hub: Hub
     if url:
         from websocket.redis_hub import RedisHub
 
-        hub = RedisHub(url, join_leave=False)
+        hub = RedisHub(url, join_leave=join_leave)
     else:
-        hub = MemoryHub(join_leave=False)
+        hub = MemoryHub(join_leave=join_leave)
     hub.use_channel_options(CONFIG.namespaces.options_of)  # as generated apps do
     async with hub:
         yield {HUB_STATE_KEY: hub}
@@ -71,7 +81,7 @@ async def publish(scope: Scope, receive: Receive, send: Send) -> None:
             break
     channel = parse_qs(scope["query_string"].decode())["channel"][0]
     position = await hub_of(scope).publish(channel, json.loads(body))
-    await respond_json(send, {"offset": position.offset})
+    await respond_json(send, {"offset": position.offset, "epoch": position.epoch})
 
 
 app = Router(lifespan=lifespan)

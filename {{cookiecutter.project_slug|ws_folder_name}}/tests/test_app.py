@@ -144,6 +144,8 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
         ("TOKEN_PUBLIC_KEY", "not a PEM key"),
         ("ANONYMOUS_CONNECTIONS", "maybe"),
         ("MAX_CHANNELS_PER_CONNECTION", "0"),
+        ("CONNECTION_TOKEN_TTL_SECONDS", "0"),
+        ("SUBSCRIPTION_TOKEN_TTL_SECONDS", "-1"),
 {%- endif %}
 {%- if cookiecutter.metrics | ws_yes %}
         ("METRICS_ENABLED", "maybe"),

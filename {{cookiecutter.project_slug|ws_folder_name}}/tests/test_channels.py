@@ -1,13 +1,15 @@
 {%- set paths = cookiecutter.endpoints | ws_endpoints | selectattr("kind", "equalto", "channels") | map(attribute="path") | list -%}{#- none: removed after generation -#}
 {%- set redis = cookiecutter.broadcast_backend == "redis" -%}
 """The channels endpoint on a real uvicorn server, spoken to in raw Centrifuge commands (JSON):
-who may connect, subscribe and publish (channels.py), and ``POST /api/publish`` reaching
-subscribers. The Centrifuge SDKs speak the same protocol."""
+who may connect, subscribe and publish (channels.py), the personal channel, the RPC methods,
+the token routes (token_api.py) and ``POST /api/publish`` reaching subscribers. The
+Centrifuge SDKs speak the same protocol."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -80,10 +82,15 @@ class Centrifuge:
         self.pending: list[dict[str, Any]] = []
         self.ids = iter(range(1, 1000))
 
-    def command(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Send a command; its reply (pushes that come first wait in `pending`)."""
+    def command(
+        self, method: str, body: dict[str, Any], *, declared: bool = True
+    ) -> dict[str, Any]:
+        """Send a command; its reply (pushes that come first wait in `pending`). Unless
+        ``declared`` is False (a command made to be refused), the command must be one of
+        the endpoint's messages."""
         command = {"id": next(self.ids), method: body}
-        self.channel.check("client", command)
+        if declared:
+            self.channel.check("client", command)
         self.websocket.send(json.dumps(command))
         while True:
             message = self.receive()
@@ -120,6 +127,17 @@ def open_connection(server: LiveServer) -> Iterator[OpenConnection]:
         yield open_one
 
 
+def publish(server: LiveServer, body: dict[str, Any]) -> Any:
+    """``POST /api/publish`` with ``body``; its answer."""
+    request = urllib.request.Request(
+        server.url("/api/publish"),
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
 def test_an_anonymous_connect_is_refused_while_anonymous_connections_are_off(
     open_connection: OpenConnection,
 ) -> None:
@@ -135,7 +153,7 @@ def test_a_client_auth_py_let_in_connects_as_its_user(
     connected = alice.command("connect", {"name": "test"})["connect"]
     assert connected["client"]
     assert connected["pong"] is True
-    assert "subscribe" in alice.command("subscribe", {"channel": "user:#alice"})
+    assert list(connected["subs"]) == ["user:#alice"]  # her personal channel
     refused = alice.command("subscribe", {"channel": "user:#bob"})  # bob's alone
     assert refused["error"]["code"] == 103, refused
 
@@ -145,8 +163,8 @@ def test_a_connection_token_names_the_user(
 ) -> None:
     token = jwt.encode({"sub": "carol", "exp": int(time.time()) + 60}, SECRET, "HS256")
     carol = open_connection()
-    assert "connect" in carol.command("connect", {"token": token})
-    assert "subscribe" in carol.command("subscribe", {"channel": "user:#carol"})
+    connected = carol.command("connect", {"token": token})["connect"]
+    assert list(connected["subs"]) == ["user:#carol"]
 
 
 def test_a_channel_of_no_namespace_is_unknown(
@@ -164,20 +182,96 @@ def test_a_message_published_over_http_reaches_subscribers_as_the_publication_s_
     reader = open_connection("reader")
     reader.command("connect", {})
     assert "subscribe" in reader.command("subscribe", {"channel": "news:today"})
-    body = {"channel": "news:today", "message": {"headline": "h\u00e9llo \u2713"}}
-    request = urllib.request.Request(
-        server.url("/api/publish"),
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        answer = json.load(response)
+    message = {"headline": "h\u00e9llo \u2713"}
+    answer = publish(server, {"channel": "news:today", "message": message})
     push = reader.receive()["push"]
     assert push["channel"] == "news:today"
     assert push["pub"]["data"] == {"headline": "h\u00e9llo \u2713"}
     assert push["pub"]["offset"] == answer["offset"]
     refused = reader.command("publish", {"channel": "news:today", "data": {}})
     assert refused["error"]["code"] == 103, refused  # news: only the service publishes
+
+
+def ask_token(server: LiveServer, path: str, user: str, body: object = None) -> tuple[int, Any]:
+    """The status and answer of a token route, asked with ``user``'s cookie."""
+    request = urllib.request.Request(
+        server.url(path),
+        data=json.dumps(body or {}).encode(),
+        headers={"content-type": "application/json", "cookie": f"user={user}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.load(error)
+
+
+def test_the_token_routes_mint_tokens_for_the_user_auth_py_finds(server: LiveServer) -> None:
+    status, answer = ask_token(server, "/api/tokens/connection", "alice")
+    assert status == 200, answer
+    assert jwt.decode(answer["token"], SECRET, ["HS256"])["sub"] == "alice"
+    channel = {"channel": "private:notes#alice"}
+    status, answer = ask_token(server, "/api/tokens/subscription", "alice", channel)
+    assert status == 200, answer
+    assert jwt.decode(answer["token"], SECRET, ["HS256"])["channel"] == "private:notes#alice"
+    assert ask_token(server, "/api/tokens/subscription", "bob", channel)[0] == 403
+    assert ask_token(server, "/api/tokens/connection", "")[0] == 401
+
+
+def test_a_private_channel_takes_the_subscription_token_the_route_minted(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    alice = open_connection("alice")
+    alice.command("connect", {})
+    refused = alice.command("subscribe", {"channel": "private:notes#alice"})
+    assert refused["error"]["code"] == 103, refused  # no token
+    channel = {"channel": "private:notes#alice"}
+    _, answer = ask_token(server, "/api/tokens/subscription", "alice", channel)
+    subscribed = alice.command("subscribe", {**channel, "token": answer["token"]})
+    assert subscribed["subscribe"]["expires"] is True, subscribed
+
+
+def test_each_connection_of_a_user_is_on_the_personal_channel_from_the_start(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    erin = open_connection("erin")
+    connected = erin.command("connect", {})["connect"]
+    assert connected["subs"]["user:#erin"]["recoverable"] is True
+    body = {"user": "erin", "message": {"text": "your export is ready"}}
+    publish(server, body)
+    push = erin.receive()["push"]
+    assert (push["channel"], push["pub"]["data"]) == ("user:#erin", body["message"])
+    refused = erin.command("unsubscribe", {"channel": "user:#erin"})
+    assert refused["error"]["code"] == 103, refused  # the service's to end
+
+
+def test_the_rpc_methods_answer_who_the_connection_is_and_page_through_history(
+    server: LiveServer, open_connection: OpenConnection
+) -> None:
+    frank = open_connection("frank")
+    frank.command("connect", {})
+    reply = frank.command("rpc", {"method": "whoami", "data": {}})
+    assert reply["rpc"]["data"] == {"user": "frank"}
+    for n in range(5):
+        publish(server, {"channel": "news:pages", "message": {"n": n}})
+    pages, before = [], None
+    while True:
+        data: dict[str, Any] = {"channel": "news:pages", "limit": 2}
+        if before is not None:
+            data["before"] = before
+        page = frank.command("rpc", {"method": "history_page", "data": data})["rpc"]["data"]
+        pages.append([publication["data"]["n"] for publication in page["publications"]])
+        before = page["next"]
+        if before is None:
+            break
+    assert pages == [[4, 3], [2, 1], [0]]
+    bad = {"method": "history_page", "data": {"channel": 1}}
+    refused = frank.command("rpc", bad, declared=False)
+    assert refused["error"]["code"] == 107, refused  # not what its params schema says
+    private = {"channel": "private:notes#alice"}
+    refused = frank.command("rpc", {"method": "history_page", "data": private})
+    assert refused["error"] == {"code": 403, "message": "permission denied"}, refused
 {%- if cookiecutter.metrics | ws_yes %}
 
 

@@ -223,6 +223,7 @@ UNREAD = [
     "PUBLISH_API_KEY",
     "PRESENCE_ENABLED",
     "JOIN_LEAVE_EVENTS",
+    "JOIN_LEAVE_LIMIT",
     "PRESENCE_LIST_LIMIT",
 {%- endif %}
 {%- if not redis %}
@@ -236,6 +237,8 @@ UNREAD = [
     "TOKEN_PUBLIC_KEY",
     "ANONYMOUS_CONNECTIONS",
     "MAX_CHANNELS_PER_CONNECTION",
+    "CONNECTION_TOKEN_TTL_SECONDS",
+    "SUBSCRIPTION_TOKEN_TTL_SECONDS",
 {%- endif %}
 {%- if not ticker %}
     "TICK_SECONDS",

@@ -5,7 +5,8 @@
 """The ASGI application: the service's websocket endpoints, plus ``GET /healthz``,
 ``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %},
 ``POST /api/publish`` and ``GET /api/presence`` (``websocket/publish_api.py``, off until
-``PUBLISH_API_KEY`` is set){% endif %}{% if metrics %}
+``PUBLISH_API_KEY`` is set){% endif %}{% if channels %}, ``POST /api/tokens/connection`` and
+``POST /api/tokens/subscription`` (the channels endpoint's tokens, ``token_api.py``){% endif %}{% if metrics %}
 and ``GET /metrics`` (Prometheus, ``websocket/metrics.py``; ``METRICS_ENABLED``, ``METRICS_API_KEY``){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
@@ -54,9 +55,12 @@ from starlette.routing import Route
 
 from . import __version__, auth, endpoints
 {%- if channels %}
-from .channels import NAMESPACES, channels_config
+from .channels import NAMESPACES, channels_config, grants_token, use_hub
 {%- endif %}
 from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, misspelt_settings, refuse_to_start
+{%- if channels %}
+from .token_api import CONNECTION_PATH, SUBSCRIPTION_PATH, TokenAPI
+{%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
 from .websocket.backend import create_router, websocket_routes
@@ -72,6 +76,9 @@ from .websocket.metrics import Metrics, MetricsEndpoint
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PRESENCE_PATH, PublishAPI, add_to_openapi
+{%- endif %}
+{%- if channels %}
+from .websocket.tokens import TokenSigner
 {%- endif %}
 {%- else %}
 from .websocket.asgi import Receive, Scope, Send
@@ -90,6 +97,9 @@ from .websocket.metrics import Metrics, MetricsEndpoint
 {%- if broadcast %}
 from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PRESENCE_PATH, PublishAPI
+{%- endif %}
+{%- if channels %}
+from .websocket.tokens import TokenSigner
 {%- endif %}
 {%- endif %}
 from .websocket.workers import server_workers
@@ -152,6 +162,11 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     app.add_exception_handler(HubUnavailable, hub_unavailable)
     app.router.routes.append(Route(PUBLISH_PATH, publish_api(settings)))
     app.router.routes.append(Route(PRESENCE_PATH, publish_api(settings)))
+{%- if channels %}
+    tokens = token_api(settings, authenticate)
+    app.router.routes.append(Route(CONNECTION_PATH, tokens))
+    app.router.routes.append(Route(SUBSCRIPTION_PATH, tokens))
+{%- endif %}
     app.openapi = openapi_of(app)  # type: ignore[method-assign]  # FastAPI's documented way
 {%- endif %}
 {%- if metrics %}
@@ -244,6 +259,11 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
 {%- if broadcast %}
     app.add_http_route(PUBLISH_PATH, publish_api(settings), methods=None)
     app.add_http_route(PRESENCE_PATH, publish_api(settings), methods=None)
+{%- if channels %}
+    tokens = token_api(settings, authenticate)
+    app.add_http_route(CONNECTION_PATH, tokens, methods=None)
+    app.add_http_route(SUBSCRIPTION_PATH, tokens, methods=None)
+{%- endif %}
 {%- endif %}
 {%- if metrics %}
     if metrics is not None:
@@ -311,6 +331,23 @@ def publish_api(settings: Settings) -> PublishAPI:
 {%- endif %}
     )
 {%- endif %}
+{%- if channels %}
+
+
+def token_api(settings: Settings, authenticate: Authenticator) -> TokenAPI:
+    """``POST /api/tokens/connection`` and ``POST /api/tokens/subscription``: the channels
+    endpoint's tokens for the user ``authenticate`` (auth.py) finds in a request."""
+    secret = settings.token_hmac_secret_key
+    return TokenAPI(
+        authenticate=authenticate,
+        namespaces=NAMESPACES,
+        grants=grants_token,
+        signer=TokenSigner(secret) if secret else None,
+        connection_ttl=settings.connection_token_ttl_seconds,
+        subscription_ttl=settings.subscription_token_ttl_seconds,
+        allowed_origins=settings.policy().allowed_origins,
+    )
+{%- endif %}
 
 
 def configure_gc(threshold: int) -> None:
@@ -370,7 +407,15 @@ async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
         metrics.watch_hub(hub)
 {%- endif %}
     async with hub:
+{%- if channels %}
+        use_hub(hub)  # for the RPC methods of channels.py
+        try:
+            yield {HUB_STATE_KEY: hub}
+        finally:
+            use_hub(None)
+{%- else %}
         yield {HUB_STATE_KEY: hub}
+{%- endif %}
 {%- endif %}
 
 

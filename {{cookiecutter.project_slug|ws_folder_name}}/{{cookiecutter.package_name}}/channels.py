@@ -22,24 +22,39 @@ what they missed: ``history_size`` of them (the service's ``HISTORY_SIZE`` unles
 for ``history_ttl`` seconds (``HISTORY_TTL_SECONDS``). The hub keeps no presence and no
 history where a namespace asks for none. The namespaces are read at start-up: change them
 here and restart (every process of the service with the same ones).
+
+``TOKEN`` lets in a connection that sends a subscription token for the channel and its
+user: the service mints them at ``POST /api/tokens/subscription`` (``token_api.py``) for
+the channels `grants_token` gives the user. A ``personal`` namespace subscribes every
+connection with a user to the user's own channel at connect (``user:#alice``), whatever the
+client asks. `RPC` holds the methods clients call with ``rpc`` (README, "Channels in a
+browser").
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from . import __version__
 from .settings import Settings, SettingsError
+from .websocket.broadcast import Hub
 from .websocket.centrifuge_protocol import ChannelsConfig
 from .websocket.namespaces import (
     ANYONE,
     AUTHENTICATED,
     NOBODY,
     SUBSCRIBERS,
+    TOKEN,
     USER_LIMITED,
+    ChannelRequest,
     Namespace,
     Namespaces,
+    allows,
+    channel_users,
 )
+from .websocket.rpc import RpcError, RpcMethods, RpcRequest
+from .websocket.session import loads
 from .websocket.tokens import TokenVerifier
 
 NAMESPACES = Namespaces(
@@ -55,10 +70,121 @@ NAMESPACES = Namespaces(
         ),
         # Anyone reads; only the service publishes (POST /api/publish, hub.publish).
         Namespace("news", subscribe=ANYONE, publish=NOBODY, history=True),
-        # One user's own channel, user:#<user>: for what the service tells them alone.
-        Namespace("user", subscribe=USER_LIMITED, publish=NOBODY),
+        # Who may read is the application's call, made when it mints a subscription
+        # token (grants_token, below); only the service publishes.
+        Namespace("private", subscribe=TOKEN, publish=NOBODY, history=True),
+        # One user's own channel, user:#<user>, every connection of the user is on from
+        # the start: what the service tells them alone (POST /api/publish with "user").
+        Namespace("user", subscribe=USER_LIMITED, publish=NOBODY, personal=True),
     ]
 )
+
+
+async def grants_token(request: ChannelRequest) -> bool:
+    """Whether ``request.user`` may have a subscription token for ``request.channel`` (of a
+    ``TOKEN`` namespace), asked by ``POST /api/tokens/subscription``.
+
+    As generated, only the users the channel names after its ``#``: ``private:notes#alice``
+    is alice's, ``private:plans#alice,bob`` theirs, and no channel without a ``#`` is
+    anyone's. Put your application's check here (team membership, a subscription in your
+    database...); ``request.identity`` is what auth.py returned for the request.
+    """
+    return request.user in channel_users(request.channel)
+
+
+WHOAMI_RESULT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"user": {"type": "string", "description": "The connection's user."}},
+    "required": ["user"],
+}
+HISTORY_PAGE_PARAMS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "channel": {"type": "string", "description": "A channel the user may subscribe to."},
+        "before": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "The cursor: publications before this offset (none: the newest).",
+        },
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    },
+    "required": ["channel"],
+    "additionalProperties": False,
+}
+HISTORY_PAGE_RESULT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "publications": {
+            "type": "array",
+            "description": "Newest first.",
+            "items": {
+                "type": "object",
+                "properties": {"offset": {"type": "integer"}, "data": {}},
+                "required": ["offset", "data"],
+            },
+        },
+        "epoch": {"type": "string"},
+        "next": {
+            "type": ["integer", "null"],
+            "description": "The ``before`` of the next (older) page; null: this is the last.",
+        },
+    },
+    "required": ["publications", "epoch", "next"],
+}
+
+
+class _Running:
+    hub: Hub | None = None
+    """The hub of the running service, for the RPC methods (`use_hub`)."""
+
+
+_running = _Running()
+
+
+def use_hub(hub: Hub | None) -> None:
+    """Give the RPC methods the hub of the service (``app.py``'s lifespan, at start and stop)."""
+    _running.hub = hub
+
+
+RPC = RpcMethods()
+"""The methods clients call with ``rpc`` (centrifuge-js ``centrifuge.rpc(method, data)``):
+an async function of an `RpcRequest` each, whose ``params`` schema (JSON Schema) the data
+must match (or the client gets error 107) and whose answer is the reply's data. Raise
+``RpcError(code, message)`` (codes from 400 up) to refuse a call."""
+
+
+@RPC.method("whoami", params={"type": "object"}, result=WHOAMI_RESULT)
+async def whoami(request: RpcRequest) -> dict[str, str]:
+    """Who the connection is: ``{"user": "alice"}``."""
+    return {"user": request.user}
+
+
+@RPC.method("history_page", params=HISTORY_PAGE_PARAMS, result=HISTORY_PAGE_RESULT)
+async def history_page(request: RpcRequest) -> dict[str, Any]:
+    """A page of a channel's history, newest first: ``limit`` publications before the
+    offset ``before``, and ``next``, the cursor of the page after (older). Only for a user
+    who may subscribe to the channel (error 403), of a namespace with history (404)."""
+    channel: str = request.data["channel"]
+    namespace = NAMESPACES.find(channel)
+    if namespace is None or not namespace.history:
+        raise RpcError(404, "no such channel with history")
+    asked = ChannelRequest(channel, namespace, request.user, request.identity, False)
+    rule = grants_token if namespace.subscribe is TOKEN else namespace.subscribe
+    if not await allows(rule, asked):
+        raise RpcError(403, "permission denied")
+    before = request.data.get("before")
+    if _running.hub is None:
+        raise RpcError(503, "the service is starting", temporary=True)
+    top, history = await _running.hub.history(channel)
+    older = [p for p in history if before is None or p.offset < before]
+    page = older[-request.data.get("limit", 20) :][::-1]
+    publications = [{"offset": p.offset, "data": loads(p.text)["message"]} for p in page]
+    more = bool(page) and older[0].offset < page[-1].offset
+    return {
+        "publications": publications,
+        "epoch": top.epoch,
+        "next": page[-1].offset if more else None,
+    }
 
 
 @lru_cache(maxsize=1)
@@ -77,4 +203,5 @@ def channels_config(settings: Settings) -> ChannelsConfig:
         version=__version__,
         commands_per_second=settings.messages_per_second,  # a frame may carry many commands
         command_burst=settings.message_burst,
+        rpc=RPC,
     )

@@ -43,7 +43,7 @@ from fastapi import WebSocket
 {{ "" }}
 {%- endif %}
 {%- if "channels" in kinds %}
-from .channels import channels_config
+from .channels import RPC, channels_config
 {%- endif %}
 {%- if "ticker" in kinds or "channels" in kinds %}
 from .settings import get_settings
@@ -52,7 +52,8 @@ from .settings import get_settings
 from .websocket.asgi import WebSocket
 {%- endif %}
 {%- set ns = namespace(declared=[]) %}
-{%- for kind in ["broadcast", "channels", "echo", "keepalive", "ticker"] %}{% if kind in kinds %}{% set ns.declared = ns.declared + [kind | upper ~ "_ENDPOINT"] %}{% endif %}{% endfor %}
+{%- for kind in ["broadcast", "echo", "keepalive", "ticker"] %}{% if kind in kinds %}{% set ns.declared = ns.declared + [kind | upper ~ "_ENDPOINT"] %}{% endif %}{% endfor %}
+{%- if "channels" in kinds %}{% set ns.declared = ns.declared + ["channels_endpoint"] %}{% endif %}
 {%- set asyncapi_line = "from .websocket.asyncapi import " ~ (ns.declared + ["declares"]) | join(", ") %}
 {%- macro asyncapi_import() %}
 {%- if asyncapi_line | length <= 100 %}
@@ -91,7 +92,7 @@ from .websocket.centrifuge_protocol import run_channels
 {%- for endpoint in endpoints %}
 
 
-@declares({{ endpoint.kind | upper }}_ENDPOINT)
+@declares({% if endpoint.kind == "channels" %}channels_endpoint(RPC){% else %}{{ endpoint.kind | upper }}_ENDPOINT{% endif %})
 async def {{ endpoint.handler }}(websocket: WebSocket) -> None:
 {%- if endpoint.kind == "keepalive" %}
     """``{{ endpoint.path }}``: answers each keepalive with a keepalive_ack."""

@@ -75,6 +75,7 @@ UNREAD_VARIABLES = {
     "PUBLISH_API_KEY": NO_HUB,
     "PRESENCE_ENABLED": NO_HUB,
     "JOIN_LEAVE_EVENTS": NO_HUB,
+    "JOIN_LEAVE_LIMIT": NO_HUB,
     "PRESENCE_LIST_LIMIT": NO_HUB,
     "PRESENCE_TTL_SECONDS": NO_HUB,
 {%- endif %}
@@ -83,6 +84,8 @@ UNREAD_VARIABLES = {
     "TOKEN_PUBLIC_KEY": NO_CHANNELS,
     "ANONYMOUS_CONNECTIONS": NO_CHANNELS,
     "MAX_CHANNELS_PER_CONNECTION": NO_CHANNELS,
+    "CONNECTION_TOKEN_TTL_SECONDS": NO_CHANNELS,
+    "SUBSCRIPTION_TOKEN_TTL_SECONDS": NO_CHANNELS,
 {%- endif %}
 {%- if not ticker %}
     "TICK_SECONDS": NO_TICKER,
@@ -128,6 +131,7 @@ class Settings:
     presence_enabled: bool = True
     """Whether {% if channels %}the hub keeps{% else %}broadcast endpoints keep{% endif %} presence: who is on each channel."""
     join_leave_events: bool = True
+    join_leave_limit: int = 100
     """Whether a channel's clients are told who joins and leaves it (with presence only)."""
     presence_list_limit: int = 1000
     """Clients listed in a presence answer at most (its count is always the whole room's)."""
@@ -141,6 +145,10 @@ class Settings:
     """Whether a channels connection with no user (no token, no identity) may connect."""
     max_channels_per_connection: int = 128
     """Channels one connection of a channels endpoint may be subscribed to at once."""
+    connection_token_ttl_seconds: float = 600.0
+    """How long a connection token from ``POST /api/tokens/connection`` is valid."""
+    subscription_token_ttl_seconds: float = 600.0
+    """How long a subscription token from ``POST /api/tokens/subscription`` is valid."""
 {%- endif %}
 {%- if redis %}
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
@@ -203,6 +211,7 @@ class Settings:
             publish_api_key=read("PUBLISH_API_KEY", _api_key, cls.publish_api_key),
             presence_enabled=read("PRESENCE_ENABLED", _flag, cls.presence_enabled),
             join_leave_events=read("JOIN_LEAVE_EVENTS", _flag, cls.join_leave_events),
+            join_leave_limit=read("JOIN_LEAVE_LIMIT", _positive(int), cls.join_leave_limit),
             presence_list_limit=read(
                 "PRESENCE_LIST_LIMIT", _positive(int), cls.presence_list_limit
             ),
@@ -215,6 +224,14 @@ class Settings:
             anonymous_connections=read("ANONYMOUS_CONNECTIONS", _flag, cls.anonymous_connections),
             max_channels_per_connection=read(
                 "MAX_CHANNELS_PER_CONNECTION", _positive(int), cls.max_channels_per_connection
+            ),
+            connection_token_ttl_seconds=read(
+                "CONNECTION_TOKEN_TTL_SECONDS", _positive(float), cls.connection_token_ttl_seconds
+            ),
+            subscription_token_ttl_seconds=read(
+                "SUBSCRIPTION_TOKEN_TTL_SECONDS",
+                _positive(float),
+                cls.subscription_token_ttl_seconds,
             ),
 {%- endif %}
 {%- if redis %}
@@ -340,6 +357,7 @@ class Settings:
             timeout=self.redis_timeout_seconds,
             presence=self.presence_enabled,
             join_leave=self.join_leave_events,
+            join_leave_limit=self.join_leave_limit,
             presence_limit=self.presence_list_limit,
             presence_ttl=self.presence_ttl_seconds,
         )
@@ -350,6 +368,7 @@ class Settings:
             history_ttl=self.history_ttl_seconds,
             presence=self.presence_enabled,
             join_leave=self.join_leave_events,
+            join_leave_limit=self.join_leave_limit,
             presence_limit=self.presence_list_limit,
         )
 {%- endif %}

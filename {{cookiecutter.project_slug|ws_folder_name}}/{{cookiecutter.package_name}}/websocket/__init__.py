@@ -65,6 +65,31 @@ subscription tokens and lifetimes. Upgrading: a hand-written `Namespace` rule th
 ``rule is ...`` for each `Allow` must handle ``TOKEN``; ``ChannelRequest`` gained a field
 (``token``, last, defaulting to None).
 
+2.5.0 (issue 27, personal channels and the reconnect storm): `Namespace(personal=True)`
+subscribes every connection with a user, at connect, to its user's channel of that
+namespace (``user:#alice``; `Namespaces.personal_channels`): a server-side subscription
+in the connect reply's ``subs``, recovered through the client's ``connect.subs``, its
+publications pushed on that channel; the client cannot unsubscribe from it (103), and one
+that missed messages it cannot be sent closes the connection with 3010 (the SDK reconnects
+and recovers). Such a connection no longer listens to ``message`` pushes: what is sent to
+its user reaches it on the personal channel, once and recoverable. `publish_api.send_to_user`
+(and ``POST /api/publish`` with a ``user``, whose answer now lists ``channels`` with their
+positions) publishes to the user's personal channels and sends the direct message to their
+other connections. Join and leave events stop on a channel of more than
+``join_leave_limit`` clients (`MemoryHub`, `RedisHub`, `ShardedRedisHub`; default 100;
+`Hub.announces`), so N clients reconnecting at once no longer cost N squared events; the
+Redis hub counts a channel's presence in its join and leave scripts (their arguments
+gained the limit: a 2.4 process on the same Redis runs its own, and still sends the events
+of its clients past the limit), and delivers an event only while the process has at most
+the limit of subscribers of the channel. `Fanout.count` gives a channel's local
+subscriptions. Upgrading: a personal `Namespace` must keep its channels to
+their user (``subscribe=USER_LIMITED`` or ``NOBODY``); a client of a personal namespace's
+endpoint that read ``message`` pushes reads publications of its personal channel instead.
+A pong (or a connect) that waits behind a frame the server is still answering is no longer
+taken for a dead client: the ping task gives the reader `centrifuge_protocol.CATCH_UP`
+(1 s) after its last answer before closing with 3012 (or 3502); in a reconnect storm on
+Redis, frames of ten subscriptions took over 20 s to answer, and their clients were closed.
+
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the
 protocol: ``Hub.publish(..., info=...)`` puts who published a message in its envelope

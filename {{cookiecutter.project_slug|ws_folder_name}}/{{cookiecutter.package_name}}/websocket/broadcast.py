@@ -112,6 +112,9 @@ CLIENT_ID_BYTES: Final = 16
 """Random bytes in a client_id (22 characters of base64url)."""
 DEFAULT_PRESENCE_LIMIT: Final = 1000
 """Clients listed in a presence answer at most (its ``count`` is always the whole room's)."""
+DEFAULT_JOIN_LEAVE_LIMIT: Final = 100
+"""Clients a channel has at most for its join and leave events to be sent (see
+`Hub.announces`): past it, a reconnect storm of N clients would send N squared of them."""
 
 JSONValue = str | int | float | bool | None | list[Any] | dict[str, Any]
 """A value that is JSON: what a presence list shows of a client's user."""
@@ -738,6 +741,10 @@ class Fanout:
     def has_subscriptions(self, channel: str) -> bool:
         return channel in self._channels  # remove() drops a channel's empty set
 
+    def count(self, channel: str) -> int:
+        """How many subscriptions ``channel`` has here."""
+        return len(self._channels.get(channel, ()))
+
     def deliver(self, channel: str, publication: Publication) -> None:
         for subscription in self._channels.get(channel, ()):
             subscription.deliver(publication)
@@ -790,6 +797,18 @@ class Hub(abc.ABC):
     """The options of a channel, where some channels differ (`use_channel_options`)."""
     defaults: Kept = Kept(DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, True, True)
     """What the hub keeps of a channel without options (its own settings)."""
+    join_leave_limit: int | None = DEFAULT_JOIN_LEAVE_LIMIT
+    """Clients a channel has at most for its join and leave events to be sent (None: no
+    limit); see `announces`."""
+
+    def announces(self, present: int) -> bool:
+        """Whether a client joining or leaving a channel of ``present`` clients (itself
+        included) is told to the others. Join and leave events stop past
+        ``join_leave_limit`` clients: N clients reconnecting at once (a restart) would
+        otherwise send N * (N - 1) / 2 of them per channel (Centrifugo's documented
+        pitfall); presence still counts and lists everyone."""
+        limit = self.join_leave_limit
+        return limit is None or present <= limit
 
     def use_channel_options(self, options_of: Callable[[str], ChannelOptions | None]) -> None:
         """Keep of each channel what ``options_of(channel)`` says (None: the hub's settings):
@@ -930,7 +949,8 @@ class MemoryHub(Hub):
     """A hub inside one process: reaches the connections of this process only.
 
     Channels' positions and histories live in the process and are lost with it (a new epoch
-    then). ``clock`` (seconds, monotonic) is for tests.
+    then). Join and leave events stop on channels of more than ``join_leave_limit``
+    clients (`Hub.announces`). ``clock`` (seconds, monotonic) is for tests.
     """
 
     def __init__(
@@ -942,12 +962,14 @@ class MemoryHub(Hub):
         presence: bool = True,
         join_leave: bool = True,
         presence_limit: int = DEFAULT_PRESENCE_LIMIT,
+        join_leave_limit: int | None = DEFAULT_JOIN_LEAVE_LIMIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
         if presence_limit < 1:
             raise ValueError("presence_limit must be at least 1.")
+        self.join_leave_limit = checked_join_leave_limit(join_leave_limit)
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.presence_enabled = presence
@@ -1010,7 +1032,7 @@ class MemoryHub(Hub):
         subscription.resume(
             subscription.needed(stream.history), Position(stream.offset, stream.epoch)
         )
-        if kept.join_leave:
+        if kept.join_leave and self.announces(self._fanout.count(channel)):
             self._fanout.notify(
                 channel, presence_event("join", subscription), subscription.client_id
             )
@@ -1036,7 +1058,12 @@ class MemoryHub(Hub):
     async def unsubscribe(self, subscription: Subscription) -> None:
         leaving = not subscription.ended
         channel = subscription.channel
-        if not self._fanout.remove(subscription) and leaving and self.kept(channel).join_leave:
+        if (
+            not self._fanout.remove(subscription)
+            and leaving
+            and self.kept(channel).join_leave
+            and self.announces(self._fanout.count(channel) + 1)
+        ):
             self._fanout.notify(subscription.channel, presence_event("leave", subscription))
 
     async def presence(self, channel: str) -> Presence:
@@ -1102,6 +1129,13 @@ def dropped_notice(channel: str, count: int | None, position: Position) -> str:
 
 
 PRESENCE_OFF: Final = "presence is off on this service (PRESENCE_ENABLED=no)"
+
+
+def checked_join_leave_limit(limit: int | None) -> int | None:
+    """``limit`` checked: at least 1, or None (no limit)."""
+    if limit is not None and limit < 1:
+        raise ValueError("join_leave_limit must be at least 1, or None for no limit.")
+    return limit
 
 
 def presence_event(kind: str, subscription: Subscription) -> str:

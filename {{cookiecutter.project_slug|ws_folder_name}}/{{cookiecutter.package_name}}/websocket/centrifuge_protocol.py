@@ -16,6 +16,16 @@ by newlines; ``connect`` (a connection token, or the identity auth.py gave the h
 and ``message``; pings ``{}`` answered by pongs ``{}``. Errors carry the protocol's codes;
 a client that breaks the protocol is disconnected with its close codes.
 
+Server-side subscriptions: a connection with a user is subscribed at connect to its
+user's channel of each *personal* namespace (``user:#alice``, `Namespace.personal`); the
+connect reply's ``subs`` gives each one's subscribe result (position, and the
+publications recovered from where the client's ``connect.subs`` says it was), and its
+publications come as ``pub`` pushes of that channel (the SDKs emit them on the client, not
+on a subscription). Such a connection gets what is sent to its user there, recoverable,
+and no ``message`` pushes; the client cannot unsubscribe from it (103), and one that
+missed messages it cannot be sent closes the connection with 3010 so that the SDK
+reconnects and recovers them.
+
 Tokens (``tokens.py``), as Centrifugo answers them: a connection token with ``exp`` makes
 the connect reply say ``expires`` and ``ttl``; the client renews it with ``refresh``, and a
 connection not renewed by ``exp`` (and ``expired_close_delay`` seconds of grace) is closed
@@ -29,8 +39,8 @@ user or connection, a close with 3500. One with ``exp`` is renewed by ``sub_refr
 data that does not match the method's schema, 107; the method's `RpcError`, its code and
 message; any other exception, 100 and a log line, the connection goes on. ``send`` goes to
 its handler there, with no reply. Not served: unidirectional transports, the protobuf
-encoding, delta compression, server-side subscriptions (``connect.subs``) and the
-server-side refresh of tokens.
+encoding, delta compression, server-side subscriptions other than personal channels, and
+the server-side refresh of tokens.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
@@ -78,6 +88,10 @@ ended (Centrifuge's default): the SDKs renew a token when its ``ttl`` is up, not
 MAX_COMMANDS_PER_FRAME: Final = 512
 """Commands in one frame at most (the SDKs send ``connect`` and every subscription
 together); a frame of more is a broken client, disconnected."""
+CATCH_UP: Final = 1.0
+"""Seconds the reader has, once it has answered a frame, to read what waited behind it
+before a pong (or a connect) is judged late: a client is not late for the server's own
+delay (a frame of subscriptions answered slowly in a reconnect storm)."""
 SUBSCRIBE_TIMEOUT: Final = 4.0
 """Seconds a subscription may take to get its position from the hub (Redis away): then
 the client is told to try again (a temporary error), before the SDKs' own timeout (5 s)
@@ -129,6 +143,9 @@ NO_PONG: Final = Disconnect(3012, "no pong")
 INVALID_TOKEN: Final = Disconnect(3500, "invalid token")
 PROTOCOL_VIOLATION: Final = Disconnect(3501, "bad request")
 STALE: Final = Disconnect(3502, "stale")
+INSUFFICIENT_STATE_CLOSE: Final = Disconnect(3010, "insufficient state")
+"""How a server-side subscription (a personal channel) that missed messages it cannot be
+sent ends: the connection closes, and the SDK reconnects and recovers them (connect.subs)."""
 
 INSUFFICIENT_STATE: Final = 2500
 """The unsubscribe push's code for a subscription that missed messages it cannot be sent
@@ -352,6 +369,8 @@ class _Connection:
         self.tokens_checked = asyncio.get_running_loop().time()
         self.leaving: set[asyncio.Task[None]] = set()
         """Unsubscriptions under way, of subscriptions that missed messages."""
+        self.server_side: set[str] = set()
+        """The channels the server subscribed the connection to (its personal channels)."""
         self.by_token = False
         """Whether the connection's identity is the claims of its connection token."""
         self.expires_at: float | None = None
@@ -360,6 +379,10 @@ class _Connection:
         """When each subscription made with an expiring token ends unless renewed."""
         self.wake: asyncio.Future[None] | None = None
         """What the ping task sleeps on: woken early when a deadline comes nearer."""
+        self.answering = False
+        """Whether the reader is answering a frame (what the client sent next waits)."""
+        self.answered_at = 0.0
+        """When the reader last finished answering a frame (the loop's clock)."""
 
     # The tasks of the session: reading commands, writing pushes, pinging.
 
@@ -373,7 +396,20 @@ class _Connection:
             try:
                 if frame is None:
                     raise BadRequest("binary frames are not JSON commands")
-                replies, later = await self._answer(frame)
+                self.answering = True
+                try:
+                    replies, later = await self._answer(frame)
+                finally:
+                    self.answering = False
+                    self.answered_at = asyncio.get_running_loop().time()
+                if replies:
+                    await websocket.send_text("\n".join(replies))
+                for subscription, pushes in later:
+                    for text in pushes:
+                        if (push := self._push_of(subscription, text)) is not None:
+                            await websocket.send_text(push)
+                    if self.subscriptions.get(subscription.channel) is subscription:
+                        subscription.attach(self.inbox)
             except BadRequest as error:
                 logger.info("channels %s: disconnected: %s", self.path, error)
                 await self._close(websocket, PROTOCOL_VIOLATION)
@@ -381,14 +417,6 @@ class _Connection:
             except Disconnected as error:
                 await self._close(websocket, error.disconnect)
                 return
-            if replies:
-                await websocket.send_text("\n".join(replies))
-            for subscription, pushes in later:
-                for text in pushes:
-                    if (push := self._push_of(subscription, text)) is not None:
-                        await websocket.send_text(push)
-                if self.subscriptions.get(subscription.channel) is subscription:
-                    subscription.attach(self.inbox)
 
     async def write(self, websocket: ChannelsSocket) -> None:
         # The hot loop of every delivery: a publication's push is one dict look-up.
@@ -396,27 +424,30 @@ class _Connection:
         subscriptions = self.subscriptions
         pubs = _PUSHES.pubs
         ready = self.inbox.ready
-        while True:
-            for subscription in await ready():
-                if subscription is None:  # messages to the user
-                    while self.messages:
-                        await send_text(_PUSHES.of(self.messages.popleft()).push)
-                    continue
-                channel = subscription.channel
-                if subscriptions.get(channel) is not subscription:
-                    continue  # unsubscribed meanwhile: what it had queued is not sent
-                poll = subscription.poll
-                while (text := poll()) is not None:
-                    push = pubs.get(text)
-                    if push is None and (push := self._push_of(subscription, text)) is None:
+        try:
+            while True:
+                for subscription in await ready():
+                    if subscription is None:  # messages to the user
+                        while self.messages:
+                            await send_text(_PUSHES.of(self.messages.popleft()).push)
                         continue
-                    await send_text(push)
+                    channel = subscription.channel
                     if subscriptions.get(channel) is not subscription:
-                        break
-                else:
-                    if subscription.ended:  # the hub closed: the service is stopping
-                        await self._close(websocket, SHUTDOWN)
-                        return
+                        continue  # unsubscribed meanwhile: what it had queued is not sent
+                    poll = subscription.poll
+                    while (text := poll()) is not None:
+                        push = pubs.get(text)
+                        if push is None and (push := self._push_of(subscription, text)) is None:
+                            continue
+                        await send_text(push)
+                        if subscriptions.get(channel) is not subscription:
+                            break
+                    else:
+                        if subscription.ended:  # the hub closed: the service is stopping
+                            await self._close(websocket, SHUTDOWN)
+                            return
+        except Disconnected as error:  # a personal channel missed messages
+            await self._close(websocket, error.disconnect)
 
     async def ping(self, websocket: ChannelsSocket) -> None:
         """Ping, and end what expires (tokens not renewed in time) meanwhile."""
@@ -430,6 +461,7 @@ class _Connection:
         # The first ping at a random point of the second half of an interval, so that the
         # clients of a restarted service are not all pinged in the same instant.
         await self._sleep(websocket, interval / 2 + random.random() * interval / 2)
+        await self._caught_up(lambda: self.connected)
         if not self.connected:  # no connect by now: a client that will not speak
             logger.info("channels %s: disconnected: no connect", self.path)
             await self._close(websocket, STALE)
@@ -438,11 +470,22 @@ class _Connection:
             self.pong_seen = False
             await websocket.send_text("{}")
             await self._sleep(websocket, self.config.pong_timeout)
+            await self._caught_up(lambda: self.pong_seen)
             if not self.pong_seen:
                 logger.info("channels %s: disconnected: no pong", self.path)
                 await self._close(websocket, NO_PONG)
                 return
             await self._sleep(websocket, interval - self.config.pong_timeout)
+
+    async def _caught_up(self, done: Callable[[], bool]) -> None:
+        """Wait, unless ``done()``, until the reader has had `CATCH_UP` seconds since it
+        last answered a frame to read what the client sent after it."""
+        loop = asyncio.get_running_loop()
+        while not done():
+            wait = CATCH_UP if self.answering else self.answered_at + CATCH_UP - loop.time()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     def notify(self, text: str) -> None:
         """A message to the connection's user (the hub calls it): sent once, whatever the
@@ -536,7 +579,7 @@ class _Connection:
         later: list[tuple[Subscription, list[str]]],
     ) -> str:
         if method == "connect":
-            return await self._connect(id_, body)
+            return await self._connect(id_, body, later)
         if method == "subscribe":
             return await self._subscribe(id_, body, later)
         if method == "unsubscribe":
@@ -555,7 +598,9 @@ class _Connection:
             return await self._sub_refresh(id_, body)
         raise Refused(METHOD_NOT_FOUND)
 
-    async def _connect(self, id_: int, body: dict[str, Any]) -> str:
+    async def _connect(
+        self, id_: int, body: dict[str, Any], later: list[tuple[Subscription, list[str]]]
+    ) -> str:
         token = _field(body, "token", str, "")
         lifetime: dict[str, Any] = {}
         if token:
@@ -577,8 +622,9 @@ class _Connection:
             self.user = user_of(self.identity)
         if not self.user and not self.config.anonymous:
             raise Refused(UNAUTHORIZED)
+        subs = await self._server_side(_field(body, "subs", dict, {}), later)
         self.connected = True
-        if self.user:
+        if self.user and not subs:  # with a personal channel, what is sent to it goes there
             self.hub.listen_to_user(self.user, self)
         result = {
             "client": self.client_id,
@@ -587,7 +633,37 @@ class _Connection:
             "pong": True,
             **lifetime,
         }
-        return _reply(id_, "connect", result)
+        return _with_subs(_reply(id_, "connect", result), subs)
+
+    async def _server_side(
+        self, asked: dict[str, Any], later: list[tuple[Subscription, list[str]]]
+    ) -> dict[str, str]:
+        """Subscribe the connection to its user's personal channels (server-side
+        subscriptions), each recovered from where ``connect.subs`` says the client was
+        (``{channel: {recover, offset, epoch}}``; other channels there are ignored); their
+        results as JSON, by channel. A channel that cannot be subscribed refuses the
+        connect, and undoes the others."""
+        results: dict[str, str] = {}
+        first = len(later)
+        try:
+            for channel in self.config.namespaces.personal_channels(self.user):
+                position = _field(asked, channel, dict, {})
+                recover = _field(position, "recover", bool, False)
+                since = Position(
+                    _field(position, "offset", int, 0), _field(position, "epoch", str, "")
+                )
+                namespace = self._namespace(channel)
+                results[channel] = _result_json(
+                    *await self._start(channel, namespace, recover, since, later)
+                )
+                self.server_side.add(channel)
+        except (Refused, BadRequest):
+            for subscription, _ in later[first:]:
+                await self._forget(subscription)
+            del later[first:]
+            self.server_side.clear()
+            raise
+        return results
 
     async def _subscribe(
         self, id_: int, body: dict[str, Any], later: list[tuple[Subscription, list[str]]]
@@ -602,6 +678,22 @@ class _Connection:
         namespace = self._namespace(channel)
         claims = self._subscription_claims(_field(body, "token", str, ""), channel)
         await self._check(namespace.subscribe, "subscribe", channel, namespace, claims)
+        result, recovered = await self._start(channel, namespace, recover, asked, later, claims)
+        return '{"id":' + str(id_) + ',"subscribe":' + _result_json(result, recovered) + "}"
+
+    async def _start(
+        self,
+        channel: str,
+        namespace: Namespace,
+        recover: bool,
+        asked: Position,
+        later: list[tuple[Subscription, list[str]]],
+        claims: Mapping[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Subscribe to ``channel`` (recovering after ``asked`` if ``recover``): the
+        subscribe result and the recovered publications (JSON) it carries; the subscription
+        joins ``later``, with what to push after the reply before it goes live; ``claims``, of
+        its subscription token, say when it ends unless renewed."""
         since = asked if recover and namespace.history and asked.offset >= 0 else None
         try:
             subscription = await self.hub.subscribe(
@@ -650,13 +742,12 @@ class _Connection:
         later.append((subscription, pushes))
         counts = self.config.stats.subscribed
         counts[namespace.name] = counts.get(namespace.name, 0) + 1
-        if not recovered:
-            return _reply(id_, "subscribe", result)
-        text = dumps({"id": id_, "subscribe": result})
-        return text[:-2] + ',"publications":[' + ",".join(recovered) + "]}}"
+        return result, recovered
 
     async def _unsubscribe(self, id_: int, body: dict[str, Any]) -> str:
         channel = _channel(body)
+        if channel in self.server_side:  # the server's to end: the user's own channel
+            raise Refused(PERMISSION_DENIED)
         subscription = self.subscriptions.get(channel)
         if subscription is not None:
             await self._forget(subscription)
@@ -966,8 +1057,11 @@ class _Connection:
             namespace = self.namespace_of.get(subscription.channel)
             return made.push if namespace is not None and namespace.join_leave else None
         if kind == "gap":
-            # Missed messages it cannot be sent: the SDK subscribes again and recovers.
+            # Missed messages it cannot be sent: the SDK subscribes again and recovers (or,
+            # for a server-side subscription, reconnects and recovers it).
             channel = subscription.channel
+            if channel in self.server_side:
+                raise Disconnected(INSUFFICIENT_STATE_CLOSE)
             if self.subscriptions.get(channel) is subscription:
                 del self.subscriptions[channel]
                 self.namespace_of.pop(channel, None)
@@ -1019,6 +1113,22 @@ def _publication_json(publication: Publication) -> str:
 
 def _reply(id_: int, method: str, result: Mapping[str, Any]) -> str:
     return dumps({"id": id_, method: result})
+
+
+def _result_json(result: Mapping[str, Any], publications: list[str]) -> str:
+    """A subscribe result as JSON, with its recovered ``publications`` (JSON) if any."""
+    text = dumps(result)
+    if not publications:
+        return text
+    return text[:-1] + ',"publications":[' + ",".join(publications) + "]}"
+
+
+def _with_subs(connect_reply: str, subs: Mapping[str, str]) -> str:
+    """The connect reply (JSON) with the results of its server-side subscriptions."""
+    if not subs:
+        return connect_reply
+    results = ",".join(dumps(channel) + ":" + result for channel, result in subs.items())
+    return connect_reply[:-2] + ',"subs":{' + results + "}}}"
 
 
 def _error(id_: int, error: Error) -> str:

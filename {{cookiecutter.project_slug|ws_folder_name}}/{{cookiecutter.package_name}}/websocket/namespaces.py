@@ -91,6 +91,12 @@ class Namespace:
     ``HISTORY_SIZE``) for ``history_ttl`` seconds after the last publish (None: its
     ``HISTORY_TTL_SECONDS``). The service's settings can turn presence and join and leave
     events off everywhere (``PRESENCE_ENABLED``, ``JOIN_LEAVE_EVENTS``).
+
+    ``personal``: every connection with a user is subscribed by the server, at connect, to
+    its user's channel of this namespace, ``name:#<user>`` (a server-side subscription,
+    recovered on reconnect like the others); what is sent to the user goes there
+    (`Namespaces.personal_channels`). Only that user may subscribe to it: the subscribe
+    rule is `USER_LIMITED` or `NOBODY`.
     """
 
     name: str
@@ -101,6 +107,7 @@ class Namespace:
     history: bool = True
     history_size: int | None = None
     history_ttl: float | None = None
+    personal: bool = False
 
     def __post_init__(self) -> None:
         if NAMESPACE_SEPARATOR in self.name or USERS_SEPARATOR in self.name:
@@ -130,6 +137,11 @@ class Namespace:
             raise ValueError(
                 f"The namespace {self.name!r} lets TOKEN publish: subscription tokens grant "
                 "subscribing; choose SUBSCRIBERS (those the token let in), or another rule."
+            )
+        if self.personal and self.subscribe not in (USER_LIMITED, NOBODY):
+            raise ValueError(
+                f"The namespace {self.name!r} is personal, but lets others than the user "
+                "subscribe to a user's channel: give subscribe=USER_LIMITED (or NOBODY)."
             )
 
     @property
@@ -164,6 +176,21 @@ class Namespaces:
         if namespace is None:
             return None
         return namespace.options
+
+    def personal_channels(self, user: str) -> list[str]:
+        """``user``'s channels of the personal namespaces (``user:#alice``): where what is
+        sent to the user goes. None for an anonymous user, or a name no channel can hold
+        (a ``,``, or not printable ASCII)."""
+        if not user or "," in user:
+            return []
+        channels = [
+            f"{name}{NAMESPACE_SEPARATOR}{USERS_SEPARATOR}{user}"
+            if name
+            else USERS_SEPARATOR + user
+            for name, namespace in self._by_name.items()
+            if namespace.personal
+        ]
+        return [channel for channel in channels if valid_channel(channel)]
 
     def find(self, channel: str) -> Namespace | None:
         """The namespace of ``channel``, or None if it has none or is not a valid name."""

@@ -20,8 +20,14 @@ a channel of one of its namespaces (``{"channel": "news:sport", ...}``), whose C
 subscribers receive the message as the ``data`` of a publication. With a
 ``user`` instead of a channel, ``{"user": "alice", "message": {...}}``, every connection of
 that user (the identity auth.py returned, compared as JSON) on every broadcast endpoint of
-every process receives ``{"type": "direct", "server_ns", "message"}``; the answer is
-``200 {"user": ...}`` whether or not the user is connected. ::
+every process receives ``{"type": "direct", "server_ns", "message"}``; in a service whose
+channels endpoint has a *personal* namespace (``user:#alice``), the message is also
+published to the user's channel there (a user given as a string or number), which every
+channels connection of the user is subscribed to by the server: it arrives there once, as
+a publication it can recover after a reconnect, and not also as a ``message`` push
+(`send_to_user` does the same from Python). The answer is ``200 {"user": ..., "channels":
+[{"channel", "offset", "epoch"}, ...]}`` (the personal channels it was published to, with
+its positions; none without a personal namespace) whether or not the user is connected. ::
 
     GET /api/presence?channel=/ws/rooms/lobby
     Authorization: Bearer <PUBLISH_API_KEY>
@@ -56,7 +62,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, unquote
 
 from .asgi_types import Receive, Scope, Send
-from .broadcast import Hub, HubUnavailable, PresenceOff, hub_of
+from .broadcast import Hub, HubUnavailable, JSONValue, Position, PresenceOff, hub_of
 from .session import dumps, loads
 
 logger = logging.getLogger(__name__)
@@ -78,6 +84,33 @@ class ChannelNamespaces(Protocol):
 
     @property
     def names(self) -> list[str]: ...
+
+    def personal_channels(self, user: str) -> list[str]: ...
+
+
+async def send_to_user(
+    hub: Hub,
+    user: JSONValue,
+    message: Mapping[str, Any],
+    namespaces: ChannelNamespaces | None = None,
+) -> list[tuple[str, Position]]:
+    """Send ``message`` to ``user`` everywhere they are: published to each of their personal
+    channels (``user:#alice``, in the personal namespaces of ``namespaces``; a user given as
+    a string or number), which their channels connections are subscribed to and recover, and
+    sent as a direct message to their connections of broadcast endpoints (and of channels
+    endpoints without a personal namespace), each connection once. Returns the channels
+    published to, with the message's position on each.
+
+    From Python, as ``POST /api/publish`` does: ``await send_to_user(hub_of(request),
+    "alice", {"text": "hi"}, NAMESPACES)`` (the project's ``channels.py``). Raises
+    `HubUnavailable` when the hub cannot send it (what was published before stays), and
+    TypeError or ValueError for a message that is not JSON."""
+    published = []
+    if namespaces is not None and isinstance(user, str | int) and not isinstance(user, bool):
+        for channel in namespaces.personal_channels(str(user)):
+            published.append((channel, await hub.publish(channel, message)))
+    await hub.publish_to_user(user, message)
+    return published
 
 
 class PublishAPI:
@@ -285,10 +318,14 @@ class PublishAPI:
         if refusal is not None:
             return refusal
         try:
-            await self._hub(scope).publish_to_user(user, message)
+            published = await send_to_user(self._hub(scope), user, message, self._namespaces)
         except HubUnavailable as error:
             return _refused(HTTPStatus.SERVICE_UNAVAILABLE, f"{str(error).capitalize()}.")
-        return HTTPStatus.OK, {"user": user}
+        channels = [
+            {"channel": channel, "offset": position.offset, "epoch": position.epoch}
+            for channel, position in published
+        ]
+        return HTTPStatus.OK, {"user": user, "channels": channels}
 
     def _refusal_of(self, message: Any) -> tuple[int, dict[str, Any]] | None:
         """Why ``message`` cannot be sent, as an answer; None if it can."""
@@ -383,8 +420,16 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
     }
     schemas["SentToUser"] = {
         "type": "object",
-        "properties": {"user": {}},
-        "required": ["user"],
+        "properties": {
+            "user": {},
+            "channels": {
+                "type": "array",
+                "description": "The user's personal channels (user:#alice) the message was "
+                "published to, with its position on each; none without a personal namespace.",
+                "items": {"$ref": "#/components/schemas/Published"},
+            },
+        },
+        "required": ["user", "channels"],
     }
     schemas["Presence"] = {
         "type": "object",
@@ -428,8 +473,10 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
         "post": {
             "summary": "Publish to a channel, or send to a user",
             "description": "Every client of the channel receives the message as if a client had "
-            "sent it; with a user, each of the user's connections receives it as a direct "
-            "message (200 whether or not the user is connected).",
+            "sent it; with a user, each of the user's connections receives it once: on the "
+            "user's personal channels (user:#alice, recoverable) where the channels endpoint "
+            "has a personal namespace, else as a direct message (200 whether or not the user "
+            "is connected).",
             "operationId": "publish",
             "security": [{"PublishAPIKey": []}],
             "requestBody": {

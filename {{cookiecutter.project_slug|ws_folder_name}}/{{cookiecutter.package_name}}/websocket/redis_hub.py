@@ -44,7 +44,11 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   them; a process that dies without cleaning up (SIGKILL) stops renewing, and its clients
   drop out of every list within ``presence_ttl`` seconds: expired entries are removed when
   the list is read. No ``leave`` event is sent for them. `close` removes its clients at
-  once (with their ``leave`` events).
+  once (with their ``leave`` events). Join and leave events are published only while the
+  channel's presence holds at most ``join_leave_limit`` clients (counted in the script, on
+  every process: `Hub.announces`), and delivered only while the process has at most that
+  many subscribers of the channel: a storm of N clients would otherwise hear each of the
+  first events N times.
 - **Per-user delivery** (`publish_to_user`) publishes on one pub/sub channel per hub,
   ``prefix + "#direct"``, that every process follows: each delivers to its own connections
   of that user (a user is matched by its compact JSON).
@@ -80,6 +84,7 @@ from redis.exceptions import RedisError
 from .broadcast import (
     DEFAULT_HISTORY_SIZE,
     DEFAULT_HISTORY_TTL,
+    DEFAULT_JOIN_LEAVE_LIMIT,
     DEFAULT_PRESENCE_LIMIT,
     DEFAULT_QUEUE_SIZE,
     POSITION_TTL,
@@ -98,6 +103,7 @@ from .broadcast import (
     Publication,
     Subscription,
     UserListener,
+    checked_join_leave_limit,
     direct_message,
     envelope_parts,
     new_epoch,
@@ -120,16 +126,18 @@ DIRECT_CHANNEL: Final = "#direct"
 PRESENCE_BATCH: Final = 500
 """Clients written to presence in one script call (Lua's unpack has a limit)."""
 
-# KEYS: presence hash, presence expiry set. ARGV: TTL (ms), pub/sub channel, then for each
-# client: client_id, its JSON, its event text ('' for none). Adds (or renews) the clients,
-# expiring TTL after Redis's own clock, and publishes their events.
+# KEYS: presence hash, presence expiry set. ARGV: TTL (ms), pub/sub channel, join/leave
+# limit (0: none), then for each client: client_id, its JSON, its event text ('' for none).
+# Adds (or renews) the clients, expiring TTL after Redis's own clock, and publishes their
+# events while the channel has at most the limit of clients (Hub.announces).
 JOIN_SCRIPT: Final = """
 local time = redis.call('TIME')
 local expiry = time[1] * 1000 + math.floor(time[2] / 1000) + tonumber(ARGV[1])
-for i = 3, #ARGV, 3 do
+local limit = tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[2], expiry, ARGV[i])
-  if ARGV[i + 2] ~= '' then
+  if ARGV[i + 2] ~= '' and (limit == 0 or redis.call('ZCARD', KEYS[2]) <= limit) then
     redis.call('PUBLISH', ARGV[2], 'p ' .. ARGV[i] .. ' ' .. ARGV[i + 2])
   end
 end
@@ -138,13 +146,16 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 0
 """
 
-# KEYS: presence hash, presence expiry set. ARGV: pub/sub channel, then for each client:
-# client_id, its event text ('' for none). Removes the clients, publishes their events.
+# KEYS: presence hash, presence expiry set. ARGV: pub/sub channel, join/leave limit (0:
+# none), then for each client: client_id, its event text ('' for none). Removes the
+# clients, publishes their events while the channel had at most the limit of clients.
 LEAVE_SCRIPT: Final = """
-for i = 2, #ARGV, 2 do
+local limit = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local present = redis.call('ZCARD', KEYS[2])
   redis.call('HDEL', KEYS[1], ARGV[i])
   redis.call('ZREM', KEYS[2], ARGV[i])
-  if ARGV[i + 1] ~= '' then
+  if ARGV[i + 1] ~= '' and (limit == 0 or present <= limit) then
     redis.call('PUBLISH', ARGV[1], 'p ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
   end
 end
@@ -239,11 +250,13 @@ class RedisHub(Hub):
         join_leave: bool = True,
         presence_limit: int = DEFAULT_PRESENCE_LIMIT,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        join_leave_limit: int | None = DEFAULT_JOIN_LEAVE_LIMIT,
     ) -> None:
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
         if presence_limit < 1 or presence_ttl <= 0:
             raise ValueError("presence_limit must be at least 1 and presence_ttl more than 0.")
+        self.join_leave_limit = checked_join_leave_limit(join_leave_limit)
         self.presence_enabled = presence
         self.join_leave = presence and join_leave
         self.defaults = Kept(history_size, history_ttl, presence, self.join_leave)
@@ -489,7 +502,11 @@ class RedisHub(Hub):
         for start in range(0, len(subscriptions), PRESENCE_BATCH):
             if batcher is None or self._closed:
                 return
-            args: list[str | int] = [self._presence_ms, self.prefix + channel]
+            args: list[str | int] = [
+                self._presence_ms,
+                self.prefix + channel,
+                self.join_leave_limit or 0,
+            ]
             for subscription in subscriptions[start : start + PRESENCE_BATCH]:
                 client = {"client_id": subscription.client_id, "user": subscription.user}
                 event = presence_event("join", subscription) if events else ""
@@ -508,7 +525,7 @@ class RedisHub(Hub):
         for start in range(0, len(subscriptions), PRESENCE_BATCH):
             if batcher is None:
                 return
-            args: list[str | int] = [self.prefix + channel]
+            args: list[str | int] = [self.prefix + channel, self.join_leave_limit or 0]
             for subscription in subscriptions[start : start + PRESENCE_BATCH]:
                 event = presence_event("leave", subscription) if events else ""
                 args += [subscription.client_id, event]
@@ -748,8 +765,11 @@ class RedisHub(Hub):
         if kind == "message":
             data = str(message["data"])
             if data.startswith("p "):  # a join or leave event
-                client_id, _, text = data[2:].partition(" ")
-                self._fanout.notify(channel, text, client_id)
+                # Published while the channel had at most the limit of clients; those who
+                # came since would hear it too: not once the channel is past it here.
+                if self.announces(self._fanout.count(channel)):
+                    client_id, _, text = data[2:].partition(" ")
+                    self._fanout.notify(channel, text, client_id)
                 return
             if channel == DIRECT_CHANNEL:
                 user_key, _, text = data.partition("\n")
@@ -850,6 +870,7 @@ class ShardedRedisHub(Hub):
         join_leave: bool = True,
         presence_limit: int = DEFAULT_PRESENCE_LIMIT,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        join_leave_limit: int | None = DEFAULT_JOIN_LEAVE_LIMIT,
     ) -> None:
         if not urls:
             raise ValueError("ShardedRedisHub needs at least one Redis URL.")
@@ -868,9 +889,11 @@ class ShardedRedisHub(Hub):
                 join_leave=join_leave,
                 presence_limit=presence_limit,
                 presence_ttl=presence_ttl,
+                join_leave_limit=join_leave_limit,
             )
             for url in urls
         ]
+        self.join_leave_limit = join_leave_limit
         for shard in self.shards:  # a user's connections are on the shards of their channels
             shard.direct_sink = self._deliver_direct
 

@@ -51,6 +51,7 @@ class HubFactory(Protocol):
         history_ttl: float = 300.0,
         join_leave: bool = False,
         presence_limit: int = 1000,
+        join_leave_limit: int | None = None,
     ) -> Awaitable[Hub]: ...
 
 
@@ -634,6 +635,43 @@ class HubContract:
         third = await subscribed(hub, "/p/j")
         await hub.publish("/p/j", numbered(2))
         assert (await received(third))["message"] == {"n": 2}  # not its own join
+
+    async def test_join_and_leave_events_stop_on_a_channel_past_the_limit(
+        self, make_hub: HubFactory
+    ) -> None:
+        # A reconnect storm of N clients would send N * (N - 1) / 2 of them: past the
+        # limit of present clients (the one coming or going included), none is sent.
+        hub = await make_hub(join_leave=True, join_leave_limit=3)
+        subscriptions: list[Subscription] = []
+        marks = iter(range(1, 100))
+
+        async def events() -> list[list[str]]:
+            """What each subscription was told before the next message."""
+            await hub.publish("/p/crowd", numbered(next(marks)))
+            seen: list[list[str]] = []
+            for subscription in subscriptions:
+                kinds = []
+                while (event := await received(subscription))["type"] != "broadcast":
+                    kinds.append(f"{event['type']} {event['client']['user']}")
+                seen.append(kinds)
+            return seen
+
+        told = []
+        for number in range(5):
+            subscriptions.append(await subscribed(hub, "/p/crowd", user=f"u{number}"))
+            told.append(await events())
+        assert told == [
+            [[]],
+            [["join u1"], []],
+            [["join u2"], ["join u2"], []],
+            [[], [], [], []],  # 4 clients: past the limit
+            [[], [], [], [], []],
+        ]
+        for _ in range(3):  # 5 and 4 present: silent; 3: told
+            await hub.unsubscribe(subscriptions.pop())
+            told.append(await events())
+        assert told[5:] == [[[], [], [], []], [[], [], []], [["leave u2"], ["leave u2"]]]
+        assert (await hub.presence("/p/crowd")).count == 2
 
     async def test_join_and_leave_events_can_be_turned_off(self, make_hub: HubFactory) -> None:
         hub = await make_hub(join_leave=False)  # hubs send them unless told not to

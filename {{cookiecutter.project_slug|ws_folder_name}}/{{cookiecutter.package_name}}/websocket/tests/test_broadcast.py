@@ -39,6 +39,7 @@ class TestMemoryHub(HubContract):
             history_ttl: float = 300.0,
             join_leave: bool = False,
             presence_limit: int = 1000,
+            join_leave_limit: int | None = None,
         ) -> Hub:
             hub = MemoryHub(
                 queue_size,
@@ -46,6 +47,7 @@ class TestMemoryHub(HubContract):
                 history_ttl=history_ttl,
                 join_leave=join_leave,
                 presence_limit=presence_limit,
+                join_leave_limit=join_leave_limit,
             )
             hubs.append(hub)
             await hub.start()

@@ -613,3 +613,37 @@ async def test_commands_over_the_rate_limit_get_111_and_later_ones_pass(
     await asyncio.sleep(0.15)  # a token and a half back
     reply = await session.subscribe("news:a")
     assert "subscribe" in reply, reply
+
+
+async def test_a_personal_channel_that_missed_messages_closes_with_3010_to_recover_them(
+    open_session: Any, hub: MemoryHub
+) -> None:
+    personal = Namespaces([Namespace("user", subscribe=USER_LIMITED, personal=True)])
+    session = await open_session(channels=ChannelsConfig(personal))
+    result = await session.connect()
+    assert result["subs"]["user:#alice"]["offset"] == 0, result
+    session.client.stop_reading()
+    for number in range(1, 12):  # a queue of 4: the oldest are dropped
+        await hub.publish("user:#alice", {"n": number})
+    session.client.resume_reading()
+    close = await session.closed()  # the SDK reconnects, recovering through connect.subs
+    assert (close["code"], close["reason"]) == (3010, "insufficient state"), close
+
+
+async def slow_rule(request: ChannelRequest) -> bool:
+    await asyncio.sleep(0.6)  # a database, say, or a hub busy with a reconnect storm
+    return True
+
+
+async def test_a_pong_waiting_behind_a_frame_still_being_answered_is_not_late(
+    open_session: Any,
+) -> None:
+    slow = Namespaces([Namespace("slow", subscribe=slow_rule)])
+    session = await open_session(channels=ChannelsConfig(slow, ping_interval=0.2, pong_timeout=0.1))
+    await session.connect()
+    (id_,) = session.send({"subscribe": {"channel": "slow:a"}})
+    assert await session.one() == {}  # a ping while the subscribe is answered
+    session.client.send_text("{}")  # its pong waits behind the subscribe
+    reply = await session.one()
+    assert (reply["id"], "subscribe" in reply) == (id_, True), reply
+    assert await session.one() == {}  # the next ping: the connection lives on

@@ -111,3 +111,22 @@ def test_a_namespace_tells_the_hub_what_to_keep_of_its_channels() -> None:
         Namespace("chat", history_size=0)
     with pytest.raises(ValueError, match="set presence=True too"):
         Namespace("chat", join_leave=True)
+
+
+def test_a_personal_namespace_gives_each_user_their_channel_and_nobody_else_in() -> None:
+    for open_to_others in (ANYONE, AUTHENTICATED):
+        with pytest.raises(ValueError, match="is personal, but lets others"):
+            Namespace("user", subscribe=open_to_others, personal=True)
+    namespaces = Namespaces(
+        [
+            Namespace("user", subscribe=USER_LIMITED, personal=True),
+            Namespace("chat"),
+            Namespace("inbox", subscribe=NOBODY, personal=True),
+            Namespace("", subscribe=USER_LIMITED, personal=True),
+        ]
+    )
+    assert namespaces.personal_channels("alice") == ["user:#alice", "inbox:#alice", "#alice"]
+    assert namespaces.find("#alice") is not None
+    for cannot_be_named in ("", "a,b", "café", "x" * 260):  # anonymous, two users, no channel
+        assert namespaces.personal_channels(cannot_be_named) == [], cannot_be_named
+    assert NAMESPACES.personal_channels("alice") == []

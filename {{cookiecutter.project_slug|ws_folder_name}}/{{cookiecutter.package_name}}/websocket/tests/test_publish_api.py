@@ -147,6 +147,9 @@ class Prefixes:
     def names(self) -> list[str]:
         return list(self._names)
 
+    def personal_channels(self, user: str) -> list[str]:
+        return []
+
 
 def test_with_namespaces_channels_of_declared_namespaces_match_besides_broadcast_paths() -> None:
     api = PublishAPI(
@@ -238,12 +241,12 @@ async def a_message_to_a_user_reaches_each_of_their_connections_only(hub: Memory
         await received(subscription)
     body = json.dumps({"user": "alice", "message": {"text": "hi"}}).encode()
     status, _, answer = await call(api_on(hub), body)
-    assert (status, answer) == (200, {"user": "alice"})
+    assert (status, answer) == (200, {"user": "alice", "channels": []})
     for subscription in alice:
         direct = await received(subscription)
         assert (direct["type"], direct["message"]) == ("direct", {"text": "hi"})
     nobody = json.dumps({"user": "carol", "message": {}}).encode()
-    assert (await call(api_on(hub), nobody))[:3:2] == (200, {"user": "carol"})
+    assert (await call(api_on(hub), nobody))[:3:2] == (200, {"user": "carol", "channels": []})
     await hub.publish("/ws/news", {"n": 1})
     assert (await received(bob))["type"] == "broadcast"  # and no direct message before it
 

@@ -100,6 +100,7 @@ class TestRedisHub(HubContract):
             history_ttl: float = 300.0,
             join_leave: bool = False,
             presence_limit: int = 1000,
+            join_leave_limit: int | None = None,
         ) -> Hub:
             hub = new_hub(
                 redis_server.url,
@@ -108,6 +109,7 @@ class TestRedisHub(HubContract):
                 history_ttl=history_ttl,
                 join_leave=join_leave,
                 presence_limit=presence_limit,
+                join_leave_limit=join_leave_limit,
             )
             hubs.append(hub)
             await hub.start()

@@ -147,6 +147,8 @@ CHANNELS_BACKEND_FILES = {
     "tests/test_centrifuge_protocol.py",
     "tests/test_namespaces.py",
     "tests/test_tokens.py",
+    "tests/test_personal_channels.py",
+    "tests/sample_channels_app.py",
 }
 # The vendored files only projects with metrics keep (they import prometheus_client).
 METRICS_BACKEND_FILES = {"metrics.py", "tests/test_metrics.py"}

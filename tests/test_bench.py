@@ -331,4 +331,4 @@ def test_the_channels_benchmark_measures_both_kinds_side_by_side(tmp_path: Path)
         # a memory hub restarted: a new epoch, so each room is resubscribed unrecovered
         assert storm[kind]["not_recovered"] == 1000, storm
     assert "server CPU per delivery, channels/broadcast" in result.stdout
-    assert "channels/broadcast: seconds" in result.stdout
+    assert "channels/broadcast: sockets 0.10x, seconds" in result.stdout

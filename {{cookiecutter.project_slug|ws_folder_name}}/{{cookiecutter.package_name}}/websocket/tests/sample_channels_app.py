@@ -50,10 +50,9 @@ def new_hub() -> Hub:
     limit = int(os.environ.get("SAMPLE_JOIN_LEAVE_LIMIT") or DEFAULT_JOIN_LEAVE_LIMIT)
     url = os.environ.get("SAMPLE_REDIS_URL")
     hub: Hub
-    if url:
-        from ..redis_hub import RedisHub
-
-        hub = RedisHub(url, join_leave_limit=limit)
+    if url:  # a project with the Redis backend (imported by name: others have no redis_hub)
+        redis_hub = importlib.import_module(f"{__package__.rpartition('.')[0]}.redis_hub")
+        hub = redis_hub.RedisHub(url, join_leave_limit=limit)
     else:
         hub = MemoryHub(join_leave_limit=limit)
     hub.use_channel_options(NAMESPACES.options_of)

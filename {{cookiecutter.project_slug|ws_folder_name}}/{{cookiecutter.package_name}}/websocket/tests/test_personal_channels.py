@@ -8,6 +8,7 @@ Each connection's user is its ``?user=`` query; ``user`` is a personal namespace
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import json
 import urllib.request
@@ -33,10 +34,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """The sample app on uvicorn, its join/leave limit 3, on each engine."""
     with ExitStack() as stack:
         env = {"SAMPLE_JOIN_LEAVE_LIMIT": "3"}
-        if request.param == "redis":
-            from .test_redis_hub import redis_server_or_skip
-
-            env["SAMPLE_REDIS_URL"] = stack.enter_context(redis_server_or_skip()).url
+        if request.param == "redis":  # imported by name: projects without Redis have none
+            redis_tests = importlib.import_module(".test_redis_hub", __package__)
+            env["SAMPLE_REDIS_URL"] = stack.enter_context(redis_tests.redis_server_or_skip()).url
         yield stack.enter_context(LiveServer(APP, env=env))
 
 

@@ -30,8 +30,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from websocket.testing import LiveServer, RedisServer  # the vendored backend
 
-from tests.conftest import render
-from tests.test_centrifuge_faults import redis_or_skip
+from tests.conftest import render, require_redis
 from tests.test_centrifuge_sdks import DRIVER, PUBLISH_KEY, SECRET
 from tests.test_console import browser
 from tests.test_first_hour import AUTH_EXAMPLE
@@ -173,7 +172,7 @@ def framework(request: pytest.FixtureRequest) -> str:
 def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cut_network(
     framework: str, browser: Browser, tmp_path: Path, cookiecutter_config: Path
 ) -> None:
-    redis_or_skip()
+    require_redis()
     project = browser_project(tmp_path, cookiecutter_config, framework)
     errors: list[str] = []
     with contextlib.ExitStack() as stack:

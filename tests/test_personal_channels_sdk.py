@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 from centrifuge import (  # type: ignore[import-untyped]  # it ships no types
     Client,
     ClientEventHandler,
@@ -27,7 +26,7 @@ from websocket.redis_hub import RedisHub  # the vendored backend
 from websocket.testing import LiveServer, RedisServer
 from websocket.tests.sample_channels_app import PUBLISH_KEY
 
-from tests.conftest import TEMPLATE
+from tests.conftest import TEMPLATE, require_redis
 
 VENDORED = (
     TEMPLATE / "{{cookiecutter.project_slug|ws_folder_name}}" / "{{cookiecutter.package_name}}"
@@ -65,9 +64,7 @@ async def next_of(queue: asyncio.Queue[Any]) -> Any:
 
 
 def test_centrifuge_python_gets_and_recovers_the_personal_channel(tmp_path: Path) -> None:
-    reason = RedisServer.unavailable()
-    if reason is not None:
-        pytest.skip(reason)
+    require_redis()
     with (
         RedisServer() as redis,
         LiveServer(

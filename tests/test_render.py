@@ -157,8 +157,6 @@ CHANNELS_BACKEND_FILES = {
     "tests/test_personal_channels.py",
     "tests/sample_channels_app.py",
     "tests/test_tokens.py",
-    "tests/test_personal_channels.py",
-    "tests/sample_channels_app.py",
 }
 # The vendored files only projects with a hub (a broadcast or channels endpoint) keep.
 HUB_BACKEND_FILES = {"publish_api.py", "tests/test_publish_api.py"}

@@ -55,7 +55,7 @@ from starlette.routing import Route
 
 from . import __version__, auth, endpoints
 {%- if channels %}
-from .channels import NAMESPACES, channels_config, grants_token, use_hub
+from .channels import NAMESPACES, channels_config, grants_token
 {%- endif %}
 from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, misspelt_settings, refuse_to_start
 {%- if channels %}
@@ -407,15 +407,7 @@ async def lifespan(app: object) -> AsyncIterator[dict[str, Hub]]:
         metrics.watch_hub(hub)
 {%- endif %}
     async with hub:
-{%- if channels %}
-        use_hub(hub)  # for the RPC methods of channels.py
-        try:
-            yield {HUB_STATE_KEY: hub}
-        finally:
-            use_hub(None)
-{%- else %}
         yield {HUB_STATE_KEY: hub}
-{%- endif %}
 {%- endif %}
 
 

@@ -38,7 +38,6 @@ from typing import Any
 
 from . import __version__
 from .settings import Settings, SettingsError
-from .websocket.broadcast import Hub
 from .websocket.centrifuge_protocol import ChannelsConfig
 from .websocket.namespaces import (
     ANYONE,
@@ -133,19 +132,6 @@ HISTORY_PAGE_RESULT: dict[str, Any] = {
 }
 
 
-class _Running:
-    hub: Hub | None = None
-    """The hub of the running service, for the RPC methods (`use_hub`)."""
-
-
-_running = _Running()
-
-
-def use_hub(hub: Hub | None) -> None:
-    """Give the RPC methods the hub of the service (``app.py``'s lifespan, at start and stop)."""
-    _running.hub = hub
-
-
 RPC = RpcMethods()
 """The methods clients call with ``rpc`` (centrifuge-js ``centrifuge.rpc(method, data)``):
 an async function of an `RpcRequest` each, whose ``params`` schema (JSON Schema) the data
@@ -173,9 +159,7 @@ async def history_page(request: RpcRequest) -> dict[str, Any]:
     if not await allows(rule, asked):
         raise RpcError(403, "permission denied")
     before = request.data.get("before")
-    if _running.hub is None:
-        raise RpcError(503, "the service is starting", temporary=True)
-    top, history = await _running.hub.history(channel)
+    top, history = await request.hub.history(channel)
     older = [p for p in history if before is None or p.offset < before]
     page = older[-request.data.get("limit", 20) :][::-1]
     publications = [{"offset": p.offset, "data": loads(p.text)["message"]} for p in page]

@@ -957,7 +957,9 @@ class _Connection:
         method = _field(body, "method", str, "")
         if self.config.rpc is None:
             raise Refused(METHOD_NOT_FOUND)
-        request = RpcRequest(method, body.get("data"), self.user, self.identity, self.client_id)
+        request = RpcRequest(
+            method, body.get("data"), self.user, self.identity, self.client_id, self.hub
+        )
         try:
             result = await self.config.rpc.call(request)
             data = None if result is None else dumps(result)
@@ -984,7 +986,9 @@ class _Connection:
         except Refused:
             logger.info("channels %s: a send over the rate limit was dropped", self.path)
             return
-        request = RpcRequest("", body.get("data"), self.user, self.identity, self.client_id)
+        request = RpcRequest(
+            "", body.get("data"), self.user, self.identity, self.client_id, self.hub
+        )
         try:
             await self.config.rpc.send(request)
         except RpcError as error:

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import SchemaError, best_match
+
+if TYPE_CHECKING:
+    from .broadcast import Hub
 
 Schema: TypeAlias = Mapping[str, Any]
 Handler: TypeAlias = Callable[["RpcRequest"], Awaitable[Any]]
@@ -58,6 +61,8 @@ class RpcRequest:
     """What auth.py returned for the connection, or the claims of its connection token."""
     client_id: str
     """The connection's id (the ``client`` of its connect reply)."""
+    hub: Hub
+    """The hub the endpoint serves (to read a channel's history, publish, ask presence)."""
 
 
 class RpcError(Exception):

@@ -39,6 +39,17 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 
 A project keeps the face its framework uses.
 
+2.4.0, fan-out: a broadcast delivery is written straight from the hub's delivery loop to a
+subscriber whose task waits with nothing queued, one ``transport.write`` of the frame built
+once, instead of waking the subscriber's task (`Subscription.send_now`); a subscriber that is
+not writable, has something queued or is sending gets it queued as before, so order, the
+bounded queue, ``dropped`` notices, the send timeout and the counts are unchanged. It runs
+where the server offers the ASGI scope extension `session.SEND_TEXT_NOW` (`LeanProtocol`
+does; the guard wraps it to count and to stop once it closed; `session.sender_now` gives a
+face's); elsewhere everything is as before. `testing.ScriptedClient(sends_now=...)` offers
+it too (`ScriptedClient.sends_now_by_default`, the tests' ``delivery_path`` fixture runs
+the broadcast, guard and metrics tests on both paths); `guard.Tally.count_text`.
+
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the
 protocol: ``Hub.publish(..., info=...)`` puts who published a message in its envelope

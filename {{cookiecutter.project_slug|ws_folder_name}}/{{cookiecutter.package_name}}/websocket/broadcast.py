@@ -77,6 +77,7 @@ from urllib.parse import parse_qs
 from .session import (
     WS,
     JsonHandler,
+    SendNow,
     SessionSocket,
     TaskFactory,
     dumps,
@@ -84,6 +85,7 @@ from .session import (
     receive_json,
     run_websocket,
     send_json,
+    sender_now,
 )
 
 logger = logging.getLogger(__name__)
@@ -308,6 +310,7 @@ class Subscription:
         "_messages",
         "_offset",
         "_resumed",
+        "_send_now",
         "_waiter",
         "channel",
         "client_id",
@@ -369,6 +372,8 @@ class Subscription:
         of 600 bytes per subscriber, and more work per delivery)."""
         self._inbox: Inbox | None = None
         """Where this subscription says it has something to send, when read by `poll`."""
+        self._send_now: SendNow | None = None
+        """Sends a live message at once while `next` waits with nothing queued (`send_now`)."""
 
     @property
     def ended(self) -> bool:
@@ -497,6 +502,16 @@ class Subscription:
                     self._waiter = None
         return self.poll()
 
+    def send_now(self, send_now: SendNow | None) -> None:
+        """From now on (None: no longer), a live message that comes while a `next` call
+        waits with nothing queued is sent at once with ``send_now`` (a `SendNow`: True if
+        it sent it), from the hub's delivery, instead of being queued for the reader's task
+        to wake and send it; it counts as delivered then. When ``send_now`` cannot send it
+        (the connection is not writable, say), or anything is queued, or the reader is not
+        waiting (it is sending), the message is queued as before: each message goes one
+        way or the other, in order, and what is queued is sent by the reader."""
+        self._send_now = send_now
+
     def attach(self, inbox: Inbox) -> None:
         """Tell ``inbox`` from now on whenever something is queued (or the end), instead of
         waking `next`; if something is queued already, at once."""
@@ -515,13 +530,8 @@ class Subscription:
         stats = self.stats
         if type(entry) is Publication:
             self._messages -= 1
-            if stats is not None:  # a delivery: counted by the countdown (see deliveries)
-                stats.lag_countdown -= 1
-                if not stats.lag_countdown:
-                    stats.lag_countdown = LAG_SAMPLE
-                    stats.counted_deliveries += LAG_SAMPLE
-                    if entry.published_ns:
-                        _measure_lag(stats, entry.published_ns)
+            if stats is not None:
+                _count_delivery(stats, entry)
             return entry.text
         if type(entry) is _Replayed:
             if stats is not None:
@@ -564,6 +574,17 @@ class Subscription:
             self._entries.append(_Replayed(publication))
             self._wake()
             return
+        send_now = self._send_now
+        if (
+            send_now is not None
+            and not self._entries
+            and (waiter := self._waiter) is not None
+            and not waiter.done()  # a reader waits for it, and has not been woken or cancelled
+            and send_now(publication.text)
+        ):
+            if self.stats is not None:
+                _count_delivery(self.stats, publication)
+            return
         if self._messages >= self.queue_size:
             self._drop_oldest()
         self._messages += 1
@@ -598,6 +619,17 @@ class Subscription:
             del self._entries[index]
         else:
             self._entries[index] = gap
+
+
+def _count_delivery(stats: BroadcastStats, publication: Publication) -> None:
+    """Count a live delivery sent now: by the countdown (see `BroadcastStats.deliveries`),
+    and its lag, one in `LAG_SAMPLE`."""
+    stats.lag_countdown -= 1
+    if not stats.lag_countdown:
+        stats.lag_countdown = LAG_SAMPLE
+        stats.counted_deliveries += LAG_SAMPLE
+        if publication.published_ns:
+            _measure_lag(stats, publication.published_ns)
 
 
 def _measure_lag(stats: BroadcastStats, published_ns: int) -> None:
@@ -1313,8 +1345,14 @@ def _refusal(reason: str, code: int = POLICY_VIOLATION) -> TaskFactory[SessionSo
 
 def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
     async def relaying(websocket: SessionSocket) -> None:
-        while (text := await subscription.next()) is not None:
-            await websocket.send_text(text)
+        # Where the server can send at once, the hub's delivery sends what comes while
+        # this task waits; this task sends what was queued (see Subscription.send_now).
+        subscription.send_now(sender_now(websocket))
+        try:
+            while (text := await subscription.next()) is not None:
+                await websocket.send_text(text)
+        finally:
+            subscription.send_now(None)
         await websocket.close(SERVICE_RESTART)  # the hub closed: the service is stopping
 
     return relaying

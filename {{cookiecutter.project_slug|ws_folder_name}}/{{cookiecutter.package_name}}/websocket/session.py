@@ -67,10 +67,44 @@ TaskFactory: TypeAlias = Callable[[WS], Awaitable[None]]
 JsonHandler: TypeAlias = Callable[[WS, dict[str, Any]], Awaitable[None]]
 """What `receive_json` calls with each JSON object a client sends."""
 
+SEND_TEXT_NOW: Final = "send_text_now"
+"""The ASGI scope extension (``scope["extensions"][SEND_TEXT_NOW]``) of a server that can
+send a text frame at once, without a coroutine: a function of the text that returns True
+once it has written the frame, and False, having done nothing, when it cannot now (the
+connection is not open, its transport is not writable, something else is being written):
+the text then goes the usual way, ``await websocket.send_text(text)``. `LeanProtocol`
+offers it; the guard offers its own, which counts what it sends and then calls the
+server's. A broadcast delivers through it straight from the publisher's loop to the
+subscribers that wait for nothing (`sender_now`)."""
+
+SendNow: TypeAlias = Callable[[str], bool]
+"""Sends a text frame at once: True if sent, False (nothing done) if it cannot now."""
+
 
 def now_ns() -> int:
     """Wall-clock time in nanoseconds since the epoch, as sent in ``server_ns`` fields."""
     return time.time_ns()
+
+
+def sender_now(websocket: SessionSocket) -> SendNow | None:
+    """A `SendNow` for an accepted ``websocket``, where its server offers `SEND_TEXT_NOW`
+    (None elsewhere: send with ``send_text``).
+
+    It sends only while the face's state is still the accepted one: what a face does for
+    a send in that state is to pass the message on (Starlette's ``WebSocket`` and the
+    raw-ASGI one both), and a send that would fail or wait is not made here at all, so
+    the face's own path handles every error and close, as before.
+    """
+    extensions = websocket.scope.get("extensions") or {}
+    send_now: SendNow | None = extensions.get(SEND_TEXT_NOW)
+    connected = websocket.application_state
+    if send_now is None or connected.name != "CONNECTED":
+        return None
+
+    def sending_now(text: str) -> bool:
+        return websocket.application_state is connected and send_now(text)
+
+    return sending_now
 
 
 async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:

@@ -26,6 +26,9 @@ from ..testing import ScriptedClient
 from .conftest import SocketFactory
 from .hub_contract import QUEUE_SIZE, HubContract, HubFactory, received
 
+# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+pytestmark = pytest.mark.usefixtures("delivery_path")
+
 
 class TestMemoryHub(HubContract):
     @pytest.fixture

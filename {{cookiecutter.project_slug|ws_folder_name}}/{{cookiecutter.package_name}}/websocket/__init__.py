@@ -39,16 +39,21 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 
 A project keeps the face its framework uses.
 
-2.4.0, fan-out: a broadcast delivery is written straight from the hub's delivery loop to a
-subscriber whose task waits with nothing queued, one ``transport.write`` of the frame built
-once, instead of waking the subscriber's task (`Subscription.send_now`); a subscriber that is
-not writable, has something queued or is sending gets it queued as before, so order, the
-bounded queue, ``dropped`` notices, the send timeout and the counts are unchanged. It runs
-where the server offers the ASGI scope extension `session.SEND_TEXT_NOW` (`LeanProtocol`
-does; the guard wraps it to count and to stop once it closed; `session.sender_now` gives a
-face's); elsewhere everything is as before. `testing.ScriptedClient(sends_now=...)` offers
-it too (`ScriptedClient.sends_now_by_default`, the tests' ``delivery_path`` fixture runs
-the broadcast, guard and metrics tests on both paths); `guard.Tally.count_text`.
+2.4.0, fan-out: where the server can send a text at once (the ASGI scope extension
+`session.SEND_TEXT_NOW`, which `LeanProtocol` offers; the guard wraps it to count what it
+sends and to stop once it has closed; `session.sender_now` gives a face's), a broadcast
+connection is served by one task, which reads the client, and each text queued for it is
+written from the hub's delivery at once: one ``transport.write`` of a frame built once per
+message, no task woken (`Subscription.attach` takes any `broadcast.Reader`; ``_Relay``).
+A text that cannot be written at once (a slow reader, a close under way) starts a task that
+sends it and what follows, in order, waiting as a send does: the bounded queue, ``dropped``
+notices, the send timeout and the counts are unchanged. Elsewhere (other servers) the two
+tasks of before serve. A subscribed connection holds about 4 KiB less. The closures that
+read a broadcast client are made once per channel, not per connection. `run_websocket`'s
+`session.cancel_and_wait` is public. `testing.ScriptedClient(sends_now=...)` offers the
+extension too (`ScriptedClient.sends_now_by_default`: the tests' ``delivery_path`` fixture
+runs the broadcast, guard and metrics tests and the hub contract on both paths);
+`guard.Tally.count_text`.
 
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the

@@ -61,6 +61,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
+import functools
 import inspect
 import itertools
 import logging
@@ -80,6 +81,7 @@ from .session import (
     SendNow,
     SessionSocket,
     TaskFactory,
+    cancel_and_wait,
     dumps,
     now_ns,
     receive_json,
@@ -310,7 +312,6 @@ class Subscription:
         "_messages",
         "_offset",
         "_resumed",
-        "_send_now",
         "_waiter",
         "channel",
         "client_id",
@@ -370,10 +371,8 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         """What `next` waits on while nothing is queued (an ``asyncio.Event`` costs a deque
         of 600 bytes per subscriber, and more work per delivery)."""
-        self._inbox: Inbox | None = None
+        self._inbox: Reader | None = None
         """Where this subscription says it has something to send, when read by `poll`."""
-        self._send_now: SendNow | None = None
-        """Sends a live message at once while `next` waits with nothing queued (`send_now`)."""
 
     @property
     def ended(self) -> bool:
@@ -502,19 +501,10 @@ class Subscription:
                     self._waiter = None
         return self.poll()
 
-    def send_now(self, send_now: SendNow | None) -> None:
-        """From now on (None: no longer), a live message that comes while a `next` call
-        waits with nothing queued is sent at once with ``send_now`` (a `SendNow`: True if
-        it sent it), from the hub's delivery, instead of being queued for the reader's task
-        to wake and send it; it counts as delivered then. When ``send_now`` cannot send it
-        (the connection is not writable, say), or anything is queued, or the reader is not
-        waiting (it is sending), the message is queued as before: each message goes one
-        way or the other, in order, and what is queued is sent by the reader."""
-        self._send_now = send_now
-
-    def attach(self, inbox: Inbox) -> None:
-        """Tell ``inbox`` from now on whenever something is queued (or the end), instead of
-        waking `next`; if something is queued already, at once."""
+    def attach(self, inbox: Reader) -> None:
+        """Tell ``inbox`` (an `Inbox`, or any `Reader`) from now on whenever something is
+        queued (or the end), instead of waking `next`; if something is queued already, at
+        once."""
         self._inbox = inbox
         if self._entries or self._ended:
             inbox.wake(self)
@@ -530,8 +520,13 @@ class Subscription:
         stats = self.stats
         if type(entry) is Publication:
             self._messages -= 1
-            if stats is not None:
-                _count_delivery(stats, entry)
+            if stats is not None:  # a delivery: counted by the countdown (see deliveries)
+                stats.lag_countdown -= 1
+                if not stats.lag_countdown:
+                    stats.lag_countdown = LAG_SAMPLE
+                    stats.counted_deliveries += LAG_SAMPLE
+                    if entry.published_ns:
+                        _measure_lag(stats, entry.published_ns)
             return entry.text
         if type(entry) is _Replayed:
             if stats is not None:
@@ -574,17 +569,6 @@ class Subscription:
             self._entries.append(_Replayed(publication))
             self._wake()
             return
-        send_now = self._send_now
-        if (
-            send_now is not None
-            and not self._entries
-            and (waiter := self._waiter) is not None
-            and not waiter.done()  # a reader waits for it, and has not been woken or cancelled
-            and send_now(publication.text)
-        ):
-            if self.stats is not None:
-                _count_delivery(self.stats, publication)
-            return
         if self._messages >= self.queue_size:
             self._drop_oldest()
         self._messages += 1
@@ -621,17 +605,6 @@ class Subscription:
             self._entries[index] = gap
 
 
-def _count_delivery(stats: BroadcastStats, publication: Publication) -> None:
-    """Count a live delivery sent now: by the countdown (see `BroadcastStats.deliveries`),
-    and its lag, one in `LAG_SAMPLE`."""
-    stats.lag_countdown -= 1
-    if not stats.lag_countdown:
-        stats.lag_countdown = LAG_SAMPLE
-        stats.counted_deliveries += LAG_SAMPLE
-        if publication.published_ns:
-            _measure_lag(stats, publication.published_ns)
-
-
 def _measure_lag(stats: BroadcastStats, published_ns: int) -> None:
     """Count the lag of a delivery sent now, of a message published at ``published_ns``."""
     # Clocks of two machines may disagree: a negative lag counts as 0.
@@ -656,6 +629,14 @@ def _recoverable(since: Position, top: Position, history: Sequence[Publication])
     if since.offset == top.offset:
         return True
     return bool(history) and history[0].offset <= since.offset + 1
+
+
+class Reader(Protocol):
+    """What an attached subscription (`Subscription.attach`) tells as soon as it has something
+    queued or has ended (it is then emptied with `Subscription.poll`): an `Inbox`, or the
+    relay of a broadcast connection (`run_broadcast`)."""
+
+    def wake(self, subscription: Subscription | None) -> None: ...
 
 
 class Inbox:
@@ -1316,15 +1297,13 @@ async def run_broadcast(
             return
     user = presence_user(websocket.scope.get("user"))
     subscription = await hub.subscribe(channel, since, user=user)
+    receiving = _receiver(hub, channel, publish, on_message)
+    send_now = sender_now(websocket)
     try:
-        await run_websocket(
-            websocket,
-            _relay(subscription),
-            receive_json(
-                _publisher(hub, channel, on_message) if publish else _receive_only,
-                presence=_presence_answer(hub, channel),
-            ),
-        )
+        if send_now is None:  # a task that sends what the subscription queues, and one reading
+            await run_websocket(websocket, _relay(subscription), receiving)
+        else:  # one task reading; texts are sent from the hub's delivery (see _Relay)
+            await run_websocket(websocket, _Relay(subscription, send_now).around(receiving))
     finally:
         await hub.unsubscribe(subscription)
         if subscription.dropped:
@@ -1333,6 +1312,18 @@ async def run_broadcast(
                 channel,
                 subscription.dropped,
             )
+
+
+@functools.lru_cache(maxsize=1024)
+def _receiver(
+    hub: Hub, channel: str, publish: bool, on_message: MessageHook[Any] | None
+) -> TaskFactory[Any]:
+    """What reads a broadcast connection's client: one for the connections of a channel
+    (kept for the 1,024 latest), not closures made for each connection (about 600 bytes)."""
+    return receive_json(
+        _publisher(hub, channel, on_message) if publish else _receive_only,
+        presence=_presence_answer(hub, channel),
+    )
 
 
 def _refusal(reason: str, code: int = POLICY_VIOLATION) -> TaskFactory[SessionSocket]:
@@ -1345,17 +1336,89 @@ def _refusal(reason: str, code: int = POLICY_VIOLATION) -> TaskFactory[SessionSo
 
 def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
     async def relaying(websocket: SessionSocket) -> None:
-        # Where the server can send at once, the hub's delivery sends what comes while
-        # this task waits; this task sends what was queued (see Subscription.send_now).
-        subscription.send_now(sender_now(websocket))
-        try:
-            while (text := await subscription.next()) is not None:
-                await websocket.send_text(text)
-        finally:
-            subscription.send_now(None)
+        while (text := await subscription.next()) is not None:
+            await websocket.send_text(text)
         await websocket.close(SERVICE_RESTART)  # the hub closed: the service is stopping
 
     return relaying
+
+
+class _Relay:
+    """Sends what a subscription queues, on a connection whose server can send a text at once
+    (`session.sender_now`): from the hub's delivery itself, the moment it is queued, so that
+    a broadcast costs each connection one write of its frame and no task.
+
+    It is the subscription's `Reader`. When a text cannot be sent at once (the connection is
+    not writable: a slow reader, a close under way), a task of its own sends it, waiting as a
+    send does, and then whatever was queued meanwhile, in order (nothing is sent at once
+    while it runs: the bounded queue, its ``dropped`` notices and the guard's send timeout
+    apply as on the other path); it ends once the queue is empty. When the subscription ends
+    (the hub closed), the connection is closed with 1012. A send that fails ends the session
+    with the error, as the relay task of the other path does.
+    """
+
+    __slots__ = ("drainer", "error", "finished", "send_now", "session", "subscription", "websocket")
+
+    def __init__(self, subscription: Subscription, send_now: SendNow) -> None:
+        self.subscription = subscription
+        self.send_now = send_now
+        self.drainer: asyncio.Task[None] | None = None
+        """The task sending what could not be sent at once, while it runs."""
+        self.session: asyncio.Task[Any] | None = None
+        """The session's task (it reads the client), cancelled when a send fails."""
+        self.error: Exception | None = None
+        self.finished = False
+        self.websocket: SessionSocket | None = None
+
+    def around(self, receiving: TaskFactory[WS]) -> TaskFactory[WS]:
+        """The session: ``receiving`` in the session's own task, with this relay sending."""
+
+        async def relayed(websocket: WS) -> None:
+            task = self.session = asyncio.current_task()
+            self.websocket = websocket
+            self.subscription.attach(self)  # what is queued (the subscribed notice) goes now
+            try:
+                await receiving(websocket)
+            except asyncio.CancelledError:
+                if self.error is None or task is None or task.uncancel():
+                    raise  # not (only) the relay's cancellation
+                raise self.error from None
+            finally:
+                self.finished = True
+                self.session = self.websocket = None
+                if self.drainer is not None:
+                    await cancel_and_wait([self.drainer])
+
+        return relayed
+
+    def wake(self, subscription: Subscription | None) -> None:
+        """Something is queued, or the subscription ended: send it now if it can be."""
+        if self.drainer is not None or self.finished:
+            return  # the drainer sends it, in order; or the session is over
+        send_now = self.send_now
+        poll = self.subscription.poll
+        while (text := poll()) is not None:
+            if not send_now(text):
+                self.drainer = asyncio.get_running_loop().create_task(self.drain(text))
+                return
+        if self.subscription.ended:
+            self.drainer = asyncio.get_running_loop().create_task(self.drain(None))
+
+    async def drain(self, text: str | None) -> None:
+        websocket = self.websocket
+        assert websocket is not None, "a drainer runs only during the session"
+        try:
+            while text is not None:
+                await websocket.send_text(text)
+                text = self.subscription.poll()
+            if self.subscription.ended:
+                await websocket.close(SERVICE_RESTART)  # the hub closed: the service stops
+        except Exception as error:  # the connection failed: the session ends with it
+            self.error = error
+            if self.session is not None:
+                self.session.cancel()
+        finally:
+            self.drainer = None
 
 
 def _presence_answer(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:

@@ -87,19 +87,19 @@ def now_ns() -> int:
 
 
 def sender_now(websocket: SessionSocket) -> SendNow | None:
-    """A `SendNow` for an accepted ``websocket``, where its server offers `SEND_TEXT_NOW`
-    (None elsewhere: send with ``send_text``).
+    """A `SendNow` for ``websocket``, where its server offers `SEND_TEXT_NOW` (None
+    elsewhere: send with ``send_text``).
 
-    It sends only while the face's state is still the accepted one: what a face does for
-    a send in that state is to pass the message on (Starlette's ``WebSocket`` and the
-    raw-ASGI one both), and a send that would fail or wait is not made here at all, so
-    the face's own path handles every error and close, as before.
+    It sends only while the face's state is the accepted one (``CONNECTED``): what a face
+    does with a send in that state is to pass it on (Starlette's ``WebSocket`` and the
+    raw-ASGI one both), and a send that would fail or wait is not made here at all, so the
+    face's own path handles every error and close, as before.
     """
     extensions = websocket.scope.get("extensions") or {}
     send_now: SendNow | None = extensions.get(SEND_TEXT_NOW)
-    connected = websocket.application_state
-    if send_now is None or connected.name != "CONNECTED":
+    if send_now is None:
         return None
+    connected = type(websocket.application_state)["CONNECTED"]
 
     def sending_now(text: str) -> bool:
         return websocket.application_state is connected and send_now(text)
@@ -152,7 +152,7 @@ async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None
         close_code = GOING_AWAY
         raise
     finally:
-        await _cancel_and_wait(tasks)
+        await cancel_and_wait(tasks)
         await _close_if_open(websocket, close_code)
 
 
@@ -184,7 +184,7 @@ def _close_code_after(websocket: SessionSocket, error: BaseException) -> int:
     return INTERNAL_ERROR
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel every task and wait for all of them, even if we are cancelled meanwhile.
 
     A cancellation that arrives meanwhile is re-raised once the tasks are done, as the

@@ -211,5 +211,6 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             or conn.debug
         ):
             return False
-        self.transport.write(text_frame(text))
+        last = _last_frame  # text_frame(text), inline: this runs once per subscriber
+        self.transport.write(last[1] if last[0] is text else text_frame(text))
         return True

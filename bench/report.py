@@ -252,7 +252,7 @@ def keepalive_ratios(results: Results) -> str:
 
 
 CEILINGS = ("raw-asgi-json", "raw-asgi-echo")
-"""The two ceilings on uvicorn: (4) the same work (stdlib JSON, nothing else) and (2) the echo."""
+"""The two ceilings on uvicorn: (4) the same work (orjson, nothing else) and (2) the echo."""
 
 
 def ceiling_table(results: Results) -> str:
@@ -865,7 +865,8 @@ def markdown(results: Results, header: str) -> str:
     ):
         sections.append(
             "## Ceilings\n\nHow close each flavour comes to the least a keepalive can cost on "
-            "uvicorn, paired by repetition: (4) a raw-ASGI keepalive with stdlib JSON and "
+            "uvicorn, paired by repetition: (4) a raw-ASGI keepalive with orjson (the service's "
+            "JSON library) and "
             "nothing else (the same work: parse, answer, serialise) and (2) a raw-ASGI echo "
             "without JSON (framing alone). 1.00x is the ceiling; below it, the share of the "
             "ceiling's speed the flavour keeps.\n\n" + ceiling_table(results)

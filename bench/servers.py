@@ -225,7 +225,7 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
         ),
         ServerSpec(
             "raw-asgi-json",
-            "(4) raw-ASGI keepalive, stdlib JSON, nothing else (the same-work ceiling)",
+            "(4) raw-ASGI keepalive, orjson, nothing else (the same-work ceiling)",
             uvicorn("raw_asgi_json:app"),
             BASELINES,
             "/ws/keepalive",

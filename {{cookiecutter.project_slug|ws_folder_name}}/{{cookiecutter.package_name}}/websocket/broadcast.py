@@ -1303,7 +1303,7 @@ async def run_broadcast(
         if send_now is None:  # a task that sends what the subscription queues, and one reading
             await run_websocket(websocket, _relay(subscription), receiving)
         else:  # one task reading; texts are sent from the hub's delivery (see _Relay)
-            await run_websocket(websocket, _Relay(subscription, send_now).around(receiving))
+            await run_websocket(websocket, _Relay(subscription, send_now, receiving))
     finally:
         await hub.unsubscribe(subscription)
         if subscription.dropped:
@@ -1357,11 +1357,24 @@ class _Relay:
     with the error, as the relay task of the other path does.
     """
 
-    __slots__ = ("drainer", "error", "finished", "send_now", "session", "subscription", "websocket")
+    __slots__ = (
+        "drainer",
+        "error",
+        "finished",
+        "receiving",
+        "send_now",
+        "session",
+        "subscription",
+        "websocket",
+    )
 
-    def __init__(self, subscription: Subscription, send_now: SendNow) -> None:
+    def __init__(
+        self, subscription: Subscription, send_now: SendNow, receiving: TaskFactory[Any]
+    ) -> None:
         self.subscription = subscription
         self.send_now = send_now
+        self.receiving = receiving
+        """What reads the client, in the session's own task."""
         self.drainer: asyncio.Task[None] | None = None
         """The task sending what could not be sent at once, while it runs."""
         self.session: asyncio.Task[Any] | None = None
@@ -1370,26 +1383,23 @@ class _Relay:
         self.finished = False
         self.websocket: SessionSocket | None = None
 
-    def around(self, receiving: TaskFactory[WS]) -> TaskFactory[WS]:
-        """The session: ``receiving`` in the session's own task, with this relay sending."""
-
-        async def relayed(websocket: WS) -> None:
-            task = self.session = asyncio.current_task()
-            self.websocket = websocket
-            self.subscription.attach(self)  # what is queued (the subscribed notice) goes now
-            try:
-                await receiving(websocket)
-            except asyncio.CancelledError:
-                if self.error is None or task is None or task.uncancel():
-                    raise  # not (only) the relay's cancellation
-                raise self.error from None
-            finally:
-                self.finished = True
-                self.session = self.websocket = None
-                if self.drainer is not None:
-                    await cancel_and_wait([self.drainer])
-
-        return relayed
+    async def __call__(self, websocket: SessionSocket) -> None:
+        """The session (a task factory for `run_websocket`): the client read in the
+        session's own task, with this relay sending (no closure: one object less each)."""
+        task = self.session = asyncio.current_task()
+        self.websocket = websocket
+        self.subscription.attach(self)  # what is queued (the subscribed notice) goes now
+        try:
+            await self.receiving(websocket)
+        except asyncio.CancelledError:
+            if self.error is None or task is None or task.uncancel():
+                raise  # not (only) the relay's cancellation
+            raise self.error from None
+        finally:
+            self.finished = True
+            self.session = self.websocket = None
+            if self.drainer is not None:
+                await cancel_and_wait([self.drainer])
 
     def wake(self, subscription: Subscription | None) -> None:
         """Something is queued, or the subscription ended: send it now if it can be."""

@@ -41,7 +41,7 @@ A project keeps the face its framework uses.
 
 2.4.0, fan-out: where the server can send a text at once (the ASGI scope extension
 `session.SEND_TEXT_NOW`, which `LeanProtocol` offers; the guard wraps it to count what it
-sends and to stop once it has closed; `session.sender_now` gives a face's), a broadcast
+sends and to stop once it has closed; `session.server_sender` finds it), a broadcast
 connection is served by one task, which reads the client, and each text queued for it is
 written from the hub's delivery at once: one ``transport.write`` of a frame built once per
 message, no task woken (`Subscription.attach` takes any `broadcast.Reader`; ``_Relay``).

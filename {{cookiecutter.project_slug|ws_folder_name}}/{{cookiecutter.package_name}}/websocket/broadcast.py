@@ -71,6 +71,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Protocol, Self, TypeAlias
 from urllib.parse import parse_qs
@@ -87,7 +88,7 @@ from .session import (
     receive_json,
     run_websocket,
     send_json,
-    sender_now,
+    server_sender,
 )
 
 logger = logging.getLogger(__name__)
@@ -1298,7 +1299,7 @@ async def run_broadcast(
     user = presence_user(websocket.scope.get("user"))
     subscription = await hub.subscribe(channel, since, user=user)
     receiving = _receiver(hub, channel, publish, on_message)
-    send_now = sender_now(websocket)
+    send_now = server_sender(websocket)
     try:
         if send_now is None:  # a task that sends what the subscription queues, and one reading
             await run_websocket(websocket, _relay(subscription), receiving)
@@ -1345,7 +1346,7 @@ def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
 
 class _Relay:
     """Sends what a subscription queues, on a connection whose server can send a text at once
-    (`session.sender_now`): from the hub's delivery itself, the moment it is queued, so that
+    (`session.server_sender`): from the hub's delivery itself, the moment it is queued, so that
     a broadcast costs each connection one write of its frame and no task.
 
     It is the subscription's `Reader`. When a text cannot be sent at once (the connection is
@@ -1358,6 +1359,7 @@ class _Relay:
     """
 
     __slots__ = (
+        "connected",
         "drainer",
         "error",
         "finished",
@@ -1382,12 +1384,15 @@ class _Relay:
         self.error: Exception | None = None
         self.finished = False
         self.websocket: SessionSocket | None = None
+        self.connected: Enum | None = None
+        """The face's state of an accepted connection: what a text is sent at once in."""
 
     async def __call__(self, websocket: SessionSocket) -> None:
         """The session (a task factory for `run_websocket`): the client read in the
         session's own task, with this relay sending (no closure: one object less each)."""
         task = self.session = asyncio.current_task()
         self.websocket = websocket
+        self.connected = websocket.application_state  # accepted: run_websocket did
         self.subscription.attach(self)  # what is queued (the subscribed notice) goes now
         try:
             await self.receiving(websocket)
@@ -1405,10 +1410,16 @@ class _Relay:
         """Something is queued, or the subscription ended: send it now if it can be."""
         if self.drainer is not None or self.finished:
             return  # the drainer sends it, in order; or the session is over
-        send_now = self.send_now
+        send_now, websocket, connected = self.send_now, self.websocket, self.connected
         poll = self.subscription.poll
         while (text := poll()) is not None:
-            if not send_now(text):
+            # What a face does with a text in its accepted state is to pass it on (both
+            # faces); in any other state the drainer sends it through the face, as a send.
+            if (
+                websocket is None
+                or websocket.application_state is not connected
+                or not send_now(text)
+            ):
                 self.drainer = asyncio.get_running_loop().create_task(self.drain(text))
                 return
         if self.subscription.ended:

@@ -75,7 +75,7 @@ connection is not open, its transport is not writable, something else is being w
 the text then goes the usual way, ``await websocket.send_text(text)``. `LeanProtocol`
 offers it; the guard offers its own, which counts what it sends and then calls the
 server's. A broadcast delivers through it straight from the publisher's loop to the
-subscribers that wait for nothing (`sender_now`)."""
+subscribers that wait for nothing (`server_sender`)."""
 
 SendNow: TypeAlias = Callable[[str], bool]
 """Sends a text frame at once: True if sent, False (nothing done) if it cannot now."""
@@ -86,25 +86,15 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def sender_now(websocket: SessionSocket) -> SendNow | None:
-    """A `SendNow` for ``websocket``, where its server offers `SEND_TEXT_NOW` (None
-    elsewhere: send with ``send_text``).
-
-    It sends only while the face's state is the accepted one (``CONNECTED``): what a face
-    does with a send in that state is to pass it on (Starlette's ``WebSocket`` and the
-    raw-ASGI one both), and a send that would fail or wait is not made here at all, so the
-    face's own path handles every error and close, as before.
-    """
+def server_sender(websocket: SessionSocket) -> SendNow | None:
+    """The `SEND_TEXT_NOW` that ``websocket``'s server offers (through the guard), or None
+    (send with ``send_text``). Send with it only while the face's ``application_state`` is
+    the accepted one (``CONNECTED``): what a face does with a text in that state is to pass
+    it on (Starlette's ``WebSocket`` and the raw-ASGI one both); in any other state, send
+    through the face, which raises what it should."""
     extensions = websocket.scope.get("extensions") or {}
     send_now: SendNow | None = extensions.get(SEND_TEXT_NOW)
-    if send_now is None:
-        return None
-    connected = type(websocket.application_state)["CONNECTED"]
-
-    def sending_now(text: str) -> bool:
-        return websocket.application_state is connected and send_now(text)
-
-    return sending_now
+    return send_now
 
 
 async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:

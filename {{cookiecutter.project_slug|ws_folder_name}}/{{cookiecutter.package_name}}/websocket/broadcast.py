@@ -1298,7 +1298,10 @@ async def run_broadcast(
             return
     user = presence_user(websocket.scope.get("user"))
     subscription = await hub.subscribe(channel, since, user=user)
-    receiving = _receiver(hub, channel, publish, on_message)
+    try:
+        receiving = _shared_receiver(hub, channel, publish, on_message)
+    except TypeError:  # a hook that cannot be a key (unhashable): this connection's own
+        receiving = _receiver(hub, channel, publish, on_message)
     send_now = server_sender(websocket)
     try:
         if send_now is None:  # a task that sends what the subscription queues, and one reading
@@ -1315,16 +1318,19 @@ async def run_broadcast(
             )
 
 
-@functools.lru_cache(maxsize=1024)
 def _receiver(
     hub: Hub, channel: str, publish: bool, on_message: MessageHook[Any] | None
 ) -> TaskFactory[Any]:
-    """What reads a broadcast connection's client: one for the connections of a channel
-    (kept for the 1,024 latest), not closures made for each connection (about 600 bytes)."""
+    """What reads a broadcast connection's client."""
     return receive_json(
         _publisher(hub, channel, on_message) if publish else _receive_only,
         presence=_presence_answer(hub, channel),
     )
+
+
+_shared_receiver = functools.lru_cache(maxsize=1024)(_receiver)
+"""`_receiver`, one for the connections of a channel (kept for the 1,024 latest), not
+closures made for each connection (about 600 bytes each)."""
 
 
 def _refusal(reason: str, code: int = POLICY_VIOLATION) -> TaskFactory[SessionSocket]:
@@ -1374,7 +1380,8 @@ class _Relay:
         self, subscription: Subscription, send_now: SendNow, receiving: TaskFactory[Any]
     ) -> None:
         self.subscription = subscription
-        self.send_now = send_now
+        self.send_now: SendNow | None = send_now
+        """None once the session is over (nothing of the connection is held after it)."""
         self.receiving = receiving
         """What reads the client, in the session's own task."""
         self.drainer: asyncio.Task[None] | None = None
@@ -1402,7 +1409,7 @@ class _Relay:
             raise self.error from None
         finally:
             self.finished = True
-            self.session = self.websocket = None
+            self.session = self.websocket = self.send_now = None
             if self.drainer is not None:
                 await cancel_and_wait([self.drainer])
 
@@ -1411,6 +1418,8 @@ class _Relay:
         if self.drainer is not None or self.finished:
             return  # the drainer sends it, in order; or the session is over
         send_now, websocket, connected = self.send_now, self.websocket, self.connected
+        if send_now is None:
+            return
         poll = self.subscription.poll
         while (text := poll()) is not None:
             # What a face does with a text in its accepted state is to pass it on (both

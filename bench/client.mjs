@@ -9,6 +9,7 @@
 //       --period 1 --settle 2 --duration 10
 //   node client.mjs broadcast --url ws://127.0.0.1:PORT/ws/rooms/bench --connections 10000 \
 //       --messages 30 --warmup-messages 2 --interval 0.2
+//   node client.mjs broadcast --transport socketio --url ws://127.0.0.1:PORT/ws/rooms/bench ...
 //   node client.mjs presence --url ws://127.0.0.1:PORT/ws/rooms/bench --connections 10000 \
 //       --round-trips 20
 //
@@ -17,11 +18,15 @@
 // {"event": "result", ...} with what it measured. In counted and idle modes it waits for
 // "go" (and "close"; presence mode "ask" too) on stdin between its phases. Every connection is to 127.0.0.1 and offers no
 // permessage-deflate (the service's default clients in the benchmark send small JSON).
+// Broadcast mode with --transport socketio speaks Socket.IO instead (socket.io-client,
+// websocket transport only), to a python-socketio server (bench/baselines/socketio_app.py).
 // Errors end the process with a one-line message on stderr and exit code 1.
 
+import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
 import readline from "node:readline";
 import { parseArgs } from "node:util";
+import { io } from "socket.io-client";
 import WebSocket from "ws";
 
 const OPTIONS = {
@@ -40,6 +45,7 @@ const OPTIONS = {
   pause: { type: "string", default: "0" },
   "local-addresses": { type: "string", default: "1" },
   "handshake-timeout": { type: "string", default: "30" },
+  transport: { type: "string", default: "ws" },
 };
 
 // Connections come from this many loopback addresses (127.0.0.1, 127.0.0.2, ...) in turn:
@@ -48,6 +54,15 @@ const OPTIONS = {
 let localAddresses = 1;
 let handshakeTimeoutMs = 30000; // --handshake-timeout, in seconds: set by main()
 let connectionsStarted = 0;
+
+/** The loopback address the next connection comes from; undefined for one address: a
+ * connection bound to an address first must have a port of its own on it (bind), where
+ * an unbound one needs only a 4-tuple of its own, so that other programs' connections on
+ * a shared machine do not use up the ports this one needs. */
+function nextLocalAddress() {
+  if (localAddresses === 1) return undefined;
+  return `127.0.0.${1 + (connectionsStarted++ % localAddresses)}`;
+}
 
 // Replies that count as a round trip: a keepalive_ack, or the keepalive itself from an echo
 // server. Anything else (an error reply, say) is counted as bad and fails the run.
@@ -109,10 +124,67 @@ class Samples {
   }
 }
 
+let transport = "ws"; // --transport: ws, or socketio (broadcast mode); set by main()
+
+/** A Socket.IO connection with the surface of a `ws` socket that broadcast mode uses: its
+ * "message" events carry the object the server emitted as "message" (not text), `send(text)`
+ * emits the parsed JSON object as "message", "close" comes with the disconnect reason. */
+class SocketIOConnection extends EventEmitter {
+  constructor(socket) {
+    super();
+    this.socket = socket;
+    this.readyState = WebSocket.CONNECTING;
+    socket.on("message", (data) => this.emit("message", data));
+    socket.on("disconnect", (reason) => {
+      this.readyState = WebSocket.CLOSED;
+      this.emit("close", reason);
+    });
+  }
+
+  send(text) {
+    this.socket.emit("message", JSON.parse(text));
+  }
+
+  close() {
+    this.socket.disconnect();
+  }
+
+  terminate() {
+    this.socket.disconnect();
+  }
+}
+
+/** Open one Socket.IO connection (websocket transport only) to the server of `url`, and
+ * subscribe it to the channel named by the url's path. */
+function openSocketIO(url, setup) {
+  return new Promise((resolve, reject) => {
+    const { origin, pathname } = new URL(url);
+    const localAddress = nextLocalAddress();
+    const socket = io(origin, {
+      transports: ["websocket"],
+      forceNew: true,
+      reconnection: false,
+      perMessageDeflate: false,
+      timeout: handshakeTimeoutMs,
+      localAddress,
+    });
+    const connection = new SocketIOConnection(socket);
+    setup(connection);
+    socket.once("connect", () => {
+      socket.off("connect_error");
+      connection.readyState = WebSocket.OPEN;
+      socket.emit("subscribe", pathname);
+      resolve(connection);
+    });
+    socket.once("connect_error", (error) => reject(new Error(`cannot open ${url}: ${error.message}`)));
+  });
+}
+
 /** Open one connection; `setup` gets the socket before any message can arrive. */
 function openOne(url, setup = () => {}) {
+  if (transport === "socketio") return openSocketIO(url, setup);
   return new Promise((resolve, reject) => {
-    const localAddress = `127.0.0.${1 + (connectionsStarted++ % localAddresses)}`;
+    const localAddress = nextLocalAddress();
     const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: handshakeTimeoutMs, localAddress });
     setup(ws);
     ws.once("open", () => {
@@ -379,6 +451,13 @@ async function ticker(options) {
   });
 }
 
+/** A received message for an error message: text as it came, an object as JSON. */
+function shown(received) {
+  return typeof received === "object" && !Buffer.isBuffer(received)
+    ? JSON.stringify(received)
+    : String(received);
+}
+
 /** Broadcast: one publisher, `connections` subscribers on one room, delivery latency.
  *
  * Every connection of a broadcast room (the generated service's `run_broadcast`) first gets
@@ -453,13 +532,15 @@ async function broadcast(options) {
     let expected = 0;
     let offset = null;
     let epoch = null;
-    ws.on("message", (data) => {
+    ws.on("message", (received) => {
       const now = performance.now();
-      const message = JSON.parse(data);
+      // Text from a websocket; an object already parsed from Socket.IO.
+      const parsed = typeof received === "object" && !Buffer.isBuffer(received);
+      const message = parsed ? received : JSON.parse(received);
       if (subscribed !== null) {
-        if (message.type !== "subscribed") problem("unexpected", `before "subscribed": ${data}`);
+        if (message.type !== "subscribed") problem("unexpected", `before "subscribed": ${shown(received)}`);
         else if (!Number.isInteger(message.offset) || typeof message.epoch !== "string") {
-          problem("unexpected", `"subscribed" without a position: ${data}`);
+          problem("unexpected", `"subscribed" without a position: ${shown(received)}`);
         }
         ({ offset, epoch } = message);
         subscribed();
@@ -468,10 +549,10 @@ async function broadcast(options) {
       }
       if (message.type === "dropped") {
         ({ offset, epoch } = message); // the position after the loss
-        return problem("dropped", `a subscriber got ${data}`);
+        return problem("dropped", `a subscriber got ${shown(received)}`);
       }
-      if (message.type === "error") return problem("errors", `a connection got ${data}`);
-      if (message.type !== "broadcast") return problem("unexpected", `unexpected: ${data}`);
+      if (message.type === "error") return problem("errors", `a connection got ${shown(received)}`);
+      if (message.type !== "broadcast") return problem("unexpected", `unexpected: ${shown(received)}`);
       if (message.offset !== offset + 1 || message.epoch !== epoch) {
         problem(
           "offset_gaps",
@@ -657,7 +738,7 @@ async function main() {
   }
   const options = { url: values.url };
   for (const [name, value] of Object.entries(values)) {
-    if (name === "url") continue;
+    if (name === "url" || name === "transport") continue;
     const number = Number(value);
     if (!Number.isFinite(number) || number < 0) fail(`--${name} must be a number >= 0`);
     options[name] = number;
@@ -666,6 +747,11 @@ async function main() {
     fail("--local-addresses must be a whole number >= 1");
   }
   localAddresses = Math.min(options["local-addresses"], 254);
+  if (!["ws", "socketio"].includes(values.transport)) fail("--transport must be ws or socketio");
+  if (values.transport === "socketio" && positionals[0] !== "broadcast") {
+    fail("--transport socketio is for broadcast mode");
+  }
+  transport = values.transport;
   handshakeTimeoutMs = options["handshake-timeout"] * 1000;
   await mode(options);
   process.exit(0);

@@ -110,7 +110,7 @@ def ensure_client() -> str:
     major = re.match(r"v(\d+)", version.stdout.strip())
     if major is None or int(major.group(1)) < MIN_NODE:
         raise BenchError(f"Node.js {version.stdout.strip()} is too old: {MIN_NODE}+ is needed.")
-    if installed_ws_version() != locked_ws_version():
+    if any(installed_version(name) != locked_version(name) for name in CLIENT_PACKAGES):
         npm = shutil.which("npm")
         if npm is None:
             raise BenchError("npm is not installed: install it to set up bench/node_modules.")
@@ -122,16 +122,20 @@ def ensure_client() -> str:
     return version.stdout.strip()
 
 
-def locked_ws_version() -> str:
-    """The version of ``ws`` that bench/package-lock.json pins."""
+CLIENT_PACKAGES = ("ws", "socket.io-client")
+"""The npm packages of the load generator (bench/package.json's dependencies)."""
+
+
+def locked_version(package: str) -> str:
+    """The version of ``package`` that bench/package-lock.json pins."""
     lock = json.loads((BENCH / "package-lock.json").read_text())
-    return str(lock["packages"]["node_modules/ws"]["version"])
+    return str(lock["packages"][f"node_modules/{package}"]["version"])
 
 
-def installed_ws_version() -> str | None:
-    """The version of ``ws`` in bench/node_modules, or None when it is not installed."""
-    package = BENCH / "node_modules" / "ws" / "package.json"
-    return str(json.loads(package.read_text())["version"]) if package.exists() else None
+def installed_version(package: str) -> str | None:
+    """The version of ``package`` in bench/node_modules, or None when it is not installed."""
+    found = BENCH / "node_modules" / package / "package.json"
+    return str(json.loads(found.read_text())["version"]) if found.exists() else None
 
 
 Event = Mapping[str, Any]
@@ -146,8 +150,17 @@ class Client:
     does not end.
     """
 
-    def __init__(self, mode: str, url: str, options: Mapping[str, float], cpu: int | None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        url: str,
+        options: Mapping[str, float],
+        cpu: int | None,
+        transport: str = "ws",
+    ) -> None:
         arguments = [f"--{name}={value:g}" for name, value in options.items()]
+        if transport != "ws":  # socketio: Socket.IO (broadcast mode)
+            arguments.append(f"--transport={transport}")
         self.command = pinned(["node", str(CLIENT), mode, f"--url={url}", *arguments], cpu)
         self._process: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/memory.py                     10,000 idle connections, each flavour
     .venv/bin/python bench/memory.py --connections 2000 --flavours asgi
+    .venv/bin/python bench/memory.py --broadcast         10,000 subscribers of one room (issue 30)
 
 Renders the default project (each flavour), starts it with uvicorn's defaults under
 ``traced_server.py`` (tracemalloc on, ``--frames`` frames), opens the connections with the benchmark's
@@ -9,7 +10,10 @@ load generator (idle mode: each answers one keepalive, then idles), and takes a 
 before they open and another while they are held. Prints, per connection held: the
 server's RSS growth, the growth that tracemalloc sees (Python's allocations), the top
 lines and tracebacks that allocated it, and the live objects the garbage collector tracks,
-by type. tracemalloc's own bookkeeping inflates RSS, so RSS here is not the benchmark's
+by type. With ``--broadcast`` the project has a broadcast room (memory hub) and the
+connections are its subscribers (the broadcast workload's load generator, paused once they
+are all subscribed): the snapshots are before the first connection and then.
+tracemalloc's own bookkeeping inflates RSS, so RSS here is not the benchmark's
 figure (bench/run.py --workloads idle measures that, untraced). ``--output FILE`` writes
 the report to a file too.
 """
@@ -36,9 +40,11 @@ from bench.loadgen import BenchError, Client, Event, ensure_client, sample
 from bench.run import raise_open_file_limit
 from bench.servers import (
     BENCH,
-    LOAD_TEST_LIMITS,
     RunningServer,
+    ServerSpec,
+    fanout_specs,
     pinning_cpus,
+    render_fanout_projects,
     render_projects,
     server_specs,
 )
@@ -64,6 +70,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--open-concurrency", type=int, default=10, help="handshakes in flight (traced: slow)"
     )
+    parser.add_argument(
+        "--broadcast", action="store_true", help="subscribers of one broadcast room, not idle"
+    )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     return parser.parse_args(argv)
 
@@ -80,17 +89,20 @@ def snapshot(server: RunningServer, folder: Path, number: int) -> None:
 
 def traced(project: Path, flavour: str, args: argparse.Namespace, work: Path) -> str:
     connections, settle, top = args.connections, args.settle, args.top
-    spec = next(
-        s
-        for s in server_specs({"fastapi": project, "asgi": project}, 1.0)
-        if s.key == f"generated-{flavour}"
-    )
+    if args.broadcast:
+        spec = next(s for s in fanout_specs({flavour: project}) if s.key == f"fanout-{flavour}")
+    else:
+        spec = next(
+            s
+            for s in server_specs({"fastapi": project, "asgi": project}, 1.0)
+            if s.key == f"generated-{flavour}"
+        )
     folder = work / f"trace-{flavour}"
     folder.mkdir()
     spec = replace(
         spec,
         command=(str(BENCH / "traced_server.py"), *spec.command[2:]),  # not "-m uvicorn"
-        env={**LOAD_TEST_LIMITS, "TRACE_DIR": str(folder), "TRACE_FRAMES": str(args.frames)},
+        env={**spec.env, "TRACE_DIR": str(folder), "TRACE_FRAMES": str(args.frames)},
     )
     server_cpu, client_cpu, _ = pinning_cpus()
     rss: dict[str, int] = {}
@@ -111,10 +123,42 @@ def traced(project: Path, flavour: str, args: argparse.Namespace, work: Path) ->
         options = {"connections": connections, "open-concurrency": args.open_concurrency}
         options["handshake-timeout"] = 600  # a traced server can stall for seconds
         options["local-addresses"] = local_addresses(connections)
-        Client("idle", server.ws_url(spec.keepalive_path), options, client_cpu).run(
-            on_event, timeout=1200
-        )
+        if args.broadcast:
+            subscribed(server, spec, options, folder, settle, rss, client_cpu)
+        else:
+            Client("idle", server.ws_url(spec.keepalive_path), options, client_cpu).run(
+                on_event, timeout=1200
+            )
     return analyse(flavour, folder, connections, rss, top)
+
+
+def subscribed(
+    server: RunningServer,
+    spec: ServerSpec,
+    options: dict[str, float],
+    folder: Path,
+    settle: float,
+    rss: dict[str, int],
+    client_cpu: int | None,
+) -> None:
+    """Snapshot 1, then open the room's subscribers (and its publisher) and, once they are
+    all subscribed, snapshot 2; then one message reaches them all (checked) and they close."""
+    time.sleep(0.5)
+    snapshot(server, folder, 1)
+    rss["before"] = sample(server.pid).rss_bytes
+
+    def on_event(event: Event, client: Client) -> None:
+        if event["event"] == "paused":
+            time.sleep(settle)
+            rss["held"] = sample(server.pid).rss_bytes
+            snapshot(server, folder, 2)
+            client.tell("go")
+
+    options = {**options, "messages": 1, "warmup-messages": 0, "pause": 1, "fanout-timeout": 600}
+    assert spec.broadcast_path is not None
+    Client("broadcast", server.ws_url(spec.broadcast_path), options, client_cpu).run(
+        on_event, timeout=1200
+    )
 
 
 def analyse(flavour: str, folder: Path, connections: int, rss: dict[str, int], top: int) -> str:
@@ -127,7 +171,7 @@ def analyse(flavour: str, folder: Path, connections: int, rss: dict[str, int], t
         s.size for s in before.statistics("filename")
     )
     lines = [
-        f"## {flavour} flavour, {connections:,} idle connections",
+        f"## {flavour} flavour, {connections:,} connections",
         "",
         f"- RSS growth per connection (under tracemalloc): "
         f"{(rss['held'] - rss['before']) * per / KIB:.1f} KiB",
@@ -192,12 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_client()
         with tempfile.TemporaryDirectory(prefix="ws-template-memory-") as scratch:
             work = Path(scratch)
-            projects = render_projects(work / "render")
+            render = render_fanout_projects if args.broadcast else render_projects
+            projects = render(work / "render")
             sections = [traced(projects[f], f, args, work) for f in args.flavours]
     except BenchError as error:
         print(f"bench/memory.py: {error}", file=sys.stderr)
         return 1
-    text = "# Where the bytes of idle connections go (tracemalloc)\n\n" + "\n".join(sections)
+    what = "subscribed connections" if args.broadcast else "idle connections"
+    text = f"# Where the bytes of {what} go (tracemalloc)\n\n" + "\n".join(sections)
     print(text)
     if args.output:
         args.output.write_text(text)

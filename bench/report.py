@@ -39,6 +39,30 @@ COLORS = {
     "broadcast-redis": "#d62728",
     "broadcast-redis-nohistory": "#fc9272",
 }
+FANOUT_PEER = "fanout-websockets"
+"""The fan-out workload's floor: the ``websockets`` server with ``websockets.broadcast()``."""
+FANOUT_GOALS = {
+    "fanout-fastapi": {
+        "server_cpu_us_per_delivery": 0.8,
+        "latency_p99_ms": 1.0,
+        "rss_per_subscriber_kib": 1.3,
+    },
+    "fanout-asgi": {
+        "server_cpu_us_per_delivery": 0.8,
+        "latency_p99_ms": 1.0,
+        "rss_per_subscriber_kib": 1.0,
+    },
+}
+"""Issue 30's goals at `BROADCAST_TARGET_SUBSCRIBERS`: each generated flavour's figure over
+`FANOUT_PEER`'s, paired by repetition, at most this."""
+FANOUT_FIGURES = {
+    "server_cpu_us_per_delivery": "server CPU us/delivery",
+    "latency_p50_ms": "delivery p50 ms",
+    "latency_p99_ms": "delivery p99 ms",
+    "fanout_p50_ms": "last subscriber p50 ms",
+    "rss_per_subscriber_kib": "KiB per subscribed connection",
+    "client_cpu_fanout": "load generator CPU in fan-outs",
+}
 BROADCAST_TARGET_SUBSCRIBERS = 10_000
 HISTORY_CPU_GOAL = 1.10
 """Issue 12's goal: server CPU per delivery with history on at most this times that with it off."""
@@ -228,7 +252,7 @@ def keepalive_ratios(results: Results) -> str:
 
 
 CEILINGS = ("raw-asgi-json", "raw-asgi-echo")
-"""The two ceilings on uvicorn: (4) the same work (stdlib JSON, nothing else) and (2) the echo."""
+"""The two ceilings on uvicorn: (4) the same work (orjson, nothing else) and (2) the echo."""
 
 
 def ceiling_table(results: Results) -> str:
@@ -478,6 +502,63 @@ def broadcast_table(results: Results) -> str:
         "seconds to open the subscribers",
         "client CPU in fan-outs",
     ]
+    return table(header, rows)
+
+
+def fanout_table(results: Results) -> str:
+    """The fan-out workload's figures: each server at each subscriber count."""
+    rows = []
+    for server in results.servers("fanout"):
+        for count in results.connections("fanout"):
+            runs = results.runs("fanout", server, count)
+            if not runs:
+                continue
+            deliveries = min(int(r["deliveries"]) for r in runs)
+            expected = max(int(r["expected_deliveries"]) for r in runs)
+            figures = [
+                cell(
+                    results.figure("fanout", server, key, count),
+                    percent if key == "client_cpu_fanout" else number,
+                )
+                for key in FANOUT_FIGURES
+            ]
+            rows.append(
+                [results.labels[server], f"{count:,}", *figures, f"{deliveries:,} of {expected:,}"]
+            )
+    header = ["server", "subscribers", *FANOUT_FIGURES.values(), "deliveries (fewest in a run)"]
+    return table(header, rows)
+
+
+def fanout_ratios(results: Results) -> str:
+    """Each server's figures over `FANOUT_PEER`'s, paired by repetition, with issue 30's
+    goals where it sets one (at `BROADCAST_TARGET_SUBSCRIBERS` subscribers)."""
+    rows = []
+    for count in results.connections("fanout"):
+        for server in results.servers("fanout"):
+            if server == FANOUT_PEER or not results.runs("fanout", server, count):
+                continue
+            for key in ("server_cpu_us_per_delivery", "latency_p99_ms", "rss_per_subscriber_kib"):
+                ratio = results.ratio("fanout", key, server, FANOUT_PEER, count)
+                bound = FANOUT_GOALS.get(server, {}).get(key)
+                goal = "-"
+                if bound is not None and count == BROADCAST_TARGET_SUBSCRIBERS:
+                    target = at_most("", bound, ratio)
+                    goal = (
+                        f"<= {bound:.2f}x: "
+                        + {True: "met", False: "**not met**", None: "-"}[target.met]
+                    )
+                    if target.met is not None and not target.firm:
+                        goal += " (not every run agrees)"
+                rows.append(
+                    [
+                        results.labels[server],
+                        f"{count:,}",
+                        FANOUT_FIGURES[key],
+                        ratio_text(ratio) if ratio else "-",
+                        goal,
+                    ]
+                )
+    header = ["server", "subscribers", "figure", "over websockets (median, range)", "issue 30 goal"]
     return table(header, rows)
 
 
@@ -747,17 +828,17 @@ def steadiness(results: Results) -> str:
 def client_headroom(results: Results) -> str:
     """How busy the load generator was in each workload (it must not be the bottleneck)."""
     lines = []
-    for workload in ("keepalive", "idle", "ticker", "broadcast"):
+    for workload in ("keepalive", "idle", "ticker", "broadcast", "fanout"):
         runs = [r for r in results.records if r["workload"] == workload]
         if not runs:
             continue
         # Broadcast: the share while fan-outs are under way (the window is mostly pauses).
-        key = "client_cpu_fanout" if workload == "broadcast" else "client_cpu"
+        key = "client_cpu_fanout" if workload in ("broadcast", "fanout") else "client_cpu"
         busiest = max(runs, key=lambda r: float(r[key]))
         where = results.labels[busiest["server"]]
         if workload == "keepalive":
             where += f", {busiest['connections']} connections"
-        if workload == "broadcast":
+        if workload in ("broadcast", "fanout"):
             where += f", {busiest['connections']:,} subscribers, during its fan-outs"
         lines.append(f"- {workload}: at most {float(busiest[key]):.0%} of its core ({where})")
     return (
@@ -784,7 +865,8 @@ def markdown(results: Results, header: str) -> str:
     ):
         sections.append(
             "## Ceilings\n\nHow close each flavour comes to the least a keepalive can cost on "
-            "uvicorn, paired by repetition: (4) a raw-ASGI keepalive with stdlib JSON and "
+            "uvicorn, paired by repetition: (4) a raw-ASGI keepalive with orjson (the service's "
+            "JSON library) and "
             "nothing else (the same work: parse, answer, serialise) and (2) a raw-ASGI echo "
             "without JSON (framing alone). 1.00x is the ceiling; below it, the share of the "
             "ceiling's speed the flavour keeps.\n\n" + ceiling_table(results)
@@ -831,6 +913,24 @@ def markdown(results: Results, header: str) -> str:
             "CPU is per delivery over the measured messages; client CPU is the load "
             "generator's busy share while fan-outs are under way.\n\n" + broadcast_table(results)
         )
+    if results.servers("fanout"):
+        sections += [
+            "## Fan-out peers\n\nOne room, the broadcast workload's messages and checks, on "
+            "the generated service in each flavour (memory hub, history on, on the runner's "
+            "LeanProtocol) and on two peers a team would pick instead: the `websockets` "
+            "library's server with `websockets.broadcast()` (the floor: each frame written "
+            "straight to every connection's transport) and python-socketio's ASGI app on "
+            "uvicorn (`emit(..., room=...)`; the load generator speaks Socket.IO to it with "
+            "`socket.io-client`, websocket transport only). Every server runs with the "
+            "generated service's garbage-collector threshold (100,000), fresh for each run, in "
+            "turn (A B C D A B C D). Memory per subscribed connection is the server's RSS "
+            "growth from before the subscribers open to once they are all subscribed, over "
+            "their number; the last subscriber's latency is the whole fan-out.\n\n"
+            + fanout_table(results),
+            "Over the `websockets` server, paired by repetition (issue 30's goals at "
+            f"{BROADCAST_TARGET_SUBSCRIBERS:,} subscribers; below 1.00x, cheaper or faster than "
+            "the floor):\n\n" + fanout_ratios(results),
+        ]
     if history_pairs(results):
         sections.append(
             "## Cost of history\n\nThe same broadcast runs, paired: each backend's server with "

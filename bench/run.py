@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report, workloads
-from bench.loadgen import BenchError, ensure_client, installed_ws_version
+from bench.loadgen import CLIENT_PACKAGES, BenchError, ensure_client, installed_version
 from bench.servers import (
     BEFORE,
     BENCH,
@@ -55,17 +55,29 @@ from bench.servers import (
     broadcast_key,
     broadcast_label,
     broadcast_spec,
+    fanout_specs,
     generated,
     pin,
     pinning_cpus,
     render_broadcast_projects,
+    render_fanout_projects,
     render_projects,
     server_specs,
     template_at,
 )
 
-WORKLOADS = ("keepalive", "instructions", "idle", "ticker", "broadcast")
-PACKAGES = ("uvicorn", "websockets", "fastapi", "starlette", "uvloop", "httptools", "cookiecutter")
+WORKLOADS = ("keepalive", "instructions", "idle", "ticker", "broadcast", "fanout")
+PACKAGES = (
+    "uvicorn",
+    "websockets",
+    "fastapi",
+    "starlette",
+    "uvloop",
+    "httptools",
+    "cookiecutter",
+    "python-socketio",
+    "orjson",
+)
 SMOKE = workloads.Settings(
     connections=(1, 4),
     warmup=0.2,
@@ -224,7 +236,8 @@ def machine() -> dict[str, str]:
             info[package] = "not installed"
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
     info["node"] = node.stdout.strip()
-    info["ws (node)"] = installed_ws_version() or "not installed"
+    for package in CLIENT_PACKAGES:
+        info[f"{package} (node)"] = installed_version(package) or "not installed"
     commit = subprocess.run(
         ["git", "-C", str(TEMPLATE), "describe", "--always", "--dirty"],
         capture_output=True,
@@ -344,12 +357,13 @@ def summary(record: workloads.Record) -> str:
             f"{record['connections']:,} connections, {record['rss_per_connection_kib']:.1f} "
             f"KiB each, {record['opens_per_s']:,.0f} opens/s, client {record['client_cpu']:.0%}"
         )
-    if record["workload"] == "broadcast":
+    if record["workload"] in ("broadcast", "fanout"):
         return (
             f"{record['connections']:,} subscribers, {record['deliveries']:,} deliveries, "
             f"{record['server_cpu_us_per_delivery']:.1f} us CPU/delivery, "
             f"p50 {record['latency_p50_ms']:.1f} ms, p99 {record['latency_p99_ms']:.1f} ms, "
-            f"max {record['latency_max_ms']:.1f} ms, server RSS {record['rss_mib']:.0f} MiB, "
+            f"max {record['latency_max_ms']:.1f} ms, server RSS {record['rss_mib']:.0f} MiB "
+            f"({record['rss_per_subscriber_kib']:.1f} KiB/subscriber), "
             f"client {record['client_cpu_fanout']:.0%} in fan-outs"
         )
     return (
@@ -410,6 +424,10 @@ def run(args: argparse.Namespace) -> Path:
             elif workload == "ticker":
                 ticker = partial(workloads.ticker, settings=settings, cpu=client_cpu)
                 records += one_at_a_time(workload, tickers, repetitions, server_cpu, work, ticker)
+            elif workload == "fanout":
+                records += fanout_runs(
+                    settings, repetitions, (server_cpu, client_cpu), work, labels
+                )
             else:
                 records += broadcast_runs(
                     args.broadcast_backends,
@@ -490,6 +508,31 @@ def broadcast_runs(
                 redis=redis,
             )
             records += one_at_a_time("broadcast", specs, repetitions, server_cpu, work, measure)
+    return records
+
+
+def fanout_runs(
+    settings: workloads.Settings,
+    repetitions: int,
+    cpus: tuple[int | None, int | None],
+    work: Path,
+    labels: dict[str, str],
+) -> list[workloads.Record]:
+    """The fan-out workload (issue 30): the broadcast workload's one room, on the generated
+    service in each flavour and on two peers (`fanout_specs`), in turn (A B C D A B C D) at
+    each subscriber count; its records have the workload ``fanout``. ``labels`` gets the
+    servers' labels."""
+    server_cpu, client_cpu = cpus
+    specs = fanout_specs(render_fanout_projects(work / "render-fanout"))
+    labels.update({spec.key: spec.label for spec in specs})
+    records: list[workloads.Record] = []
+    for subscribers in settings.broadcast_subscribers:
+
+        def measure(server: RunningServer, count: int = subscribers) -> workloads.Record:
+            record = workloads.broadcast(server, count, settings, client_cpu)
+            return {**record, "workload": "fanout"}
+
+        records += one_at_a_time("fanout", specs, repetitions, server_cpu, work, measure)
     return records
 
 

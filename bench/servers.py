@@ -72,6 +72,8 @@ class ServerSpec:
     """The broadcast backend (``memory``, ``redis``) of a broadcast workload's server."""
     history_size: int | None = None
     """The ``HISTORY_SIZE`` of a broadcast workload's server (0: history off)."""
+    transport: str = "ws"
+    """How the load generator talks to it: ``ws`` (websockets), ``socketio`` (Socket.IO)."""
 
 
 def uvicorn(app: str) -> tuple[str, ...]:
@@ -223,7 +225,7 @@ def server_specs(projects: Mapping[str, Path], tick_seconds: float) -> list[Serv
         ),
         ServerSpec(
             "raw-asgi-json",
-            "(4) raw-ASGI keepalive, stdlib JSON, nothing else (the same-work ceiling)",
+            "(4) raw-ASGI keepalive, orjson, nothing else (the same-work ceiling)",
             uvicorn("raw_asgi_json:app"),
             BASELINES,
             "/ws/keepalive",
@@ -387,3 +389,70 @@ class RunningServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+FANOUT_KEYS = ("fanout-fastapi", "fanout-asgi", "fanout-websockets", "fanout-socketio")
+"""The servers of the fan-out workload (issue 30), in the order they are interleaved."""
+GC_THRESHOLD = "100000"
+"""The generated service's garbage-collector threshold (its ``GC_THRESHOLD`` default): the
+fan-out workload gives it to every server, the peers included."""
+
+
+def render_fanout_projects(output: Path, template: Path = TEMPLATE) -> dict[str, Path]:
+    """Render each flavour with a broadcast room (the memory hub) into ``output``;
+    flavour -> project folder."""
+    return {
+        flavour: _render(
+            output,
+            f"fanout-{flavour}",
+            {"framework": flavour, "endpoints": BROADCAST_ENDPOINTS, "broadcast_backend": "memory"},
+            template,
+        )
+        for flavour in ("fastapi", "asgi")
+    }
+
+
+def fanout_specs(projects: Mapping[str, Path]) -> list[ServerSpec]:
+    """The fan-out workload's servers: the generated service in each flavour (memory hub,
+    history on, its defaults but the load-test limits, join and leave events off as in the
+    broadcast workload) and two peers a team would pick instead: the ``websockets`` server
+    with ``websockets.broadcast()`` and python-socketio on uvicorn. Every one of them runs
+    with the generated service's garbage-collector threshold."""
+    env = {"GC_THRESHOLD": GC_THRESHOLD}
+    generated_env = {**LOAD_TEST_LIMITS, **env, "JOIN_LEAVE_EVENTS": "no"}
+    flavours = [
+        ServerSpec(
+            f"fanout-{flavour}",
+            f"generated service, {flavour} flavour, broadcast in memory",
+            generated(project),
+            project,
+            "/ws/keepalive",
+            env=generated_env,
+            broadcast_path=BROADCAST_ROOM,
+            backend="memory",
+            history_size=HISTORY_SIZE,
+        )
+        for flavour, project in projects.items()
+    ]
+    return [
+        *flavours,
+        ServerSpec(
+            "fanout-websockets",
+            "(3) websockets' own server, websockets.broadcast()",
+            ("websockets_server.py",),
+            BASELINES,
+            "/ws/keepalive",
+            env=env,
+            broadcast_path=BROADCAST_ROOM,
+        ),
+        ServerSpec(
+            "fanout-socketio",
+            "(5) python-socketio on uvicorn, emit(..., room=...)",
+            uvicorn("socketio_app:app"),
+            BASELINES,
+            "/ws/keepalive",
+            env=env,
+            broadcast_path=BROADCAST_ROOM,
+            transport="socketio",
+        ),
+    ]

@@ -261,7 +261,8 @@ def broadcast(
         "fanout-timeout": settings.broadcast_fanout_timeout,
         "open-concurrency": settings.open_concurrency,
     }
-    client = Client("broadcast", server.ws_url(server.spec.broadcast_path), options, cpu)
+    url = server.ws_url(server.spec.broadcast_path)
+    client = Client("broadcast", url, options, cpu, server.spec.transport)
     window = options["messages"] * settings.broadcast_interval
     try:
         result = client.run(on_event, timeout=window + settings.broadcast_fanout_timeout + 120)
@@ -301,6 +302,7 @@ def broadcast(
         "rss_mib": server_end.rss_bytes / MIB,
         "rss_growth_mib": (server_end.rss_bytes - before.rss_bytes) / MIB,
         "rss_messages_growth_mib": (server_end.rss_bytes - opened.rss_bytes) / MIB,
+        "rss_per_subscriber_kib": (opened.rss_bytes - before.rss_bytes) / subscribers / 1024,
         "server_cpu": cpu_share(server_start, server_end),
         "server_cpu_us_per_delivery": server_cpu_seconds / max(measured, 1) * 1e6,
         "redis_cpu": redis_cpu,

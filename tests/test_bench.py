@@ -64,7 +64,7 @@ def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> No
     assert smoke.stdout.strip() == smoke.report.strip()  # the report is printed too
     headings = ["Issue 7 targets", "Ceilings", "Keepalive round trips", "Idle connections"]
     headings.append("Ticker")
-    headings += ["Broadcast", "Load generator", "Plots"]
+    headings += ["Broadcast", "Fan-out peers", "Load generator", "Plots"]
     if shutil.which("valgrind"):
         headings.append("Server instructions per round trip")
     for heading in headings:
@@ -82,6 +82,7 @@ def test_smoke_run_writes_the_table_the_data_and_the_plots(tmp_path: Path) -> No
         assert ("idle", server) in measured
     assert {("ticker", "generated-fastapi"), ("ticker", "generated-asgi")} <= measured
     assert_broadcast_measured(smoke, "memory")
+    assert_fanout_measured(smoke)
     for plot in ("throughput.png", "latency.png", "memory.png", "broadcast.png"):
         assert (smoke.folder / plot).read_bytes().startswith(b"\x89PNG"), plot
 
@@ -162,6 +163,22 @@ def test_presence_smoke_run_answers_a_whole_room_and_opens_it_with_each_setting(
         assert opens["on+events"]["events"] > 0  # the room's joins (and the warm-up's leaves)
         for side in opens:
             assert f"\n| {backend} | {side} | " in report
+
+
+def assert_fanout_measured(smoke: SmokeRun) -> None:
+    """Every server of the fan-out workload (the peers: websockets, and python-socketio
+    through socket.io-client) ran at every subscriber count, each delivery made and checked,
+    and the report sets each against the websockets server."""
+    counts = smoke.data["settings"]["broadcast_subscribers"]
+    for server in ("fanout-fastapi", "fanout-asgi", "fanout-websockets", "fanout-socketio"):
+        runs = smoke.runs("fanout", server)
+        assert sorted(r["connections"] for r in runs) == sorted(counts), server
+        for run in runs:
+            assert run["deliveries"] == run["expected_deliveries"] > 0, run
+            assert run["rss_per_subscriber_kib"] > 0, run
+    ratios = smoke.report.split("over websockets (median, range)", 1)[1]
+    for figure in ("server CPU us/delivery", "delivery p99 ms", "KiB per subscribed connection"):
+        assert f"| {max(counts):,} | {figure} |" in ratios, figure
 
 
 def assert_broadcast_measured(smoke: SmokeRun, backend: str) -> None:

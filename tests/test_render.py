@@ -323,7 +323,15 @@ def test_the_asgi_flavour_imports_no_framework(rendered: Rendered) -> None:
     metrics = ["prometheus-client>=0.26"] if uses_metrics(rendered.answers) else []
     channels = ["PyJWT[crypto]>=2.8", "jsonschema>=4.23"] if uses_channels(rendered.answers) else []
     # websockets is the Python client's library (websocket/client.py), not a framework.
-    expected = [*metrics, *channels, *redis, "uvicorn[standard]>=0.54", "websockets>=17.0"]
+    # orjson reads and writes flat JSON objects (keepalives) in the session helpers.
+    expected = [
+        "orjson>=3.10",
+        *metrics,
+        *channels,
+        *redis,
+        "uvicorn[standard]>=0.54",
+        "websockets>=17.0",
+    ]
     assert dependencies == expected
 
 

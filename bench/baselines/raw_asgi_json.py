@@ -1,22 +1,25 @@
-"""Baseline (4): a raw-ASGI keepalive with stdlib JSON and nothing else, the same-work ceiling.
+"""Baseline (4): a raw-ASGI keepalive with orjson and nothing else, the same-work ceiling.
 
-The least a JSON keepalive can cost on uvicorn: each text frame is parsed with ``json.loads``,
-a keepalive is answered with ``{"type": "keepalive_ack", ..., "server_ns": ...}`` written
-with ``json.dumps`` (compact, UTF-8 as is, as the service writes it), and nothing else runs:
-no framework, no session, no limits, no logging. Run with uvicorn's defaults::
+The least a JSON keepalive can cost on uvicorn with the JSON library the service uses: each
+text frame is parsed with ``orjson.loads``, a keepalive is answered with ``{"type":
+"keepalive_ack", ..., "server_ns": ...}`` written with ``orjson.dumps`` (compact, UTF-8 as
+is, as the service writes it), and nothing else runs: no framework, no session, no limits,
+no logging, none of the service's checks that its answer is the text json would write. Run
+with uvicorn's defaults::
 
     uvicorn raw_asgi_json:app      (from bench/baselines)
 
 The service does this work and more, so its ratio to this server is how close each flavour
-comes to the floor that uvicorn and stdlib JSON set; the echo (baseline 2) leaves the JSON out.
+comes to the floor that uvicorn and orjson set; the echo (baseline 2) leaves the JSON out.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+import orjson
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -33,10 +36,10 @@ async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> 
         await send({"type": "websocket.accept"})
         while (message := await receive())["type"] == "websocket.receive":
             text = message.get("text")
-            data = json.loads(text if text is not None else message["bytes"])
+            data = orjson.loads(text if text is not None else message["bytes"])
             if isinstance(data, dict) and data.get("type") == "keepalive":
                 ack = {**data, "type": "keepalive_ack", "server_ns": time.time_ns()}
-                reply = json.dumps(ack, separators=(",", ":"), ensure_ascii=False)
+                reply = orjson.dumps(ack).decode()
                 await send({"type": "websocket.send", "text": reply})
     else:
         await send({"type": "http.response.start", "status": 404, "headers": []})

@@ -1,39 +1,100 @@
-"""Baseline (3): the ``websockets`` library's own asyncio server doing the keepalive protocol.
+"""Baseline (3): the ``websockets`` library's own asyncio server: the keepalive protocol, and
+a broadcast room with ``websockets.broadcast()``.
 
 The fastest pure-Python peer of the service: no ASGI, no uvicorn. It runs on uvloop, the
 event loop uvicorn picks, so that the comparison is of the websocket stacks alone::
 
     python websockets_server.py      (prints "running on http://127.0.0.1:PORT")
 
-Every path answers ``{"type": "keepalive", ...}`` with ``{"type": "keepalive_ack", ...,
-"server_ns": ...}``, compact JSON as Starlette's ``send_json`` writes it. Stops on SIGTERM
-or SIGINT.
+Every path but the rooms answers ``{"type": "keepalive", ...}`` with ``{"type":
+"keepalive_ack", ..., "server_ns": ...}``, compact JSON as Starlette's ``send_json`` writes it.
+
+A path under ``/ws/rooms/`` is a broadcast room that speaks the generated service's protocol
+as far as the benchmark's broadcast workload reads it (issue 30's fan-out peer): a
+``{"type": "subscribed", "channel", "offset", "epoch"}`` notice first, then every JSON object
+any connection of the room sends, as ``{"type": "broadcast", "channel", "offset", "epoch",
+"server_ns", "message"}``, each offset the last + 1, the envelope serialised once and written
+to every connection of the room with ``websockets.broadcast()`` (no task, no queue per
+connection: a connection that cannot keep up is skipped by it, not queued).
+
+``GC_THRESHOLD``, if set, is the garbage collector's first threshold, as the generated service
+sets it. Stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import signal
 import time
 
 import uvloop
+from websockets import broadcast
 from websockets.asyncio.server import ServerConnection, serve
 
+ROOMS = "/ws/rooms/"
 
-async def keepalive(websocket: ServerConnection) -> None:
+
+class Room:
+    """One broadcast room: its connections and its position."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.connections: set[ServerConnection] = set()
+        self.offset = 0
+        self.epoch = os.urandom(6).hex()
+
+
+rooms: dict[str, Room] = {}
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def serve_room(websocket: ServerConnection, channel: str) -> None:
+    room = rooms.get(channel) or rooms.setdefault(channel, Room(channel))
+    notice = {"type": "subscribed", "channel": channel, "offset": room.offset}
+    await websocket.send(dumps({**notice, "epoch": room.epoch}))
+    room.connections.add(websocket)
+    try:
+        async for text in websocket:
+            room.offset += 1
+            envelope = {
+                "type": "broadcast",
+                "channel": channel,
+                "offset": room.offset,
+                "epoch": room.epoch,
+                "server_ns": time.time_ns(),
+                "message": json.loads(text),
+            }
+            broadcast(room.connections, dumps(envelope))
+    finally:
+        room.connections.discard(websocket)
+
+
+async def handler(websocket: ServerConnection) -> None:
+    path = websocket.request.path if websocket.request is not None else "/"
+    if path.startswith(ROOMS):
+        await serve_room(websocket, path)
+        return
     async for text in websocket:
         message = json.loads(text)
         if message.get("type") == "keepalive":
             ack = {**message, "type": "keepalive_ack", "server_ns": time.time_ns()}
-            await websocket.send(json.dumps(ack, separators=(",", ":"), ensure_ascii=False))
+            await websocket.send(dumps(ack))
 
 
 async def main() -> None:
+    threshold = os.environ.get("GC_THRESHOLD")
+    if threshold:
+        gc.set_threshold(int(threshold), *gc.get_threshold()[1:])
     stop = asyncio.get_running_loop().create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, None)
-    async with serve(keepalive, "127.0.0.1", 0) as server:
+    async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"websockets server running on http://127.0.0.1:{port}", flush=True)
         await stop

@@ -41,7 +41,10 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 
 A project keeps the face its framework uses.
 
-2.5.0: tokens and RPC on ``channels`` endpoints. Token lifetimes: a connection token with
+2.5.0: tokens, RPC and personal channels on ``channels`` endpoints; pipelined Redis; fan-out
+straight from the hub's delivery.
+
+Tokens and RPC. Token lifetimes: a connection token with
 ``exp`` gives ``expires`` and ``ttl`` in the connect reply, ``refresh`` renews it, and a
 connection not renewed by ``exp`` plus ``ChannelsConfig.expired_close_delay`` (25 s, as
 Centrifuge) is closed with 3005 "connection expired" (the SDKs reconnect with a new token);
@@ -66,7 +69,7 @@ subscription tokens and lifetimes. Upgrading: a hand-written `Namespace` rule th
 ``rule is ...`` for each `Allow` must handle ``TOKEN``; ``ChannelRequest`` gained a field
 (``token``, last, defaulting to None).
 
-2.5.0 (issue 27, personal channels and the reconnect storm): `Namespace(personal=True)`
+Personal channels and the reconnect storm: `Namespace(personal=True)`
 subscribes every connection with a user, at connect, to its user's channel of that
 namespace (``user:#alice``; `Namespaces.personal_channels`): a server-side subscription
 in the connect reply's ``subs``, recovered through the client's ``connect.subs``, its
@@ -91,6 +94,39 @@ taken for a dead client: the ping task gives the reader `centrifuge_protocol.CAT
 (1 s) after its last answer before closing with 3012 (or 3502); in a reconnect storm on
 Redis, frames of ten subscriptions took over 20 s to answer, and their clients were closed.
 
+Redis: `RedisHub` pipelines its commands:
+publishes, history reads and presence updates go through one `redis_batch.CommandBatcher`
+per Redis (one connection, one batch out at a time; a lone command is written at once, those
+asked for meanwhile go together in the next write, scripts by ``EVALSHA``, reloaded on
+``NOSCRIPT``; a failed batch fails each of its callers and is never sent again), and its
+``SUBSCRIBE``/``UNSUBSCRIBE`` commands name up to 512 channels each. At 100 publishes in
+flight that halved Redis's CPU per publish and cut the service's to a third
+(``bench/redis_batching.py``). It also ends the refusals of a burst: redis-py 8.1's default
+pool refused the commands past 100 in flight, so 1,000 publishes at once from one process
+failed by the thousands. Redis 7.0.6 or later is supported (tested on 7.0.15).
+
+Fan-out: where the server can send a text at once (the ASGI scope extension
+`session.SEND_TEXT_NOW`, which `LeanProtocol` offers; the guard wraps it to count what it
+sends and to stop once it has closed; `session.server_sender` finds it), a broadcast
+connection is served by one task, which reads the client, and each text queued for it is
+written from the hub's delivery at once: one ``transport.write`` of a frame built once per
+message, no task woken (`Subscription.attach` takes any `broadcast.Reader`; ``_Relay``).
+A text that cannot be written at once (a slow reader, a close under way) starts a task that
+sends it and what follows, in order, waiting as a send does: the bounded queue, ``dropped``
+notices, the send timeout and the counts are unchanged. Elsewhere (other servers) the two
+tasks of before serve. A subscribed connection holds about 4 KiB less. The closures that
+read a broadcast client are made once per channel, not per connection. `run_websocket`'s
+`session.cancel_and_wait` is public. `testing.ScriptedClient(sends_now=...)` offers the
+extension too (`ScriptedClient.sends_now_by_default`: the tests' ``delivery_path`` fixture
+runs the broadcast, guard and metrics tests and the hub contract on both paths);
+`guard.Tally.count_text`. orjson (a dependency of the project now) reads a client's JSON
+object whose values are strings, 64-bit integers, booleans or null, and writes the answer to
+a keepalive made of them (`session.dumps_parsed`): about 4% fewer instructions per keepalive
+round trip (bench/run.py --workloads instructions); anything else (floats, nesting, longer
+integers, an error) goes through json as before, so every text sent is json's, byte for byte.
+The raw-ASGI `WebSocket` has slots (a subscribed connection holds less). Upgrading: code
+that set attributes of its own on an `asgi.WebSocket` cannot any more.
+
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the
 protocol: ``Hub.publish(..., info=...)`` puts who published a message in its envelope
@@ -105,16 +141,7 @@ listener (a connection of many channels) each message to its user once, and
 `Subscription` holds less (slots,
 a list for its queue: about 680 bytes live, was 1,440). Metrics: ``Metrics.watch_channels``
 (``channels_*``). `testing.ScriptedClient.resume_reading` undoes ``stop_reading``. ``run_broadcast(...,
-publish=False)`` serves a receive-only broadcast channel. `RedisHub` pipelines its commands:
-publishes, history reads and presence updates go through one `redis_batch.CommandBatcher`
-per Redis (one connection, one batch out at a time; a lone command is written at once, those
-asked for meanwhile go together in the next write, scripts by ``EVALSHA``, reloaded on
-``NOSCRIPT``; a failed batch fails each of its callers and is never sent again), and its
-``SUBSCRIBE``/``UNSUBSCRIBE`` commands name up to 512 channels each. At 100 publishes in
-flight that halved Redis's CPU per publish and cut the service's to a third
-(``bench/redis_batching.py``). It also ends the refusals of a burst: redis-py 8.1's default
-pool refused the commands past 100 in flight, so 1,000 publishes at once from one process
-failed by the thousands. Redis 7.0.6 or later is supported (tested on 7.0.15).
+publish=False)`` serves a receive-only broadcast channel.
 Several workers: each flushes its metrics every second from the start once it watches a hub
 (`Metrics.watch_hub`), not from its first connection, so ``broadcast_redis_up`` reads 1 within
 a second of every worker connecting to Redis (it read 0 until a scrape had reached each).

@@ -55,6 +55,9 @@ class WebSocketDisconnect(Exception):
 class WebSocket:
     """Wraps the raw ASGI (scope, receive, send) triple for WebSocket connections."""
 
+    __slots__ = ("_receive", "_send", "application_state", "client_state", "scope")
+    # One per open connection: no __dict__ (about 200 bytes each).
+
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "websocket":
             raise ValueError(f"WebSocket needs a 'websocket' scope, got {scope.get('type')!r}.")

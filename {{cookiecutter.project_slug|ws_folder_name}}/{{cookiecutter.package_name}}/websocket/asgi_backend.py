@@ -123,6 +123,7 @@ class Router:
                 if match:
                     scope["path_params"] = match.groupdict()
                     scope["route"] = route
+                    del match  # not held by this frame for the connection's life
                     await handler(WebSocket(scope, receive, send))
                     return
             await send({"type": "websocket.close", "code": 1000, "reason": ""})

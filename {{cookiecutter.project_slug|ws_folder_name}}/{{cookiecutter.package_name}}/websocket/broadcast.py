@@ -61,6 +61,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
+import functools
 import inspect
 import itertools
 import logging
@@ -70,6 +71,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Protocol, Self, TypeAlias
 from urllib.parse import parse_qs
@@ -77,13 +79,16 @@ from urllib.parse import parse_qs
 from .session import (
     WS,
     JsonHandler,
+    SendNow,
     SessionSocket,
     TaskFactory,
+    cancel_and_wait,
     dumps,
     now_ns,
     receive_json,
     run_websocket,
     send_json,
+    server_sender,
 )
 
 logger = logging.getLogger(__name__)
@@ -370,7 +375,7 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         """What `next` waits on while nothing is queued (an ``asyncio.Event`` costs a deque
         of 600 bytes per subscriber, and more work per delivery)."""
-        self._inbox: Inbox | None = None
+        self._inbox: Reader | None = None
         """Where this subscription says it has something to send, when read by `poll`."""
 
     @property
@@ -500,9 +505,10 @@ class Subscription:
                     self._waiter = None
         return self.poll()
 
-    def attach(self, inbox: Inbox) -> None:
-        """Tell ``inbox`` from now on whenever something is queued (or the end), instead of
-        waking `next`; if something is queued already, at once."""
+    def attach(self, inbox: Reader) -> None:
+        """Tell ``inbox`` (an `Inbox`, or any `Reader`) from now on whenever something is
+        queued (or the end), instead of waking `next`; if something is queued already, at
+        once."""
         self._inbox = inbox
         if self._entries or self._ended:
             inbox.wake(self)
@@ -627,6 +633,14 @@ def _recoverable(since: Position, top: Position, history: Sequence[Publication])
     if since.offset == top.offset:
         return True
     return bool(history) and history[0].offset <= since.offset + 1
+
+
+class Reader(Protocol):
+    """What an attached subscription (`Subscription.attach`) tells as soon as it has something
+    queued or has ended (it is then emptied with `Subscription.poll`): an `Inbox`, or the
+    relay of a broadcast connection (`run_broadcast`)."""
+
+    def wake(self, subscription: Subscription | None) -> None: ...
 
 
 class Inbox:
@@ -1319,14 +1333,15 @@ async def run_broadcast(
     user = presence_user(websocket.scope.get("user"))
     subscription = await hub.subscribe(channel, since, user=user)
     try:
-        await run_websocket(
-            websocket,
-            _relay(subscription),
-            receive_json(
-                _publisher(hub, channel, on_message) if publish else _receive_only,
-                presence=_presence_answer(hub, channel),
-            ),
-        )
+        receiving = _shared_receiver(hub, channel, publish, on_message)
+    except TypeError:  # a hook that cannot be a key (unhashable): this connection's own
+        receiving = _receiver(hub, channel, publish, on_message)
+    send_now = server_sender(websocket)
+    try:
+        if send_now is None:  # a task that sends what the subscription queues, and one reading
+            await run_websocket(websocket, _relay(subscription), receiving)
+        else:  # one task reading; texts are sent from the hub's delivery (see _Relay)
+            await run_websocket(websocket, _Relay(subscription, send_now, receiving))
     finally:
         await hub.unsubscribe(subscription)
         if subscription.dropped:
@@ -1335,6 +1350,21 @@ async def run_broadcast(
                 channel,
                 subscription.dropped,
             )
+
+
+def _receiver(
+    hub: Hub, channel: str, publish: bool, on_message: MessageHook[Any] | None
+) -> TaskFactory[Any]:
+    """What reads a broadcast connection's client."""
+    return receive_json(
+        _publisher(hub, channel, on_message) if publish else _receive_only,
+        presence=_presence_answer(hub, channel),
+    )
+
+
+_shared_receiver = functools.lru_cache(maxsize=1024)(_receiver)
+"""`_receiver`, one for the connections of a channel (kept for the 1,024 latest), not
+closures made for each connection (about 600 bytes each)."""
 
 
 def _refusal(reason: str, code: int = POLICY_VIOLATION) -> TaskFactory[SessionSocket]:
@@ -1352,6 +1382,107 @@ def _relay(subscription: Subscription) -> TaskFactory[SessionSocket]:
         await websocket.close(SERVICE_RESTART)  # the hub closed: the service is stopping
 
     return relaying
+
+
+class _Relay:
+    """Sends what a subscription queues, on a connection whose server can send a text at once
+    (`session.server_sender`): from the hub's delivery itself, the moment it is queued, so that
+    a broadcast costs each connection one write of its frame and no task.
+
+    It is the subscription's `Reader`. When a text cannot be sent at once (the connection is
+    not writable: a slow reader, a close under way), a task of its own sends it, waiting as a
+    send does, and then whatever was queued meanwhile, in order (nothing is sent at once
+    while it runs: the bounded queue, its ``dropped`` notices and the guard's send timeout
+    apply as on the other path); it ends once the queue is empty. When the subscription ends
+    (the hub closed), the connection is closed with 1012. A send that fails ends the session
+    with the error, as the relay task of the other path does.
+    """
+
+    __slots__ = (
+        "connected",
+        "drainer",
+        "error",
+        "finished",
+        "receiving",
+        "send_now",
+        "session",
+        "subscription",
+        "websocket",
+    )
+
+    def __init__(
+        self, subscription: Subscription, send_now: SendNow, receiving: TaskFactory[Any]
+    ) -> None:
+        self.subscription = subscription
+        self.send_now: SendNow | None = send_now
+        """None once the session is over (nothing of the connection is held after it)."""
+        self.receiving = receiving
+        """What reads the client, in the session's own task."""
+        self.drainer: asyncio.Task[None] | None = None
+        """The task sending what could not be sent at once, while it runs."""
+        self.session: asyncio.Task[Any] | None = None
+        """The session's task (it reads the client), cancelled when a send fails."""
+        self.error: Exception | None = None
+        self.finished = False
+        self.websocket: SessionSocket | None = None
+        self.connected: Enum | None = None
+        """The face's state of an accepted connection: what a text is sent at once in."""
+
+    async def __call__(self, websocket: SessionSocket) -> None:
+        """The session (a task factory for `run_websocket`): the client read in the
+        session's own task, with this relay sending (no closure: one object less each)."""
+        task = self.session = asyncio.current_task()
+        self.websocket = websocket
+        self.connected = websocket.application_state  # accepted: run_websocket did
+        self.subscription.attach(self)  # what is queued (the subscribed notice) goes now
+        try:
+            await self.receiving(websocket)
+        except asyncio.CancelledError:
+            if self.error is None or task is None or task.uncancel():
+                raise  # not (only) the relay's cancellation
+            raise self.error from None
+        finally:
+            self.finished = True
+            self.session = self.websocket = self.send_now = None
+            if self.drainer is not None:
+                await cancel_and_wait([self.drainer])
+
+    def wake(self, subscription: Subscription | None) -> None:
+        """Something is queued, or the subscription ended: send it now if it can be."""
+        if self.drainer is not None or self.finished:
+            return  # the drainer sends it, in order; or the session is over
+        send_now, websocket, connected = self.send_now, self.websocket, self.connected
+        if send_now is None:
+            return
+        poll = self.subscription.poll
+        while (text := poll()) is not None:
+            # What a face does with a text in its accepted state is to pass it on (both
+            # faces); in any other state the drainer sends it through the face, as a send.
+            if (
+                websocket is None
+                or websocket.application_state is not connected
+                or not send_now(text)
+            ):
+                self.drainer = asyncio.get_running_loop().create_task(self.drain(text))
+                return
+        if self.subscription.ended:
+            self.drainer = asyncio.get_running_loop().create_task(self.drain(None))
+
+    async def drain(self, text: str | None) -> None:
+        websocket = self.websocket
+        assert websocket is not None, "a drainer runs only during the session"
+        try:
+            while text is not None:
+                await websocket.send_text(text)
+                text = self.subscription.poll()
+            if self.subscription.ended:
+                await websocket.close(SERVICE_RESTART)  # the hub closed: the service stops
+        except Exception as error:  # the connection failed: the session ends with it
+            self.error = error
+            if self.session is not None:
+                self.session.cancel()
+        finally:
+            self.drainer = None
 
 
 def _presence_answer(hub: Hub, channel: str) -> JsonHandler[SessionSocket]:

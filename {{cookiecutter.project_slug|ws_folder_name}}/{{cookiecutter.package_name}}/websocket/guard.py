@@ -15,6 +15,10 @@ connections it applies a `Policy`:
 - and, for an observer (`GuardObserver`, such as ``metrics.py``'s), what happens: refusals,
   opens and closes, and a `Tally` per endpoint of the messages and bytes each way.
 
+Where the server offers to send a text at once (the scope extension `session.SEND_TEXT_NOW`,
+`LeanProtocol`'s), the app is offered the guard's own, which sends only while the guard has
+not closed the connection and counts what it sends as `send` does.
+
 Close codes the guard sends: 1008 (policy violation: rate limit, idle timeout), 1009
 (message too big), 1013 (server full, try again later). A refused handshake gets HTTP 403.
 """
@@ -30,6 +34,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .session import SEND_TEXT_NOW, SendNow
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +185,19 @@ class Tally:
     def bytes_sent(self) -> int:
         return self.sent_bytes + self.repeats * self.last_text_bytes
 
+    def count_text(self, text: str) -> None:
+        """Count one send of ``text``, a text that is not ``last_text``: it becomes the
+        last unless it is an error reply."""
+        if self.repeats:
+            self.settle()
+        self.sent_messages += 1
+        size = len(text) if text.isascii() else len(text.encode())
+        self.sent_bytes += size
+        if ERROR_REPLY <= text < _AFTER_ERROR_REPLY:
+            self.error_replies += 1
+        else:
+            self.last_text, self.last_text_bytes = text, size
+
     def settle(self) -> None:
         """Add the ``repeats`` to the sent counts (before another text becomes the last)."""
         self.sent_messages += self.repeats
@@ -268,7 +286,12 @@ class WebSocketGuard:
         watchdog = self.watchdog
         if watchdog is None or watchdog.loop is not loop:  # tests run apps on several loops
             watchdog = self.watchdog = Watchdog(loop, self.policy)
-        return GuardedConnection(self.policy, scope, receive, send, self.observer, watchdog)
+        connection = GuardedConnection(self.policy, scope, receive, send, self.observer, watchdog)
+        extensions = scope.get("extensions")
+        if extensions and extensions.get(SEND_TEXT_NOW) is not None:
+            connection.server_send_now = extensions[SEND_TEXT_NOW]
+            extensions[SEND_TEXT_NOW] = connection.send_text_now
+        return connection
 
 
 class Watchdog:
@@ -340,6 +363,7 @@ class GuardedConnection:
         "sends_started",
         "server_receive",
         "server_send",
+        "server_send_now",
         "stall_mark",
         "stalled_since",
         "tally",
@@ -362,6 +386,7 @@ class GuardedConnection:
         self.scope = scope  # held by the app anyway; the logs read path and client from it
         self.server_receive = receive
         self.server_send = send
+        self.server_send_now: SendNow | None = None  # the server's SEND_TEXT_NOW, if any
         self.loop = asyncio.get_running_loop()
         self.watchdog = watchdog or Watchdog(self.loop, policy)
         self.opened_at = 0.0
@@ -385,6 +410,9 @@ class GuardedConnection:
     async def finish(self) -> None:
         """After the app has returned: stop watching, and log the close."""
         self.watchdog.discard(self)
+        if self.server_send_now is not None:  # no cycle left: scope, self
+            self.scope["extensions"].pop(SEND_TEXT_NOW, None)
+            self.server_send_now = None
         if self.closing is not None:
             await self.closing
         if self.opened_at and self.close_code is None and self.peer_gone:
@@ -445,6 +473,21 @@ class GuardedConnection:
             self.close_code = message.get("code", 1005)
         return message
 
+    def send_text_now(self, text: str) -> bool:
+        """Send ``text`` at once through the server's `SEND_TEXT_NOW`, counted as `send`
+        counts it; False (nothing done, nothing counted) when the guard has closed the
+        connection or the server cannot send it now."""
+        send_now = self.server_send_now
+        if self.closed_by_guard or send_now is None or not send_now(text):
+            return False
+        tally = self.tally
+        if tally is not None:
+            if text is tally.last_text:
+                tally.repeats += 1
+            else:
+                tally.count_text(text)
+        return True
+
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if self.closed_by_guard:
@@ -459,19 +502,13 @@ class GuardedConnection:
                 text = message.get("text")
                 if text is tally.last_text:  # a broadcast's text, sent to the next subscriber
                     tally.repeats += 1
-                else:
+                elif text is None:
                     if tally.repeats:
                         tally.settle()
                     tally.sent_messages += 1
-                    if text is None:
-                        tally.sent_bytes += len(message.get("bytes") or b"")
-                    else:
-                        size = len(text) if text.isascii() else len(text.encode())
-                        tally.sent_bytes += size
-                        if ERROR_REPLY <= text < _AFTER_ERROR_REPLY:
-                            tally.error_replies += 1
-                        else:
-                            tally.last_text, tally.last_text_bytes = text, size
+                    tally.sent_bytes += len(message.get("bytes") or b"")
+                else:
+                    tally.count_text(text)
             try:
                 await self.server_send(message)
             except OSError:  # ASGI's word for a client that has left

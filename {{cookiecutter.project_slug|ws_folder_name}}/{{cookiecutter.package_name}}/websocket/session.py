@@ -67,10 +67,34 @@ TaskFactory: TypeAlias = Callable[[WS], Awaitable[None]]
 JsonHandler: TypeAlias = Callable[[WS, dict[str, Any]], Awaitable[None]]
 """What `receive_json` calls with each JSON object a client sends."""
 
+SEND_TEXT_NOW: Final = "send_text_now"
+"""The ASGI scope extension (``scope["extensions"][SEND_TEXT_NOW]``) of a server that can
+send a text frame at once, without a coroutine: a function of the text that returns True
+once it has written the frame, and False, having done nothing, when it cannot now (the
+connection is not open, its transport is not writable, something else is being written):
+the text then goes the usual way, ``await websocket.send_text(text)``. `LeanProtocol`
+offers it; the guard offers its own, which counts what it sends and then calls the
+server's. A broadcast delivers through it straight from the publisher's loop to the
+subscribers that wait for nothing (`server_sender`)."""
+
+SendNow: TypeAlias = Callable[[str], bool]
+"""Sends a text frame at once: True if sent, False (nothing done) if it cannot now."""
+
 
 def now_ns() -> int:
     """Wall-clock time in nanoseconds since the epoch, as sent in ``server_ns`` fields."""
     return time.time_ns()
+
+
+def server_sender(websocket: SessionSocket) -> SendNow | None:
+    """The `SEND_TEXT_NOW` that ``websocket``'s server offers (through the guard), or None
+    (send with ``send_text``). Send with it only while the face's ``application_state`` is
+    the accepted one (``CONNECTED``): what a face does with a text in that state is to pass
+    it on (Starlette's ``WebSocket`` and the raw-ASGI one both); in any other state, send
+    through the face, which raises what it should."""
+    extensions = websocket.scope.get("extensions") or {}
+    send_now: SendNow | None = extensions.get(SEND_TEXT_NOW)
+    return send_now
 
 
 async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:
@@ -118,7 +142,7 @@ async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None
         close_code = GOING_AWAY
         raise
     finally:
-        await _cancel_and_wait(tasks)
+        await cancel_and_wait(tasks)
         await _close_if_open(websocket, close_code)
 
 
@@ -150,7 +174,7 @@ def _close_code_after(websocket: SessionSocket, error: BaseException) -> int:
     return INTERNAL_ERROR
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel every task and wait for all of them, even if we are cancelled meanwhile.
 
     A cancellation that arrives meanwhile is re-raised once the tasks are done, as the
@@ -243,7 +267,7 @@ def receive_json(
             if isinstance(message, str):
                 await send_text(dumps({"type": "error", "reason": message}))
             elif (kind := message.get("type")) == "keepalive":
-                await send_text(dumps(keepalive_ack(message)))
+                await send_text(dumps_parsed(keepalive_ack(message)))
             elif kind == "presence":
                 if presence is None:
                     await send_text(dumps({"type": "error", "reason": NO_PRESENCE}))
@@ -306,6 +330,9 @@ def _json_object(frame: str | bytes) -> dict[str, Any] | str:
     """The JSON object in ``frame``, or the reason it holds none."""
     if isinstance(frame, bytes):
         return "binary frames are not accepted: send JSON objects as text"
+    flat = _flat_object(frame)
+    if flat is not None:
+        return flat
     try:
         value = loads(frame)
     except json.JSONDecodeError as error:
@@ -316,6 +343,26 @@ def _json_object(frame: str | bytes) -> dict[str, Any] | str:
         return f"invalid JSON: {error}"
     if not isinstance(value, dict):
         return f"expected a JSON object, got {_json_type(value)}"
+    return value
+
+
+def _flat_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in ``text``, read by orjson (about three times quicker), where that
+    gives what `loads` gives: an object whose values are strings, integers of 64 bits,
+    booleans or None (a keepalive). None for anything else, which `loads` reads: orjson
+    reads an integer out of 64 bits as a float, refuses what json reads in places, and its
+    errors are worded otherwise."""
+    if orjson is None:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if type(value) is not dict:
+        return None
+    for item in value.values():
+        if type(item) not in _ORJSON_WRITES_AS_JSON:
+            return None
     return value
 
 
@@ -347,6 +394,17 @@ except ImportError:  # a Python without json's C accelerator
     _C_ENCODE = None
 
 
+try:
+    import orjson
+except ImportError:  # a project without orjson: json writes every reply
+    orjson = None  # type: ignore[assignment]
+
+_ORJSON_WRITES_AS_JSON: Final = frozenset({str, int, bool, type(None)})
+"""The types whose values orjson reads and writes as json does (an int: within 64 bits: past
+them orjson reads a float and refuses to write it); not floats (``1e-05``: orjson writes
+``0.00001``) nor containers (their items would need the same look)."""
+
+
 def loads(text: str) -> Any:
     """``json.loads(text)``, rejecting NaN and Infinity, the way that is quickest for a message.
 
@@ -366,6 +424,21 @@ def dumps(value: Any) -> str:
     if _C_ENCODE is None:
         return _ENCODER.encode(value)
     return "".join(_C_ENCODE(value, 0))
+
+
+def dumps_parsed(value: dict[str, Any]) -> str:
+    """`dumps` of a JSON object made of what `loads` gives: the same text, by orjson (about
+    five times quicker) where it writes what json writes: when each of the object's values
+    is a string, an integer of 64 bits, a boolean or None (a keepalive and its answer)."""
+    if orjson is not None:
+        for item in value.values():
+            if type(item) not in _ORJSON_WRITES_AS_JSON:
+                return dumps(value)
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:  # an integer out of 64 bits
+            pass
+    return dumps(value)
 
 
 def _json_type(value: object) -> str:

@@ -23,8 +23,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 from .asgi_types import Message
+from .session import SEND_TEXT_NOW
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
@@ -204,7 +206,15 @@ class ScriptedClient:
     what the app sent with `next_sent`. Set `send_error` to make the app's sends fail the
     way a server's do once the peer is gone; `stop_reading` makes them wait forever, as a
     server's do for a client that reads nothing.
+
+    With ``sends_now`` (default: the class's `sends_now_by_default`), it offers the app the
+    scope extension `session.SEND_TEXT_NOW`, as `LeanProtocol` does: `send_text_now` takes a
+    text at once unless the app's sends would wait or fail.
     """
+
+    sends_now_by_default: ClassVar[bool] = False
+    """Whether clients made without ``sends_now`` offer `SEND_TEXT_NOW` (a test fixture
+    sets it to run the same tests on both ways a broadcast delivers)."""
 
     def __init__(
         self,
@@ -212,6 +222,7 @@ class ScriptedClient:
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
         reply_timeout: float = 2.0,
+        sends_now: bool | None = None,
     ) -> None:
         self.scope: Message = {
             "type": "websocket",
@@ -227,7 +238,13 @@ class ScriptedClient:
             "subprotocols": [],
             "state": {},
         }
+        if self.sends_now_by_default if sends_now is None else sends_now:
+            self.scope["extensions"] = {SEND_TEXT_NOW: self.send_text_now}
         self.send_error: BaseException | None = None
+        self.closed = False
+        """Whether the app has sent its close."""
+        self.sent_at_once = 0
+        """How many texts `send_text_now` took."""
         self._reading = asyncio.Event()
         self._reading.set()
         self.reply_timeout = reply_timeout
@@ -244,8 +261,18 @@ class ScriptedClient:
             raise self.send_error
         self._from_app.put_nowait(message)
         if message["type"] == "websocket.close":  # as servers do once the connection closes
+            self.closed = True
             code, reason = message.get("code", 1000), message.get("reason", "")
             self.send_message({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    def send_text_now(self, text: str) -> bool:
+        """Take the app's text at once (`SEND_TEXT_NOW`): False, having done nothing, while
+        its sends would wait (`stop_reading`) or fail (``send_error``), or once it closed."""
+        if not self._reading.is_set() or self.send_error is not None or self.closed:
+            return False
+        self._from_app.put_nowait({"type": "websocket.send", "text": text})
+        self.sent_at_once += 1
+        return True
 
     def stop_reading(self) -> None:
         """From now on the app's sends wait, as they do when a client stops reading."""

@@ -18,6 +18,10 @@ done once:
 - a text frame (no compression negotiated) is built once for the many connections that
   are sent the same ``str`` object in a row, as a broadcast does (`Subscription` hands every
   subscriber the same text): the frame's bytes are written to each transport.
+- it offers the ASGI scope extension `session.SEND_TEXT_NOW`: a text sent at once, with no
+  coroutine, where uvicorn's ``send`` would write the same bytes without waiting (and
+  nothing done otherwise), so that a broadcast writes each subscriber's frame straight from
+  the publisher's loop instead of waking each subscriber's task.
 
 It leans on attributes of uvicorn's class (``queue``, ``writable``, ``request``,
 ``response``, ``conn``, ``transport``, ``handshake_complete``, ``close_sent``,
@@ -33,7 +37,10 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import State
+
+from .session import SEND_TEXT_NOW
 
 _last_frame: tuple[str | None, bytes] = (None, b"")
 """The last text frame built (the text, the frame's bytes): the next send of the same
@@ -155,6 +162,19 @@ class LeanProtocol(WebSocketsSansIOProtocol):
                 writable.set()
             self.writable = writable  # type: ignore[assignment]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        scope = getattr(self, "scope", None)
+        if isinstance(scope, dict) and isinstance(scope.get("extensions"), dict):
+            scope["extensions"].pop(SEND_TEXT_NOW, None)  # no cycle left: scope, self
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # made when the handshake goes on to the app
+        extensions = scope.get("extensions") if isinstance(scope, dict) else None
+        if isinstance(extensions, dict):
+            extensions[SEND_TEXT_NOW] = self.send_text_now
+
     async def send(self, message: Any) -> None:
         kind = message["type"]
         if kind == "websocket.send" and self._sent_as_text_frame(message):
@@ -172,11 +192,14 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         """Write ``message``'s text as a prebuilt frame where uvicorn would write the same
         bytes at once; False (nothing done) in any other case, which uvicorn handles."""
         text = message.get("text")
+        return type(text) is str and message.get("bytes") is None and self.send_text_now(text)
+
+    def send_text_now(self, text: str) -> bool:
+        """Write ``text`` as a prebuilt frame where uvicorn's ``send`` would write the same
+        bytes without waiting; False (nothing done) in any other case (`SEND_TEXT_NOW`)."""
         conn = self.conn
         if (
-            type(text) is not str
-            or message.get("bytes") is not None
-            or not self.handshake_complete
+            not self.handshake_complete
             or self.close_sent
             or self.disconnected
             or self.initial_response is not None
@@ -188,5 +211,6 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             or conn.debug
         ):
             return False
-        self.transport.write(text_frame(text))
+        last = _last_frame  # text_frame(text), inline: this runs once per subscriber
+        self.transport.write(last[1] if last[0] is text else text_frame(text))
         return True

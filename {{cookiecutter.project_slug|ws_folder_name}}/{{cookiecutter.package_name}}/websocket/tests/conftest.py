@@ -50,6 +50,20 @@ def make_socket(web_socket_class: Callable[[Scope, Receive, Send], SessionSocket
     return make
 
 
+DELIVERY_PATHS = {"queued": False, "sent at once": True}
+"""The two ways a broadcast delivery reaches a connection: queued for the connection's task,
+or sent at once from the hub's delivery where the server offers `SEND_TEXT_NOW`."""
+
+
+@pytest.fixture(params=list(DELIVERY_PATHS))
+def delivery_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once on each delivery path: the scripted clients it makes offer
+    `SEND_TEXT_NOW` or not (`ScriptedClient.sends_now_by_default`)."""
+    path: str = request.param
+    monkeypatch.setattr(ScriptedClient, "sends_now_by_default", DELIVERY_PATHS[path])
+    return path
+
+
 @pytest.fixture
 def client() -> ScriptedClient:
     return ScriptedClient("/ws/test")

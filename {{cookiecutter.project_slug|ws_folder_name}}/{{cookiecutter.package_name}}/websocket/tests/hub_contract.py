@@ -139,6 +139,7 @@ async def open_session(
     return client, task, notice
 
 
+@pytest.mark.usefixtures("delivery_path")  # each test on both delivery paths (conftest)
 class HubContract:
     """What every hub does. Subclasses provide ``make_hub`` and ``lose_history``."""
 
@@ -450,6 +451,46 @@ class HubContract:
         for client in (sender, listener, elsewhere):
             client.disconnect()
         await asyncio.wait_for(asyncio.gather(sending, listening, elsewhere_task), 5)
+
+    async def test_a_session_that_stops_reading_mid_broadcast_gets_the_rest_queued_in_order(
+        self, make_hub: HubFactory, make_socket: SocketFactory, delivery_path: str
+    ) -> None:
+        # Sent at once while it reads; while it does not (its sends would wait), what comes
+        # is queued, and sent in order once it reads again; then at once again.
+        hub = await make_hub()
+        stats = counting(hub)
+        path = "/ws/rooms/slow"
+        slow, slow_task, notice = await open_session(hub, make_socket, path)
+        other, other_task, _ = await open_session(hub, make_socket, path)
+        offsets: dict[ScriptedClient, list[int]] = {slow: [], other: []}
+
+        async def take(client: ScriptedClient, count: int) -> None:
+            for _ in range(count):
+                delivery = json_sent(await client.next_sent())
+                assert delivery["type"] == "broadcast", delivery
+                offsets[client].append(delivery["offset"])
+
+        for number in range(3):
+            await hub.publish(path, numbered(number))
+        await take(slow, 3)
+        slow.stop_reading()
+        for number in range(3, 6):
+            await hub.publish(path, numbered(number))
+        await take(other, 6)  # delivered to every subscription of the channel, slow's too
+        assert slow.sent_so_far() == []  # nothing went out while it did not read
+        slow.resume_reading()
+        await take(slow, 3)
+        await hub.publish(path, numbered(6))
+        await take(slow, 1)
+        await take(other, 1)
+        expected = list(range(notice["offset"] + 1, notice["offset"] + 8))
+        assert offsets == {slow: expected, other: expected}
+        assert (stats.deliveries, stats.drops) == (14, 0)
+        at_once = delivery_path == "sent at once"  # the subscribed notices too, then
+        assert (slow.sent_at_once, other.sent_at_once) == ((5, 8) if at_once else (0, 0))
+        for client in (slow, other):
+            client.disconnect()
+        await asyncio.wait_for(asyncio.gather(slow_task, other_task), 5)
 
     async def test_a_session_resumes_with_since_and_epoch_in_its_query(
         self, hub: Hub, make_socket: SocketFactory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from unittest.mock import ANY  # a matcher for the random client_id
 
 import pytest
@@ -25,6 +26,9 @@ from ..broadcast import (
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 from .hub_contract import QUEUE_SIZE, HubContract, HubFactory, received
+
+# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+pytestmark = pytest.mark.usefixtures("delivery_path")
 
 
 class TestMemoryHub(HubContract):
@@ -340,5 +344,29 @@ async def test_a_receive_only_session_refuses_client_messages_and_relays_the_ser
         await hub.publish("/ws/news", {"text": "from the service"})
         relayed = json.loads((await client.next_sent())["text"])
         assert (relayed["offset"], relayed["message"]) == (1, {"text": "from the service"})
+        client.disconnect()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_hook_that_cannot_be_hashed_serves_as_well(make_socket: SocketFactory) -> None:
+    # The readers of a channel's clients are shared by hook; a hook that is no key (an
+    # object with __eq__ and no __hash__) gets a reader of its own.
+    class Stamp:
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Stamp)
+
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, websocket: object, message: dict[str, Any]) -> dict[str, Any]:
+            return {**message, "stamped": True}
+
+    async with MemoryHub(join_leave=False) as hub:
+        client = ScriptedClient("/ws/news", reply_timeout=5.0)
+        task = asyncio.create_task(run_broadcast(make_socket(client), hub, on_message=Stamp()))
+        assert (await client.next_sent())["type"] == "websocket.accept"
+        assert json.loads((await client.next_sent())["text"])["type"] == "subscribed"
+        client.send_text('{"text": "hi"}')
+        relayed = json.loads((await client.next_sent())["text"])
+        assert relayed["message"] == {"text": "hi", "stamped": True}
         client.disconnect()
         await asyncio.wait_for(task, 5)

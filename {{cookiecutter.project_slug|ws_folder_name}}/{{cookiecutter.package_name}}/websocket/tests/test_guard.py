@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
+from ..broadcast import MemoryHub, run_broadcast
 from ..guard import (
     CLOSE_CODE_WAIT,
     WATCH_STEPS,
@@ -23,6 +24,9 @@ from ..guard import (
 from ..session import SessionSocket, receive_json, run_websocket, send_json
 from ..testing import ScriptedClient
 from .conftest import VirtualClockLoop
+
+# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+pytestmark = pytest.mark.usefixtures("delivery_path")
 
 WebSocketClass = Callable[[Scope, Receive, Send], SessionSocket]
 
@@ -247,6 +251,45 @@ def test_a_client_that_does_not_read_is_dropped_and_others_go_on(
         ended.append(loop.time())
         fast.disconnect()
         await fast_session
+
+    run_on_virtual_clock(scenario)
+    [seconds] = ended
+    assert 10 <= seconds <= 20  # its send waited a send timeout, at most two
+    assert "dropped: it does not read" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_broadcast_subscriber_that_does_not_read_is_dropped_and_others_go_on(
+    web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On both delivery paths: a message that cannot be sent at once is queued, and its
+    # send, waiting for a client that reads nothing, is dropped after the send timeout.
+    ended: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        hub = MemoryHub(join_leave=False)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await run_broadcast(web_socket_class(scope, receive, send), hub)
+
+        guard = WebSocketGuard(app, policy=Policy(send_timeout=10))
+        async with hub:
+            slow, fast = (ScriptedClient("/ws/rooms/1", reply_timeout=120) for _ in range(2))
+            slow_session = asyncio.create_task(guard(slow.scope, slow.receive, slow.send))
+            fast_session = asyncio.create_task(guard(fast.scope, fast.receive, fast.send))
+            for client in (slow, fast):
+                await client.next_sent()  # accepted
+                await client.next_sent()  # subscribed
+            slow.stop_reading()
+            await hub.publish("/ws/rooms/1", {"n": 1})
+            assert json.loads((await fast.next_sent())["text"])["message"] == {"n": 1}
+            await slow_session
+            ended.append(loop.time())
+            await hub.publish("/ws/rooms/1", {"n": 2})
+            assert json.loads((await fast.next_sent())["text"])["message"] == {"n": 2}
+            fast.disconnect()
+            await fast_session
 
     run_on_virtual_clock(scenario)
     [seconds] = ended

@@ -11,11 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..asgi_types import Message, Receive, Scope, Send
-from ..broadcast import MemoryHub, Position
+from ..broadcast import MemoryHub, Position, run_broadcast
 from ..guard import Policy, WebSocketGuard
 from ..metrics import Metrics, MetricsEndpoint, close_code_label, endpoint_of
 from ..session import SessionSocket, receive_json, run_websocket, send_json
 from ..testing import ScriptedClient
+
+# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+pytestmark = pytest.mark.usefixtures("delivery_path")
 
 WebSocketClass = Callable[[Scope, Receive, Send], SessionSocket]
 TEMPLATE = "/ws/rooms/{room}"
@@ -253,3 +256,41 @@ async def test_a_scrape_while_messages_wait_in_a_queue_counts_only_those_sent() 
         await hub.publish("/ws/news", {"n": 3})
         await reader.next()
     assert sample(metrics, "broadcast_deliveries_total") == 4
+
+
+async def test_broadcast_sessions_count_each_send_and_delivery_exactly(
+    web_socket_class: WebSocketClass,
+) -> None:
+    # On both delivery paths (queued, sent at once): what the guard counts is what was sent.
+    metrics = Metrics()
+    hub = MemoryHub(join_leave=False)
+    metrics.watch_hub(hub)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = Route()
+        await run_broadcast(web_socket_class(scope, receive, send), hub)
+
+    guard = WebSocketGuard(app, policy=Policy(), observer=metrics)
+    async with hub:
+        clients = [ScriptedClient("/ws/rooms/1", reply_timeout=5) for _ in range(3)]
+        sessions = [
+            asyncio.create_task(guard(client.scope, client.receive, client.send))
+            for client in clients
+        ]
+        texts: list[str] = []
+        for client in clients:
+            assert (await client.next_sent())["type"] == "websocket.accept"
+            texts.append((await client.next_sent())["text"])  # the subscribed notice
+        for number in range(5):
+            await hub.publish("/ws/rooms/1", {"n": number, "text": "h\u00e9"})
+            for client in clients:
+                texts.append((await client.next_sent())["text"])
+        for client in clients:
+            client.disconnect()
+        await asyncio.gather(*sessions)
+    sent = "websocket_messages_sent_total", "websocket_sent_bytes_total"
+    assert [sample(metrics, name, endpoint=TEMPLATE) for name in sent] == [
+        len(texts),
+        sum(len(text.encode()) for text in texts),
+    ]
+    assert sample(metrics, "broadcast_deliveries_total") == 15

@@ -15,6 +15,7 @@ from ..session import (
     SessionSocket,
     drain_text,
     dumps,
+    dumps_parsed,
     every,
     keepalive_loop,
     loads,
@@ -258,6 +259,43 @@ async def test_receive_json_answers_keepalives_itself_echoing_client_fields(
     assert before <= ack["server_ns"] <= now_ns()
 
 
+KEEPALIVES = [
+    '{"type":"keepalive","client_ns":1733541234567890123}',
+    ' { "type" : "keepalive", "n": -9223372036854775808, "u": 18446744073709551615 } ',
+    '{"type": "keepalive", "big": 18446744073709551616, "neg": -9223372036854775809}',
+    '{"type": "keepalive", "f": 0.00001, "g": 1e16, "h": 1.5e-7, "z": -0.0}',
+    '{"type": "keepalive", "s": "\\ud800", "t": "\\u2028 \\u0000 é \\"\\\\/"}',
+    '{"type": "keepalive", "nested": [0.00001, {"x": 1}], "d": {}, "dup": 1, "dup": 2}',
+    '{"type": "keepalive", "b": true, "n": null, "type": "keepalive"}',
+]
+
+
+async def test_keepalive_answers_are_the_text_json_would_write(
+    make_socket: SocketFactory, client: ScriptedClient
+) -> None:
+    # Flat keepalives are read and answered by orjson where the project has it: the answer
+    # must be json's text all the same (numbers past 64 bits, floats, escapes, nesting).
+    for frame in KEEPALIVES:
+        client.send_text(frame)
+    client.send_text('{"type": "keepalive", "bad": NaN}')
+    client.send_text('{"type": "keepalive",}')
+    client.disconnect()
+    await run_websocket(make_socket(client), keepalive_loop)
+    sent = [m["text"] for m in client.sent_so_far() if m["type"] == "websocket.send"]
+    assert len(sent) == len(KEEPALIVES) + 2
+    for frame, text in zip(KEEPALIVES, sent, strict=False):
+        server_ns = json.loads(text)["server_ns"]
+        expected = {**reference_loads(frame), "type": "keepalive_ack", "server_ns": server_ns}
+        assert text == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(json.JSONDecodeError) as trailing_comma:
+        reference_loads('{"type": "keepalive",}')
+    error = trailing_comma.value
+    assert [json.loads(text)["reason"] for text in sent[-2:]] == [
+        "invalid JSON: NaN is not a JSON number",  # json's words, not orjson's
+        f"invalid JSON: {error.msg} at position {error.pos}",
+    ]
+
+
 async def test_keepalive_loop_acks_keepalives_and_refuses_other_messages(
     make_socket: SocketFactory, client: ScriptedClient
 ) -> None:
@@ -366,10 +404,17 @@ def reference_loads(text: str) -> Any:
         '"text"',
         '{"a": 1e16, "b": -0.0, "c": 1E-7}',
         '{"dup": 1, "dup": 2}',
+        "18446744073709551615",  # the largest integer of 64 bits (unsigned)
+        "18446744073709551616",  # one more: an int still, not a float
+        "-9223372036854775809",
+        '{"n": 123456789012345678901234567890.5, "s": "12345678901234567890"}',
+        '"\\ud800 \\u2028"',  # a lone surrogate escaped, and a line separator
+        "1e400",  # json reads infinity (orjson refuses it)
+        "[0.00001, 1e-05, 5e-324, 1.7976931348623157e308]",
     ],
 )
 def test_loads_reads_what_json_loads_reads(text: str) -> None:
-    assert loads(text) == reference_loads(text)
+    assert repr(loads(text)) == repr(reference_loads(text))  # ints stay ints
 
 
 @pytest.mark.parametrize(
@@ -402,6 +447,25 @@ def test_dumps_writes_what_json_dumps_writes(value: Any) -> None:
         value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
     )
     assert dumps(value) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "keepalive", "client_ns": 1733541234567890123, "note": "é \\u2028 \\u0000"}',
+        '{"t": true, "f": false, "n": null, "neg": -9223372036854775808, "s": "\\"\\\\/"}',
+        '{"big": 18446744073709551616, "neg": -9223372036854775809}',  # past 64 bits
+        '{"a": 0.00001, "b": 1e16, "c": 1.5e-7, "d": -0.0}',  # floats: json writes them
+        '{"s": "\\ud800"}',  # a lone surrogate (orjson refuses it)
+        '{"nested": [0.00001, {"x": 1}], "d": {}}',
+    ],
+)
+def test_dumps_parsed_writes_what_json_dumps_writes(text: str) -> None:
+    value = loads(text)
+    expected = json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+    )
+    assert dumps_parsed(value) == expected
 
 
 def test_dumps_refuses_what_json_dumps_refuses() -> None:

@@ -229,6 +229,7 @@ UNREAD = [
     "PRESENCE_TTL_SECONDS",
     "REDIS_CHANNEL_PREFIX",
     "REDIS_TIMEOUT_SECONDS",
+    "REDIS_WAIT_REPLICAS",
     "REDIS_URL",
 {%- endif %}
 {%- if not channels %}

@@ -926,6 +926,7 @@ class ShardedRedisHub(Hub):
         join_leave: bool = True,
         presence_limit: int = DEFAULT_PRESENCE_LIMIT,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        wait_replicas: int = 0,
     ) -> None:
         if not urls:
             raise ValueError("ShardedRedisHub needs at least one Redis URL.")
@@ -944,6 +945,7 @@ class ShardedRedisHub(Hub):
                 join_leave=join_leave,
                 presence_limit=presence_limit,
                 presence_ttl=presence_ttl,
+                wait_replicas=wait_replicas,
             )
             for url in urls
         ]

@@ -197,6 +197,7 @@ class RedisTarget:
             if group.tls:
                 options["ssl"] = True
         self._options = options
+        self._pools: list[ConnectionPool] = []
 
     @property
     def sentinel(self) -> bool:
@@ -204,11 +205,15 @@ class RedisTarget:
         return self._sentinel is not None
 
     def _pool(self, retry: Retry) -> ConnectionPool:
+        pool: ConnectionPool
         if self._sentinel is not None and self._group is not None:
-            return SentinelConnectionPool(  # type: ignore[no-untyped-call]  # redis-py types
+            pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]  # redis-py types
                 self._group.master, self._sentinel, retry=retry, **self._options
             )
-        return ConnectionPool.from_url(self.url, retry=retry, **self._options)
+            self._pools.append(pool)  # its connections hold it by a weak reference only
+        else:
+            pool = ConnectionPool.from_url(self.url, retry=retry, **self._options)
+        return pool
 
     def connection(self) -> AbstractConnection:
         """A connection of its own (not pooled), which fails at once when it cannot connect

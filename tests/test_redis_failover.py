@@ -17,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websocket.testing import LiveServer  # the vendored backend
+from websockets.asyncio.client import connect
 
 from tests import test_centrifuge_faults
 from tests.conftest import render, unavailable
@@ -40,7 +44,7 @@ from tests.test_centrifuge_faults import (
     rounds_published,
     twenty_channels,
 )
-from tests.test_centrifuge_sdks import ENDPOINTS, Service, run
+from tests.test_centrifuge_sdks import ENDPOINTS, PUBLISH_KEY, Service, run, unique
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -52,6 +56,35 @@ RESUME_WITHIN = 10.0
 """Seconds from the kill until every client has a message published after it, with the
 group's 500 ms down-after-milliseconds (the README states the bound)."""
 SETTLE = 30.0
+PRESENCE_TTL = 3.0
+
+
+def presence_counts(service: Service, channels: list[str]) -> list[int]:
+    counts = []
+    for channel in channels:
+        request = urllib.request.Request(
+            service.server.url("/api/presence?" + urllib.parse.urlencode({"channel": channel})),
+            headers={"Authorization": f"Bearer {PUBLISH_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            counts.append(json.load(response)["count"])
+    return counts
+
+
+def presence_rebuilt(group: SentinelGroup, services: list[Service], room: str) -> float:
+    """Remove every presence entry from the master (as a promoted replica that never had
+    them); the seconds until both services list the room's two clients again."""
+    assert all(presence_counts(s, [room]) == [2] for s in services)
+    with group.replica.client() as master:
+        keys = list(master.scan_iter(match="*presence*", count=1000))
+        assert keys, "no presence on the new master"
+        master.delete(*keys)
+    assert presence_counts(services[0], [room]) == [0]
+    start = time.monotonic()
+    while not all(presence_counts(s, [room]) == [2] for s in services):
+        assert time.monotonic() - start < 2 * PRESENCE_TTL, "presence is not rebuilt"
+        time.sleep(0.1)
+    return time.monotonic() - start
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +127,12 @@ def group_and_services(
     folder, app = project
     with contextlib.ExitStack() as stack:
         group = stack.enter_context(SentinelGroup(**group_options))
-        environment = {**ENVIRONMENT, "REDIS_URL": group.url, "REDIS_TIMEOUT_SECONDS": "1"}
+        environment = {
+            **ENVIRONMENT,
+            "REDIS_URL": group.url,
+            "REDIS_TIMEOUT_SECONDS": "1",
+            "PRESENCE_TTL_SECONDS": str(PRESENCE_TTL),
+        }
         services = [
             Service(stack.enter_context(LiveServer(app, env=environment, cwd=folder)), "redis")
             for _ in range(2)
@@ -207,12 +245,20 @@ def test_a_master_killed_under_traffic_fails_over_and_no_message_is_lost(
 
     async def scenario(group: SentinelGroup, first: Service, second: Service) -> float:
         urls = [first.ws_url, second.ws_url]
-        async with clients(urls, [second.ws_url], channels) as together:
+        room = f"/ws/rooms/{unique('failover-')}"  # a broadcast room, for its presence
+        async with (
+            connect(first.server.ws_url(room)),
+            connect(second.server.ws_url(room)),
+            clients(urls, [second.ws_url], channels) as together,
+        ):
             published, resumed = await flow_through_a_failover(
                 [first, second], together, channels, kill_master(group, timings)
             )
             await asyncio.to_thread(group.restart_old_master)
             assert {len(epochs) for epochs in published.epochs.values()} == {1}
+            timings["presence"] = await asyncio.to_thread(
+                presence_rebuilt, group, [first, second], room
+            )
             views = together.seen()
         for name, seen in views.items():
             again = [e for e in seen if e.kind == "subscribed" and e.was_recovering]
@@ -221,8 +267,12 @@ def test_a_master_killed_under_traffic_fails_over_and_no_message_is_lost(
 
     with group_and_services(project) as (group, (first, second)):
         resumed = run(scenario(group, first, second))
-    print(f"failover {timings['failover']:.1f} s, delivery resumed {resumed:.1f} s")
+    print(
+        f"failover {timings['failover']:.1f} s, delivery resumed {resumed:.1f} s, presence "
+        f"rebuilt {timings['presence']:.1f} s"
+    )
     assert resumed < RESUME_WITHIN
+    assert timings["presence"] <= PRESENCE_TTL
 
 
 def test_a_promoted_replica_that_lacks_the_last_publishes_starts_new_epochs(
@@ -247,6 +297,7 @@ def test_a_promoted_replica_that_lacks_the_last_publishes_starts_new_epochs(
                 [first, second], together, channels, fault
             )
             views = together.seen()
+        print(f"failover {timings['failover']:.1f} s, delivery resumed {resumed:.1f} s")
         assert resumed < RESUME_WITHIN
         assert {len(epochs) for epochs in published.epochs.values()} == {2}
         for name, seen in views.items():

@@ -14,7 +14,9 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
   Redis (pub/sub, and a stream per channel for its history), across processes; and
   `ShardedRedisHub`, its channels spread over several Redis servers; ``redis_batch.py``:
-  `CommandBatcher`, which pipelines a hub's commands to one Redis in batches.
+  `CommandBatcher`, which pipelines a hub's commands to one Redis in batches;
+  ``redis_sentinel.py``: `RedisTarget`, which connects a hub to a Redis URL or to the master
+  of a Sentinel group (``redis+sentinel://``), and `follow_master`.
 - ``centrifuge_protocol.py`` (projects with a ``channels`` endpoint): `run_channels`, which
   serves a connection of many channels in the Centrifuge client protocol (v2, JSON), so the
   Centrifuge SDKs are its clients; ``namespaces.py``, which channels exist and who may
@@ -84,6 +86,18 @@ gives the position before the first of them, with ``recovered``), on every hub; 
 with 1013. ``asyncapi.py`` declares ``last`` in the broadcast endpoints' query.
 `client.Client(..., last=N)` and ``python -m <package>.client --last N`` start with them,
 then resume from the position as before.
+Redis failover: a hub's URL may name a Sentinel group
+(``redis+sentinel://HOST:26379,HOST2:26379/MASTER_NAME[/DB]``; `redis_sentinel.split_redis_urls`
+keeps a group's sentinels together in a list of shards, `redis_sentinel.redis_url_problem`
+says what is wrong with one): its connections ask the sentinels for the master whenever they
+connect, and `follow_master` moves every second those left on another node. A `RedisHub`
+remembers each channel's highest position seen (published, heard, read; 100,000 channels at
+most) and passes it to the publish and read scripts, which start a new epoch for a channel
+Redis has gone back on (a promoted replica that lacked the last publishes): its offsets are
+never given twice in one epoch. ``RedisHub(..., wait_replicas=N)`` (and `ShardedRedisHub`)
+makes each publish wait for N replicas (``WAIT`` once per batch; `redis_batch.NotReplicated`
+when fewer confirm, a `HubUnavailable` for the caller); ``CommandBatcher.call(...,
+durable=True)``.
 Upgrading: every hub keeps its old calls; a hub written outside this package must add
 ``history``, ``listen_to_user`` and ``unlisten_to_user`` (abstract) and accept the new
 keywords; code that set attributes of its own on

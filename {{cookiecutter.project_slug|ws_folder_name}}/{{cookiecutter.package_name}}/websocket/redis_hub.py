@@ -35,6 +35,14 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   the history, in order, with what was published meanwhile; only what the history no
   longer holds is reported lost (``dropped`` with its count, or ``null`` when Redis lost
   the channel's keys: a new epoch).
+- **Failover.** ``url`` may name a Sentinel group (``redis+sentinel://``, see
+  ``redis_sentinel.py``): both connections reconnect to its master, and are moved there when
+  it changes. Redis replicates asynchronously, so a promoted replica may lack the last
+  publishes: a channel's offset goes back under the same epoch. The hub remembers the
+  highest position it has seen of each channel and gives it to the publish and read
+  scripts, which then start a new epoch for the channel (`EPOCH_OF_CHANNEL`): an offset is
+  never given to two messages in one epoch, and subscribers are told (``null``).
+  ``wait_replicas`` makes each publish wait for that many replicas (``WAIT``).
 - **Presence** of a channel is a hash (client_id -> ``{"client_id", "user"}``) and a sorted
   set (client_id -> expiry time, Redis's clock) on the channel's Redis. A subscription is
   added there when it subscribes (one script, which also publishes its ``join`` event on

@@ -139,6 +139,8 @@ SHARED_BACKEND_FILES = {
 REDIS_BACKEND_FILES = {
     "redis_hub.py",
     "redis_batch.py",
+    "redis_sentinel.py",
+    "tests/test_redis_epochs.py",
     "tests/test_redis_hub.py",
     "tests/test_sharded_redis_hub.py",
 }

@@ -179,7 +179,7 @@ async def test_a_publish_that_waits_for_a_replica_is_confirmed_once_it_has_it(
         subscription = await subscribed(hub, "room")
         position = await hub.publish("room", numbered(1))
         async with Redis.from_url(replica.url, decode_responses=True) as client:
-            meta = await client.hgetall(f"{hub.prefix}{{room}}:meta")
+            meta = await client.hgetall(hub._keys("room")[0])
         assert meta == {"epoch": position.epoch, "offset": "1"}  # on the replica already
         replica.pause()  # the replica stops confirming
         try:

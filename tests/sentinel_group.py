@@ -279,11 +279,16 @@ class SentinelGroup:
         """Start the old master again (empty, on its port), and wait until the sentinels
         have made it a replica of the new master."""
         self.master.start()
+        self.wait_until_replica(self.master, within)
+
+    @staticmethod
+    def wait_until_replica(node: Node, within: float = 30.0) -> None:
+        """Until ``node`` is a replica, in sync with its master."""
         deadline = time.monotonic() + within
         while True:
-            with self.master.client() as client:
+            with node.client() as client:
                 info = client.info("replication")
             if info["role"] == "slave" and info.get("master_link_status") == "up":
                 return
-            assert time.monotonic() < deadline, f"the old master is not a replica: {info}"
-            time.sleep(0.1)
+            assert time.monotonic() < deadline, f"{node.name} is not a replica: {info}"
+            time.sleep(0.05)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import time
 import urllib.parse
 import urllib.request
@@ -26,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websocket.testing import LiveServer  # the vendored backend
+from websocket.broadcast import HubUnavailable, Subscription  # the vendored backend
+from websocket.redis_hub import RedisHub
+from websocket.testing import LiveServer
 from websockets.asyncio.client import connect
 
 from tests import test_centrifuge_faults
 from tests.conftest import render, unavailable
-from tests.sentinel_group import SentinelGroup, sentinel_unavailable
+from tests.sentinel_group import MASTER_NAME, SentinelGroup, sentinel_unavailable
 from tests.test_centrifuge_faults import (
     ENVIRONMENT,
     Clients,
@@ -313,3 +316,56 @@ def test_a_promoted_replica_that_lacks_the_last_publishes_starts_new_epochs(
 
     with group_and_services(project, failover_timeout_ms=60_000) as (group, (first, second)):
         run(scenario(group, first, second))
+
+
+async def next_text(subscription: Subscription) -> str:
+    text = await asyncio.wait_for(subscription.next(), 5)
+    assert text is not None, "the subscription ended"
+    return text
+
+
+def test_a_failover_that_leaves_the_old_master_running_moves_every_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``SENTINEL FAILOVER``: the old master stays up as a replica, so no connection breaks
+    by itself (its pub/sub connection would still hear the replicated publishes). The hub
+    asks the sentinels every second and moves both connections to the new master; every
+    message arrives once, in order, in one epoch."""
+    missing = sentinel_unavailable()
+    if missing:
+        unavailable(missing)
+
+    async def scenario(group: SentinelGroup) -> None:
+        async with RedisHub(group.url, prefix="moved:", timeout=1.0) as hub:
+            subscription = await hub.subscribe("room")
+            positions = [await hub.publish("room", {"n": n}) for n in range(1, 6)]
+            with group.sentinels[0].client() as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+            await asyncio.to_thread(group.wait_for_new_master)
+            # Writes the old master takes until it is demoted would be lost (and detected: a
+            # new epoch); here publishing waits until it is a replica, refusing writes.
+            await asyncio.to_thread(group.wait_until_replica, group.master)
+            deadline = time.monotonic() + 10
+            while True:  # publishes refused by the demoted master are retried
+                try:
+                    positions.append(await hub.publish("room", {"n": 6}))
+                    break
+                except HubUnavailable:
+                    assert time.monotonic() < deadline, "no publish after the failover"
+                    await asyncio.sleep(0.05)
+            replica_port = group.replica.port
+            while not all(getattr(c, "port", 0) == replica_port for c in hub._connections()):
+                assert time.monotonic() < deadline, "a connection stayed on the old master"
+                await asyncio.sleep(0.05)
+            positions += [await hub.publish("room", {"n": n}) for n in range(7, 11)]
+            texts = [json.loads(await next_text(subscription)) for _ in range(11)]
+        assert texts[0]["type"] == "subscribed"
+        assert [t["message"]["n"] for t in texts[1:]] == list(range(1, 11))
+        assert [(t["offset"], t["epoch"]) for t in texts[1:]] == positions
+        assert [(p.offset, p.epoch) for p in positions] == [
+            (n, positions[0].epoch) for n in range(1, 11)
+        ]
+
+    with SentinelGroup() as group, caplog.at_level(logging.WARNING):
+        asyncio.run(scenario(group))
+    assert any("moved to 127.0.0.1:" in r.getMessage() for r in caplog.records), caplog.text

@@ -98,6 +98,7 @@ class CommandBatcher:
         self._writer: asyncio.Task[None] | None = None
         self._used_at = -math.inf
         self._closed = False
+        self._moving = False
 
     async def call(self, *command: str | int, durable: bool = False) -> Any:
         """Send ``command`` in the next batch and answer its reply (a `ResponseError` for an
@@ -121,6 +122,14 @@ class CommandBatcher:
     ) -> Any:
         """Run ``script`` (one of those the batcher was given) on ``keys`` and ``args``."""
         return await self.call(*script.command(keys, args), durable=durable)
+
+    async def move(self) -> None:
+        """Leave the node the connection is on: at once if no batch is out, else before the
+        next batch (the batch out is not disturbed). The next batch connects again."""
+        if self._writer is None:
+            await self.connection.disconnect()
+        else:
+            self._moving = True
 
     async def aclose(self) -> None:
         """Let the batches already asked for finish, then close the connection."""
@@ -208,7 +217,10 @@ class CommandBatcher:
         """Write ``commands`` in one write and read their replies (error replies as
         `ResponseError` values)."""
         connection = self.connection
-        if asyncio.get_running_loop().time() - self._used_at > IDLE_CHECK_SECONDS:
+        if self._moving:
+            self._moving = False
+            await connection.disconnect()
+        elif asyncio.get_running_loop().time() - self._used_at > IDLE_CHECK_SECONDS:
             await self._check(connection)
         await connection.connect()  # type: ignore[no-untyped-call]  # redis-py types
         await connection.send_packed_command(connection.pack_commands(commands), False)

@@ -351,7 +351,8 @@ class RedisHub(Hub):
         self._task = asyncio.create_task(self._hold_connection(self._subscriber), name="RedisHub")
         if self._target.sentinel:
             self._following = asyncio.create_task(
-                follow_master(self._target, self._connections), name="RedisHub master"
+                follow_master(self._target, self._connections, self._move),
+                name="RedisHub master",
             )
         if self.presence_enabled:
             self._renewing = asyncio.create_task(self._renew_presence(), name="RedisHub presence")
@@ -521,6 +522,15 @@ class RedisHub(Hub):
             None if batcher is None else batcher.connection,
             None if pubsub is None else pubsub.connection,
         ]
+
+    async def _move(self, connection: AbstractConnection) -> None:
+        """Get ``connection`` to the master: the commands' before their next batch, the
+        pub/sub one at once (the connection task reconnects it and resubscribes)."""
+        batcher = self._batcher
+        if batcher is not None and connection is batcher.connection:
+            await batcher.move()
+        else:
+            await connection.disconnect()
 
     def _seen_args(self, channel: str) -> tuple[str, str, int]:
         """A fresh epoch, and the epoch and offset of ``channel`` seen (`EPOCH_OF_CHANNEL`)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -242,11 +242,13 @@ class RedisTarget:
 
 
 async def follow_master(
-    target: RedisTarget, connections: Callable[[], Sequence[AbstractConnection | None]]
+    target: RedisTarget,
+    connections: Callable[[], Sequence[AbstractConnection | None]],
+    move: Callable[[AbstractConnection], Awaitable[None]],
 ) -> None:
     """Every `MASTER_CHECK_SECONDS`, ask the sentinels where ``target``'s master is, and
-    disconnect each of ``connections()`` connected elsewhere (its owner reconnects it, to
-    the master). Runs until cancelled; does nothing for a plain Redis URL."""
+    ``move`` each of ``connections()`` connected elsewhere (its owner reconnects it, to the
+    master). Runs until cancelled; does nothing for a plain Redis URL."""
     if not target.sentinel:
         return
     while True:
@@ -266,4 +268,4 @@ async def follow_master(
                     target.shown,
                     *address,
                 )
-                await connection.disconnect()
+                await move(connection)

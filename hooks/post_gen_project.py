@@ -40,6 +40,7 @@ REDIS_ONLY = [
     "websocket/redis_sentinel.py",
     "websocket/tests/test_redis_epochs.py",
     "websocket/tests/test_redis_hub.py",
+    "websocket/tests/test_redis_sentinel.py",
     "websocket/tests/test_sharded_redis_hub.py",
 ]
 

@@ -142,6 +142,7 @@ REDIS_BACKEND_FILES = {
     "redis_sentinel.py",
     "tests/test_redis_epochs.py",
     "tests/test_redis_hub.py",
+    "tests/test_redis_sentinel.py",
     "tests/test_sharded_redis_hub.py",
 }
 # The vendored files only projects with a channels endpoint keep (tokens.py imports jwt).

@@ -1,4 +1,4 @@
-"""Redis's and the service's cost per publish: the batched hub against the unbatched one (issue 28).
+"""Redis's and the service's cost per publish: the batched hub against the unbatched one (issue 28), and each durability mode (issue 29).
 
     .venv/bin/python bench/redis_batching.py
     .venv/bin/python bench/redis_batching.py --in-flight 1 100 --publishes 10000 --output out.md
@@ -21,7 +21,13 @@ the 50 channels, with history, from that many tasks at once. The sides:
   ``Pipeline`` instead of the batcher's few lines over its connection;
 - ``floor``: a minimal client (a blocking socket, requests packed by hand, replies counted)
   sending the same script call with the same arguments, as many to a write as are in
-  flight: what Redis cannot do with less.
+  flight: what Redis cannot do with less;
+- ``undetecting``: the batched hub before it checked for offsets gone back (``--undetecting``,
+  a commit: main before issue 29), against ``batched``, which passes each channel's highest
+  position seen to the publish script: the cost of the detection;
+- ``wait-1``: the batched hub with ``wait_replicas=1``: each batch with publishes ends with
+  ``WAIT 1``, answered once the replica has them. A replica of the redis-server (on its CPU)
+  then follows it for every side of the run (``--sides`` without ``wait-1``: no replica).
 
 Per publish it reports Redis's CPU (``INFO cpu``, user + system), the script's
 ``usec_per_call`` (``INFO commandstats``, ``evalsha``), Redis's socket reads and writes
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -54,9 +61,20 @@ ROOT = Path(__file__).resolve().parent.parent
 VENDORED = "{{cookiecutter.project_slug|ws_folder_name}}/{{cookiecutter.package_name}}/websocket"
 CHANNELS = [f"bench-{number}" for number in range(50)]
 PREFIX = "bench:"
-SIDES = ("unbatched", "batched", "unbatched+hiredis", "batched+hiredis", "pipeline", "floor")
+SIDES = (
+    "unbatched",
+    "batched",
+    "unbatched+hiredis",
+    "batched+hiredis",
+    "pipeline",
+    "floor",
+    "undetecting",
+    "wait-1",
+)
 BASELINE = "b2ac84d"
 """The last commit of the unbatched hub (main before issue 28's batching)."""
+UNDETECTING = "9538033"
+"""The last commit of the hub that did not check for offsets gone back (main before issue 29)."""
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,6 +86,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--publishes", type=int, default=20000, help="per row (a tenth at 1)")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--baseline", default=BASELINE, help="commit of the unbatched hub")
+    parser.add_argument(
+        "--undetecting", default=UNDETECTING, help="commit of the hub without the detection"
+    )
     parser.add_argument("--hiredis", type=Path, help="folder holding the hiredis package")
     parser.add_argument("--repetitions", type=int, default=1)
     parser.add_argument(
@@ -138,12 +159,13 @@ async def worker(spec: dict[str, Any]) -> dict[str, float]:
             channel = CHANNELS[number % len(CHANNELS)]
             head, tail = envelope_parts(channel, {"n": number})
             tagged = PREFIX + "{" + channel + "}"
-            return [2, tagged + ":meta", tagged + ":history", PREFIX + channel, head, tail]
+            keys = [tagged + ":meta", tagged + ":history"]
+            return [2, *keys, new_epoch(), "", 0, PREFIX + channel, head, tail]
 
         def publish_floor(total: int) -> None:
             for start in range(0, total, in_flight):
                 batch = [
-                    [*arguments(n), new_epoch(), DEFAULT_HISTORY_SIZE, 300000, 300000]
+                    [*arguments(n), DEFAULT_HISTORY_SIZE, 300000, 300000]
                     for n in range(start, min(total, start + in_flight))
                 ]
                 started = time.perf_counter()
@@ -157,7 +179,8 @@ async def worker(spec: dict[str, Any]) -> dict[str, float]:
         publish_floor(count)
         after = _redis_counters(admin, spec["redis_pid"])
     else:
-        hub = RedisHub(url, prefix=PREFIX, presence=False, timeout=30.0)
+        durability: dict[str, Any] = {"wait_replicas": 1} if side == "wait-1" else {}
+        hub = RedisHub(url, prefix=PREFIX, presence=False, timeout=30.0, **durability)
         await hub.start()
         if side == "pipeline":
             _send_batches_by_pipeline(hub, url)
@@ -248,6 +271,18 @@ def export_hub(commit: str, output: Path) -> Path:
     return output
 
 
+def follow(replica_url: str, master_port: int) -> None:
+    """Make ``replica_url`` a replica of the redis-server on ``master_port``, in sync."""
+    from redis import Redis
+
+    with Redis.from_url(replica_url, decode_responses=True) as replica:
+        replica.replicaof("127.0.0.1", master_port)
+        deadline = time.monotonic() + 30
+        while replica.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica does not follow its master"
+            time.sleep(0.05)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     if args.worker is not None:
@@ -269,10 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "unbatched": export_hub(args.baseline, work / "unbatched"),
             "batched": work / "batched",
         }
+        if "undetecting" in sides:
+            paths["undetecting"] = export_hub(args.undetecting, work / "undetecting")
         shutil.copytree(ROOT / VENDORED, paths["batched"] / "websocket")
 
         def environment(side: str) -> dict[str, str]:
-            path = [str(paths["unbatched" if side.startswith("unbatched") else "batched"])]
+            tree = side.split("+")[0]
+            path = [str(paths[tree if tree in paths else "batched"])]
             if side.endswith("+hiredis"):
                 path.append(str(args.hiredis))
             return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
@@ -281,8 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
             return ["taskset", "-c", str(service_cpu), *line] if service_cpu is not None else line
 
-        with RedisServer() as redis_server:
+        with RedisServer() as redis_server, contextlib.ExitStack() as stack:
             pin(redis_server.pid, redis_cpu)
+            if "wait-1" in sides:
+                replica = stack.enter_context(RedisServer())
+                pin(replica.pid, redis_cpu)
+                follow(replica.url, redis_server.port)
             listening = [
                 subprocess.Popen(
                     command({"side": "subscriber", "url": redis_server.url}),
@@ -393,6 +435,21 @@ def report(
                 )
             ]
             lines.append(f"- {in_flight} in flight, batched / unbatched: " + ", ".join(parts))
+    for side, against in (("batched", "undetecting"), ("wait-1", "batched")):
+        if side not in sides or against not in sides:
+            continue
+        lines.append("")
+        for in_flight in args.in_flight:
+            parts = [
+                f"{label} {median(in_flight, side, key) / median(in_flight, against, key):.2f}x"
+                for label, key in (
+                    ("Redis CPU", "redis_cpu_us"),
+                    ("service CPU", "service_cpu_us"),
+                    ("publishes/s", "per_s"),
+                    ("latency", "latency_ms"),
+                )
+            ]
+            lines.append(f"- {in_flight} in flight, {side} / {against}: " + ", ".join(parts))
     return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,10 @@ ONLY_FOR = {
 REDIS_ONLY = [
     "websocket/redis_hub.py",
     "websocket/redis_batch.py",
+    "websocket/redis_sentinel.py",
+    "websocket/tests/test_redis_epochs.py",
     "websocket/tests/test_redis_hub.py",
+    "websocket/tests/test_redis_sentinel.py",
     "websocket/tests/test_sharded_redis_hub.py",
 ]
 

@@ -139,7 +139,10 @@ SHARED_BACKEND_FILES = {
 REDIS_BACKEND_FILES = {
     "redis_hub.py",
     "redis_batch.py",
+    "redis_sentinel.py",
+    "tests/test_redis_epochs.py",
     "tests/test_redis_hub.py",
+    "tests/test_redis_sentinel.py",
     "tests/test_sharded_redis_hub.py",
 }
 # The vendored files only projects with a channels endpoint keep (tokens.py imports jwt,

@@ -27,7 +27,7 @@ from {{ cookiecutter.package_name }}.settings import (
     get_settings,
 )
 {%- if redis %}
-from {{ cookiecutter.package_name }}.websocket.redis_hub import RedisHub
+from {{ cookiecutter.package_name }}.websocket.redis_hub import RedisHub, ShardedRedisHub
 {%- elif broadcast %}
 from {{ cookiecutter.package_name }}.websocket.broadcast import MemoryHub
 {%- endif %}
@@ -153,7 +153,9 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
 {%- endif %}
 {%- if redis %}
         ("REDIS_URL", "localhost:6379"),
+        ("REDIS_URL", "redis+sentinel://sentinel-1:26379,sentinel-2:26379"),
         ("REDIS_TIMEOUT_SECONDS", "0"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
 {%- endif %}
     ],
 )
@@ -182,6 +184,38 @@ def test_a_bad_redis_url_is_refused_without_showing_it() -> None:
     with pytest.raises(SettingsError, match="REDIS_URL is not a Redis URL") as refused:
         Settings.from_env({"REDIS_URL": "https://user:s3cret@redis.example"})
     assert "s3cret" not in str(refused.value)  # a Redis URL can hold a password
+
+
+def test_sentinel_groups_in_redis_url_are_one_shard_each() -> None:
+    first = "redis+sentinel://:s3cret@sentinel-1:26379,sentinel-2,[::1]:26380/cache-a/2"
+    second = "redis+sentinel://sentinel-1:26379,sentinel-2:26379/cache-b"
+    settings = Settings.from_env(
+        {"REDIS_URL": f"{first}, {second},redis://plain:6379/0", "REDIS_WAIT_REPLICAS": "1"}
+    )
+    assert settings.redis_urls == [first, second, "redis://plain:6379/0"]
+    hub = settings.hub()
+    assert isinstance(hub, ShardedRedisHub)
+    assert [shard.url for shard in hub.shards] == settings.redis_urls
+    assert [shard.wait_replicas for shard in hub.shards] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("redis+sentinel://:s3cret@sentinel-1:26379", "names the master after the sentinels"),
+        ("redis+sentinel://:s3cret@sentinel-1:x/main", "HOST or HOST:PORT"),
+        ("redis+sentinel://:s3cret@sentinel-1/main/zero", "is a number"),
+        ("redis+sentinel://:s3cret@sentinel-1/main?password=s3cret", "not password"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_in_one_line_without_showing_it(
+    value: str, problem: str
+) -> None:
+    with pytest.raises(SettingsError, match=problem) as refused:
+        Settings.from_env({"REDIS_URL": f"redis://plain:6379/0,{value}"})
+    assert "(URL 2 of 2)" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    assert "\n" not in str(refused.value)
 {%- elif broadcast %}
 
 

@@ -230,6 +230,7 @@ UNREAD = [
     "PRESENCE_TTL_SECONDS",
     "REDIS_CHANNEL_PREFIX",
     "REDIS_TIMEOUT_SECONDS",
+    "REDIS_WAIT_REPLICAS",
     "REDIS_URL",
 {%- endif %}
 {%- if not channels %}

@@ -26,6 +26,7 @@ from .websocket.broadcast import Hub, MemoryHub
 from .websocket.guard import Policy
 {%- if redis %}
 from .websocket.redis_hub import redis_hub
+from .websocket.redis_sentinel import redis_url_problem, split_redis_urls
 {%- endif %}
 {%- if channels %}
 from .websocket.tokens import MIN_HMAC_SECRET_BYTES
@@ -64,11 +65,13 @@ UNREAD_VARIABLES = {
     "REDIS_URL": MEMORY_BACKEND,
     "REDIS_CHANNEL_PREFIX": MEMORY_BACKEND,
     "REDIS_TIMEOUT_SECONDS": MEMORY_BACKEND,
+    "REDIS_WAIT_REPLICAS": MEMORY_BACKEND,
     "PRESENCE_TTL_SECONDS": MEMORY_BACKEND,
 {%- elif not hub %}
     "REDIS_URL": NO_HUB,
     "REDIS_CHANNEL_PREFIX": NO_HUB,
     "REDIS_TIMEOUT_SECONDS": NO_HUB,
+    "REDIS_WAIT_REPLICAS": NO_HUB,
     "BROADCAST_QUEUE_SIZE": NO_HUB,
     "HISTORY_SIZE": NO_HUB,
     "HISTORY_TTL_SECONDS": NO_HUB,
@@ -152,12 +155,15 @@ class Settings:
 {%- endif %}
 {%- if redis %}
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
-    """The Redis where broadcast endpoints meet, or several (comma-separated) that share the
-    channels out: the same list, in the same order, for every process of the service."""
+    """The Redis where broadcast endpoints meet (or its Sentinel group), or several
+    (comma-separated) that share the channels out: the same list, in the same order, for
+    every process of the service."""
     redis_channel_prefix: str = {{ (cookiecutter.package_name ~ ":") | ws_python_string }}
     """Put before every channel name in Redis, so that services can share one Redis."""
     redis_timeout_seconds: float = 2.0
     """How long a publish or a connection attempt to Redis may take."""
+    redis_wait_replicas: int = 0
+    """Replicas that must have a publish before it is confirmed (Redis WAIT); 0: none."""
     presence_ttl_seconds: float = 30.0
     """How soon the clients of a process that died without cleaning up leave presence lists."""
 {%- endif %}
@@ -242,6 +248,7 @@ class Settings:
             redis_timeout_seconds=read(
                 "REDIS_TIMEOUT_SECONDS", _positive(float), cls.redis_timeout_seconds
             ),
+            redis_wait_replicas=read("REDIS_WAIT_REPLICAS", _count, cls.redis_wait_replicas),
             presence_ttl_seconds=read(
                 "PRESENCE_TTL_SECONDS", _positive(float), cls.presence_ttl_seconds
             ),
@@ -328,8 +335,9 @@ class Settings:
 
     @property
     def redis_urls(self) -> list[str]:
-        """The Redis servers of ``REDIS_URL``: one, or the shards that share the channels."""
-        return [url.strip() for url in self.redis_url.split(",") if url.strip()]
+        """The Redis servers (or Sentinel groups) of ``REDIS_URL``: one, or the shards that
+        share the channels."""
+        return split_redis_urls(self.redis_url)
 {%- endif %}
 
     def policy(self) -> Policy:
@@ -360,6 +368,7 @@ class Settings:
             join_leave_limit=self.join_leave_limit,
             presence_limit=self.presence_list_limit,
             presence_ttl=self.presence_ttl_seconds,
+            wait_replicas=self.redis_wait_replicas,
         )
 {%- else %}
         return MemoryHub(
@@ -499,14 +508,13 @@ def _origins(name: str, value: str) -> tuple[str, ...]:
 
 def _redis_url(name: str, value: str) -> str:
     # Not the value itself in the messages: a Redis URL can hold a password.
-    urls = [url.strip() for url in value.split(",")]
+    urls = split_redis_urls(value) or [""]
     for number, url in enumerate(urls, 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        problem = redis_url_problem(url)
+        if problem is not None:
             which = f" (URL {number} of {len(urls)})" if len(urls) > 1 else ""
             raise SettingsError(
-                f"{name} is not a Redis URL{which}: write redis://HOST:6379/0 (rediss:// for "
-                "TLS, unix:///path/to/redis.sock for a socket), or several, comma-separated"
+                f"{name} is not a Redis URL{which}: {problem}; or several, comma-separated"
             )
     if len(set(urls)) != len(urls):
         raise SettingsError(f"{name} lists the same Redis server twice: list each shard once")

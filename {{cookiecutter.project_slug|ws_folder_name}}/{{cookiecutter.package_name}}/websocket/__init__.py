@@ -14,7 +14,9 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 - ``redis_hub.py`` (projects with the Redis broadcast backend): `RedisHub`, the same hub on
   Redis (pub/sub, and a stream per channel for its history), across processes; and
   `ShardedRedisHub`, its channels spread over several Redis servers; ``redis_batch.py``:
-  `CommandBatcher`, which pipelines a hub's commands to one Redis in batches.
+  `CommandBatcher`, which pipelines a hub's commands to one Redis in batches;
+  ``redis_sentinel.py``: `RedisTarget`, which connects a hub to a Redis URL or to the master
+  of a Sentinel group (``redis+sentinel://``), and `follow_master`.
 - ``centrifuge_protocol.py`` (projects with a ``channels`` endpoint): `run_channels`, which
   serves a connection of many channels in the Centrifuge client protocol (v2, JSON), so the
   Centrifuge SDKs are its clients; ``namespaces.py``, which channels exist and who may
@@ -41,8 +43,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 
 A project keeps the face its framework uses.
 
-2.5.0: tokens, RPC and personal channels on ``channels`` endpoints; pipelined Redis; fan-out
-straight from the hub's delivery.
+2.5.0: tokens, RPC and personal channels on ``channels`` endpoints; pipelined Redis that
+follows a Sentinel failover; fan-out straight from the hub's delivery.
 
 Tokens and RPC. Token lifetimes: a connection token with
 ``exp`` gives ``expires`` and ``ttl`` in the connect reply, ``refresh`` renews it, and a
@@ -104,6 +106,19 @@ flight that halved Redis's CPU per publish and cut the service's to a third
 (``bench/redis_batching.py``). It also ends the refusals of a burst: redis-py 8.1's default
 pool refused the commands past 100 in flight, so 1,000 publishes at once from one process
 failed by the thousands. Redis 7.0.6 or later is supported (tested on 7.0.15).
+
+Redis failover: a hub's URL may name a Sentinel group
+(``redis+sentinel://HOST:26379,HOST2:26379/MASTER_NAME[/DB]``; `redis_sentinel.split_redis_urls`
+keeps a group's sentinels together in a list of shards, `redis_sentinel.redis_url_problem`
+says what is wrong with one): its connections ask the sentinels for the master whenever they
+connect, and `follow_master` moves every second those left on another node. A `RedisHub`
+remembers each channel's highest position seen (published, heard, read; 100,000 channels at
+most) and passes it to the publish and read scripts, which start a new epoch for a channel
+Redis has gone back on (a promoted replica that lacked the last publishes): its offsets are
+never given twice in one epoch. ``RedisHub(..., wait_replicas=N)`` (and `ShardedRedisHub`)
+makes each publish wait for N replicas (``WAIT`` once per batch; `redis_batch.NotReplicated`
+when fewer confirm, a `HubUnavailable` for the caller); ``CommandBatcher.call(...,
+durable=True)``.
 
 Fan-out: where the server can send a text at once (the ASGI scope extension
 `session.SEND_TEXT_NOW`, which `LeanProtocol` offers; the guard wraps it to count what it

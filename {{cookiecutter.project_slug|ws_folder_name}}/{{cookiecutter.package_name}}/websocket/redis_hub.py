@@ -35,6 +35,14 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   the history, in order, with what was published meanwhile; only what the history no
   longer holds is reported lost (``dropped`` with its count, or ``null`` when Redis lost
   the channel's keys: a new epoch).
+- **Failover.** ``url`` may name a Sentinel group (``redis+sentinel://``, see
+  ``redis_sentinel.py``): both connections reconnect to its master, and are moved there when
+  it changes. Redis replicates asynchronously, so a promoted replica may lack the last
+  publishes: a channel's offset goes back under the same epoch. The hub remembers the
+  highest position it has seen of each channel and gives it to the publish and read
+  scripts, which then start a new epoch for the channel (`EPOCH_OF_CHANNEL`): an offset is
+  never given to two messages in one epoch, and subscribers are told (``null``).
+  ``wait_replicas`` makes each publish wait for that many replicas (``WAIT``).
 - **Presence** of a channel is a hash (client_id -> ``{"client_id", "user"}``) and a sorted
   set (client_id -> expiry time, Redis's clock) on the channel's Redis. A subscription is
   added there when it subscribes (one script, which also publishes its ``join`` event on
@@ -73,12 +81,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from .broadcast import (
@@ -109,7 +115,8 @@ from .broadcast import (
     new_epoch,
     presence_event,
 )
-from .redis_batch import CommandBatcher, Script
+from .redis_batch import CommandBatcher, NotReplicated, Script
+from .redis_sentinel import RedisTarget, follow_master
 from .session import dumps, loads
 
 logger = logging.getLogger(__name__)
@@ -125,6 +132,8 @@ DIRECT_CHANNEL: Final = "#direct"
 """The pub/sub channel (after the prefix) of per-user delivery: no channel path starts so."""
 PRESENCE_BATCH: Final = 500
 """Clients written to presence in one script call (Lua's unpack has a limit)."""
+SEEN_CHANNELS: Final = 100_000
+"""Channels whose highest position a hub remembers at most (the oldest are forgotten)."""
 
 # KEYS: presence hash, presence expiry set. ARGV: TTL (ms), pub/sub channel, join/leave
 # limit (0: none), then for each client: client_id, its JSON, its event text ('' for none).
@@ -180,45 +189,64 @@ if #ids > 0 then clients = redis.call('HMGET', KEYS[1], unpack(ids)) end
 return {count, clients}
 """
 
-# KEYS: meta, history. ARGV: pub/sub channel, text head, text tail, epoch if new,
-# history size, history TTL (ms), position TTL (ms). The text is the envelope with its
-# offset and epoch put in (see broadcast.envelope_parts); it is published after them.
-PUBLISH_SCRIPT: Final = """
+# Both scripts below start with this: the channel's epoch, a new one if the channel has
+# none, or if it has gone back: the hub has seen it (in this epoch, ARGV[2]) at an offset
+# (ARGV[3]) that Redis no longer has (a failover to a replica that lacked the last writes,
+# a restart from an older snapshot). Its offsets would be given again to other messages:
+# a new epoch (and an empty history) tells every client instead. ARGV[1]: epoch if new.
+# Sets `went_back` to the offset Redis was back at, for the hub to log, and `fresh` when
+# the epoch is new.
+EPOCH_OF_CHANNEL: Final = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[4]
+local went_back = false
+local fresh = false
+if epoch and epoch == ARGV[2] then
+  local top = tonumber(redis.call('HGET', KEYS[1], 'offset'))
+  if top < tonumber(ARGV[3]) then went_back = top end
+end
+if not epoch or went_back then
+  epoch = ARGV[1]
+  fresh = true
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
   redis.call('DEL', KEYS[2])
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local text = ARGV[2] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
-if tonumber(ARGV[5]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], offset .. '-0', 't', text)
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('PUBLISH', ARGV[1], offset .. ' ' .. epoch .. ' ' .. text)
-return {offset, epoch}
 """
 
-# KEYS: meta, history. ARGV: epoch if new, first offset wanted ('' for none), position TTL,
-# the epoch of that offset (another epoch: the whole history is wanted).
-READ_SCRIPT: Final = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('DEL', KEYS[2])
+# KEYS: meta, history. ARGV: epoch if new, epoch seen, offset seen (see EPOCH_OF_CHANNEL),
+# pub/sub channel, text head, text tail, history size, history TTL (ms), position TTL
+# (ms). The text is the envelope with its offset and epoch put in (see
+# broadcast.envelope_parts); it is published after them.
+PUBLISH_SCRIPT: Final = (
+    EPOCH_OF_CHANNEL
+    + """
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local text = ARGV[5] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[6]
+if tonumber(ARGV[7]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], offset .. '-0', 't', text)
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
+redis.call('PUBLISH', ARGV[4], offset .. ' ' .. epoch .. ' ' .. text)
+return {offset, epoch, went_back}
+"""
+)
+
+# KEYS: meta, history. ARGV: epoch if new, epoch seen, offset seen (see EPOCH_OF_CHANNEL),
+# first offset wanted ('' for none), position TTL, the epoch of that offset (another
+# epoch: the whole history is wanted).
+READ_SCRIPT: Final = (
+    EPOCH_OF_CHANNEL
+    + """
+if fresh then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 local entries = {}
-if ARGV[2] ~= '' then
+if ARGV[4] ~= '' then
   local first = '-'
-  if epoch == ARGV[4] then first = ARGV[2] .. '-0' end
+  if epoch == ARGV[6] then first = ARGV[4] .. '-0' end
   entries = redis.call('XRANGE', KEYS[2], first, '+')
 end
-return {redis.call('HGET', KEYS[1], 'offset'), epoch, entries}
+return {redis.call('HGET', KEYS[1], 'offset'), epoch, entries, went_back}
 """
+)
 
 PUBLISH: Final = Script(PUBLISH_SCRIPT)
 READ: Final = Script(READ_SCRIPT)
@@ -251,7 +279,10 @@ class RedisHub(Hub):
         presence_limit: int = DEFAULT_PRESENCE_LIMIT,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
         join_leave_limit: int | None = DEFAULT_JOIN_LEAVE_LIMIT,
+        wait_replicas: int = 0,
     ) -> None:
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more.")
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be 0 or more and history_ttl more than 0.")
         if presence_limit < 1 or presence_ttl <= 0:
@@ -268,6 +299,12 @@ class RedisHub(Hub):
         shard's subscriptions): called with the user's key and the text."""
         self._renewing: asyncio.Task[None] | None = None
         self.url = url
+        self.wait_replicas = wait_replicas
+        self._target = RedisTarget(url, timeout)
+        self._following: asyncio.Task[None] | None = None
+        self._seen: dict[str, Position] = {}
+        """The highest position of each channel this hub has seen (published, heard or
+        read), across reconnections: what Redis must not go back from (`EPOCH_OF_CHANNEL`)."""
         self.prefix = prefix
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -315,17 +352,21 @@ class RedisHub(Hub):
         if self._task is not None:
             return
         self._closed = False
-        connection = ConnectionPool.from_url(
-            self.url,
-            decode_responses=True,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 0),
-        ).make_connection()  # type: ignore[no-untyped-call]  # redis-py types
         scripts = (PUBLISH, READ, JOIN, LEAVE, PRESENCE)
-        self._batcher = CommandBatcher(connection, scripts, self.timeout)
-        self._subscriber = self._new_client(Retry(NoBackoff(), 0, ()))
+        self._batcher = CommandBatcher(
+            self._target.connection(),
+            scripts,
+            self.timeout,
+            wait_replicas=self.wait_replicas,
+            wait_ms=max(1, round(self.timeout * 500)),  # half the batch's time
+        )
+        self._subscriber = self._target.client()
         self._task = asyncio.create_task(self._hold_connection(self._subscriber), name="RedisHub")
+        if self._target.sentinel:
+            self._following = asyncio.create_task(
+                follow_master(self._target, self._connections, self._move),
+                name="RedisHub master",
+            )
         if self.presence_enabled:
             self._renewing = asyncio.create_task(self._renew_presence(), name="RedisHub presence")
         try:
@@ -352,17 +393,25 @@ class RedisHub(Hub):
         if kept.history_ttl != self.history_ttl:
             history_ms = max(1, round(kept.history_ttl * 1000))
         args: list[str | int] = [
+            *self._seen_args(channel),
             self.prefix + channel,
             head,
             tail,
-            new_epoch(),
             kept.history_size,
             history_ms,
             max(history_ms, self._position_ms),
         ]
         try:
             async with asyncio.timeout(self.timeout):
-                offset, epoch = await batcher.run_script(PUBLISH, keys, args)
+                offset, epoch, went_back = await batcher.run_script(
+                    PUBLISH, keys, args, durable=True
+                )
+        except NotReplicated as error:
+            logger.debug("publishing on %s was not confirmed: %r", channel, error)
+            raise HubUnavailable(
+                "broadcast unavailable: no replica confirmed the message in time (it may "
+                "have been delivered); try again later"
+            ) from error
         except CONNECTION_ERRORS as error:
             logger.debug("publishing on %s failed: %r", channel, error)
             raise HubUnavailable(
@@ -370,7 +419,10 @@ class RedisHub(Hub):
             ) from error
         if self.stats is not None:
             self.stats.published += 1
-        return Position(int(offset), str(epoch))
+        position = Position(int(offset), str(epoch))
+        self._went_back(channel, went_back, position)
+        self._see(channel, position)
+        return position
 
     async def subscribe(
         self,
@@ -452,6 +504,10 @@ class RedisHub(Hub):
             await self._leave_all()
         self._closed = True
         task, self._task = self._task, None
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.wait([self._following])
+            self._following = None
         if self._renewing is not None:
             self._renewing.cancel()
             await asyncio.wait([self._renewing])
@@ -470,20 +526,53 @@ class RedisHub(Hub):
             await batcher.aclose()
         if subscriber is not None:
             await subscriber.aclose()
+        await self._target.aclose()
 
-    def _new_client(self, retry: Retry) -> Redis:
-        # The pub/sub connection's client. A blocking pool of one: redis-py 8.1's default
-        # pool raises MaxConnectionsError past 100 connections.
-        pool = BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=1,
-            timeout=self.timeout,
-            decode_responses=True,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            retry=retry,
-        )
-        return Redis.from_pool(pool)
+    def _connections(self) -> list[AbstractConnection | None]:
+        """The connections to the master: commands' and pub/sub's (see `follow_master`)."""
+        batcher, pubsub = self._batcher, self._pubsub
+        return [
+            None if batcher is None else batcher.connection,
+            None if pubsub is None else pubsub.connection,
+        ]
+
+    async def _move(self, connection: AbstractConnection) -> None:
+        """Get ``connection`` to the master: the commands' before their next batch, the
+        pub/sub one at once (the connection task reconnects it and resubscribes)."""
+        batcher = self._batcher
+        if batcher is not None and connection is batcher.connection:
+            await batcher.move()
+        else:
+            await connection.disconnect()
+
+    def _seen_args(self, channel: str) -> tuple[str, str, int]:
+        """A fresh epoch, and the epoch and offset of ``channel`` seen (`EPOCH_OF_CHANNEL`)."""
+        seen = self._seen.get(channel)
+        return (new_epoch(), "", 0) if seen is None else (new_epoch(), seen.epoch, seen.offset)
+
+    def _see(self, channel: str, position: Position) -> None:
+        """Remember ``position`` of ``channel`` if it is the highest seen."""
+        seen = self._seen
+        known = seen.get(channel)
+        if known is None:
+            if len(seen) >= SEEN_CHANNELS:
+                del seen[next(iter(seen))]
+            seen[channel] = position
+        elif position.offset > known.offset or position.epoch != known.epoch:
+            seen[channel] = position
+
+    def _went_back(self, channel: str, went_back: object, now: Position) -> None:
+        if went_back is not None:
+            seen = self._seen.get(channel)
+            logger.warning(
+                "channel %s was back at offset %s on Redis at %s, after %s had been seen "
+                "(a failover or a restart lost messages): it goes on in a new epoch, so "
+                "its clients are told",
+                channel,
+                went_back,
+                self._target.shown,
+                seen.offset if seen is not None else "?",
+            )
 
     def _keys(self, channel: str) -> list[str]:
         tagged = self.prefix + "{" + channel + "}"  # one Redis Cluster slot for both
@@ -573,15 +662,19 @@ class RedisHub(Hub):
         if self._closed or batcher is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
         first, epoch = ("", "") if since is None else (str(since.offset + 1), since.epoch)
+        args: list[str | int] = [*self._seen_args(channel), first, self._position_ms, epoch]
         async with asyncio.timeout(self.timeout):
-            top, epoch, entries = await batcher.run_script(
-                READ, self._keys(channel), [new_epoch(), first, self._position_ms, epoch]
+            top, epoch, entries, went_back = await batcher.run_script(
+                READ, self._keys(channel), args
             )
         history = [
             Publication(int(entry_id.partition("-")[0]), epoch, fields[1])
             for entry_id, fields in entries
         ]
-        return Position(int(top), epoch), history
+        position = Position(int(top), epoch)
+        self._went_back(channel, went_back, position)
+        self._see(channel, position)
+        return position, history
 
     def _follow(self, channel: str, joining: Subscription | None = None) -> None:
         """Make the pub/sub connection follow the local subscribers of ``channel``.
@@ -687,12 +780,12 @@ class RedisHub(Hub):
             try:
                 channels = await self._connect(pubsub)
                 if lost_at is None:
-                    logger.info("connected to Redis at %s", _shown(self.url))
+                    logger.info("connected to Redis at %s", self._target.shown)
                 else:
                     logger.warning(
                         "%s Redis at %s after %.1f s (channels subscribed: %d)",
                         "reconnected to" if ever_connected else "connected to",
-                        _shown(self.url),
+                        self._target.shown,
                         loop.time() - lost_at,
                         channels,
                     )
@@ -709,7 +802,7 @@ class RedisHub(Hub):
                         "%s Redis at %s (%s); broadcast waits, and catches up from the "
                         "history when it is back; retrying",
                         what,
-                        _shown(self.url),
+                        self._target.shown,
                         _reason(error),
                     )
                 else:
@@ -785,6 +878,7 @@ class RedisHub(Hub):
                 )
                 return
             publication = Publication(int(offset), epoch, text, _published_ns(text))
+            self._see(channel, Position(publication.offset, epoch))
             if channel in self._latest:
                 self._latest[channel] = _newer(
                     self._latest[channel], Position(publication.offset, epoch)
@@ -871,6 +965,7 @@ class ShardedRedisHub(Hub):
         presence_limit: int = DEFAULT_PRESENCE_LIMIT,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
         join_leave_limit: int | None = DEFAULT_JOIN_LEAVE_LIMIT,
+        wait_replicas: int = 0,
     ) -> None:
         if not urls:
             raise ValueError("ShardedRedisHub needs at least one Redis URL.")
@@ -890,6 +985,7 @@ class ShardedRedisHub(Hub):
                 presence_limit=presence_limit,
                 presence_ttl=presence_ttl,
                 join_leave_limit=join_leave_limit,
+                wait_replicas=wait_replicas,
             )
             for url in urls
         ]
@@ -1023,12 +1119,3 @@ def _backoff(attempts: int) -> float:
 
 def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
-
-
-def _shown(url: str) -> str:
-    """``url`` without its user name and password, for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -172,6 +172,8 @@ def other_missing_tools(which: Callable[[str], str | None], chromium: Path = CHR
     cannot = []
     if which("redis-server") is None:
         cannot.append("the Redis broadcast tests (no redis-server)")
+    if which("redis-sentinel") is None:
+        cannot.append("the Sentinel failover tests (no redis-sentinel)")
     if not chromium.exists():
         cannot.append(f"the console's browser tests (no {chromium})")
     prometheus = [name for name in ("prometheus", "promtool") if which(name) is None]

@@ -16,7 +16,16 @@ import pytest
 import dev
 from tests.conftest import TEMPLATE
 
-EVERY_PROGRAM = ("node", "npm", "redis-server", "prometheus", "promtool", "valgrind", "nginx")
+EVERY_PROGRAM = (
+    "node",
+    "npm",
+    "redis-server",
+    "redis-sentinel",
+    "prometheus",
+    "promtool",
+    "valgrind",
+    "nginx",
+)
 
 
 def which_of(*programs: str) -> Callable[[str], str | None]:
@@ -117,6 +126,7 @@ def test_the_line_names_each_missing_program_as_the_tests_detect_it(tmp_path: Pa
     cannot = dev.other_missing_tools(which_of("node", "npm", "promtool"), tmp_path / "chromium")
     assert cannot == [
         "the Redis broadcast tests (no redis-server)",
+        "the Sentinel failover tests (no redis-sentinel)",
         f"the console's browser tests (no {tmp_path / 'chromium'})",
         "the Prometheus tests (no prometheus)",
         "the benchmark's instruction counts (no valgrind)",

@@ -349,3 +349,33 @@ def test_the_channels_benchmark_measures_both_kinds_side_by_side(tmp_path: Path)
         assert storm[kind]["not_recovered"] == 1000, storm
     assert "server CPU per delivery, channels/broadcast" in result.stdout
     assert "channels/broadcast: sockets 0.10x, seconds" in result.stdout
+
+
+def test_the_centrifugo_workload_delivers_every_message_and_reports_each_hub(
+    tmp_path: Path,
+) -> None:
+    """``bench/centrifugo_workload.py --smoke``: two service processes on one Redis, each
+    client on its personal channel and a group channel of 10; the unbatched hub and the
+    batched one publish in turn. The script fails unless every client got every message of
+    its two channels with contiguous offsets; the figures are printed and written."""
+    require_redis()
+    command = [sys.executable, str(TEMPLATE / "bench" / "centrifugo_workload.py"), "--smoke"]
+    command += ["--output", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every client got every message of its channels" in result.stderr
+    data = json.loads((tmp_path / "centrifugo-workload.json").read_text())
+    assert data["settings"]["connections"] == 100
+    for side in ("unbatched", "batched"):
+        (figures,) = data["results"][side]
+        assert figures["publishes"] > 0, figures
+        # a group publish is owed to its 10 members, a personal one to its user
+        assert figures["publishes"] < figures["deliveries"] < 10 * figures["publishes"], figures
+        assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"], figures
+        assert figures["server_cpu_us_per_delivery"] > 0, figures
+        assert figures["redis_cpu_us_per_publish"] > 0, figures
+        assert figures["script_usec_per_call"] > 0, figures
+        assert f"\n| {side} | " in result.stdout
+    assert set(data["ratios"]) >= {"latency_p99_ms", "redis_cpu_us_per_publish"}
+    assert "- server CPU/delivery: " in result.stdout
+    assert result.stdout == (tmp_path / "centrifugo-workload.md").read_text() + "\n"

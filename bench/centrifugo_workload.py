@@ -448,9 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with RedisServer() as redis_server:
             pin(redis_server.pid, first)
             results = asyncio.run(run(args, work, redis_server, paths, (first, second)))
-        version = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=True
-        ).stdout.split()[2]
+        version = (
+            subprocess.run(
+                ["redis-server", "--version"], capture_output=True, text=True, check=True
+            )
+            .stdout.split()[2]
+            .removeprefix("v=")
+        )
     load = (load_before, os.getloadavg()[0])
     text = report(args, argv, results, version, (first, second), load)
     print(text, flush=True)
@@ -602,7 +606,7 @@ def report(
     lines = [
         "# Centrifugo's workload, scaled: the batched Redis hub against the unbatched one",
         "",
-        f"`.venv/bin/python bench/centrifugo_workload.py {' '.join(argv or sys.argv[1:])}`; "
+        f"`{' '.join(['.venv/bin/python bench/centrifugo_workload.py', *(argv or sys.argv[1:])])}`; "
         f"redis-server {version}; {args.connections:,} connections ({per_process:,} on each of 2 "
         f"service processes), each on its personal channel and a group channel of {GROUP_SIZE}; "
         f"{args.rate:,.0f} publishes/s ({args.group_share:.0%} to group channels) for "

@@ -360,6 +360,7 @@ def test_a_failover_that_leaves_the_old_master_running_moves_every_connection(
             positions += [await hub.publish("room", {"n": n}) for n in range(7, 11)]
             texts = [json.loads(await next_text(subscription)) for _ in range(11)]
         assert texts[0]["type"] == "subscribed"
+        assert [t["type"] for t in texts[1:]] == ["broadcast"] * 10, texts
         assert [t["message"]["n"] for t in texts[1:]] == list(range(1, 11))
         assert [(t["offset"], t["epoch"]) for t in texts[1:]] == positions
         assert [(p.offset, p.epoch) for p in positions] == [

@@ -28,6 +28,7 @@ from .websocket.asgi_types import Receive, Scope, Send
 from .websocket.centrifuge_protocol import user_of
 from .websocket.guard import Authenticator, Handshake, Refuse, origin_allowed
 from .websocket.namespaces import TOKEN, ChannelRequest, Namespaces
+from .websocket.publish_api import send_json
 from .websocket.tokens import TokenSigner
 
 CONNECTION_PATH: Final = "/api/tokens/connection"
@@ -68,20 +69,7 @@ class TokenAPI:
             raise RuntimeError(f"TokenAPI serves HTTP, not {scope['type']!r}")
         status, body = await self._answer(scope, receive)
         headers = [(b"allow", b"POST")] if status == HTTPStatus.METHOD_NOT_ALLOWED else []
-        content = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(content)).encode()),
-                    (b"cache-control", b"no-store"),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, status, body, headers)
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         if scope.get("method") != "POST":

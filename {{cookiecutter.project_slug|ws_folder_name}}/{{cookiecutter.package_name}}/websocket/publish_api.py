@@ -157,20 +157,7 @@ class PublishAPI:
             headers.append((b"www-authenticate", b'Bearer realm="publish"'))
         elif status == HTTPStatus.METHOD_NOT_ALLOWED:
             headers.append((b"allow", b"GET" if presence else b"POST"))
-        content = dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(content)).encode()),
-                    (b"cache-control", b"no-store"),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, status, body, headers)
 
     def matches(self, channel: str) -> bool:
         """Whether ``channel`` is the path of a broadcast endpoint or a channel of a namespace."""
@@ -527,3 +514,23 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
         }
     }
     return document
+
+
+async def send_json(
+    send: Send, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer an HTTP request with ``body`` as JSON, not to be cached (these APIs' answers)."""
+    content = dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})

@@ -478,8 +478,16 @@ def test_a_reset_client_connection_reconnects_and_recovers_every_message(
         try:
             async with clients([url], [url], channels) as group:
                 resets: list[int] = []
-                await flow_with_a_fault(
-                    [service], group, channels, lambda: resets.append(proxy.reset())
+                loop = asyncio.get_running_loop()
+
+                async def reset() -> None:
+                    resets.append(proxy.reset())
+
+                await flow_with_a_fault(  # the fault runs in a thread: reset on the proxy's loop
+                    [service],
+                    group,
+                    channels,
+                    lambda: asyncio.run_coroutine_threadsafe(reset(), loop).result(),
                 )
                 assert resets[0] >= 4  # both sides of both clients' connections
                 for recorder in group.recorders:

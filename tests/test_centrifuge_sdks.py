@@ -690,6 +690,9 @@ def test_an_invalid_token_closes_with_3500_and_no_reconnect(
 # Recovery.
 
 
+LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
 class Proxy:
     """A TCP proxy to the server, to cut the clients' connections and hold them off."""
 
@@ -733,13 +736,15 @@ class Proxy:
 
     def reset(self) -> int:
         """Reset the open connections, both ways, as a middlebox or a crashed peer would: an
-        RST (SO_LINGER 0), not a FIN. New connections pass. The sockets reset."""
+        RST (SO_LINGER 0), not a FIN. New connections pass. Call it on the proxy's event loop (the transports are not thread-safe); a link whose
+        other half has already closed is skipped."""
         reset = 0
         for writer in list(self.links):
             connection = writer.get_extra_info("socket")
-            if connection is not None:
-                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                reset += 1
+            if connection is not None and not writer.transport.is_closing():
+                with contextlib.suppress(OSError):  # closed between the check and here
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+                    reset += 1
             writer.transport.abort()
         return reset
 

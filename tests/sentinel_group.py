@@ -256,8 +256,9 @@ class SentinelGroup:
             assert time.monotonic() < deadline, f"the group is not ready: {states} {info}"
             time.sleep(0.1)
 
-    def wait_for_new_master(self, within: float = 30.0) -> float:
+    def wait_for_new_master(self) -> float:
         """Until every sentinel names the replica as the master; the seconds it took."""
+        within = 30.0 + self.down_after_ms / 1000
         start = time.monotonic()
         wanted = ("127.0.0.1", self.replica.port)
         while True:

@@ -107,6 +107,8 @@ class Published:
     epochs: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     """Each channel's epochs, as the answers named them, in order."""
     rounds_done: int = 0
+    ended: bool = False
+    """True once the publisher has sent its last round."""
 
     def top(self) -> dict[str, tuple[str, int]]:
         """Each channel's last (epoch, offset) answered."""
@@ -120,10 +122,14 @@ class Published:
 
 
 async def publish_stream(
-    services: list[Service], published: Published, round_done: asyncio.Event
+    services: list[Service],
+    published: Published,
+    round_done: asyncio.Event,
+    more: Callable[[], bool] = lambda: False,
 ) -> None:
     """ROUNDS rounds at ROUNDS_PER_SECOND, one message per channel a round, through the
-    services in turn; a refused publish (Redis away) is retried until it is answered."""
+    services in turn; a refused publish (Redis away) is retried until it is answered. Past
+    ROUNDS, rounds go on while ``more()`` (for up to SETTLE seconds' worth of rounds)."""
 
     def publish(number: int, channel: str, round_: int) -> None:
         deadline = time.monotonic() + SETTLE
@@ -146,13 +152,16 @@ async def publish_stream(
     def publish_all() -> None:
         start = time.monotonic()
         number = 0
-        for round_ in range(1, ROUNDS + 1):
+        round_ = 0
+        while round_ < ROUNDS or (more() and round_ < ROUNDS + SETTLE * ROUNDS_PER_SECOND):
+            round_ += 1
             for channel in published.channels:
                 publish(number, channel, round_)
                 number += 1
             published.rounds_done = round_
             loop.call_soon_threadsafe(round_done.set)
             time.sleep(max(0.0, start + round_ / ROUNDS_PER_SECOND - time.monotonic()))
+        published.ended = True
 
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(publish_all)
@@ -268,7 +277,7 @@ def story(seen: list[Seen], event: Seen) -> list[str]:
 
 def everything(seen: list[Seen], published: Published) -> bool:
     """Has the client seen each channel up to the last offset published?"""
-    if published.rounds_done < ROUNDS:
+    if not published.ended:
         return False
     reached: dict[str, tuple[str, int]] = {}
     epochs: dict[str, str] = {}

@@ -18,6 +18,9 @@ from typing import Any
 
 import jwt
 import pytest
+{%- if cookiecutter.framework == "fastapi" %}
+from jsonschema import Draft202012Validator
+{%- endif %}
 {%- if cookiecutter.metrics | ws_yes %}
 from prometheus_client.parser import text_string_to_metric_families
 {%- endif %}
@@ -217,6 +220,39 @@ def test_the_token_routes_mint_tokens_for_the_user_auth_py_finds(server: LiveSer
     assert jwt.decode(answer["token"], SECRET, ["HS256"])["channel"] == "private:notes#alice"
     assert ask_token(server, "/api/tokens/subscription", "bob", channel)[0] == 403
     assert ask_token(server, "/api/tokens/connection", "")[0] == 401
+{%- if cookiecutter.framework == "fastapi" %}
+
+
+def test_the_token_routes_are_in_the_openapi_document_as_they_answer(server: LiveServer) -> None:
+    with urllib.request.urlopen(server.url("/openapi.json"), timeout=5) as response:
+        document = json.load(response)
+
+    def conforms(schema: dict[str, Any], instance: object) -> None:
+        """``instance`` is valid for ``schema``, its $refs read in the document's components."""
+        whole = {**schema, "components": document["components"]}
+        Draft202012Validator.check_schema(whole)
+        Draft202012Validator(whole).validate(instance)
+
+    def json_schema(part: dict[str, Any]) -> dict[str, Any]:
+        return dict(part["content"]["application/json"]["schema"])
+
+    mine = {"channel": "private:notes#alice"}
+    asking = document["paths"]["/api/tokens/subscription"]["post"]["requestBody"]
+    conforms(json_schema(asking), mine)
+    statuses = set()
+    for path, user, body in [
+        ("/api/tokens/connection", "alice", None),
+        ("/api/tokens/connection", "", None),
+        ("/api/tokens/subscription", "alice", mine),
+        ("/api/tokens/subscription", "bob", mine),
+        ("/api/tokens/subscription", "alice", {"channel": "nowhere:at-all"}),
+    ]:
+        status, answer = ask_token(server, path, user, body)
+        responses = document["paths"][path]["post"]["responses"]
+        conforms(json_schema(responses[str(status)]), answer)
+        statuses.add(status)
+    assert statuses == {200, 401, 403, 422}
+{%- endif %}
 
 
 def test_a_private_channel_takes_the_subscription_token_the_route_minted(

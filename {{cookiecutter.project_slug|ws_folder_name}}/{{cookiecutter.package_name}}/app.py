@@ -60,6 +60,9 @@ from .channels import NAMESPACES, channels_config, grants_token
 from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, misspelt_settings, refuse_to_start
 {%- if channels %}
 from .token_api import CONNECTION_PATH, SUBSCRIPTION_PATH, TokenAPI
+{%- if cookiecutter.framework == "fastapi" %}
+from .token_api import add_to_openapi as add_token_routes_to_openapi
+{%- endif %}
 {%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document
@@ -203,12 +206,17 @@ async def hub_unavailable(request: Request, error: Exception) -> JSONResponse:
 
 def openapi_of(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """``GET /openapi.json``: FastAPI's document plus ``POST /api/publish`` and ``GET
-    /api/presence``, which it does not see (raw ASGI routes: ``websocket/publish_api.py``)."""
+    /api/presence``{% if channels %} and the token routes{% endif %}, which it does not see (raw ASGI routes: ``websocket/publish_api.py``{% if channels %},
+    ``token_api.py``{% endif %})."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_to_openapi(plain(), {% if "broadcast" in kinds %}BROADCAST_PATHS{% else %}[]{% endif %})
+            document = add_to_openapi(plain(), {% if "broadcast" in kinds %}BROADCAST_PATHS{% else %}[]{% endif %})
+{%- if channels %}
+            document = add_token_routes_to_openapi(document)
+{%- endif %}
+            app.openapi_schema = document
         return app.openapi_schema
 
     return openapi

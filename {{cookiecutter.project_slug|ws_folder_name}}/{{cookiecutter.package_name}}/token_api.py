@@ -28,7 +28,7 @@ from .websocket.asgi_types import Receive, Scope, Send
 from .websocket.centrifuge_protocol import user_of
 from .websocket.guard import Authenticator, Handshake, Refuse, origin_allowed
 from .websocket.namespaces import TOKEN, ChannelRequest, Namespaces
-from .websocket.publish_api import send_json
+from .websocket.publish_api import {% if cookiecutter.framework == "fastapi" %}openapi_answer, {% endif %}send_json
 from .websocket.tokens import TokenSigner
 
 CONNECTION_PATH: Final = "/api/tokens/connection"
@@ -135,3 +135,75 @@ async def _json_body(receive: Receive) -> object | None:
 
 def _refused(status: HTTPStatus, reason: str) -> tuple[int, dict[str, Any]]:
     return status, {"detail": reason}
+{%- if cookiecutter.framework == "fastapi" %}
+
+
+def add_to_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Add both routes to an OpenAPI 3.1 ``document`` (FastAPI's ``app.openapi()``, which
+    does not see this raw ASGI app) after `publish_api.add_to_openapi` (its ``Refusal``
+    schema serves here too), with their request and answer schemas. Returns ``document``,
+    changed in place."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Token"] = {
+        "type": "object",
+        "properties": {"token": {"type": "string", "description": "A JWT (HS256)."}},
+        "required": ["token"],
+    }
+    schemas["SubscriptionTokenRequest"] = {
+        "type": "object",
+        "properties": {
+            "channel": {
+                "type": "string",
+                "description": "A channel of a namespace whose subscribe rule is TOKEN.",
+                "examples": ["private:notes#alice"],
+            }
+        },
+        "required": ["channel"],
+    }
+    refusals = {
+        "401": openapi_answer("auth.py found no user in the request (its cookie).", "Refusal"),
+        "403": openapi_answer("A page of another origin asked (ALLOWED_ORIGINS).", "Refusal"),
+        "503": openapi_answer("The service has no TOKEN_HMAC_SECRET_KEY to sign with.", "Refusal"),
+    }
+    paths = document.setdefault("paths", {})
+    paths[CONNECTION_PATH] = {
+        "post": {
+            "summary": "A connection token for the user of the request",
+            "description": f"Valid for CONNECTION_TOKEN_TTL_SECONDS. {_ASKED}",
+            "operationId": "connection_token",
+            "responses": {"200": openapi_answer("The token.", "Token"), **refusals},
+        }
+    }
+    paths[SUBSCRIPTION_PATH] = {
+        "post": {
+            "summary": "A subscription token for a channel, if channels.grants_token allows",
+            "description": f"Valid for SUBSCRIPTION_TOKEN_TTL_SECONDS. {_ASKED}",
+            "operationId": "subscription_token",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/SubscriptionTokenRequest"}
+                    }
+                },
+            },
+            "responses": {
+                "200": openapi_answer("The token.", "Token"),
+                "400": openapi_answer("The body is not JSON.", "Refusal"),
+                **refusals,
+                "403": openapi_answer(
+                    "A page of another origin asked, or channels.grants_token refused.",
+                    "Refusal",
+                ),
+                "422": openapi_answer("The channel is unknown or takes no token.", "Refusal"),
+            },
+        }
+    }
+    return document
+
+
+_ASKED: Final = (
+    "Asked by centrifuge-js's getToken from a page of the service's origin, with the "
+    "user's session cookie: auth.py says who the user is, as for a websocket handshake."
+)
+{%- endif %}

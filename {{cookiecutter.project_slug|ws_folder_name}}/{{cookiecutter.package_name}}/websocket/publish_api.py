@@ -362,6 +362,12 @@ async def _body(receive: Receive, limit: int) -> bytes | None:
             return bytes(body)
 
 
+def openapi_answer(description: str, schema: str) -> dict[str, Any]:
+    """An OpenAPI response: JSON of the document's component schema ``schema``."""
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+    return {"description": description, "content": content}
+
+
 def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> dict[str, Any]:
     """Add ``POST /api/publish`` and ``GET /api/presence`` to an OpenAPI 3.1 ``document``
     (FastAPI's ``app.openapi()``, which does not see this raw ASGI app), with their request
@@ -442,18 +448,18 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
         "required": ["detail"],
     }
 
-    def answer(description: str, schema: str) -> dict[str, Any]:
-        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
-        return {"description": description, "content": content}
-
     refusals = {
-        "401": answer("No key was sent.", "Refusal"),
-        "403": answer("The API is off (no PUBLISH_API_KEY) or the key is wrong.", "Refusal"),
-        "422": answer(
+        "401": openapi_answer("No key was sent.", "Refusal"),
+        "403": openapi_answer(
+            "The API is off (no PUBLISH_API_KEY) or the key is wrong.", "Refusal"
+        ),
+        "422": openapi_answer(
             "The request is not one of the shapes above, or no client can be on the channel.",
             "Refusal",
         ),
-        "503": answer("The hub cannot answer (Redis is down): nothing was done.", "Refusal"),
+        "503": openapi_answer(
+            "The hub cannot answer (Redis is down): nothing was done.", "Refusal"
+        ),
     }
     paths = document.setdefault("paths", {})
     paths[PATH] = {
@@ -493,9 +499,9 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
                         }
                     },
                 },
-                "400": answer("The body is not JSON (UTF-8).", "Refusal"),
+                "400": openapi_answer("The body is not JSON (UTF-8).", "Refusal"),
                 **refusals,
-                "413": answer("The message is over MAX_MESSAGE_BYTES.", "Refusal"),
+                "413": openapi_answer("The message is over MAX_MESSAGE_BYTES.", "Refusal"),
             },
         }
     }
@@ -507,9 +513,11 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
             "security": [{"PublishAPIKey": []}],
             "parameters": [{"name": "channel", "in": "query", "required": True, "schema": channel}],
             "responses": {
-                "200": answer("Who is on the channel.", "Presence"),
+                "200": openapi_answer("Who is on the channel.", "Presence"),
                 **refusals,
-                "404": answer("The service keeps no presence (PRESENCE_ENABLED=no).", "Refusal"),
+                "404": openapi_answer(
+                    "The service keeps no presence (PRESENCE_ENABLED=no).", "Refusal"
+                ),
             },
         }
     }

@@ -59,10 +59,7 @@ from .channels import NAMESPACES, channels_config, grants_token
 {%- endif %}
 from .settings import {% if broadcast %}Settings, {% endif %}SettingsError, get_settings, misspelt_settings, refuse_to_start
 {%- if channels %}
-from .token_api import CONNECTION_PATH, SUBSCRIPTION_PATH, TokenAPI
-{%- if cookiecutter.framework == "fastapi" %}
-from .token_api import add_to_openapi as add_token_routes_to_openapi
-{%- endif %}
+from .token_api import CONNECTION_PATH, SUBSCRIPTION_PATH, TokenAPI{% if cookiecutter.framework == "fastapi" %}, add_token_routes_to_openapi{% endif %}
 {%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
 from .websocket.asyncapi import document

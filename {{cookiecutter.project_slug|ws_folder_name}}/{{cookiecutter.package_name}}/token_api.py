@@ -138,7 +138,7 @@ def _refused(status: HTTPStatus, reason: str) -> tuple[int, dict[str, Any]]:
 {%- if cookiecutter.framework == "fastapi" %}
 
 
-def add_to_openapi(document: dict[str, Any]) -> dict[str, Any]:
+def add_token_routes_to_openapi(document: dict[str, Any]) -> dict[str, Any]:
     """Add both routes to an OpenAPI 3.1 ``document`` (FastAPI's ``app.openapi()``, which
     does not see this raw ASGI app) after `publish_api.add_to_openapi` (its ``Refusal``
     schema serves here too), with their request and answer schemas. Returns ``document``,

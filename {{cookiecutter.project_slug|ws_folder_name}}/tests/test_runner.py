@@ -297,10 +297,11 @@ def test_settings_that_would_be_ignored_stop_uvicorn_started_by_hand(
 
 
 def workers_case(
-    name: str, args: list[str], env: dict[str, str], told: str, exits_0: bool
+    name: str, args: list[str], env: dict[str, str], told: str, exits_0: bool | None
 ) -> object:
     """A way to start several workers: ``told`` is what the refusal says of it; ``exits_0``
-    when the server's supervisor stops with status 0 after a worker fails to start."""
+    when the server's supervisor stops with status 0 after a worker fails to start (None: it
+    may or may not)."""
     module = "uvicorn_worker" if name.startswith("gunicorn") else name.partition(" ")[0]
     return pytest.param(
         args,
@@ -331,7 +332,7 @@ SEVERAL_WORKERS = [
         ["-m", "hypercorn", APP, "--bind", "127.0.0.1:0", "--workers", "2"],
         {},
         "hypercorn was started with 2 worker processes (--workers)",
-        True,
+        None,  # hypercorn 0.18's run() ends with 0 or the second worker's status, by timing
     ),
     workers_case(
         "gunicorn -w",
@@ -346,7 +347,7 @@ SEVERAL_WORKERS = [
 
 @pytest.mark.parametrize(("args", "env", "told", "exits_0"), SEVERAL_WORKERS)
 def test_several_workers_on_the_memory_hub_are_refused_in_one_line(
-    args: list[str], env: dict[str, str], told: str, exits_0: bool
+    args: list[str], env: dict[str, str], told: str, exits_0: bool | None
 ) -> None:
     if "uvicorn" in args or PACKAGE in args:
         args = [*args, "--port", "0"]
@@ -359,5 +360,6 @@ def test_several_workers_on_the_memory_hub_are_refused_in_one_line(
             "the clients of their own process (the others would miss their messages): run "
             "one worker, or render the service again with broadcast_backend redis"
         )
-    assert (result.returncode == 0) == exits_0, result.returncode
+    if exits_0 is not None:
+        assert (result.returncode == 0) == exits_0, result.returncode
 {%- endif %}

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websocket.broadcast import HubUnavailable, Subscription  # the vendored backend
-from websocket.redis_hub import RedisHub
+from websocket.broadcast import HubUnavailable, Position, Subscription  # the vendored backend
+from websocket.redis_hub import RedisHub, redis_hub, shard_index
 from websocket.testing import LiveServer
 from websockets.asyncio.client import connect
 
@@ -384,3 +384,60 @@ def test_a_failover_that_leaves_the_old_master_running_moves_every_connection(
     with SentinelGroup() as group, caplog.at_level(logging.WARNING):
         asyncio.run(scenario(group))
     assert any("moved to 127.0.0.1:" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_with_a_sentinel_group_per_shard_one_fails_over_while_the_other_carries_on() -> None:
+    """Two shards, each its own Sentinel group (``REDIS_URL`` lists both): the first's
+    master is killed. Publishes on the second shard's channel are answered all along;
+    those on the first's are refused until its replica is promoted, then answered again.
+    Each subscriber gets every answered message once, in order, in one epoch."""
+    missing = sentinel_unavailable()
+    if missing:
+        unavailable(missing)
+
+    async def scenario(first: SentinelGroup, second: SentinelGroup) -> None:
+        names = [f"room-{n}" for n in range(100)]
+        lost = next(name for name in names if shard_index(name, 2) == 0)
+        kept = next(name for name in names if shard_index(name, 2) == 1)
+        answered: dict[str, list[Position]] = {lost: [], kept: []}
+        async with redis_hub([first.url, second.url], prefix="shards:", timeout=1.0) as hub:
+            subscriptions = {channel: await hub.subscribe(channel) for channel in answered}
+            for n in range(1, 4):
+                for channel, positions in answered.items():
+                    positions.append(await hub.publish(channel, {"n": n}))
+            with first.master.client() as master:  # the replica has all: nothing is lost
+                assert master.execute_command("WAIT", 1, 5000) == 1
+            first.master.kill()
+            refused, n = 0, 3
+            deadline = time.monotonic() + 30 + DOWN_AFTER_MS / 1000
+            while True:  # until the first shard answers again, after refusing
+                n += 1
+                answered[kept].append(await hub.publish(kept, {"n": n}))  # never refused
+                try:
+                    answered[lost].append(await hub.publish(lost, {"n": n}))
+                    if refused:
+                        break
+                except HubUnavailable:
+                    refused += 1
+                assert time.monotonic() < deadline, "the first shard did not come back"
+                await asyncio.sleep(0.05)
+            for channel, positions in answered.items():
+                positions.append(await hub.publish(channel, {"n": n + 1}))
+            for channel, positions in answered.items():
+                texts = [
+                    json.loads(await next_text(subscriptions[channel]))
+                    for _ in range(len(positions) + 1)
+                ]
+                assert texts[0]["type"] == "subscribed"
+                assert {t["type"] for t in texts[1:]} == {"broadcast"}, channel
+                got = [Position(t["offset"], t["epoch"]) for t in texts[1:]]
+                assert got == positions, channel
+                assert got == [Position(o, got[0].epoch) for o in range(1, len(got) + 1)]
+        print(f"first shard refused {refused} publishes; the second answered all {n + 1}")
+        assert refused > 0
+
+    with (
+        SentinelGroup(down_after_ms=DOWN_AFTER_MS) as first,
+        SentinelGroup(down_after_ms=DOWN_AFTER_MS) as second,
+    ):
+        asyncio.run(scenario(first, second))

@@ -687,6 +687,30 @@ def test_an_invalid_token_closes_with_3500_and_no_reconnect(
     run(scenario())
 
 
+def test_a_send_without_a_send_handler_closes_with_3508_and_no_reconnect(
+    service: Service,
+) -> None:
+    """The generated channels.py registers no ``@RPC.on_send``: centrifuge-js's ``send``
+    (centrifuge-python has none) ends the connection as Centrifuge's server does."""
+    events = run(
+        run_node(
+            {
+                "url": service.ws_url,
+                "token": token("alice"),
+                "actions": [
+                    {"do": "until", "event": "connected"},
+                    {"do": "send", "data": {"read": 7}},
+                    {"do": "until", "event": "disconnected"},
+                    {"do": "sleep", "ms": 300},
+                ],
+            }
+        )
+    )
+    disconnected = only(events, "disconnected")
+    assert (disconnected[0]["code"], disconnected[0]["reason"]) == (3508, "not available"), events
+    assert [e["event"] for e in events].count("connecting") == 1  # terminal: no reconnect
+
+
 # Recovery.
 
 

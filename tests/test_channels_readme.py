@@ -170,7 +170,7 @@ NOT_SERVED = [  # (what the README's table names, in its first column; what its 
     ("`centrifuge-protobuf`", "3501"),
     ("`delta` in `subscribe`", "whole publications"),
     ("`subs` in `connect`", "ignored"),
-    ("`send`", "dropped"),
+    ("`send`", "3508"),
 ]
 
 
@@ -197,14 +197,19 @@ def test_the_readme_says_what_is_not_served_and_the_service_answers_as_it_says(
             await websocket.send(json.dumps({"id": 2, "subscribe": subscribe}))
             subscribed = json.loads(await websocket.recv())["subscribe"]
             assert "delta" not in subscribed
-            await websocket.send(json.dumps({"send": {"data": {"x": 1}}}))
-            await websocket.send(json.dumps({"id": 3, "history": {"channel": "news:delta"}}))
-            assert json.loads(await websocket.recv())["id"] == 3  # send: no reply, no close
             await websocket.send(b"\x0a\x00")  # a protobuf command
             with pytest.raises(ConnectionClosedError) as closed:
                 await websocket.recv()
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 3501
+        async with connect(url) as websocket:
+            await websocket.send(json.dumps({"id": 1, "connect": {"token": token("alice")}}))
+            assert "connect" in json.loads(await websocket.recv())
+            await websocket.send(json.dumps({"send": {"data": {"x": 1}}}))
+            with pytest.raises(ConnectionClosedError) as closed:
+                await websocket.recv()
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (3508, "not available")
 
     asyncio.run(commands())
     for path in ("/connection/sse", "/connection/http_stream", "/connection/uni_websocket"):

@@ -10,8 +10,8 @@
 // Actions ({"do": ...}): "subscribe" {channels}, "until" {event, count?, channel?, ms?}: wait
 // until `count` events of that kind (on that channel) were seen since the start, "publish"
 // {channel, data}, "presence" / "presenceStats" {channel}, "history" {channel, limit?, since?,
-// reverse?}, "unsubscribe" {channel}, "sleep" {ms}, "mark" {name} (printed, for the test to
-// sync on), "disconnect", "exit".
+// reverse?}, "unsubscribe" {channel}, "send" {data} (an asynchronous message to the server),
+// "sleep" {ms}, "mark" {name} (printed, for the test to sync on), "disconnect", "exit".
 // Lines printed: {"event": "connecting"|"connected"|"disconnected"|"error"|"getToken"|
 // "subscribing"|"subscribed"|"unsubscribed"|"sub_error"|"publication"|"join"|"leave"|
 // "result"|"failed"|"timeout"|"mark"|"deadline"|"done", ...}. The process always ends by
@@ -178,6 +178,8 @@ async function perform(action) {
     case "unsubscribe":
       subscription(action.channel).unsubscribe();
       return;
+    case "send":
+      return call(action, client.send(action.data), () => ({}));
     case "sleep":
       return new Promise((resolve) => setTimeout(resolve, action.ms));
     case "mark":

@@ -64,7 +64,8 @@ subscription tokens), `TokenVerifier.verify_subscription`, `TokenMismatch`. RPC:
 an unknown method is 104, data that fails the ``params`` schema 107 (jsonschema, now a
 dependency of projects with a channels endpoint), a method's `RpcError` its code and
 message, any other exception 100 with one log line (the connection goes on); ``send``
-reaches the send handler, with no reply; ``RpcRequest.hub`` is the endpoint's hub (to read a
+reaches the send handler, with no reply (without one, the connection is closed with 3508,
+as Centrifuge's server does); ``RpcRequest.hub`` is the endpoint's hub (to read a
 channel's history, say). ``asyncapi.channels_endpoint(rpc)`` lists the
 methods with their schemas; `asyncapi.CHANNELS_ENDPOINT` declares refresh, sub_refresh,
 subscription tokens and lifetimes. Upgrading: a hand-written `Namespace` rule that checked

@@ -144,6 +144,9 @@ INVALID_TOKEN: Final = Disconnect(3500, "invalid token")
 PROTOCOL_VIOLATION: Final = Disconnect(3501, "bad request")
 STALE: Final = Disconnect(3502, "stale")
 INSUFFICIENT_STATE_CLOSE: Final = Disconnect(3010, "insufficient state")
+SEND_NOT_AVAILABLE: Final = Disconnect(3508, "not available")
+"""A ``send`` with no send handler (a send has no reply to carry error 108; Centrifuge's
+server closes so, else the client would never know)."""
 """How a server-side subscription (a personal channel) that missed messages it cannot be
 sent ends: the connection closes, and the SDK reconnects and recovers them (connect.subs)."""
 
@@ -977,10 +980,10 @@ class _Connection:
         return '{"id":' + str(id_) + ',"rpc":{"data":' + data + "}}"
 
     async def _send(self, body: dict[str, Any]) -> None:
-        """Give a ``send``'s data to the send handler (none: it is dropped); what goes wrong
-        is logged, the client is told nothing (a send has no reply)."""
+        """Give a ``send``'s data to the send handler (none: `SEND_NOT_AVAILABLE`); what goes
+        wrong in it is logged, the client is told nothing (a send has no reply)."""
         if self.config.rpc is None or not self.config.rpc.handles_send:
-            return
+            raise Disconnected(SEND_NOT_AVAILABLE)
         try:
             self._take_token()
         except Refused:

@@ -158,7 +158,7 @@ async def test_a_send_reaches_its_handler_with_no_reply_and_its_failure_is_logge
     assert "LookupError" in caplog.text
 
 
-async def test_without_methods_rpc_is_104_and_send_is_dropped(
+async def test_without_methods_rpc_is_104_and_send_closes_with_3508(
     web_socket_class: Callable[[Scope, Receive, Send], SessionSocket],
 ) -> None:
     config = ChannelsConfig(Namespaces([]), anonymous=True)
@@ -168,9 +168,10 @@ async def test_without_methods_rpc_is_104_and_send_is_dropped(
         raw_client(url) as connected,
     ):
         await connected.connect()
-        await connected.send("send", {"data": {"n": 1}}, reply=False)
         reply = await rpc(connected, "whoami")
         assert reply["error"] == {"code": 104, "message": "method not found"}, reply
+        await connected.send("send", {"data": {"n": 1}}, reply=False)
+        assert await connected.closed() == (3508, "not available")
 
 
 # The registry

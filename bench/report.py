@@ -937,7 +937,7 @@ def markdown(results: Results, header: str) -> str:
             "guaranteed (`websockets_server.py --floor`), which no Python server on this stack "
             "goes below. Every server runs with the "
             "generated service's garbage-collector threshold (100,000), fresh for each run, in "
-            "turn (A B C D A B C D). Server CPU is user + system time over the measured "
+            "turn (A B C D E A B C D E). Server CPU is user + system time over the measured "
             "messages, system (kernel) time given apart (from /proc, in clock ticks). Memory "
             "per subscribed connection is the server's RSS "
             "growth from before the subscribers open to once they are all subscribed, over "

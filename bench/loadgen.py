@@ -36,14 +36,16 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Sample:
-    """A process's CPU time (user + system, seconds) and resident memory at one moment,
-    and the user + system time of the whole machine (every process, every CPU)."""
+    """A process's CPU time (user + system, seconds; and system alone) and resident memory
+    at one moment, and the user + system time of the whole machine (every process, every CPU)."""
 
     at: float
     """``time.monotonic()`` when read."""
     cpu_seconds: float
     rss_bytes: int
     machine_cpu_seconds: float
+    system_seconds: float
+    """The process's system (kernel) time alone, part of ``cpu_seconds``."""
 
 
 def sample(pid: int) -> Sample:
@@ -60,6 +62,7 @@ def sample(pid: int) -> Sample:
         (utime + stime) / _CLOCK_TICKS,
         resident_pages * _PAGE_SIZE,
         machine_ticks / _CLOCK_TICKS,
+        stime / _CLOCK_TICKS,
     )
 
 

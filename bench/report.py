@@ -40,7 +40,11 @@ COLORS = {
     "broadcast-redis-nohistory": "#fc9272",
 }
 FANOUT_PEER = "fanout-websockets"
-"""The fan-out workload's floor: the ``websockets`` server with ``websockets.broadcast()``."""
+"""The fan-out workload's reference for issue 30's goals: the ``websockets`` server with
+``websockets.broadcast()``."""
+FANOUT_FLOOR = "fanout-floor"
+"""The fan-out workload's floor, not a peer: the ``websockets`` server writing one frame,
+built once per message, to every connection's transport, with nothing checked."""
 FANOUT_GOALS = {
     "fanout-fastapi": {
         "server_cpu_us_per_delivery": 0.8,
@@ -57,12 +61,18 @@ FANOUT_GOALS = {
 `FANOUT_PEER`'s, paired by repetition, at most this."""
 FANOUT_FIGURES = {
     "server_cpu_us_per_delivery": "server CPU us/delivery",
+    "server_system_us_per_delivery": "of which system (kernel) us/delivery",
     "latency_p50_ms": "delivery p50 ms",
     "latency_p99_ms": "delivery p99 ms",
     "fanout_p50_ms": "last subscriber p50 ms",
     "rss_per_subscriber_kib": "KiB per subscribed connection",
     "client_cpu_fanout": "load generator CPU in fan-outs",
+    "others_cpu": "other processes' CPU",
 }
+FANOUT_SHARES = ("client_cpu_fanout", "others_cpu")
+"""The `FANOUT_FIGURES` that are shares of a core."""
+FANOUT_RATIOS = ("server_cpu_us_per_delivery", "latency_p99_ms", "rss_per_subscriber_kib")
+"""The `FANOUT_FIGURES` that the report sets against `FANOUT_PEER`'s and `FANOUT_FLOOR`'s."""
 BROADCAST_TARGET_SUBSCRIBERS = 10_000
 HISTORY_CPU_GOAL = 1.10
 """Issue 12's goal: server CPU per delivery with history on at most this times that with it off."""
@@ -518,8 +528,10 @@ def fanout_table(results: Results) -> str:
             figures = [
                 cell(
                     results.figure("fanout", server, key, count),
-                    percent if key == "client_cpu_fanout" else number,
+                    percent if key in FANOUT_SHARES else number,
                 )
+                if all(key in run for run in runs)  # not in the records of older runs
+                else "-"
                 for key in FANOUT_FIGURES
             ]
             rows.append(
@@ -529,17 +541,20 @@ def fanout_table(results: Results) -> str:
     return table(header, rows)
 
 
-def fanout_ratios(results: Results) -> str:
-    """Each server's figures over `FANOUT_PEER`'s, paired by repetition, with issue 30's
-    goals where it sets one (at `BROADCAST_TARGET_SUBSCRIBERS` subscribers)."""
+def fanout_ratios(results: Results, base: str = FANOUT_PEER) -> str:
+    """Each server's figures over ``base``'s (`FANOUT_PEER` or `FANOUT_FLOOR`), paired by
+    repetition; over `FANOUT_PEER`, with issue 30's goals where it sets one (at
+    `BROADCAST_TARGET_SUBSCRIBERS` subscribers)."""
+    peer = base == FANOUT_PEER
+    goals = FANOUT_GOALS if peer else {}
     rows = []
     for count in results.connections("fanout"):
         for server in results.servers("fanout"):
-            if server == FANOUT_PEER or not results.runs("fanout", server, count):
+            if server == base or not results.runs("fanout", server, count):
                 continue
-            for key in ("server_cpu_us_per_delivery", "latency_p99_ms", "rss_per_subscriber_kib"):
-                ratio = results.ratio("fanout", key, server, FANOUT_PEER, count)
-                bound = FANOUT_GOALS.get(server, {}).get(key)
+            for key in FANOUT_RATIOS:
+                ratio = results.ratio("fanout", key, server, base, count)
+                bound = goals.get(server, {}).get(key)
                 goal = "-"
                 if bound is not None and count == BROADCAST_TARGET_SUBSCRIBERS:
                     target = at_most("", bound, ratio)
@@ -549,17 +564,12 @@ def fanout_ratios(results: Results) -> str:
                     )
                     if target.met is not None and not target.firm:
                         goal += " (not every run agrees)"
-                rows.append(
-                    [
-                        results.labels[server],
-                        f"{count:,}",
-                        FANOUT_FIGURES[key],
-                        ratio_text(ratio) if ratio else "-",
-                        goal,
-                    ]
-                )
-    header = ["server", "subscribers", "figure", "over websockets (median, range)", "issue 30 goal"]
-    return table(header, rows)
+                row = [results.labels[server], f"{count:,}", FANOUT_FIGURES[key]]
+                row.append(ratio_text(ratio) if ratio else "-")
+                rows.append([*row, goal] if peer else row)
+    over = "over websockets" if peer else "over the floor"
+    header = ["server", "subscribers", "figure", f"{over} (median, range)"]
+    return table([*header, "issue 30 goal"] if peer else header, rows)
 
 
 def history_text(size: Any) -> str:
@@ -917,20 +927,33 @@ def markdown(results: Results, header: str) -> str:
         sections += [
             "## Fan-out peers\n\nOne room, the broadcast workload's messages and checks, on "
             "the generated service in each flavour (memory hub, history on, on the runner's "
-            "LeanProtocol) and on two peers a team would pick instead: the `websockets` "
-            "library's server with `websockets.broadcast()` (the floor: each frame written "
-            "straight to every connection's transport) and python-socketio's ASGI app on "
-            "uvicorn (`emit(..., room=...)`; the load generator speaks Socket.IO to it with "
-            "`socket.io-client`, websocket transport only). Every server runs with the "
+            "LeanProtocol), on two peers a team would pick instead: the `websockets` "
+            "library's server with `websockets.broadcast()` (each connection's state checked, "
+            "the frame built for it, written to its transport) and python-socketio's ASGI app "
+            "on uvicorn (`emit(..., room=...)`; the load generator speaks Socket.IO to it with "
+            "`socket.io-client`, websocket transport only), and on the floor, not a peer: the "
+            "same `websockets` server writing one frame, built once per message, to every "
+            "connection's transport in a plain loop, with nothing checked, queued or "
+            "guaranteed (`websockets_server.py --floor`), which no Python server on this stack "
+            "goes below. Every server runs with the "
             "generated service's garbage-collector threshold (100,000), fresh for each run, in "
-            "turn (A B C D A B C D). Memory per subscribed connection is the server's RSS "
+            "turn (A B C D E A B C D E). Server CPU is user + system time over the measured "
+            "messages, system (kernel) time given apart (from /proc, in clock ticks). Memory "
+            "per subscribed connection is the server's RSS "
             "growth from before the subscribers open to once they are all subscribed, over "
-            "their number; the last subscriber's latency is the whole fan-out.\n\n"
+            "their number; the last subscriber's latency is the whole fan-out; other "
+            "processes' CPU is what the rest of the machine used over the window.\n\n"
             + fanout_table(results),
             "Over the `websockets` server, paired by repetition (issue 30's goals at "
             f"{BROADCAST_TARGET_SUBSCRIBERS:,} subscribers; below 1.00x, cheaper or faster than "
-            "the floor):\n\n" + fanout_ratios(results),
+            "`websockets.broadcast()`):\n\n" + fanout_ratios(results),
         ]
+        if FANOUT_FLOOR in results.servers("fanout"):
+            sections.append(
+                "Over the floor, paired by repetition (1.00x: nothing spent beyond one "
+                "write of a prebuilt frame per subscriber):\n\n"
+                + fanout_ratios(results, FANOUT_FLOOR)
+            )
     if history_pairs(results):
         sections.append(
             "## Cost of history\n\nThe same broadcast runs, paired: each backend's server with "

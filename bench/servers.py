@@ -391,7 +391,13 @@ class RunningServer:
             process.wait()
 
 
-FANOUT_KEYS = ("fanout-fastapi", "fanout-asgi", "fanout-websockets", "fanout-socketio")
+FANOUT_KEYS = (
+    "fanout-fastapi",
+    "fanout-asgi",
+    "fanout-websockets",
+    "fanout-socketio",
+    "fanout-floor",
+)
 """The servers of the fan-out workload (issue 30), in the order they are interleaved."""
 GC_THRESHOLD = "100000"
 """The generated service's garbage-collector threshold (its ``GC_THRESHOLD`` default): the
@@ -415,9 +421,11 @@ def render_fanout_projects(output: Path, template: Path = TEMPLATE) -> dict[str,
 def fanout_specs(projects: Mapping[str, Path]) -> list[ServerSpec]:
     """The fan-out workload's servers: the generated service in each flavour (memory hub,
     history on, its defaults but the load-test limits, join and leave events off as in the
-    broadcast workload) and two peers a team would pick instead: the ``websockets`` server
-    with ``websockets.broadcast()`` and python-socketio on uvicorn. Every one of them runs
-    with the generated service's garbage-collector threshold."""
+    broadcast workload), two peers a team would pick instead: the ``websockets`` server
+    with ``websockets.broadcast()`` and python-socketio on uvicorn, and the floor, not a
+    peer: the same ``websockets`` server writing one frame, built once per message, to every
+    connection's transport (``--floor``), which no server that checks anything goes below.
+    Every one of them runs with the generated service's garbage-collector threshold."""
     env = {"GC_THRESHOLD": GC_THRESHOLD}
     generated_env = {**LOAD_TEST_LIMITS, **env, "JOIN_LEAVE_EVENTS": "no"}
     flavours = [
@@ -454,5 +462,14 @@ def fanout_specs(projects: Mapping[str, Path]) -> list[ServerSpec]:
             env=env,
             broadcast_path=BROADCAST_ROOM,
             transport="socketio",
+        ),
+        ServerSpec(
+            "fanout-floor",
+            "(6) the floor: websockets' server, one frame written to every transport",
+            ("websockets_server.py", "--floor"),
+            BASELINES,
+            "/ws/keepalive",
+            env=env,
+            broadcast_path=BROADCAST_ROOM,
         ),
     ]

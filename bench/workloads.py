@@ -277,6 +277,7 @@ def broadcast(
     deliveries = int(result["deliveries"])
     measured = subscribers * settings.broadcast_messages
     server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
+    server_system_seconds = server_end.system_seconds - server_start.system_seconds
     redis_cpu, redis_cpu_us, redis_command_us = None, None, None
     if redis_start is not None and redis_end is not None:
         redis_cpu_seconds = redis_end[0] - redis_start[0]
@@ -305,6 +306,7 @@ def broadcast(
         "rss_per_subscriber_kib": (opened.rss_bytes - before.rss_bytes) / subscribers / 1024,
         "server_cpu": cpu_share(server_start, server_end),
         "server_cpu_us_per_delivery": server_cpu_seconds / max(measured, 1) * 1e6,
+        "server_system_us_per_delivery": server_system_seconds / max(measured, 1) * 1e6,
         "redis_cpu": redis_cpu,
         "redis_cpu_us_per_message": redis_cpu_us,
         "redis_command_us_per_message": redis_command_us,

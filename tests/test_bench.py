@@ -167,18 +167,28 @@ def test_presence_smoke_run_answers_a_whole_room_and_opens_it_with_each_setting(
 
 def assert_fanout_measured(smoke: SmokeRun) -> None:
     """Every server of the fan-out workload (the peers: websockets, and python-socketio
-    through socket.io-client) ran at every subscriber count, each delivery made and checked,
-    and the report sets each against the websockets server."""
+    through socket.io-client; the floor, websockets writing one prebuilt frame to every
+    transport) ran at every subscriber count, each delivery made and checked (the floor's
+    envelopes pass the same checks), and the report sets each against the websockets server
+    and against the floor."""
     counts = smoke.data["settings"]["broadcast_subscribers"]
-    for server in ("fanout-fastapi", "fanout-asgi", "fanout-websockets", "fanout-socketio"):
+    for server in servers.FANOUT_KEYS:
         runs = smoke.runs("fanout", server)
         assert sorted(r["connections"] for r in runs) == sorted(counts), server
         for run in runs:
             assert run["deliveries"] == run["expected_deliveries"] > 0, run
             assert run["rss_per_subscriber_kib"] > 0, run
-    ratios = smoke.report.split("over websockets (median, range)", 1)[1]
-    for figure in ("server CPU us/delivery", "delivery p99 ms", "KiB per subscribed connection"):
-        assert f"| {max(counts):,} | {figure} |" in ratios, figure
+            assert 0 <= run["server_system_us_per_delivery"] <= run["server_cpu_us_per_delivery"]
+    over_peer, over_floor = smoke.report.split("over websockets (median, range)", 1)[1].split(
+        "over the floor (median, range)", 1
+    )
+    figures = ("server CPU us/delivery", "delivery p99 ms", "KiB per subscribed connection")
+    for figure in figures:
+        assert f"| {max(counts):,} | {figure} |" in over_peer, figure
+        assert f"| {max(counts):,} | {figure} |" in over_floor, figure
+    floor = f"| {smoke.data['labels']['fanout-floor']} | {max(counts):,} | {figures[0]} |"
+    assert floor in over_peer
+    assert floor not in over_floor
 
 
 def assert_broadcast_measured(smoke: SmokeRun, backend: str) -> None:

@@ -17,6 +17,14 @@ any connection of the room sends, as ``{"type": "broadcast", "channel", "offset"
 to every connection of the room with ``websockets.broadcast()`` (no task, no queue per
 connection: a connection that cannot keep up is skipped by it, not queued).
 
+With ``--floor`` the rooms' fan-out is the least any server can do (the fan-out workload's
+floor, not a peer): the envelope is framed once per message and the same bytes written
+straight to every connection's transport in a plain loop, with no state check, no framing
+per connection, no queue, no guarantee. The handshake, the notices and the envelopes are the
+same, byte for byte::
+
+    python websockets_server.py --floor
+
 ``GC_THRESHOLD``, if set, is the garbage collector's first threshold, as the generated service
 sets it. Stops on SIGTERM or SIGINT.
 """
@@ -28,11 +36,14 @@ import gc
 import json
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 
 import uvloop
 from websockets import broadcast
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
 
 ROOMS = "/ws/rooms/"
 
@@ -43,11 +54,29 @@ class Room:
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.connections: set[ServerConnection] = set()
+        self.transports: set[asyncio.Transport] = set()
+        """The connections' transports, with `FLOOR` (only then)."""
         self.offset = 0
         self.epoch = os.urandom(6).hex()
 
 
 rooms: dict[str, Room] = {}
+
+
+def with_broadcast(room: Room, text: str) -> None:
+    """``text`` to every connection of ``room``, by ``websockets.broadcast()``."""
+    broadcast(room.connections, text)
+
+
+def floor(room: Room, text: str) -> None:
+    """``text`` framed once, the same bytes written to every transport of ``room``."""
+    frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    for transport in room.transports:
+        transport.write(frame)
+
+
+FLOOR = "--floor" in sys.argv[1:]
+fan_out: Callable[[Room, str], None] = floor if FLOOR else with_broadcast
 
 
 def dumps(value: object) -> str:
@@ -59,6 +88,8 @@ async def serve_room(websocket: ServerConnection, channel: str) -> None:
     notice = {"type": "subscribed", "channel": channel, "offset": room.offset}
     await websocket.send(dumps({**notice, "epoch": room.epoch}))
     room.connections.add(websocket)
+    if FLOOR:
+        room.transports.add(websocket.transport)
     try:
         async for text in websocket:
             room.offset += 1
@@ -70,9 +101,10 @@ async def serve_room(websocket: ServerConnection, channel: str) -> None:
                 "server_ns": time.time_ns(),
                 "message": json.loads(text),
             }
-            broadcast(room.connections, dumps(envelope))
+            fan_out(room, dumps(envelope))
     finally:
         room.connections.discard(websocket)
+        room.transports.discard(websocket.transport)
 
 
 async def handler(websocket: ServerConnection) -> None:
@@ -96,7 +128,8 @@ async def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, None)
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        print(f"websockets server running on http://127.0.0.1:{port}", flush=True)
+        name = "websockets server (fan-out floor)" if FLOOR else "websockets server"
+        print(f"{name} running on http://127.0.0.1:{port}", flush=True)
         await stop
 
 

@@ -520,8 +520,8 @@ def fanout_runs(
 ) -> list[workloads.Record]:
     """The fan-out workload (issue 30): the broadcast workload's one room, on the generated
     service in each flavour, on two peers and on the floor (`fanout_specs`), in turn
-    (A B C D E A B C D E) at each subscriber count; its records have the workload ``fanout``. ``labels`` gets the
-    servers' labels."""
+    (A B C D E A B C D E) at each subscriber count; its records have the workload
+    ``fanout``. ``labels`` gets the servers' labels."""
     server_cpu, client_cpu = cpus
     specs = fanout_specs(render_fanout_projects(work / "render-fanout"))
     labels.update({spec.key: spec.label for spec in specs})

@@ -298,20 +298,16 @@ class Processes:
 def counters(processes: Processes) -> dict[str, float]:
     from redis import Redis
 
-    from bench.loadgen import sample
+    from bench.loadgen import io_syscalls, sample
 
     with Redis.from_url(processes.redis_url, decode_responses=True) as admin:
         cpu = admin.info("cpu")
-    io = dict(
-        line.split(": ")
-        for line in Path(f"/proc/{processes.redis_pid}/io").read_text().splitlines()
-    )
     services = [sample(pid) for pid in processes.services]
     own = resource.getrusage(resource.RUSAGE_SELF)
     machine = sample(os.getpid())
     figures = {
         "redis_cpu": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-        "redis_syscalls": float(io["syscr"]) + float(io["syscw"]),
+        "redis_syscalls": float(sum(io_syscalls(processes.redis_pid))),
         "services_cpu": sum(each.cpu_seconds for each in services),
         "client_cpu": own.ru_utime + own.ru_stime,
         "machine_cpu": machine.machine_cpu_seconds,

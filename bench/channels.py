@@ -23,8 +23,8 @@ and drives it from this process (``websockets`` clients speaking each kind's pro
   one is resubscribed, the server's CPU meanwhile, the join and leave events the clients
   were sent (and in the second after) and, with ``--backend redis`` (a redis-server of its
   own, which keeps the rooms' history across the restart), the commands the service sent
-  Redis (script calls, SUBSCRIBE, UNSUBSCRIBE...: its round trips, unpipelined); the
-  ratios channels/broadcast. A memory hub's restart loses the history (a new epoch): its
+  Redis (script calls, SUBSCRIBE, UNSUBSCRIBE...) and its socket reads (the round trips);
+  the ratios channels/broadcast. A memory hub's restart loses the history (a new epoch): its
   clients resubscribe unrecovered. ``--storm-only`` runs this phase alone.
 
 Prints the figures and the ratios channels/broadcast, and writes ``channels-<backend>.json`` to
@@ -53,7 +53,7 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.loadgen import sample
+from bench.loadgen import io_syscalls, sample
 from bench.run import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -367,12 +367,15 @@ async def _until(condition: Any, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def storm(kind: str, clients: int, redis_url: str = "") -> dict[str, float]:
+async def storm(
+    kind: str, clients: int, redis_url: str = "", redis_pid: int = 0
+) -> dict[str, float]:
     """``clients`` clients on the 10 rooms (one channels connection each, or 10 broadcast
     ones), a message on each room; the service restarts, a message is published on each
     room while they are away, and every client reconnects at once, recovering its rooms:
-    the time until every one has, the server's CPU, the commands sent Redis and the join
-    and leave events the clients were sent meanwhile (and in the second after)."""
+    the time until every one has, the server's CPU, the commands sent Redis and its socket
+    reads (the round trips: a pipelined batch is one), and the join and leave events the
+    clients were sent meanwhile (and in the second after)."""
     counts = StormCounts()
     sockets = clients * (1 if kind == "channels" else CHANNELS_EACH)
     server = Server(redis_url, join_leave=True)
@@ -394,12 +397,14 @@ async def storm(kind: str, clients: int, redis_url: str = "") -> dict[str, float
             await loop.run_in_executor(None, server.publish, _storm_channel(kind, room), {"n": 2})
         counts = StormCounts()  # the reconnection alone
         commands_before = redis_commands(redis_url)
+        reads_before = io_syscalls(redis_pid)[0] if redis_pid else 0
         before = sample(server.process.pid)
         started = time.monotonic()
         opened = await _storm_clients(server, kind, clients, positions, counts, batch=None)
         seconds = time.monotonic() - started
         after = sample(server.process.pid)
         commands = redis_commands(redis_url) - commands_before
+        reads = io_syscalls(redis_pid)[0] - reads_before if redis_pid else 0
         await asyncio.sleep(1.0)  # events still on their way
         figures = {
             "sockets": sockets,
@@ -412,6 +417,7 @@ async def storm(kind: str, clients: int, redis_url: str = "") -> dict[str, float
         }
         if redis_url:
             figures["redis_commands"] = commands
+            figures["redis_round_trips"] = reads
         await close_all([client for client, _ in opened])
         return figures
     finally:
@@ -423,8 +429,8 @@ CLIENT_COMMANDS = ("evalsha", "eval", "subscribe", "unsubscribe", "ping", "scrip
 
 
 def redis_commands(url: str) -> int:
-    """Commands that clients sent the Redis at ``url`` so far: its round trips with them,
-    less what a pipeline would share (0 without one). INFO's own calls are left out."""
+    """Commands that clients sent the Redis at ``url`` so far (0 without one), each counted
+    even where a pipeline sent many in one round trip. INFO's own calls are left out."""
     if not url:
         return 0
     from redis import Redis
@@ -453,25 +459,26 @@ def main() -> None:
     raise_open_file_limit(args.storm_clients * CHANNELS_EACH + 200)
     output = args.output or ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y-%m-%d")
     with contextlib.ExitStack() as stack:
-        redis_url = ""
+        redis_url, redis_pid = "", 0
         if args.backend == "redis":
             sys.path.insert(0, str(VENDORED))
             from websocket.testing import RedisServer
 
-            redis_url = stack.enter_context(RedisServer()).url
-        report = measure(args, redis_url)
+            redis_server = stack.enter_context(RedisServer())
+            redis_url, redis_pid = redis_server.url, redis_server.pid
+        report = measure(args, redis_url, redis_pid)
     output.mkdir(parents=True, exist_ok=True)
     name = "channels-storm" if args.storm_only else "channels"
     (output / f"{name}-{args.backend}.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def measure(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, redis_url: str, redis_pid: int = 0) -> dict[str, Any]:
     """Every phase, each printed once measured; the report."""
     report: dict[str, Any] = {"backend": args.backend}
     if not args.storm_only:
         report.update(measure_delivery_and_memory(args, redis_url))
     stormed = {
-        kind: asyncio.run(storm(kind, args.storm_clients, redis_url))
+        kind: asyncio.run(storm(kind, args.storm_clients, redis_url, redis_pid))
         for kind in ("channels", "broadcast")
     }
     report["storm"] = {
@@ -491,7 +498,12 @@ def measure(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         flush=True,
     )
     for kind, figures in stormed.items():
-        redis = f", {figures['redis_commands']:.0f} commands to Redis" if redis_url else ""
+        redis = (
+            f", {figures['redis_commands']:.0f} commands to Redis in "
+            f"{figures['redis_round_trips']:.0f} round trips"
+            if redis_url
+            else ""
+        )
         print(
             f"  {kind}: {figures['sockets']:.0f} sockets, all resubscribed in "
             f"{figures['seconds']:.2f} s, server CPU {figures['server_cpu_seconds']:.2f} s"

@@ -66,6 +66,14 @@ def sample(pid: int) -> Sample:
     )
 
 
+def io_syscalls(pid: int) -> tuple[int, int]:
+    """The read and the write system calls process ``pid`` made so far (``syscr`` and
+    ``syscw`` of ``/proc/<pid>/io``): for a redis-server, its socket reads (one per batch of
+    commands a client sent at once: a round trip) and writes."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(io["syscr"]), int(io["syscw"])
+
+
 def cpu_share(before: Sample, after: Sample) -> float:
     """The share of one CPU that a process used between two samples (1.0: a whole core)."""
     return (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)

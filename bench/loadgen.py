@@ -44,8 +44,10 @@ class Sample:
     cpu_seconds: float
     rss_bytes: int
     machine_cpu_seconds: float
-    system_seconds: float
-    """The process's system (kernel) time alone, part of ``cpu_seconds``."""
+    cpu_ticks: int
+    """``cpu_seconds`` in clock ticks, as the kernel counts it."""
+    system_ticks: int
+    """The process's system (kernel) time alone, in clock ticks: part of ``cpu_ticks``."""
 
 
 def sample(pid: int) -> Sample:
@@ -62,7 +64,8 @@ def sample(pid: int) -> Sample:
         (utime + stime) / _CLOCK_TICKS,
         resident_pages * _PAGE_SIZE,
         machine_ticks / _CLOCK_TICKS,
-        stime / _CLOCK_TICKS,
+        utime + stime,
+        stime,
     )
 
 
@@ -72,6 +75,15 @@ def io_syscalls(pid: int) -> tuple[int, int]:
     commands a client sent at once: a round trip) and writes."""
     io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
     return int(io["syscr"]), int(io["syscw"])
+
+
+def cpu_seconds_between(before: Sample, after: Sample) -> tuple[float, float]:
+    """A process's CPU time between two samples (user + system, seconds) and the system
+    (kernel) part of it; counted in whole ticks first, so the part never exceeds the whole."""
+    return (
+        (after.cpu_ticks - before.cpu_ticks) / _CLOCK_TICKS,
+        (after.system_ticks - before.system_ticks) / _CLOCK_TICKS,
+    )
 
 
 def cpu_share(before: Sample, after: Sample) -> float:

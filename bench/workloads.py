@@ -32,6 +32,7 @@ from bench.loadgen import (
     Event,
     Sample,
     cpu_probe,
+    cpu_seconds_between,
     cpu_share,
     others_share,
     sample,
@@ -276,8 +277,7 @@ def broadcast(
     )
     deliveries = int(result["deliveries"])
     measured = subscribers * settings.broadcast_messages
-    server_cpu_seconds = server_end.cpu_seconds - server_start.cpu_seconds
-    server_system_seconds = server_end.system_seconds - server_start.system_seconds
+    server_cpu_seconds, server_system_seconds = cpu_seconds_between(server_start, server_end)
     redis_cpu, redis_cpu_us, redis_command_us = None, None, None
     if redis_start is not None and redis_end is not None:
         redis_cpu_seconds = redis_end[0] - redis_start[0]

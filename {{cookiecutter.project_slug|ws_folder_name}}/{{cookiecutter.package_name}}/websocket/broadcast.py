@@ -78,7 +78,9 @@ from urllib.parse import parse_qs
 
 from .session import (
     WS,
+    DirectLink,
     JsonHandler,
+    OpenDirect,
     SendNow,
     SessionSocket,
     TaskFactory,
@@ -88,6 +90,7 @@ from .session import (
     receive_json,
     run_websocket,
     send_json,
+    server_direct,
     server_sender,
 )
 
@@ -313,6 +316,7 @@ class Subscription:
         "_events",
         "_held",
         "_inbox",
+        "_lane",
         "_messages",
         "_offset",
         "_resumed",
@@ -321,6 +325,7 @@ class Subscription:
         "client_id",
         "dropped",
         "dropped_events",
+        "in_lane",
         "queue_size",
         "recovered",
         "since",
@@ -377,6 +382,11 @@ class Subscription:
         of 600 bytes per subscriber, and more work per delivery)."""
         self._inbox: Reader | None = None
         """Where this subscription says it has something to send, when read by `poll`."""
+        self._lane: Lane | None = None
+        """Its channel's `Lane` (given by the `Fanout` that made it), if any."""
+        self.in_lane = False
+        """Whether its channel's messages are written to its connection by the `Lane`
+        (nothing queued then; its position is the lane's)."""
 
     @property
     def ended(self) -> bool:
@@ -395,6 +405,8 @@ class Subscription:
     @property
     def position(self) -> Position | None:
         """The position of the last message queued or accounted for; None before `resume`."""
+        if self.in_lane and self._lane is not None:
+            return Position(self._lane.offset, self._lane.epoch)
         return Position(self._offset, self._epoch) if self._resumed else None
 
     @property
@@ -453,14 +465,18 @@ class Subscription:
         held, self._held = self._held, None
         for publication in held:
             self._accept(publication)
+        self._wake()  # live now: a relay takes it to its channel's lane (see `go_direct`)
 
     def hold(self) -> None:
         """The hub lost its backend: wait for it to `resume` this subscription."""
+        self.leave_lane()
         if self._held is None and not self._ended:
             self._held = deque(maxlen=self.queue_size)
 
     def deliver(self, publication: Publication) -> None:
         """Queue one message; when the queue is full, drop the oldest queued message."""
+        if self.in_lane:
+            self.leave_lane()
         if self._held is not None:
             if not self._ended:
                 self._held.append(publication)
@@ -485,8 +501,31 @@ class Subscription:
 
     def end(self) -> None:
         """No more messages will come: `next` returns what is queued, then None."""
+        self.leave_lane()
         self._ended = True
         self._wake()
+
+    def go_direct(self, open_direct: OpenDirect) -> bool:
+        """Join its channel's `Lane` through the connection's `WRITE_DIRECT` (its reader
+        calls this once it has sent all that was queued): True if it did. It stays there
+        until the link stops, the reader leaves (`leave_lane`), or a message comes that the
+        lane cannot write (out of order, another epoch)."""
+        lane = self._lane
+        if (
+            lane is None
+            or self.in_lane
+            or self._entries
+            or self._held is not None
+            or self._ended
+            or not self._resumed
+        ):
+            return False
+        return lane.join(self, open_direct)
+
+    def leave_lane(self) -> None:
+        """Go back to the queue: what the channel delivers from now on is queued."""
+        if self.in_lane and self._lane is not None:
+            self._lane.leave(self)
 
     async def next(self) -> str | None:
         """The next text to send the client (a message or a notice); None once ended.
@@ -609,15 +648,16 @@ class Subscription:
             self._entries[index] = gap
 
 
-def _measure_lag(stats: BroadcastStats, published_ns: int) -> None:
-    """Count the lag of a delivery sent now, of a message published at ``published_ns``."""
+def _measure_lag(stats: BroadcastStats, published_ns: int, times: int = 1) -> None:
+    """Count the lag of ``times`` deliveries sent now, of a message published at
+    ``published_ns``."""
     # Clocks of two machines may disagree: a negative lag counts as 0.
     lag = (time.time_ns() - published_ns) / 1e9
     if lag > 0:
-        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
-        stats.lag_seconds += lag
+        stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += times
+        stats.lag_seconds += lag * times
     else:
-        stats.lag_buckets[0] += 1
+        stats.lag_buckets[0] += times
 
 
 def _joined(first: _Gap, second: _Gap) -> _Gap:
@@ -691,6 +731,151 @@ class UserListener(Protocol):
     def notify(self, text: str) -> None: ...
 
 
+class Lane:
+    """The subscriptions of one channel whose channel messages are written straight to
+    their connections: one write of one encoded text per subscriber, with no queue, check
+    or count per subscriber, so that a room of many costs little more per message than its
+    writes.
+
+    A subscription joins (`Subscription.go_direct`) when it has sent all it had queued, its
+    connection's server offers `session.WRITE_DIRECT` (through the guard) and it is at the
+    lane's position; it leaves, back to its queue, when its link stops (the transport is no
+    longer writable, a close, the guard closing it, the connection lost), when it waits or
+    ends, when its reader must send something it could not send at once, or when the lane
+    meets a message it cannot write to all (out of order, another epoch: every member
+    leaves and the message is queued for each, with the usual duplicate and gap checks).
+    What one subscription would do per message is done here once per message: the
+    position, the guard's counts (each connection's tally, by how many went out), the
+    hub's deliveries and their lag samples.
+    """
+
+    __slots__ = (
+        "carrying",
+        "counts",
+        "encode",
+        "epoch",
+        "leaving",
+        "links",
+        "offset",
+        "stats",
+        "writes",
+    )
+
+    def __init__(self) -> None:
+        self.writes: dict[Subscription, Callable[[Any], object]] = {}
+        """The members, each with its link's write."""
+        self.links: dict[Subscription, DirectLink] = {}
+        self.counts: dict[Callable[[str, int], None], int] = {}
+        """The members' counts (their endpoints' tallies), with how many members each."""
+        self.encode: Callable[[str], Any] | None = None
+        self.offset = 0
+        self.epoch = ""
+        """The position of the last message written: every member's."""
+        self.stats: BroadcastStats | None = None
+        self.carrying = False
+        self.leaving: list[tuple[Subscription, bool]] = []
+        """Members whose link stopped while a message was being written (each with whether
+        its write of it failed), let go once it is written."""
+
+    def join(self, subscription: Subscription, open_direct: OpenDirect) -> bool:
+        """Add ``subscription`` (caught up, nothing queued) through a link opened with
+        ``open_direct``; False if it is not at the lane's position or no link opens."""
+        members = self.writes
+        if members and (
+            subscription._offset != self.offset
+            or subscription._epoch != self.epoch
+            or subscription.stats is not self.stats
+        ):
+            return False
+        link = open_direct(functools.partial(self.stopped, subscription))
+        if link is None:
+            return False
+        if members and link.encode is not self.encode:
+            link.release()
+            return False
+        if not members:
+            self.offset, self.epoch = subscription._offset, subscription._epoch
+            self.encode, self.stats = link.encode, subscription.stats
+        members[subscription] = link.write
+        self.links[subscription] = link
+        if link.counter is not None:
+            self.counts[link.counter] = self.counts.get(link.counter, 0) + 1
+        subscription.in_lane = True
+        return True
+
+    def leave(self, subscription: Subscription) -> None:
+        """``subscription`` goes back to its queue (its link released)."""
+        link = self._remove(subscription)
+        if link is not None:
+            link.release()
+
+    def stopped(self, subscription: Subscription) -> None:
+        """``subscription``'s link stopped (its server's or its guard's word)."""
+        if self.carrying:  # from within a write: let go once the message is written
+            self.leaving.append((subscription, False))
+        else:
+            self._remove(subscription)
+
+    def carry(self, publication: Publication) -> None:
+        """Write ``publication`` to every member, or, if it does not follow the lane's
+        position, let every member go back to its queue (where the hub then delivers it)."""
+        if publication.offset != self.offset + 1 or publication.epoch != self.epoch:
+            for subscription in list(self.writes):
+                self.leave(subscription)
+            return
+        self.offset = publication.offset
+        text = publication.text
+        assert self.encode is not None, "a lane with members has their encode"
+        encoded = self.encode(text)
+        self.carrying = True
+        try:
+            for subscription, write in self.writes.items():
+                try:
+                    write(encoded)
+                except Exception:  # a transport that broke: it is queued for it instead
+                    self.leaving.append((subscription, True))
+        finally:
+            self.carrying = False
+        leaving, self.leaving = self.leaving, []
+        written = len(self.writes)
+        for subscription, failed in leaving:  # not sent: the hub's delivery queues it
+            if failed and (link := self._remove(subscription)) is not None:
+                link.release()
+                subscription._offset -= 1
+                written -= 1
+        for count, members in self.counts.items():
+            count(text, members)
+        for subscription, failed in leaving:  # sent, then its link stopped
+            if not failed:
+                self._remove(subscription)
+        stats = self.stats
+        if stats is not None and written:
+            countdown = stats.lag_countdown - written  # as `poll` steps it, ``written`` times
+            if countdown > 0:
+                stats.lag_countdown = countdown
+            else:
+                rounds = -countdown // LAG_SAMPLE + 1
+                stats.lag_countdown = countdown + rounds * LAG_SAMPLE
+                stats.counted_deliveries += rounds * LAG_SAMPLE
+                if publication.published_ns:
+                    _measure_lag(stats, publication.published_ns, rounds)
+
+    def _remove(self, subscription: Subscription) -> DirectLink | None:
+        """Take ``subscription`` out, at the lane's position; its link, if it was in."""
+        if self.writes.pop(subscription, None) is None:
+            return None
+        link = self.links.pop(subscription)
+        if link.counter is not None:
+            left = self.counts[link.counter] - 1
+            if left:
+                self.counts[link.counter] = left
+            else:
+                del self.counts[link.counter]
+        subscription.in_lane = False
+        subscription._offset, subscription._epoch = self.offset, self.epoch
+        return link
+
+
 class Fanout:
     """A hub's local subscriptions, by channel: delivers a channel's messages to each one."""
 
@@ -699,6 +884,8 @@ class Fanout:
         self.stats: BroadcastStats | None = None
         """Where the subscriptions made from now on count (see `Hub.count_in`)."""
         self._channels: dict[str, set[Subscription]] = {}
+        self._lanes: dict[str, Lane] = {}
+        """Each channel's `Lane`, while it has subscriptions."""
         self._users: dict[str, set[UserListener]] = {}
         """Subscriptions by their ``user_key``, for per-user delivery."""
 
@@ -711,7 +898,12 @@ class Fanout:
         direct: bool = True,
     ) -> Subscription:
         subscription = Subscription(channel, self.queue_size, since, self.stats, user, client_id)
-        self._channels.setdefault(channel, set()).add(subscription)
+        subscribers = self._channels.get(channel)
+        if subscribers is None:
+            subscribers = self._channels[channel] = set()
+            self._lanes[channel] = Lane()
+        subscribers.add(subscription)
+        subscription._lane = self._lanes[channel]
         if direct and subscription.user_key is not None:
             self._users.setdefault(subscription.user_key, set()).add(subscription)
         return subscription
@@ -743,6 +935,7 @@ class Fanout:
         if subscribers:
             return False
         del self._channels[subscription.channel]
+        del self._lanes[subscription.channel]
         return True
 
     def channels(self) -> list[str]:
@@ -760,8 +953,15 @@ class Fanout:
         return len(self._channels.get(channel, ()))
 
     def deliver(self, channel: str, publication: Publication) -> None:
-        for subscription in self._channels.get(channel, ()):
-            subscription.deliver(publication)
+        subscribers = self._channels.get(channel)
+        if subscribers is None:
+            return
+        lane = self._lanes[channel]
+        if lane.writes:
+            lane.carry(publication)
+        for subscription in subscribers:
+            if not subscription.in_lane:
+                subscription.deliver(publication)
 
     def notify(self, channel: str, text: str, but: str = "") -> None:
         """Queue the event ``text`` for every subscription of ``channel`` but the client ``but``."""
@@ -794,6 +994,7 @@ class Fanout:
             for subscription in subscribers:
                 subscription.end()
         self._channels.clear()
+        self._lanes.clear()
         self._users.clear()
 
 
@@ -1341,7 +1542,8 @@ async def run_broadcast(
         if send_now is None:  # a task that sends what the subscription queues, and one reading
             await run_websocket(websocket, _relay(subscription), receiving)
         else:  # one task reading; texts are sent from the hub's delivery (see _Relay)
-            await run_websocket(websocket, _Relay(subscription, send_now, receiving))
+            relay = _Relay(subscription, send_now, server_direct(websocket), receiving)
+            await run_websocket(websocket, relay)
     finally:
         await hub.unsubscribe(subscription)
         if subscription.dropped:
@@ -1396,6 +1598,11 @@ class _Relay:
     apply as on the other path); it ends once the queue is empty. When the subscription ends
     (the hub closed), the connection is closed with 1012. A send that fails ends the session
     with the error, as the relay task of the other path does.
+
+    Where the server offers direct writes too (`session.WRITE_DIRECT`), the subscription
+    joins its channel's `Lane` whenever the relay has sent all it had queued: the channel's
+    messages are then written by the lane, with nothing queued or woken per subscriber,
+    until the lane lets it go (see `Lane`).
     """
 
     __slots__ = (
@@ -1403,6 +1610,7 @@ class _Relay:
         "drainer",
         "error",
         "finished",
+        "open_direct",
         "receiving",
         "send_now",
         "session",
@@ -1411,11 +1619,17 @@ class _Relay:
     )
 
     def __init__(
-        self, subscription: Subscription, send_now: SendNow, receiving: TaskFactory[Any]
+        self,
+        subscription: Subscription,
+        send_now: SendNow,
+        open_direct: OpenDirect | None,
+        receiving: TaskFactory[Any],
     ) -> None:
         self.subscription = subscription
         self.send_now: SendNow | None = send_now
         """None once the session is over (nothing of the connection is held after it)."""
+        self.open_direct = open_direct
+        """The server's `WRITE_DIRECT` (through the guard), if any; None once it is over."""
         self.receiving = receiving
         """What reads the client, in the session's own task."""
         self.drainer: asyncio.Task[None] | None = None
@@ -1443,7 +1657,8 @@ class _Relay:
             raise self.error from None
         finally:
             self.finished = True
-            self.session = self.websocket = self.send_now = None
+            self.subscription.leave_lane()
+            self.session = self.websocket = self.send_now = self.open_direct = None
             if self.drainer is not None:
                 await cancel_and_wait([self.drainer])
 
@@ -1463,10 +1678,23 @@ class _Relay:
                 or websocket.application_state is not connected
                 or not send_now(text)
             ):
+                self.subscription.leave_lane()  # what follows is queued behind it
                 self.drainer = asyncio.get_running_loop().create_task(self.drain(text))
                 return
         if self.subscription.ended:
             self.drainer = asyncio.get_running_loop().create_task(self.drain(None))
+        else:
+            self.go_direct()
+
+    def go_direct(self) -> None:
+        """All that was queued is sent: join the lane, where the server offers it."""
+        websocket, open_direct = self.websocket, self.open_direct
+        if (
+            open_direct is not None
+            and websocket is not None
+            and websocket.application_state is self.connected
+        ):
+            self.subscription.go_direct(open_direct)
 
     async def drain(self, text: str | None) -> None:
         websocket = self.websocket
@@ -1477,6 +1705,9 @@ class _Relay:
                 text = self.subscription.poll()
             if self.subscription.ended:
                 await websocket.close(SERVICE_RESTART)  # the hub closed: the service stops
+            else:
+                self.drainer = None
+                self.go_direct()
         except Exception as error:  # the connection failed: the session ends with it
             self.error = error
             if self.session is not None:

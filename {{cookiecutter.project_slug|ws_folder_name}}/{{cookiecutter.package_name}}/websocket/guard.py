@@ -17,7 +17,9 @@ connections it applies a `Policy`:
 
 Where the server offers to send a text at once (the scope extension `session.SEND_TEXT_NOW`,
 `LeanProtocol`'s), the app is offered the guard's own, which sends only while the guard has
-not closed the connection and counts what it sends as `send` does.
+not closed the connection and counts what it sends as `send` does. So with the server's
+direct writes (`session.WRITE_DIRECT`): the guard's link counts what is written through it
+(its writer tells it how many times a text went out) and stops when the guard closes.
 
 Close codes the guard sends: 1008 (policy violation: rate limit, idle timeout), 1009
 (message too big), 1013 (server full, try again later). A refused handshake gets HTTP 403.
@@ -34,7 +36,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
-from .session import SEND_TEXT_NOW, SendNow
+from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, OpenDirect, SendNow
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,13 @@ class Tally:
         else:
             self.last_text, self.last_text_bytes = text, size
 
+    def count_many(self, text: str, times: int) -> None:
+        """Count ``times`` sends of ``text`` (a broadcast's direct writes, `DirectLink`)."""
+        while times and text is not self.last_text:  # an error reply never becomes the last
+            self.count_text(text)
+            times -= 1
+        self.repeats += times
+
     def settle(self) -> None:
         """Add the ``repeats`` to the sent counts (before another text becomes the last)."""
         self.sent_messages += self.repeats
@@ -291,6 +300,9 @@ class WebSocketGuard:
         if extensions and extensions.get(SEND_TEXT_NOW) is not None:
             connection.server_send_now = extensions[SEND_TEXT_NOW]
             extensions[SEND_TEXT_NOW] = connection.send_text_now
+        if extensions and extensions.get(WRITE_DIRECT) is not None:
+            connection.server_open_direct = extensions[WRITE_DIRECT]
+            extensions[WRITE_DIRECT] = connection.open_direct
         return connection
 
 
@@ -348,6 +360,8 @@ class GuardedConnection:
         "close_code",
         "closed_by_guard",
         "closing",
+        "direct_release",
+        "direct_stop",
         "dropped_sender",
         "last_heard",
         "limit",
@@ -361,6 +375,7 @@ class GuardedConnection:
         "sender",
         "sends_finished",
         "sends_started",
+        "server_open_direct",
         "server_receive",
         "server_send",
         "server_send_now",
@@ -387,6 +402,9 @@ class GuardedConnection:
         self.server_receive = receive
         self.server_send = send
         self.server_send_now: SendNow | None = None  # the server's SEND_TEXT_NOW, if any
+        self.server_open_direct: OpenDirect | None = None  # the server's WRITE_DIRECT, if any
+        self.direct_stop: Callable[[], None] | None = None  # the open direct link's writer's
+        self.direct_release: Callable[[], None] | None = None  # and the server's link's
         self.loop = asyncio.get_running_loop()
         self.watchdog = watchdog or Watchdog(self.loop, policy)
         self.opened_at = 0.0
@@ -413,6 +431,10 @@ class GuardedConnection:
         if self.server_send_now is not None:  # no cycle left: scope, self
             self.scope["extensions"].pop(SEND_TEXT_NOW, None)
             self.server_send_now = None
+        if self.server_open_direct is not None:
+            self.scope["extensions"].pop(WRITE_DIRECT, None)
+            self.server_open_direct = None
+            self.end_direct()
         if self.closing is not None:
             await self.closing
         if self.opened_at and self.close_code is None and self.peer_gone:
@@ -488,6 +510,41 @@ class GuardedConnection:
                 tally.count_text(text)
         return True
 
+    def open_direct(self, on_stop: Callable[[], None]) -> DirectLink | None:
+        """The server's `WRITE_DIRECT` link, counted in the endpoint's tally (the writer
+        tells how many times each text went out) and stopped when the guard closes."""
+        open_server = self.server_open_direct
+        if self.closed_by_guard or open_server is None or self.direct_stop is not None:
+            return None
+        link = open_server(self.stop_direct)
+        if link is None:
+            return None
+        self.direct_stop, self.direct_release = on_stop, link.release
+        count = None if self.tally is None else self.tally.count_many
+        return DirectLink(link.encode, link.write, count, self.release_direct)
+
+    def stop_direct(self) -> None:
+        """The server stopped the direct link: tell its writer."""
+        on_stop = self.direct_stop
+        self.direct_stop = self.direct_release = None
+        if on_stop is not None:
+            on_stop()
+
+    def release_direct(self) -> None:
+        """The writer ended the direct link: end the server's."""
+        release = self.direct_release
+        self.direct_stop = self.direct_release = None
+        if release is not None:
+            release()
+
+    def end_direct(self) -> None:
+        """The guard closes the connection: no direct write from now on."""
+        release = self.direct_release
+        self.direct_release = None
+        if release is not None:
+            release()
+        self.stop_direct()
+
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if self.closed_by_guard:
@@ -561,6 +618,7 @@ class GuardedConnection:
     async def close_by_guard(self, code: int, reason: str) -> Message:
         """Close the connection with ``code``; what the app receives instead of the message."""
         self.closed_by_guard = True
+        self.end_direct()
         self.close_code = code
         self.log_event(
             logging.WARNING,
@@ -616,6 +674,7 @@ class GuardedConnection:
                 self.stall_mark, self.stalled_since = self.sends_started, now
             elif now >= self.stalled_since + self.policy.send_timeout:
                 self.closed_by_guard = True
+                self.end_direct()
                 self.close_code = POLICY_VIOLATION
                 self.limit = "slow_reader"
                 self.log_event(

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
-from typing import Any, Final, Protocol, TypeAlias, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeAlias, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,36 @@ subscribers that wait for nothing (`server_sender`)."""
 SendNow: TypeAlias = Callable[[str], bool]
 """Sends a text frame at once: True if sent, False (nothing done) if it cannot now."""
 
+WRITE_DIRECT: Final = "write_direct"
+"""The ASGI scope extension of a server that lets one writer put texts straight on the
+connection's transport, with no check per text, for as long as nothing changes: a
+function of ``on_stop`` (called with no arguments) that returns a `DirectLink`, or None
+when the connection cannot take a text at once now (as `SEND_TEXT_NOW` would refuse it).
+Once the connection could not take a text at once (its transport stopped being writable,
+a close was sent or received, the connection was lost, the guard closed it), the server
+calls ``on_stop`` and the link is over: its writes must not be used again. One link at a
+time per connection. A broadcast room's fan-out writes each message once per subscriber
+through it (`broadcast.Lane`). `LeanProtocol` offers it; the guard offers its own, which
+stops the link when it closes the connection and counts what is written."""
+
+
+class DirectLink(NamedTuple):
+    """What a server's `WRITE_DIRECT` gives its writer, until ``on_stop`` or `release`."""
+
+    encode: Callable[[str], Any]
+    """Turns a text into what ``write`` takes (a frame): one function for every connection
+    of the server, so a text sent to many is encoded once."""
+    write: Callable[[Any], object]
+    """Puts an encoded text on the connection's transport at once."""
+    counter: Callable[[str, int], None] | None
+    """Counts a text written ``n`` times (the guard's tally), or None."""
+    release: Callable[[], None]
+    """Ends the link from the writer's side (``on_stop`` is then not called)."""
+
+
+OpenDirect: TypeAlias = Callable[[Callable[[], None]], DirectLink | None]
+"""A server's `WRITE_DIRECT`: opens a `DirectLink`, given what to call when it stops."""
+
 
 def now_ns() -> int:
     """Wall-clock time in nanoseconds since the epoch, as sent in ``server_ns`` fields."""
@@ -95,6 +125,15 @@ def server_sender(websocket: SessionSocket) -> SendNow | None:
     extensions = websocket.scope.get("extensions") or {}
     send_now: SendNow | None = extensions.get(SEND_TEXT_NOW)
     return send_now
+
+
+def server_direct(websocket: SessionSocket) -> OpenDirect | None:
+    """The `WRITE_DIRECT` that ``websocket``'s server offers (through the guard), or None.
+    Open a link only while the face's ``application_state`` is the accepted one (see
+    `server_sender`); a close the app sends goes through the server, which stops it."""
+    extensions = websocket.scope.get("extensions") or {}
+    open_direct: OpenDirect | None = extensions.get(WRITE_DIRECT)
+    return open_direct
 
 
 async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:

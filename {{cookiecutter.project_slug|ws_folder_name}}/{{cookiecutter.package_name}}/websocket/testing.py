@@ -20,13 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
 from .asgi_types import Message
-from .session import SEND_TEXT_NOW
+from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
@@ -209,12 +209,17 @@ class ScriptedClient:
 
     With ``sends_now`` (default: the class's `sends_now_by_default`), it offers the app the
     scope extension `session.SEND_TEXT_NOW`, as `LeanProtocol` does: `send_text_now` takes a
-    text at once unless the app's sends would wait or fail.
+    text at once unless the app's sends would wait or fail. With ``writes_direct`` (default:
+    `writes_direct_by_default`), `session.WRITE_DIRECT` too: a link whose writes it takes
+    as sent texts (its encoding leaves a text as it is), stopped when its sends would wait
+    or fail, when the app closes or the client disconnects.
     """
 
     sends_now_by_default: ClassVar[bool] = False
     """Whether clients made without ``sends_now`` offer `SEND_TEXT_NOW` (a test fixture
-    sets it to run the same tests on both ways a broadcast delivers)."""
+    sets it to run the same tests on each way a broadcast delivers)."""
+    writes_direct_by_default: ClassVar[bool] = False
+    """Whether clients made without ``writes_direct`` offer `WRITE_DIRECT`."""
 
     def __init__(
         self,
@@ -223,6 +228,7 @@ class ScriptedClient:
         headers: Sequence[tuple[bytes, bytes]] = (),
         reply_timeout: float = 2.0,
         sends_now: bool | None = None,
+        writes_direct: bool | None = None,
     ) -> None:
         self.scope: Message = {
             "type": "websocket",
@@ -238,13 +244,21 @@ class ScriptedClient:
             "subprotocols": [],
             "state": {},
         }
+        extensions: dict[str, object] = {}
         if self.sends_now_by_default if sends_now is None else sends_now:
-            self.scope["extensions"] = {SEND_TEXT_NOW: self.send_text_now}
-        self.send_error: BaseException | None = None
+            extensions[SEND_TEXT_NOW] = self.send_text_now
+        if self.writes_direct_by_default if writes_direct is None else writes_direct:
+            extensions[WRITE_DIRECT] = self.open_direct
+        if extensions:
+            self.scope["extensions"] = extensions
+        self._send_error: BaseException | None = None
         self.closed = False
         """Whether the app has sent its close."""
         self.sent_at_once = 0
         """How many texts `send_text_now` took."""
+        self.written_direct = 0
+        """How many texts were written through a `WRITE_DIRECT` link."""
+        self._direct_stop: Callable[[], None] | None = None
         self._reading = asyncio.Event()
         self._reading.set()
         self.reply_timeout = reply_timeout
@@ -262,21 +276,55 @@ class ScriptedClient:
         self._from_app.put_nowait(message)
         if message["type"] == "websocket.close":  # as servers do once the connection closes
             self.closed = True
+            self._stop_direct()
             code, reason = message.get("code", 1000), message.get("reason", "")
             self.send_message({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    @property
+    def send_error(self) -> BaseException | None:
+        """What the app's sends raise from now on (None: they go through)."""
+        return self._send_error
+
+    @send_error.setter
+    def send_error(self, error: BaseException | None) -> None:
+        self._send_error = error
+        self._stop_direct()
 
     def send_text_now(self, text: str) -> bool:
         """Take the app's text at once (`SEND_TEXT_NOW`): False, having done nothing, while
         its sends would wait (`stop_reading`) or fail (``send_error``), or once it closed."""
-        if not self._reading.is_set() or self.send_error is not None or self.closed:
+        if not self._takes_now():
             return False
         self._from_app.put_nowait({"type": "websocket.send", "text": text})
         self.sent_at_once += 1
         return True
 
+    def open_direct(self, on_stop: Callable[[], None]) -> DirectLink | None:
+        """`WRITE_DIRECT`: a link while the app's sends would go through at once."""
+        if self._direct_stop is not None or not self._takes_now():
+            return None
+        self._direct_stop = on_stop
+        return DirectLink(_as_is, self._write_direct, None, self._release_direct)
+
+    def _takes_now(self) -> bool:
+        return self._reading.is_set() and self._send_error is None and not self.closed
+
+    def _write_direct(self, text: str) -> None:
+        self._from_app.put_nowait({"type": "websocket.send", "text": text})
+        self.written_direct += 1
+
+    def _release_direct(self) -> None:
+        self._direct_stop = None
+
+    def _stop_direct(self) -> None:
+        on_stop, self._direct_stop = self._direct_stop, None
+        if on_stop is not None:
+            on_stop()
+
     def stop_reading(self) -> None:
         """From now on the app's sends wait, as they do when a client stops reading."""
         self._reading.clear()
+        self._stop_direct()
 
     def resume_reading(self) -> None:
         """The app's sends go through again, those that waited first."""
@@ -293,6 +341,7 @@ class ScriptedClient:
         self.send_message({"type": "websocket.receive", "bytes": data})
 
     def disconnect(self, code: int = 1000, reason: str = "") -> None:
+        self._stop_direct()  # as a server's link stops when the client's close comes
         self.send_message({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     async def next_sent(self) -> Message:
@@ -305,6 +354,11 @@ class ScriptedClient:
         while not self._from_app.empty():
             messages.append(self._from_app.get_nowait())
         return messages
+
+
+def _as_is(text: str) -> str:
+    """A `ScriptedClient` link's encoding: none (one function for every client)."""
+    return text
 
 
 class RedisServer:

@@ -33,6 +33,7 @@ uvicorn's own behaviour.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -40,7 +41,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from .session import SEND_TEXT_NOW
+from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink
 
 _last_frame: tuple[str | None, bytes] = (None, b"")
 """The last text frame built (the text, the frame's bytes): the next send of the same
@@ -154,6 +155,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.direct_stop: Callable[[], None] | None = None
+        """The ``on_stop`` of the open `WRITE_DIRECT` link, if any."""
         if type(self.queue) is asyncio.Queue and self.queue.empty():
             self.queue = Inbox()  # type: ignore[assignment]
         if type(self.writable) is asyncio.Event:
@@ -164,9 +167,11 @@ class LeanProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._recheck()
         scope = getattr(self, "scope", None)
         if isinstance(scope, dict) and isinstance(scope.get("extensions"), dict):
             scope["extensions"].pop(SEND_TEXT_NOW, None)  # no cycle left: scope, self
+            scope["extensions"].pop(WRITE_DIRECT, None)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -174,12 +179,16 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         extensions = scope.get("extensions") if isinstance(scope, dict) else None
         if isinstance(extensions, dict):
             extensions[SEND_TEXT_NOW] = self.send_text_now
+            extensions[WRITE_DIRECT] = self.open_direct
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
         if kind == "websocket.send" and self._sent_as_text_frame(message):
             return
-        await super().send(message)
+        try:
+            await super().send(message)
+        finally:
+            self._recheck()
         if kind == "websocket.accept" and self.handshake_complete:
             # The handshake is answered: its request and response are not read again. The
             # request stays referenced by websockets' parser (a local of its generator, for
@@ -197,8 +206,17 @@ class LeanProtocol(WebSocketsSansIOProtocol):
     def send_text_now(self, text: str) -> bool:
         """Write ``text`` as a prebuilt frame where uvicorn's ``send`` would write the same
         bytes without waiting; False (nothing done) in any other case (`SEND_TEXT_NOW`)."""
+        if not self._writes_now():
+            return False
+        last = _last_frame  # text_frame(text), inline: this runs once per subscriber
+        self.transport.write(last[1] if last[0] is text else text_frame(text))
+        return True
+
+    def _writes_now(self) -> bool:
+        """Whether uvicorn's ``send`` would write a text frame's bytes at once, unchanged:
+        the connection open, its transport writable, nothing else being written."""
         conn = self.conn
-        if (
+        return not (
             not self.handshake_complete
             or self.close_sent
             or self.disconnected
@@ -209,8 +227,41 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             or conn.expect_continuation_frame
             or conn.writes
             or conn.debug
-        ):
-            return False
-        last = _last_frame  # text_frame(text), inline: this runs once per subscriber
-        self.transport.write(last[1] if last[0] is text else text_frame(text))
-        return True
+        )
+
+    def open_direct(self, on_stop: Callable[[], None]) -> DirectLink | None:
+        """`WRITE_DIRECT`: frames written straight to the transport until something
+        `_writes_now` looks at changes (each place uvicorn changes it calls `_recheck`)."""
+        if self.direct_stop is not None or not self._writes_now():
+            return None
+        self.direct_stop = on_stop
+        return DirectLink(text_frame, self.transport.write, None, self._release_direct)
+
+    def _release_direct(self) -> None:
+        self.direct_stop = None
+
+    def _recheck(self) -> None:
+        """Stop the direct link, if any, once a text could not be written at once."""
+        if self.direct_stop is not None and not self._writes_now():
+            on_stop, self.direct_stop = self.direct_stop, None
+            on_stop()
+
+    # Every place where uvicorn changes what `_writes_now` reads, for a connection that is
+    # open: the transport's flow control, what the client sends (a close, a bad frame), what
+    # the app sends (a close), the keepalive's timeout, the server's shutdown, the loss.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._recheck()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._recheck()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._recheck()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._recheck()

@@ -50,17 +50,20 @@ def make_socket(web_socket_class: Callable[[Scope, Receive, Send], SessionSocket
     return make
 
 
-DELIVERY_PATHS = {"queued": False, "sent at once": True}
-"""The two ways a broadcast delivery reaches a connection: queued for the connection's task,
-or sent at once from the hub's delivery where the server offers `SEND_TEXT_NOW`."""
+DELIVERY_PATHS = {"queued": (False, False), "sent at once": (True, False), "lane": (True, True)}
+"""The ways a broadcast delivery reaches a connection: queued for the connection's task; sent
+at once from the hub's delivery where the server offers `SEND_TEXT_NOW`; written by the
+channel's `Lane` where it offers `WRITE_DIRECT` too (sent at once until the lane takes it)."""
 
 
 @pytest.fixture(params=list(DELIVERY_PATHS))
 def delivery_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test once on each delivery path: the scripted clients it makes offer
-    `SEND_TEXT_NOW` or not (`ScriptedClient.sends_now_by_default`)."""
+    `SEND_TEXT_NOW`, `WRITE_DIRECT`, both or neither (`ScriptedClient`'s defaults)."""
     path: str = request.param
-    monkeypatch.setattr(ScriptedClient, "sends_now_by_default", DELIVERY_PATHS[path])
+    sends_now, writes_direct = DELIVERY_PATHS[path]
+    monkeypatch.setattr(ScriptedClient, "sends_now_by_default", sends_now)
+    monkeypatch.setattr(ScriptedClient, "writes_direct_by_default", writes_direct)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from unittest.mock import ANY  # a matcher for the random client_id
@@ -12,6 +13,7 @@ import pytest
 
 from ..broadcast import (
     HUB_STATE_KEY,
+    LAG_SAMPLE,
     RECEIVE_ONLY,
     BroadcastStats,
     Fanout,
@@ -23,11 +25,12 @@ from ..broadcast import (
     hub_of,
     run_broadcast,
 )
+from ..session import DirectLink
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 from .hub_contract import QUEUE_SIZE, HubContract, HubFactory, received
 
-# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+# Each test runs on every delivery path (queued, sent at once, lane): see conftest.DELIVERY_PATHS.
 pytestmark = pytest.mark.usefixtures("delivery_path")
 
 
@@ -297,6 +300,152 @@ async def test_a_recovery_merge_counts_a_message_in_the_history_and_live_once() 
         "m6",
     ]
     assert stats.deliveries == 4
+
+
+class Link:
+    """A connection's side of a `WRITE_DIRECT` link, kept in a list: what was written,
+    and the faults a test gives it (a write that raises, a link that stops at a write)."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.on_stop: Callable[[], None] | None = None
+        self.fails = False
+        self.stops_at_write = False
+
+    def open(self, on_stop: Callable[[], None]) -> DirectLink | None:
+        if self.on_stop is not None:
+            return None
+        self.on_stop = on_stop
+        return DirectLink(str, self.write, None, self.release)  # str(text) is the text
+
+    def write(self, text: str) -> None:
+        if self.fails:
+            raise OSError("the transport broke")
+        self.written.append(text)
+        if self.stops_at_write:
+            self.stop()
+
+    def release(self) -> None:
+        self.on_stop = None
+
+    def stop(self) -> None:
+        on_stop, self.on_stop = self.on_stop, None
+        assert on_stop is not None
+        on_stop()
+
+
+def member(fanout: Fanout, link: Link | None) -> Subscription:
+    """A live subscription of /ws/news at offset 0 whose notice was sent; in the lane
+    through ``link``, if one is given."""
+    subscription = fanout.add("/ws/news")
+    subscription.resume((), Position(0, EPOCH))
+    assert json.loads(subscription.poll() or "")["type"] == "subscribed"
+    if link is not None:
+        assert subscription.go_direct(link.open)
+        assert subscription.in_lane
+    return subscription
+
+
+def sent(subscription: Subscription) -> list[object]:
+    """What the subscription has queued, taken as its reader would."""
+    texts = []
+    while (text := subscription.poll()) is not None:
+        texts.append(text if text.startswith("m") else json.loads(text))
+    return texts
+
+
+def published(offset: int, epoch: str = EPOCH) -> Publication:
+    return Publication(offset, epoch, f"m{offset}", time.time_ns())
+
+
+def test_a_lane_writes_each_message_to_every_member_and_counts_as_the_queue_does() -> None:
+    lane, lane_stats = counting_fanout()
+    queue, queue_stats = counting_fanout()
+    links = [Link() for _ in range(6)]
+    members = [member(lane, link) for link in links]
+    queued = [member(queue, None) for _ in links]
+    for offset in (1, 2, 3):
+        lane.deliver("/ws/news", published(offset))
+        queue.deliver("/ws/news", published(offset))
+    for link, subscription in zip(links, members, strict=True):
+        assert link.written == ["m1", "m2", "m3"]
+        assert sent(subscription) == []  # nothing queued
+        assert subscription.position == Position(3, EPOCH)
+    assert [sent(subscription) for subscription in queued] == [["m1", "m2", "m3"]] * 6
+    assert lane_stats.deliveries == queue_stats.deliveries == 18
+    assert sum(lane_stats.lag_buckets) == sum(queue_stats.lag_buckets) == 18 // LAG_SAMPLE
+    assert lane_stats.lag_countdown == queue_stats.lag_countdown
+
+
+@pytest.mark.parametrize(
+    ("arriving", "queued"),
+    [
+        (published(4), [dropped(1, 3), "m4"]),  # one missed
+        (published(2), []),  # one heard again
+        (published(1, "e2"), [dropped(None, 0, "e2"), "m1"]),  # another epoch
+    ],
+)
+def test_a_message_the_lane_cannot_write_sends_every_member_back_to_its_queue(
+    arriving: Publication, queued: list[object]
+) -> None:
+    fanout, _ = counting_fanout()
+    links = [Link(), Link()]
+    members = [member(fanout, link) for link in links]
+    fanout.deliver("/ws/news", published(1))
+    fanout.deliver("/ws/news", published(2))
+    fanout.deliver("/ws/news", arriving)
+    for link, subscription in zip(links, members, strict=True):
+        assert link.written == ["m1", "m2"]
+        assert link.on_stop is None  # released
+        assert not subscription.in_lane
+        assert sent(subscription) == queued  # as the queue takes it: gaps, duplicates
+        assert subscription.go_direct(link.open)  # and back, at its place
+
+
+def test_a_member_whose_write_fails_gets_that_message_queued_and_leaves() -> None:
+    fanout, stats = counting_fanout()
+    broken, fine = Link(), Link()
+    members = [member(fanout, broken), member(fanout, fine)]
+    broken.fails = True
+    fanout.deliver("/ws/news", published(1))
+    fanout.deliver("/ws/news", published(2))
+    assert (broken.written, fine.written) == ([], ["m1", "m2"])
+    assert not members[0].in_lane
+    assert broken.on_stop is None  # released
+    assert stats.deliveries == 2  # the failed write is not one
+    assert sent(members[0]) == ["m1", "m2"]
+    assert stats.deliveries == 4
+
+
+def test_a_member_whose_link_stops_at_a_write_has_that_message_and_queues_the_next() -> None:
+    fanout, stats = counting_fanout()
+    slow, fine = Link(), Link()
+    members = [member(fanout, slow), member(fanout, fine)]
+    slow.stops_at_write = True  # its transport's buffer filled up with this write
+    fanout.deliver("/ws/news", published(1))
+    assert not members[0].in_lane
+    assert members[0].position == Position(1, EPOCH)
+    fanout.deliver("/ws/news", published(2))
+    assert (slow.written, fine.written) == (["m1"], ["m1", "m2"])
+    assert sent(members[0]) == ["m2"]
+    assert stats.deliveries == 4
+
+
+def test_members_leave_the_lane_when_the_backend_is_lost_and_when_they_end() -> None:
+    fanout, _ = counting_fanout()
+    links = [Link(), Link()]
+    members = [member(fanout, link) for link in links]
+    fanout.deliver("/ws/news", published(1))
+    fanout.hold_all()
+    assert [subscription.in_lane for subscription in members] == [False, False]
+    assert [link.on_stop for link in links] == [None, None]
+    assert not members[0].go_direct(links[0].open)  # not while it waits
+    members[0].resume([published(2)], Position(2, EPOCH))
+    assert sent(members[0]) == ["m2"]
+    assert members[0].go_direct(links[0].open)
+    fanout.remove(members[0])
+    assert not members[0].in_lane
+    assert links[0].on_stop is None
 
 
 async def test_a_memory_hub_forgets_a_channel_nobody_follows_after_its_position_ttl() -> None:

@@ -25,7 +25,7 @@ from ..session import SessionSocket, receive_json, run_websocket, send_json
 from ..testing import ScriptedClient
 from .conftest import VirtualClockLoop
 
-# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+# Each test runs on every delivery path (queued, sent at once, lane): see conftest.DELIVERY_PATHS.
 pytestmark = pytest.mark.usefixtures("delivery_path")
 
 WebSocketClass = Callable[[Scope, Receive, Send], SessionSocket]
@@ -262,7 +262,7 @@ def test_a_client_that_does_not_read_is_dropped_and_others_go_on(
 def test_a_broadcast_subscriber_that_does_not_read_is_dropped_and_others_go_on(
     web_socket_class: WebSocketClass, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # On both delivery paths: a message that cannot be sent at once is queued, and its
+    # On every delivery path: a message that cannot be sent at once is queued, and its
     # send, waiting for a client that reads nothing, is dropped after the send timeout.
     ended: list[float] = []
 

@@ -17,7 +17,7 @@ from ..metrics import Metrics, MetricsEndpoint, close_code_label, endpoint_of
 from ..session import SessionSocket, receive_json, run_websocket, send_json
 from ..testing import ScriptedClient
 
-# Each test runs on both delivery paths (queued, sent at once): see conftest.DELIVERY_PATHS.
+# Each test runs on every delivery path (queued, sent at once, lane): see conftest.DELIVERY_PATHS.
 pytestmark = pytest.mark.usefixtures("delivery_path")
 
 WebSocketClass = Callable[[Scope, Receive, Send], SessionSocket]
@@ -261,7 +261,7 @@ async def test_a_scrape_while_messages_wait_in_a_queue_counts_only_those_sent() 
 async def test_broadcast_sessions_count_each_send_and_delivery_exactly(
     web_socket_class: WebSocketClass,
 ) -> None:
-    # On both delivery paths (queued, sent at once): what the guard counts is what was sent.
+    # On every delivery path (queued, sent at once, lane): what the guard counts is what was sent.
     metrics = Metrics()
     hub = MemoryHub(join_leave=False)
     metrics.watch_hub(hub)

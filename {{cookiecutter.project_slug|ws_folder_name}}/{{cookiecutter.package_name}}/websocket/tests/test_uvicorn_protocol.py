@@ -1,11 +1,12 @@
 """`LeanProtocol` on a real uvicorn: the same frames and events as uvicorn's own protocol,
-less kept per connection, and the parts it swaps in (`Inbox`, `Flag`, `text_frame`)."""
+less kept per connection, the parts it swaps in (`Inbox`, `Flag`, `text_frame`), and its
+direct writes (`WRITE_DIRECT`), stopped whenever a text could no longer be written at once."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import uvicorn
@@ -14,7 +15,8 @@ from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
-from ..asgi_types import Receive, Scope, Send
+from ..asgi_types import ASGIApp, Receive, Scope, Send
+from ..session import WRITE_DIRECT, DirectLink
 from ..uvicorn_protocol import Flag, Inbox, LeanProtocol, text_frame
 
 SHARED = "one text object sent to every client that asks: built into a frame once"
@@ -40,10 +42,57 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
             await send({"type": "websocket.send", "bytes": message["bytes"]})
 
 
+class Direct:
+    """An app that writes through a `WRITE_DIRECT` link (its clients negotiate no
+    compression: a connection that did offers none): ``write N SIZE`` writes texts
+    numbered from 0 (each ``SIZE`` characters) until N are written or the link stops;
+    ``count`` answers how many were written (with ``send``), ``close`` closes."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.written = 0
+        self.stopped = False
+        self.events: list[tuple[str, bool]] = []
+        """What the app saw (a disconnect, its close sent), each with whether the link had
+        stopped by then."""
+
+    def stop(self) -> None:
+        assert not self.stopped, "on_stop is called once"
+        self.stopped = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        link: DirectLink | None = scope["extensions"][WRITE_DIRECT](self.stop)
+        assert link is not None
+        assert scope["extensions"][WRITE_DIRECT](self.stop) is None  # one link at a time
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.events.append(("disconnect", self.stopped))
+                return
+            command = message["text"].split()
+            if command[0] == "write":
+                count, size = int(command[1]), int(command[2])
+                while self.written < count and not self.stopped:
+                    link.write(link.encode(str(self.written).ljust(size, ".")))
+                    self.written += 1
+            elif command[0] == "count":
+                await send({"type": "websocket.send", "text": str(self.written)})
+            elif command[0] == "close":
+                await send({"type": "websocket.close", "code": 4001})
+                self.events.append(("closed", self.stopped))
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[uvicorn.Server]:
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[uvicorn.Server]:
+    app: ASGIApp = getattr(request, "param", echo)
     config = uvicorn.Config(
-        echo, host="127.0.0.1", port=0, ws=LeanProtocol, lifespan="off", log_level="warning"
+        app, host="127.0.0.1", port=0, ws=LeanProtocol, lifespan="off", log_level="warning"
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -110,6 +159,71 @@ async def test_clients_get_what_uvicorn_would_send(server: uvicorn.Server) -> No
     assert sorted(closes) == [1000, 4000]
 
 
+def served(app: Direct) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("server", [app], indirect=True)
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(500):  # up to 5 s
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not within 5 s")
+
+
+DIRECT = Direct()
+"""The app of the direct-write tests (one at a time: each resets it)."""
+
+
+@served(DIRECT)
+async def test_direct_writes_reach_the_client_in_order_until_it_stops_reading(
+    server: uvicorn.Server,
+) -> None:
+    DIRECT.reset()
+    async with connect(url_of(server), compression=None, max_size=None, max_queue=None) as client:
+        client.transport.pause_reading()  # the client reads nothing: buffers fill up
+        await client.send("write 5000 65536")  # 320 MiB, more than any buffer holds
+        await wait_for(lambda: DIRECT.stopped)
+        assert 0 < DIRECT.written < 5000  # stopped by the transport's flow control
+        client.transport.resume_reading()
+        for number in range(DIRECT.written):
+            assert await client.recv() == str(number).ljust(65536, ".")
+        await client.send("count")
+        assert await client.recv() == str(DIRECT.written)  # nothing else came in between
+
+
+@served(DIRECT)
+async def test_direct_writes_stop_when_the_client_closes(server: uvicorn.Server) -> None:
+    DIRECT.reset()
+    async with connect(url_of(server), compression=None) as client:
+        await client.send("write 3 10")
+        for number in range(3):
+            assert await client.recv() == str(number).ljust(10, ".")
+    await wait_for(lambda: bool(DIRECT.events))
+    assert DIRECT.events == [("disconnect", True)]  # stopped before the app heard of it
+
+
+@served(DIRECT)
+async def test_direct_writes_stop_when_the_app_closes(server: uvicorn.Server) -> None:
+    DIRECT.reset()
+    async with connect(url_of(server), compression=None) as client:
+        await client.send("close")
+        await wait_for(lambda: bool(DIRECT.events))
+        assert DIRECT.events[0] == ("closed", True)
+        assert client.close_code is None or client.close_code == 4001
+
+
+@served(DIRECT)
+async def test_direct_writes_stop_when_the_connection_is_lost(server: uvicorn.Server) -> None:
+    DIRECT.reset()
+    async with connect(url_of(server), compression=None) as client:
+        await client.send("write 1 10")
+        assert await client.recv() == "0........."
+        client.transport.abort()  # no close frame: the TCP connection is reset
+        await wait_for(lambda: bool(DIRECT.events))
+    assert DIRECT.events == [("disconnect", True)]
+
+
 async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     # LeanProtocol swaps uvicorn's queue and flag and drops its handshake objects: a
     # uvicorn that names or types them otherwise fails here, not in production.
@@ -124,6 +238,8 @@ async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     for name in ("writes", "debug", "extensions", "expect_continuation_frame", "state"):
         assert hasattr(plain.conn, name), name
     assert "self.request = event" in inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+    for name in ("pause_writing", "data_received", "keepalive_timeout", "shutdown", "send"):
+        assert callable(getattr(plain, name, None)), name  # where LeanProtocol stops a link
     lean = LeanProtocol(config, ServerState(), {})
     assert isinstance(lean.queue, Inbox)
     assert isinstance(lean.writable, Flag)

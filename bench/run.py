@@ -117,9 +117,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compare",
         metavar="COMMIT",
-        help="also run the generated servers (the broadcast workload's too) rendered from the "
-        "template at COMMIT, side by side with the working tree's (keys with -before): a "
-        "change's before and after",
+        help="also run the generated servers (the broadcast and fan-out workloads' too) "
+        "rendered from the template at COMMIT, side by side with the working tree's (keys "
+        "with -before): a change's before and after",
     )
     parser.add_argument("--connections", type=int, nargs="+", default=list(full.connections))
     parser.add_argument("--warmup", type=float, default=full.warmup)
@@ -426,7 +426,12 @@ def run(args: argparse.Namespace) -> Path:
                 records += one_at_a_time(workload, tickers, repetitions, server_cpu, work, ticker)
             elif workload == "fanout":
                 records += fanout_runs(
-                    settings, repetitions, (server_cpu, client_cpu), work, labels
+                    settings,
+                    repetitions,
+                    (server_cpu, client_cpu),
+                    work,
+                    labels,
+                    (args.compare, then) if args.compare and then is not None else None,
                 )
             else:
                 records += broadcast_runs(
@@ -517,13 +522,29 @@ def fanout_runs(
     cpus: tuple[int | None, int | None],
     work: Path,
     labels: dict[str, str],
+    compare: tuple[str, Path] | None = None,
 ) -> list[workloads.Record]:
     """The fan-out workload (issue 30): the broadcast workload's one room, on the generated
     service in each flavour, on two peers and on the floor (`fanout_specs`), in turn
     (A B C D E A B C D E) at each subscriber count; its records have the workload
-    ``fanout``. ``labels`` gets the servers' labels."""
+    ``fanout``. ``labels`` gets the servers' labels. With ``compare`` (a commit and the
+    template at it), each flavour runs again rendered from it, in the same turns."""
     server_cpu, client_cpu = cpus
     specs = fanout_specs(render_fanout_projects(work / "render-fanout"))
+    if compare is not None:
+        commit, template = compare
+        then = render_fanout_projects(work / "render-fanout-before", template)
+        specs += [
+            replace(
+                spec,
+                key=spec.key + BEFORE,
+                label=f"{spec.label}, at {commit} (before)",
+                command=generated(then[spec.key.removeprefix("fanout-")]),
+                cwd=then[spec.key.removeprefix("fanout-")],
+            )
+            for spec in specs
+            if spec.backend is not None
+        ]
     labels.update({spec.key: spec.label for spec in specs})
     records: list[workloads.Record] = []
     for subscribers in settings.broadcast_subscribers:

@@ -44,7 +44,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
 A project keeps the face its framework uses.
 
 2.5.0: tokens, RPC and personal channels on ``channels`` endpoints; pipelined Redis that
-follows a Sentinel failover; fan-out straight from the hub's delivery.
+follows a Sentinel failover; fan-out straight from the hub's delivery, through a lane per
+channel.
 
 Tokens and RPC. Token lifetimes: a connection token with
 ``exp`` gives ``expires`` and ``ttl`` in the connect reply, ``refresh`` renews it, and a
@@ -130,7 +131,20 @@ message, no task woken (`Subscription.attach` takes any `broadcast.Reader`; ``_R
 A text that cannot be written at once (a slow reader, a close under way) starts a task that
 sends it and what follows, in order, waiting as a send does: the bounded queue, ``dropped``
 notices, the send timeout and the counts are unchanged. Elsewhere (other servers) the two
-tasks of before serve. A subscribed connection holds about 4 KiB less. The closures that
+tasks of before serve. Where the server also offers direct writes (`session.WRITE_DIRECT`,
+`LeanProtocol`'s: a `session.DirectLink` that it stops at every place where a text could
+no longer be written at once: flow control, a close either way, the keepalive's timeout,
+shutdown, loss; the guard wraps it to count through `guard.Tally.count_many` and to stop
+it when it closes; `session.server_direct` finds it), a broadcast subscription that has
+sent all it had queued joins its channel's `broadcast.Lane`, which writes each message of
+the channel as one ``write`` of one frame per member, with no queue, wake, check or count
+per subscriber: the position, the guard's counts, the hub's deliveries and the lag samples
+are kept once per message. A member goes back to its queue when its link stops, when its
+relay must queue a text, when the hub holds or ends it, or when a message does not follow
+the lane's position (every member then, the message queued with the usual gap and
+duplicate checks); `Subscription.go_direct`, `Subscription.leave_lane`,
+`Subscription.in_lane`. `testing.ScriptedClient(writes_direct=...)` offers links too (the
+``delivery_path`` fixture has a third path, ``lane``). A subscribed connection holds about 4 KiB less. The closures that
 read a broadcast client are made once per channel, not per connection. `run_websocket`'s
 `session.cancel_and_wait` is public. `testing.ScriptedClient(sends_now=...)` offers the
 extension too (`ScriptedClient.sends_now_by_default`: the tests' ``delivery_path`` fixture

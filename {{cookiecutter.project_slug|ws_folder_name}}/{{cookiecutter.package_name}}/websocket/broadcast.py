@@ -81,6 +81,7 @@ from .session import (
     DirectLink,
     JsonHandler,
     OpenDirect,
+    SendCounter,
     SendNow,
     SessionSocket,
     TaskFactory,
@@ -317,6 +318,7 @@ class Subscription:
         "_held",
         "_inbox",
         "_lane",
+        "_link",
         "_messages",
         "_offset",
         "_resumed",
@@ -384,6 +386,8 @@ class Subscription:
         """Where this subscription says it has something to send, when read by `poll`."""
         self._lane: Lane | None = None
         """Its channel's `Lane` (given by the `Fanout` that made it), if any."""
+        self._link: DirectLink | None = None
+        """Its connection's link while it is in the lane."""
         self.in_lane = False
         """Whether its channel's messages are written to its connection by the `Lane`
         (nothing queued then; its position is the lane's)."""
@@ -526,6 +530,11 @@ class Subscription:
         """Go back to the queue: what the channel delivers from now on is queued."""
         if self.in_lane and self._lane is not None:
             self._lane.leave(self)
+
+    def link_stopped(self) -> None:
+        """The ``on_stop`` of its link (the server's or the guard's word): back to the queue."""
+        if self.in_lane and self._lane is not None:
+            self._lane.stopped(self)
 
     async def next(self) -> str | None:
         """The next text to send the client (a message or a notice); None once ended.
@@ -755,7 +764,6 @@ class Lane:
         "encode",
         "epoch",
         "leaving",
-        "links",
         "offset",
         "stats",
         "writes",
@@ -764,9 +772,8 @@ class Lane:
     def __init__(self) -> None:
         self.writes: dict[Subscription, Callable[[Any], object]] = {}
         """The members, each with its link's write."""
-        self.links: dict[Subscription, DirectLink] = {}
-        self.counts: dict[Callable[[str, int], None], int] = {}
-        """The members' counts (their endpoints' tallies), with how many members each."""
+        self.counts: dict[SendCounter, int] = {}
+        """The members' counters (their endpoints' tallies), with how many members each."""
         self.encode: Callable[[str], Any] | None = None
         self.offset = 0
         self.epoch = ""
@@ -787,7 +794,7 @@ class Lane:
             or subscription.stats is not self.stats
         ):
             return False
-        link = open_direct(functools.partial(self.stopped, subscription))
+        link = open_direct(subscription.link_stopped)
         if link is None:
             return False
         if members and link.encode is not self.encode:
@@ -797,7 +804,7 @@ class Lane:
             self.offset, self.epoch = subscription._offset, subscription._epoch
             self.encode, self.stats = link.encode, subscription.stats
         members[subscription] = link.write
-        self.links[subscription] = link
+        subscription._link = link
         if link.counter is not None:
             self.counts[link.counter] = self.counts.get(link.counter, 0) + 1
         subscription.in_lane = True
@@ -843,8 +850,8 @@ class Lane:
                 link.release()
                 subscription._offset -= 1
                 written -= 1
-        for count, members in self.counts.items():
-            count(text, members)
+        for counter, members in self.counts.items():
+            counter.count_many(text, members)
         for subscription, failed in leaving:  # sent, then its link stopped
             if not failed:
                 self._remove(subscription)
@@ -862,9 +869,10 @@ class Lane:
 
     def _remove(self, subscription: Subscription) -> DirectLink | None:
         """Take ``subscription`` out, at the lane's position; its link, if it was in."""
-        if self.writes.pop(subscription, None) is None:
+        link = subscription._link
+        if self.writes.pop(subscription, None) is None or link is None:
             return None
-        link = self.links.pop(subscription)
+        subscription._link = None
         if link.counter is not None:
             left = self.counts[link.counter] - 1
             if left:

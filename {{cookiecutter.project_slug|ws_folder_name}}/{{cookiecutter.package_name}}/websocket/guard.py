@@ -520,8 +520,7 @@ class GuardedConnection:
         if link is None:
             return None
         self.direct_stop, self.direct_release = on_stop, link.release
-        count = None if self.tally is None else self.tally.count_many
-        return DirectLink(link.encode, link.write, count, self.release_direct)
+        return DirectLink(link.encode, link.write, self.tally, self.release_direct)
 
     def stop_direct(self) -> None:
         """The server stopped the direct link: tell its writer."""

@@ -93,6 +93,12 @@ through it (`broadcast.Lane`). `LeanProtocol` offers it; the guard offers its ow
 stops the link when it closes the connection and counts what is written."""
 
 
+class SendCounter(Protocol):
+    """What counts the texts a connection sends (the guard's `Tally` of its endpoint)."""
+
+    def count_many(self, text: str, times: int) -> None: ...
+
+
 class DirectLink(NamedTuple):
     """What a server's `WRITE_DIRECT` gives its writer, until ``on_stop`` or `release`."""
 
@@ -101,8 +107,8 @@ class DirectLink(NamedTuple):
     of the server, so a text sent to many is encoded once."""
     write: Callable[[Any], object]
     """Puts an encoded text on the connection's transport at once."""
-    counter: Callable[[str, int], None] | None
-    """Counts a text written ``n`` times (the guard's tally), or None."""
+    counter: SendCounter | None
+    """Counts the texts written (shared by many connections: the guard's tally), or None."""
     release: Callable[[], None]
     """Ends the link from the writer's side (``on_stop`` is then not called)."""
 

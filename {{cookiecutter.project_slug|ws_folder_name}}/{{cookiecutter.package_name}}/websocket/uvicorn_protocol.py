@@ -21,13 +21,18 @@ done once:
 - it offers the ASGI scope extension `session.SEND_TEXT_NOW`: a text sent at once, with no
   coroutine, where uvicorn's ``send`` would write the same bytes without waiting (and
   nothing done otherwise), so that a broadcast writes each subscriber's frame straight from
-  the publisher's loop instead of waking each subscriber's task.
+  the publisher's loop instead of waking each subscriber's task;
+- and `session.WRITE_DIRECT`: a link through which one writer (a broadcast channel's
+  `Lane`) puts frames on the transport with no check per frame, stopped (its ``on_stop``
+  called) as soon as ``send_text_now`` would refuse: after each of uvicorn's methods that
+  can change what it checks (``pause_writing``, ``data_received``, ``send``,
+  ``keepalive_timeout``, ``shutdown``, ``connection_lost``).
 
 It leans on attributes of uvicorn's class (``queue``, ``writable``, ``request``,
 ``response``, ``conn``, ``transport``, ``handshake_complete``, ``close_sent``,
-``initial_response``, ``disconnected``), the same in uvicorn 0.54 and 0.55: a test of the
-backend checks them, and each change is skipped where one is not what it expects, leaving
-uvicorn's own behaviour.
+``initial_response``, ``disconnected``) and on those methods, the same in uvicorn 0.54 and
+0.55: a test of the backend checks them, and each change is skipped where one is not what
+it expects, leaving uvicorn's own behaviour.
 """
 
 from __future__ import annotations

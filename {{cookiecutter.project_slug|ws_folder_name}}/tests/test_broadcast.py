@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -267,6 +268,38 @@ def test_the_publish_api_reaches_every_client_of_the_channel(
             {"text": "from HTTP"},
         )
 
+
+
+def test_a_client_that_stops_reading_gets_each_message_in_order_or_a_count_of_those_lost(
+    clients: OpenClient, live_server: LiveServer
+) -> None:
+    # While a client reads nothing, what the server cannot write to it waits in its queue
+    # (BROADCAST_QUEUE_SIZE messages), the oldest dropped past that; reading again, it gets
+    # the rest in order: each message, or a "dropped" notice that counts those it lost. The
+    # client that reads gets every message.
+    url = filled(BROADCAST_PATHS[0], "slow")
+    reading = clients(url)
+    tiny = socket.socket()  # a small receive window: the server's writes soon wait
+    tiny.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    tiny.connect(("127.0.0.1", live_server.port))
+    with connect(live_server.ws_url(url), sock=tiny, max_queue=1) as slow:
+        start = receive(slow)["offset"]
+        count, padding = 800, "x" * 8000  # 6.4 MB: more than the sockets' buffers hold
+        for number in range(count):
+            message = {"n": number, "pad": padding}
+            status, answer = publish(live_server, {"channel": url, "message": message})
+            assert status == 200, answer
+            assert receive(reading)["message"]["n"] == number
+        accounted = []
+        while not accounted or accounted[-1] < start + count:
+            received = receive(slow)
+            if received["type"] == "dropped":
+                lost = received["count"]
+                accounted += range(received["offset"] - lost + 1, received["offset"] + 1)
+            else:
+                assert received["message"]["n"] == received["offset"] - start - 1
+                accounted.append(received["offset"])
+        assert accounted == list(range(start + 1, start + count + 1))  # in order, each once
 {%- if endpoints and "{" in endpoints[0].path %}
 
 

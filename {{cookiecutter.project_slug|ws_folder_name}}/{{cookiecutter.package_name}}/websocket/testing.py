@@ -31,14 +31,26 @@ from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
 SERVERS = {
-    "uvicorn": ["-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "{port}", "--ws={ws}"],
+    "uvicorn": [
+        "-m",
+        "uvicorn",
+        "{app}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--ws={ws}",
+        "--ws-per-message-deflate=false",
+    ],
     "hypercorn": ["-m", "hypercorn", "{app}", "--bind", "127.0.0.1:{port}"],
     "runner": ["-m", "{package}", "--host", "127.0.0.1", "--port", "{port}"],
 }
 """How to start each server on 127.0.0.1 and a port (0: the OS picks one; it logs the port);
 "runner" is the project's own ``python -m <package>``. uvicorn's ``--ws`` is `LEAN_PROTOCOL`,
-as the runner serves, where the app's package has it (``auto`` where it does not); a later
-``--ws`` in ``args`` or ``LIVE_SERVER_ARGS`` replaces it."""
+as the runner serves, where the app's package has it (``auto`` where it does not), and
+permessage-deflate is off, as the runner's default (a client that offers it, as browsers
+and ``websockets`` do, gets frames sent as they are); a later ``--ws`` or
+``--ws-per-message-deflate`` in ``args`` or ``LIVE_SERVER_ARGS`` replaces it."""
 
 LEAN_PROTOCOL = "{package}.websocket.uvicorn_protocol:LeanProtocol"
 """The uvicorn protocol of the runner (``uvicorn_protocol.py``), for the app's ``package``."""

@@ -269,7 +269,6 @@ def test_the_publish_api_reaches_every_client_of_the_channel(
         )
 
 
-
 def test_a_client_that_stops_reading_gets_each_message_in_order_or_a_count_of_those_lost(
     clients: OpenClient, live_server: LiveServer
 ) -> None:
@@ -290,7 +289,7 @@ def test_a_client_that_stops_reading_gets_each_message_in_order_or_a_count_of_th
             status, answer = publish(live_server, {"channel": url, "message": message})
             assert status == 200, answer
             assert receive(reading)["message"]["n"] == number
-        accounted = []
+        accounted: list[int] = []
         while not accounted or accounted[-1] < start + count:
             received = receive(slow)
             if received["type"] == "dropped":

@@ -132,23 +132,24 @@ A text that cannot be written at once (a slow reader, a close under way) starts 
 sends it and what follows, in order, waiting as a send does: the bounded queue, ``dropped``
 notices, the send timeout and the counts are unchanged. Elsewhere (other servers) the two
 tasks of before serve. Where the server also offers direct writes (`session.WRITE_DIRECT`,
-`LeanProtocol`'s: a `session.DirectLink` that it stops at every place where a text could
-no longer be written at once: flow control, a close either way, the keepalive's timeout,
-shutdown, loss; the guard wraps it to count through `guard.Tally.count_many` and to stop
-it when it closes; `session.server_direct` finds it), a broadcast subscription that has
-sent all it had queued joins its channel's `broadcast.Lane`, which writes each message of
-the channel as one ``write`` of one frame per member, with no queue, wake, check or count
-per subscriber: the position, the guard's counts, the hub's deliveries and the lag samples
-are kept once per message. A member goes back to its queue when its link stops, when its
-relay must queue a text, when the hub holds or ends it, or when a message does not follow
-the lane's position (every member then, the message queued with the usual gap and
-duplicate checks); `Subscription.go_direct`, `Subscription.leave_lane`,
-`Subscription.in_lane`. `testing.ScriptedClient(writes_direct=...)` offers links too (the
-``delivery_path`` fixture has a third path, ``lane``). A subscribed connection holds about 4 KiB less. The closures that
+`LeanProtocol`'s: a `session.DirectLink` of the connection's transport, whose
+`session.LinkStop` it tells at every place where a text could no longer be written at once:
+flow control, a close either way, the keepalive's timeout, shutdown, loss; the guard wraps
+it to count through `guard.Tally.count_many` and tells the stop when it closes;
+`session.server_direct` finds it), a broadcast subscription that has sent all it had queued
+joins its channel's `broadcast.Lane`, which writes each message of the channel as one
+``write`` of one frame per member, with no queue, wake, check or count per subscriber: the
+position, the guard's counts, the hub's deliveries and the lag samples are kept once per
+message. A member goes back to its queue when its link stops, when its relay must queue a
+text, when the hub holds or ends it, or when a message does not follow the lane's position
+(every member then, the message queued with the usual gap and duplicate checks);
+`Subscription.go_direct`, `Subscription.leave_lane`, `Subscription.in_lane`.
+`testing.ScriptedClient(writes_direct=...)` offers links too (the ``delivery_path`` fixture
+has a third path, ``lane``). A subscribed connection holds about 4 KiB less. The closures that
 read a broadcast client are made once per channel, not per connection. `run_websocket`'s
 `session.cancel_and_wait` is public. `testing.ScriptedClient(sends_now=...)` offers the
 extension too (`ScriptedClient.sends_now_by_default`: the tests' ``delivery_path`` fixture
-runs the broadcast, guard and metrics tests and the hub contract on both paths);
+runs the broadcast, guard and metrics tests and the hub contract on every path);
 `guard.Tally.count_text`. orjson (a dependency of the project now) reads a client's JSON
 object whose values are strings, 64-bit integers, booleans or null, and writes the answer to
 a keepalive made of them (`session.dumps_parsed`): about 4% fewer instructions per keepalive

@@ -78,13 +78,13 @@ from urllib.parse import parse_qs
 
 from .session import (
     WS,
-    DirectLink,
     JsonHandler,
     OpenDirect,
     SendCounter,
     SendNow,
     SessionSocket,
     TaskFactory,
+    Writer,
     cancel_and_wait,
     dumps,
     now_ns,
@@ -310,6 +310,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_counter",
         "_early",
         "_ended",
         "_entries",
@@ -318,7 +319,6 @@ class Subscription:
         "_held",
         "_inbox",
         "_lane",
-        "_link",
         "_messages",
         "_offset",
         "_resumed",
@@ -386,8 +386,8 @@ class Subscription:
         """Where this subscription says it has something to send, when read by `poll`."""
         self._lane: Lane | None = None
         """Its channel's `Lane` (given by the `Fanout` that made it), if any."""
-        self._link: DirectLink | None = None
-        """Its connection's link while it is in the lane."""
+        self._counter: SendCounter | None = None
+        """Its link's counter while it is in the lane."""
         self.in_lane = False
         """Whether its channel's messages are written to its connection by the `Lane`
         (nothing queued then; its position is the lane's)."""
@@ -532,7 +532,8 @@ class Subscription:
             self._lane.leave(self)
 
     def link_stopped(self) -> None:
-        """The ``on_stop`` of its link (the server's or the guard's word): back to the queue."""
+        """Its link stopped (`session.LinkStop`: the server's or the guard's word): back to
+        the queue. Told of a link it left already, nothing happens."""
         if self.in_lane and self._lane is not None:
             self._lane.stopped(self)
 
@@ -748,11 +749,13 @@ class Lane:
 
     A subscription joins (`Subscription.go_direct`) when it has sent all it had queued, its
     connection's server offers `session.WRITE_DIRECT` (through the guard) and it is at the
-    lane's position; it leaves, back to its queue, when its link stops (the transport is no
-    longer writable, a close, the guard closing it, the connection lost), when it waits or
-    ends, when its reader must send something it could not send at once, or when the lane
-    meets a message it cannot write to all (out of order, another epoch: every member
-    leaves and the message is queued for each, with the usual duplicate and gap checks).
+    lane's position; the lane holds its link's writer (the connection's transport) and
+    counter, nothing made for it. It leaves, back to its queue, when its link stops (the
+    transport is no longer writable, a close, the guard closing it, the connection lost),
+    when it waits or ends, when its reader must send something it could not send at once,
+    or when the lane meets a message it cannot write to all (out of order, another epoch:
+    every member leaves and the message is queued for each, with the usual duplicate and
+    gap checks).
     What one subscription would do per message is done here once per message: the
     position, the guard's counts (each connection's tally, by how many went out), the
     hub's deliveries and their lag samples.
@@ -770,8 +773,8 @@ class Lane:
     )
 
     def __init__(self) -> None:
-        self.writes: dict[Subscription, Callable[[Any], object]] = {}
-        """The members, each with its link's write."""
+        self.writes: dict[Subscription, Writer] = {}
+        """The members, each with its link's writer (its connection's transport)."""
         self.counts: dict[SendCounter, int] = {}
         """The members' counters (their endpoints' tallies), with how many members each."""
         self.encode: Callable[[str], Any] | None = None
@@ -794,27 +797,23 @@ class Lane:
             or subscription.stats is not self.stats
         ):
             return False
-        link = open_direct(subscription.link_stopped)
-        if link is None:
-            return False
-        if members and link.encode is not self.encode:
-            link.release()
+        link = open_direct(subscription)  # its link_stopped is told when the link stops
+        if link is None or (members and link.encode is not self.encode):
             return False
         if not members:
             self.offset, self.epoch = subscription._offset, subscription._epoch
             self.encode, self.stats = link.encode, subscription.stats
-        members[subscription] = link.write
-        subscription._link = link
-        if link.counter is not None:
-            self.counts[link.counter] = self.counts.get(link.counter, 0) + 1
+        members[subscription] = link.writer
+        counter = subscription._counter = link.counter
+        if counter is not None:
+            self.counts[counter] = self.counts.get(counter, 0) + 1
         subscription.in_lane = True
         return True
 
     def leave(self, subscription: Subscription) -> None:
-        """``subscription`` goes back to its queue (its link released)."""
-        link = self._remove(subscription)
-        if link is not None:
-            link.release()
+        """``subscription`` goes back to its queue (its link is dropped: a stop that comes
+        for it later finds it out of the lane)."""
+        self._remove(subscription)
 
     def stopped(self, subscription: Subscription) -> None:
         """``subscription``'s link stopped (its server's or its guard's word)."""
@@ -828,7 +827,7 @@ class Lane:
         position, let every member go back to its queue (where the hub then delivers it)."""
         if publication.offset != self.offset + 1 or publication.epoch != self.epoch:
             for subscription in list(self.writes):
-                self.leave(subscription)
+                self._remove(subscription)
             return
         self.offset = publication.offset
         text = publication.text
@@ -836,9 +835,9 @@ class Lane:
         encoded = self.encode(text)
         self.carrying = True
         try:
-            for subscription, write in self.writes.items():
+            for subscription, writer in self.writes.items():
                 try:
-                    write(encoded)
+                    writer.write(encoded)
                 except Exception:  # a transport that broke: it is queued for it instead
                     self.leaving.append((subscription, True))
         finally:
@@ -846,8 +845,7 @@ class Lane:
         leaving, self.leaving = self.leaving, []
         written = len(self.writes)
         for subscription, failed in leaving:  # not sent: the hub's delivery queues it
-            if failed and (link := self._remove(subscription)) is not None:
-                link.release()
+            if failed and self._remove(subscription):
                 subscription._offset -= 1
                 written -= 1
         for counter, members in self.counts.items():
@@ -867,21 +865,20 @@ class Lane:
                 if publication.published_ns:
                     _measure_lag(stats, publication.published_ns, rounds)
 
-    def _remove(self, subscription: Subscription) -> DirectLink | None:
-        """Take ``subscription`` out, at the lane's position; its link, if it was in."""
-        link = subscription._link
-        if self.writes.pop(subscription, None) is None or link is None:
-            return None
-        subscription._link = None
-        if link.counter is not None:
-            left = self.counts[link.counter] - 1
+    def _remove(self, subscription: Subscription) -> bool:
+        """Take ``subscription`` out, at the lane's position; False if it was not in."""
+        if self.writes.pop(subscription, None) is None:
+            return False
+        counter, subscription._counter = subscription._counter, None
+        if counter is not None:
+            left = self.counts[counter] - 1
             if left:
-                self.counts[link.counter] = left
+                self.counts[counter] = left
             else:
-                del self.counts[link.counter]
+                del self.counts[counter]
         subscription.in_lane = False
         subscription._offset, subscription._epoch = self.offset, self.epoch
-        return link
+        return True
 
 
 class Fanout:

@@ -36,7 +36,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
-from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, OpenDirect, SendNow
+from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop, OpenDirect, SendNow
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,6 @@ class GuardedConnection:
         "close_code",
         "closed_by_guard",
         "closing",
-        "direct_release",
         "direct_stop",
         "dropped_sender",
         "last_heard",
@@ -403,8 +402,7 @@ class GuardedConnection:
         self.server_send = send
         self.server_send_now: SendNow | None = None  # the server's SEND_TEXT_NOW, if any
         self.server_open_direct: OpenDirect | None = None  # the server's WRITE_DIRECT, if any
-        self.direct_stop: Callable[[], None] | None = None  # the open direct link's writer's
-        self.direct_release: Callable[[], None] | None = None  # and the server's link's
+        self.direct_stop: LinkStop | None = None  # who to tell when the open link stops
         self.loop = asyncio.get_running_loop()
         self.watchdog = watchdog or Watchdog(self.loop, policy)
         self.opened_at = 0.0
@@ -433,8 +431,7 @@ class GuardedConnection:
             self.server_send_now = None
         if self.server_open_direct is not None:
             self.scope["extensions"].pop(WRITE_DIRECT, None)
-            self.server_open_direct = None
-            self.end_direct()
+            self.server_open_direct = self.direct_stop = None
         if self.closing is not None:
             await self.closing
         if self.opened_at and self.close_code is None and self.peer_gone:
@@ -510,39 +507,23 @@ class GuardedConnection:
                 tally.count_text(text)
         return True
 
-    def open_direct(self, on_stop: Callable[[], None]) -> DirectLink | None:
+    def open_direct(self, stop: LinkStop) -> DirectLink | None:
         """The server's `WRITE_DIRECT` link, counted in the endpoint's tally (the writer
         tells how many times each text went out) and stopped when the guard closes."""
         open_server = self.server_open_direct
-        if self.closed_by_guard or open_server is None or self.direct_stop is not None:
+        if self.closed_by_guard or open_server is None:
             return None
-        link = open_server(self.stop_direct)
+        link = open_server(self)  # the server tells the guard, which tells ``stop``
         if link is None:
             return None
-        self.direct_stop, self.direct_release = on_stop, link.release
-        return DirectLink(link.encode, link.write, self.tally, self.release_direct)
+        self.direct_stop = stop
+        return DirectLink(link.encode, link.writer, self.tally)
 
-    def stop_direct(self) -> None:
-        """The server stopped the direct link: tell its writer."""
-        on_stop = self.direct_stop
-        self.direct_stop = self.direct_release = None
-        if on_stop is not None:
-            on_stop()
-
-    def release_direct(self) -> None:
-        """The writer ended the direct link: end the server's."""
-        release = self.direct_release
-        self.direct_stop = self.direct_release = None
-        if release is not None:
-            release()
-
-    def end_direct(self) -> None:
-        """The guard closes the connection: no direct write from now on."""
-        release = self.direct_release
-        self.direct_release = None
-        if release is not None:
-            release()
-        self.stop_direct()
+    def link_stopped(self) -> None:
+        """The server stopped the direct link (`session.LinkStop`): tell its writer."""
+        stop, self.direct_stop = self.direct_stop, None
+        if stop is not None:
+            stop.link_stopped()
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -617,7 +598,7 @@ class GuardedConnection:
     async def close_by_guard(self, code: int, reason: str) -> Message:
         """Close the connection with ``code``; what the app receives instead of the message."""
         self.closed_by_guard = True
-        self.end_direct()
+        self.link_stopped()  # no direct write once the guard closes
         self.close_code = code
         self.log_event(
             logging.WARNING,
@@ -673,7 +654,7 @@ class GuardedConnection:
                 self.stall_mark, self.stalled_since = self.sends_started, now
             elif now >= self.stalled_since + self.policy.send_timeout:
                 self.closed_by_guard = True
-                self.end_direct()
+                self.link_stopped()  # no direct write once the guard closes
                 self.close_code = POLICY_VIOLATION
                 self.limit = "slow_reader"
                 self.log_event(

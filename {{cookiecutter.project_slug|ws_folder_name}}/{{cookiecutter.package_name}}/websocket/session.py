@@ -83,14 +83,17 @@ SendNow: TypeAlias = Callable[[str], bool]
 WRITE_DIRECT: Final = "write_direct"
 """The ASGI scope extension of a server that lets one writer put texts straight on the
 connection's transport, with no check per text, for as long as nothing changes: a
-function of ``on_stop`` (called with no arguments) that returns a `DirectLink`, or None
-when the connection cannot take a text at once now (as `SEND_TEXT_NOW` would refuse it).
-Once the connection could not take a text at once (its transport stopped being writable,
-a close was sent or received, the connection was lost, the guard closed it), the server
-calls ``on_stop`` and the link is over: its writes must not be used again. One link at a
-time per connection. A broadcast room's fan-out writes each message once per subscriber
-through it (`broadcast.Lane`). `LeanProtocol` offers it; the guard offers its own, which
-stops the link when it closes the connection and counts what is written."""
+function of a `LinkStop` that returns a `DirectLink`, or None when the connection cannot
+take a text at once now (as `SEND_TEXT_NOW` would refuse it). Once the connection could
+not take a text at once (its transport stopped being writable, a close was sent or
+received, the connection was lost, the guard closed it), the server tells the stop
+(``link_stopped()``) and the link is over: its writer must not be used again. One link per
+connection: opening another replaces the first, whose stop is no longer told. A writer that
+stops using a link just drops it. A broadcast room's fan-out writes each message once per
+subscriber through it (`broadcast.Lane`). `LeanProtocol` offers it; the guard offers its
+own, which counts what is written and stops the link when it closes the connection. Nothing
+is made per link but its tuple: the writer is the transport itself, the stop an object the
+writer has already (a subscription), so a room of many holds little for it."""
 
 
 class SendCounter(Protocol):
@@ -99,22 +102,32 @@ class SendCounter(Protocol):
     def count_many(self, text: str, times: int) -> None: ...
 
 
+class Writer(Protocol):
+    """What puts bytes on a connection at once (an asyncio transport)."""
+
+    def write(self, data: Any, /) -> object: ...
+
+
+class LinkStop(Protocol):
+    """What is told that a `DirectLink` stopped (a subscription, the guard)."""
+
+    def link_stopped(self) -> None: ...
+
+
 class DirectLink(NamedTuple):
-    """What a server's `WRITE_DIRECT` gives its writer, until ``on_stop`` or `release`."""
+    """What a server's `WRITE_DIRECT` gives its writer, until its stop is told."""
 
     encode: Callable[[str], Any]
-    """Turns a text into what ``write`` takes (a frame): one function for every connection
-    of the server, so a text sent to many is encoded once."""
-    write: Callable[[Any], object]
-    """Puts an encoded text on the connection's transport at once."""
+    """Turns a text into what ``writer.write`` takes (a frame): one function for every
+    connection of the server, so a text sent to many is encoded once."""
+    writer: Writer
+    """Puts an encoded text on the connection's transport at once (``writer.write``)."""
     counter: SendCounter | None
     """Counts the texts written (shared by many connections: the guard's tally), or None."""
-    release: Callable[[], None]
-    """Ends the link from the writer's side (``on_stop`` is then not called)."""
 
 
-OpenDirect: TypeAlias = Callable[[Callable[[], None]], DirectLink | None]
-"""A server's `WRITE_DIRECT`: opens a `DirectLink`, given what to call when it stops."""
+OpenDirect: TypeAlias = Callable[[LinkStop], DirectLink | None]
+"""A server's `WRITE_DIRECT`: opens a `DirectLink`, given who to tell when it stops."""
 
 
 def now_ns() -> int:

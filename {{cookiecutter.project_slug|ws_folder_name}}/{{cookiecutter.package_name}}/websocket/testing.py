@@ -20,13 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
 from .asgi_types import Message
-from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink
+from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
@@ -270,7 +270,7 @@ class ScriptedClient:
         """How many texts `send_text_now` took."""
         self.written_direct = 0
         """How many texts were written through a `WRITE_DIRECT` link."""
-        self._direct_stop: Callable[[], None] | None = None
+        self._direct_stop: LinkStop | None = None
         self._reading = asyncio.Event()
         self._reading.set()
         self.reply_timeout = reply_timeout
@@ -311,12 +311,12 @@ class ScriptedClient:
         self.sent_at_once += 1
         return True
 
-    def open_direct(self, on_stop: Callable[[], None]) -> DirectLink | None:
+    def open_direct(self, stop: LinkStop) -> DirectLink | None:
         """`WRITE_DIRECT`: a link while the app's sends would go through at once."""
-        if self._direct_stop is not None or not self._takes_now():
+        if not self._takes_now():
             return None
-        self._direct_stop = on_stop
-        return DirectLink(_as_is, self._write_direct, None, self._release_direct)
+        self._direct_stop = stop
+        return DirectLink(_as_is, _LinkWriter(self), None)
 
     def _takes_now(self) -> bool:
         return self._reading.is_set() and self._send_error is None and not self.closed
@@ -325,13 +325,10 @@ class ScriptedClient:
         self._from_app.put_nowait({"type": "websocket.send", "text": text})
         self.written_direct += 1
 
-    def _release_direct(self) -> None:
-        self._direct_stop = None
-
     def _stop_direct(self) -> None:
-        on_stop, self._direct_stop = self._direct_stop, None
-        if on_stop is not None:
-            on_stop()
+        stop, self._direct_stop = self._direct_stop, None
+        if stop is not None:
+            stop.link_stopped()
 
     def stop_reading(self) -> None:
         """From now on the app's sends wait, as they do when a client stops reading."""
@@ -371,6 +368,18 @@ class ScriptedClient:
 def _as_is(text: str) -> str:
     """A `ScriptedClient` link's encoding: none (one function for every client)."""
     return text
+
+
+class _LinkWriter:
+    """A `ScriptedClient` link's writer: each text it writes is one the app sent."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: ScriptedClient) -> None:
+        self.client = client
+
+    def write(self, text: str) -> None:
+        self.client._write_direct(text)
 
 
 class RedisServer:

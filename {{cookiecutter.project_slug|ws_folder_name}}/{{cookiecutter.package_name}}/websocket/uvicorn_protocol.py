@@ -23,8 +23,8 @@ done once:
   nothing done otherwise), so that a broadcast writes each subscriber's frame straight from
   the publisher's loop instead of waking each subscriber's task;
 - and `session.WRITE_DIRECT`: a link through which one writer (a broadcast channel's
-  `Lane`) puts frames on the transport with no check per frame, stopped (its ``on_stop``
-  called) as soon as ``send_text_now`` would refuse: after each of uvicorn's methods that
+  `Lane`) puts frames on the transport with no check per frame, stopped (its stop told)
+  as soon as ``send_text_now`` would refuse: after each of uvicorn's methods that
   can change what it checks (``pause_writing``, ``data_received``, ``send``,
   ``keepalive_timeout``, ``shutdown``, ``connection_lost``).
 
@@ -38,7 +38,6 @@ it expects, leaving uvicorn's own behaviour.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -46,7 +45,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink
+from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop
 
 _last_frame: tuple[str | None, bytes] = (None, b"")
 """The last text frame built (the text, the frame's bytes): the next send of the same
@@ -160,8 +159,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.direct_stop: Callable[[], None] | None = None
-        """The ``on_stop`` of the open `WRITE_DIRECT` link, if any."""
+        self.direct_stop: LinkStop | None = None
+        """Who to tell when the open `WRITE_DIRECT` link stops, if one is open."""
         if type(self.queue) is asyncio.Queue and self.queue.empty():
             self.queue = Inbox()  # type: ignore[assignment]
         if type(self.writable) is asyncio.Event:
@@ -177,6 +176,7 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         if isinstance(scope, dict) and isinstance(scope.get("extensions"), dict):
             scope["extensions"].pop(SEND_TEXT_NOW, None)  # no cycle left: scope, self
             scope["extensions"].pop(WRITE_DIRECT, None)
+        self.direct_stop = None
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -234,22 +234,19 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             or conn.debug
         )
 
-    def open_direct(self, on_stop: Callable[[], None]) -> DirectLink | None:
+    def open_direct(self, stop: LinkStop) -> DirectLink | None:
         """`WRITE_DIRECT`: frames written straight to the transport until something
         `_writes_now` looks at changes (each place uvicorn changes it calls `_recheck`)."""
-        if self.direct_stop is not None or not self._writes_now():
+        if not self._writes_now():
             return None
-        self.direct_stop = on_stop
-        return DirectLink(text_frame, self.transport.write, None, self._release_direct)
-
-    def _release_direct(self) -> None:
-        self.direct_stop = None
+        self.direct_stop = stop
+        return DirectLink(text_frame, self.transport, None)
 
     def _recheck(self) -> None:
         """Stop the direct link, if any, once a text could not be written at once."""
         if self.direct_stop is not None and not self._writes_now():
-            on_stop, self.direct_stop = self.direct_stop, None
-            on_stop()
+            stop, self.direct_stop = self.direct_stop, None
+            stop.link_stopped()
 
     # Every place where uvicorn changes what `_writes_now` reads, for a connection that is
     # open: the transport's flow control, what the client sends (a close, a bad frame), what

@@ -25,7 +25,7 @@ from ..broadcast import (
     hub_of,
     run_broadcast,
 )
-from ..session import DirectLink
+from ..session import DirectLink, LinkStop
 from ..testing import ScriptedClient
 from .conftest import SocketFactory
 from .hub_contract import QUEUE_SIZE, HubContract, HubFactory, received
@@ -308,15 +308,13 @@ class Link:
 
     def __init__(self) -> None:
         self.written: list[str] = []
-        self.on_stop: Callable[[], None] | None = None
+        self.stop_told: LinkStop | None = None
         self.fails = False
         self.stops_at_write = False
 
-    def open(self, on_stop: Callable[[], None]) -> DirectLink | None:
-        if self.on_stop is not None:
-            return None
-        self.on_stop = on_stop
-        return DirectLink(str, self.write, None, self.release)  # str(text) is the text
+    def open(self, stop: LinkStop) -> DirectLink | None:
+        self.stop_told = stop
+        return DirectLink(str, self, None)  # str(text) is the text; the link writes here
 
     def write(self, text: str) -> None:
         if self.fails:
@@ -325,13 +323,10 @@ class Link:
         if self.stops_at_write:
             self.stop()
 
-    def release(self) -> None:
-        self.on_stop = None
-
     def stop(self) -> None:
-        on_stop, self.on_stop = self.on_stop, None
-        assert on_stop is not None
-        on_stop()
+        stop, self.stop_told = self.stop_told, None
+        assert stop is not None
+        stop.link_stopped()
 
 
 def member(fanout: Fanout, link: Link | None) -> Subscription:
@@ -396,8 +391,8 @@ def test_a_message_the_lane_cannot_write_sends_every_member_back_to_its_queue(
     fanout.deliver("/ws/news", arriving)
     for link, subscription in zip(links, members, strict=True):
         assert link.written == ["m1", "m2"]
-        assert link.on_stop is None  # released
         assert not subscription.in_lane
+        link.stop()  # a stop that comes late for a link it left: nothing happens
         assert sent(subscription) == queued  # as the queue takes it: gaps, duplicates
         assert subscription.go_direct(link.open)  # and back, at its place
 
@@ -411,7 +406,6 @@ def test_a_member_whose_write_fails_gets_that_message_queued_and_leaves() -> Non
     fanout.deliver("/ws/news", published(2))
     assert (broken.written, fine.written) == ([], ["m1", "m2"])
     assert not members[0].in_lane
-    assert broken.on_stop is None  # released
     assert stats.deliveries == 2  # the failed write is not one
     assert sent(members[0]) == ["m1", "m2"]
     assert stats.deliveries == 4
@@ -438,14 +432,14 @@ def test_members_leave_the_lane_when_the_backend_is_lost_and_when_they_end() -> 
     fanout.deliver("/ws/news", published(1))
     fanout.hold_all()
     assert [subscription.in_lane for subscription in members] == [False, False]
-    assert [link.on_stop for link in links] == [None, None]
     assert not members[0].go_direct(links[0].open)  # not while it waits
     members[0].resume([published(2)], Position(2, EPOCH))
     assert sent(members[0]) == ["m2"]
     assert members[0].go_direct(links[0].open)
     fanout.remove(members[0])
     assert not members[0].in_lane
-    assert links[0].on_stop is None
+    fanout.deliver("/ws/news", published(3))
+    assert links[0].written == ["m1"]  # nothing written to it once it left
 
 
 async def test_a_memory_hub_forgets_a_channel_nobody_follows_after_its_position_ttl() -> None:

@@ -58,8 +58,8 @@ class Direct:
         """What the app saw (a disconnect, its close sent), each with whether the link had
         stopped by then."""
 
-    def stop(self) -> None:
-        assert not self.stopped, "on_stop is called once"
+    def link_stopped(self) -> None:  # the app is its link's stop (`LinkStop`)
+        assert not self.stopped, "a link's stop is told once"
         self.stopped = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,9 +67,9 @@ class Direct:
             return
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
-        link: DirectLink | None = scope["extensions"][WRITE_DIRECT](self.stop)
+        link: DirectLink | None = scope["extensions"][WRITE_DIRECT](self)
         assert link is not None
-        assert scope["extensions"][WRITE_DIRECT](self.stop) is None  # one link at a time
+        assert link.writer is scope["extensions"][WRITE_DIRECT](self).writer  # it replaces
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -79,7 +79,7 @@ class Direct:
             if command[0] == "write":
                 count, size = int(command[1]), int(command[2])
                 while self.written < count and not self.stopped:
-                    link.write(link.encode(str(self.written).ljust(size, ".")))
+                    link.writer.write(link.encode(str(self.written).ljust(size, ".")))
                     self.written += 1
             elif command[0] == "count":
                 await send({"type": "websocket.send", "text": str(self.written)})

@@ -15,6 +15,13 @@ done once:
   a `Flag` (``asyncio.Event`` without its deque);
 - the handshake's request and response, and their headers, are let go once the handshake
   is answered (the app's scope keeps its own copy of the request headers, as ASGI says);
+- uvicorn's attributes live in slots: past 30 attributes an object's dictionary is no
+  longer shared with its class's others, and cost 1.6 KiB each;
+- the keepalive pings of every connection on an event loop wait on one timer (`PingClock`),
+  not one ``TimerHandle`` each (0.6 KiB), at the times uvicorn sets;
+- what connections have alike is held once: the extensions offered (a permessage-deflate
+  factory), the scope's header pairs that clients send alike (`shared_headers`: ``host``,
+  ``upgrade``, ``user-agent``..., never a key, a cookie or a credential);
 - a text frame (no compression negotiated) is built once for the many connections that
   are sent the same ``str`` object in a row, as a broadcast does (`Subscription` hands every
   subscriber the same text): the frame's bytes are written to each transport.
@@ -30,15 +37,18 @@ done once:
 
 It leans on attributes of uvicorn's class (``queue``, ``writable``, ``request``,
 ``response``, ``conn``, ``transport``, ``handshake_complete``, ``close_sent``,
-``initial_response``, ``disconnected``) and on those methods, the same in uvicorn 0.54 and
-0.55: a test of the backend checks them, and each change is skipped where one is not what
-it expects, leaving uvicorn's own behaviour.
+``initial_response``, ``disconnected``, ``scope``, ``ping_timer``, ``loop``; the slots
+name every attribute it sets), on those methods and on websockets' ``conn.
+available_extensions``, the same in uvicorn 0.54 and 0.55: a test of the backend checks
+them, and each change is skipped where one is not what it expects, leaving uvicorn's own
+behaviour (an attribute a later uvicorn adds goes to the object's dictionary, as before).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import heapq
+from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
@@ -62,6 +72,138 @@ def text_frame(text: str) -> bytes:
     frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
     _last_frame = (text, frame)
     return frame
+
+
+SHARED_HEADER_NAMES: Final = frozenset(
+    {
+        b"accept-encoding",
+        b"accept-language",
+        b"cache-control",
+        b"connection",
+        b"host",
+        b"origin",
+        b"pragma",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"sec-websocket-version",
+        b"upgrade",
+        b"user-agent",
+    }
+)
+"""The request headers whose (name, value) pair `shared_headers` holds once for every
+connection that sends it: values clients send alike. Never a key, a cookie, a credential
+or an address (they would outlive the connection in the process's table)."""
+MAX_SHARED_HEADERS: Final = 1024
+"""The most pairs held (with values of at most `MAX_SHARED_VALUE` bytes): past it, a new
+pair is each connection's own, as before, so that clients cannot grow the table."""
+MAX_SHARED_VALUE: Final = 256
+
+_shared_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+
+
+def shared_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` (a scope's: name, value), equal, with the pairs of `SHARED_HEADER_NAMES`
+    replaced by the same pair already held for another connection: the scope holds the
+    same bytes and tuples (immutable), once for all connections rather than each its own
+    (about 0.6 KiB each)."""
+    pairs = _shared_pairs
+    shared: list[tuple[bytes, bytes]] = []
+    for pair in headers:
+        held = pairs.get(pair)
+        if (
+            held is None
+            and len(pairs) < MAX_SHARED_HEADERS
+            and len(pair[1]) <= MAX_SHARED_VALUE
+            and pair[0].lower() in SHARED_HEADER_NAMES
+        ):
+            held = pairs[pair] = pair
+        shared.append(pair if held is None else held)
+    return shared
+
+
+_extensions: tuple[object, list[Any]] | None = None
+"""The websocket extensions uvicorn offers (a permessage-deflate factory, stateless) on
+the connections of a server's config, made alike for each: held once."""
+
+
+class Ping:
+    """A keepalive ping a `PingClock` sends at ``when``: what uvicorn's ``ping_timer`` holds
+    (it calls `cancel`)."""
+
+    __slots__ = ("protocol", "when")
+
+    def __init__(self, when: float, protocol: WebSocketsSansIOProtocol) -> None:
+        self.when = when
+        self.protocol: WebSocketsSansIOProtocol | None = protocol
+
+    def __lt__(self, other: Ping) -> bool:
+        return self.when < other.when
+
+    def cancel(self) -> None:
+        self.protocol = None
+
+
+class PingClock:
+    """One timer for the keepalive pings of every `LeanProtocol` on an event loop.
+
+    uvicorn sets a ``TimerHandle`` per connection for its next ping (0.6 KiB each, with
+    its callback and context); the clock keeps each connection's next ping in a heap, sets
+    its one timer for the earliest, and at it calls the protocol's
+    ``send_keepalive_ping``, as uvicorn's timer would, at the time uvicorn set. A cancelled
+    ping stays in the heap, without its protocol, until its time (one ping interval at
+    most)."""
+
+    __slots__ = ("due", "loop", "timer", "timer_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: list[Ping] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    def at(self, when: float, protocol: WebSocketsSansIOProtocol) -> Ping:
+        """Send ``protocol``'s keepalive ping at ``when`` (the loop's time) unless cancelled."""
+        ping = Ping(when, protocol)
+        heapq.heappush(self.due, ping)
+        if self.timer is None or when < self.timer_at:
+            self._arm(when)
+        return ping
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_at = self.loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        self.timer = None
+        due = self.due
+        # The loop's clock may read a hair under a timer's own time when it fires
+        # (uvloop counts in milliseconds): what is due within that is due now.
+        now = self.loop.time() + PING_CLOCK_SLACK
+        while due and due[0].when <= now:
+            protocol = heapq.heappop(due).protocol
+            if protocol is not None:
+                protocol.send_keepalive_ping()
+        if due:
+            self._arm(due[0].when)
+
+
+PING_CLOCK_SLACK: Final = 0.001
+"""Seconds: a ping due this soon is sent at a `PingClock`'s tick (an event loop's timers
+are as exact as a millisecond: uvloop's)."""
+
+_ping_clock: PingClock | None = None
+"""The clock of the event loop of the last ping scheduled (one per loop; a process serves
+on one)."""
+
+
+def ping_clock(loop: asyncio.AbstractEventLoop) -> PingClock:
+    """The `PingClock` of ``loop``."""
+    global _ping_clock
+    clock = _ping_clock
+    if clock is None or clock.loop is not loop:
+        clock = _ping_clock = PingClock(loop)
+    return clock
 
 
 class Inbox:
@@ -157,6 +299,47 @@ class Flag:
 class LeanProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with less kept per connection (see the module)."""
 
+    __slots__ = (  # every attribute uvicorn 0.55 sets, and its own: no dictionary each
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "direct_stop",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "tasks",
+        "transport",
+        "writable",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.direct_stop: LinkStop | None = None
@@ -168,6 +351,19 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             if self.writable.is_set():
                 writable.set()
             self.writable = writable  # type: ignore[assignment]
+        global _extensions
+        extensions = getattr(self.conn, "available_extensions", None)
+        if _extensions is not None and _extensions[0] is self.config:
+            self.conn.available_extensions = _extensions[1]  # the same factories, made alike
+        elif type(extensions) is list:
+            _extensions = (self.config, extensions)
+
+    def schedule_ping(self) -> None:
+        super().schedule_ping()
+        timer = self.ping_timer  # uvicorn's timer of send_keepalive_ping: uvloop's
+        if timer is not None and not isinstance(timer, Ping):  # is no asyncio.TimerHandle
+            timer.cancel()
+            self.ping_timer = ping_clock(self.loop).at(timer.when(), self)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -185,6 +381,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         if isinstance(extensions, dict):
             extensions[SEND_TEXT_NOW] = self.send_text_now
             extensions[WRITE_DIRECT] = self.open_direct
+        if isinstance(scope, dict) and type(scope.get("headers")) is list:
+            scope["headers"] = shared_headers(scope["headers"])
 
     async def send(self, message: Any) -> None:
         kind = message["type"]

@@ -11,8 +11,9 @@ services that hold many idle connections, and one thing a broadcast does ten tho
 done once:
 
 - the queue of ASGI events for the app is an `Inbox` (``asyncio.Queue``'s ``put_nowait``,
-  ``get`` and ``empty``, without its three deques of 760 bytes each), and the writable flag
-  a `Flag` (``asyncio.Event`` without its deque);
+  ``get`` and ``empty``, without its three deques of 760 bytes each), which ``receive``
+  waits on itself (no coroutine of the queue's), and the writable flag a `Flag`
+  (``asyncio.Event`` without its deque);
 - the handshake's request and response, and their headers, are let go once the handshake
   is answered (the app's scope keeps its own copy of the request headers, as ASGI says);
 - uvicorn's attributes live in slots: past 30 attributes an object's dictionary is no
@@ -232,21 +233,30 @@ class Inbox:
         return self._items.pop(0)
 
     async def get(self) -> Any:
-        while not self._items:
-            getter = asyncio.get_running_loop().create_future()
-            if self._getters is None:
-                self._getters = []
-            self._getters.append(getter)
+        while not self._items:  # LeanProtocol.receive has this loop inline
+            getter = self.arrival()
             try:
                 await getter
             except BaseException:
-                getter.cancel()
-                if getter in self._getters:
-                    self._getters.remove(getter)
-                if self._items and not getter.cancelled():
-                    self._wake_next()  # woken, then cancelled: pass the item's wakeup on
+                self.forget(getter)
                 raise
         return self._items.pop(0)
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future set once an item may be there: what a getter waits on, then looks."""
+        getter = asyncio.get_running_loop().create_future()
+        if self._getters is None:
+            self._getters = []
+        self._getters.append(getter)
+        return getter
+
+    def forget(self, getter: asyncio.Future[None]) -> None:
+        """Stop waiting on ``getter`` (its waiter was cancelled, say)."""
+        getter.cancel()
+        if self._getters is not None and getter in self._getters:
+            self._getters.remove(getter)
+        if self._items and not getter.cancelled():
+            self._wake_next()  # woken, then cancelled: pass the item's wakeup on
 
     def _wake_next(self) -> None:
         getters = self._getters
@@ -383,6 +393,25 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             extensions[WRITE_DIRECT] = self.open_direct
         if isinstance(scope, dict) and type(scope.get("headers")) is list:
             scope["headers"] = shared_headers(scope["headers"])
+
+    async def receive(self) -> Any:
+        """uvicorn's ``receive``, with `Inbox.get` inline: one coroutine less held by each
+        connection that waits for a message (an idle one always does)."""
+        inbox: object = self.queue
+        if not isinstance(inbox, Inbox):
+            return await super().receive()
+        while inbox.empty():
+            getter = inbox.arrival()
+            try:
+                await getter
+            except BaseException:
+                inbox.forget(getter)
+                raise
+        message = inbox.get_nowait()
+        if self.read_paused and inbox.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
 
     async def send(self, message: Any) -> None:
         kind = message["type"]

@@ -307,6 +307,34 @@ async def test_inbox_gets_in_order_and_passes_a_cancelled_wakeup_on() -> None:
     assert await inbox.get() == "later"
 
 
+async def test_receive_reads_the_inbox_in_order_and_passes_a_cancelled_wakeup_on() -> None:
+    config = uvicorn.Config(echo, ws="websockets-sansio", lifespan="off")
+    config.load()
+    protocol = LeanProtocol(config, ServerState(), {})
+    inbox: object = protocol.queue
+    assert isinstance(inbox, Inbox)
+    inbox.put_nowait({"type": "websocket.connect"})
+    assert await protocol.receive() == {"type": "websocket.connect"}
+    first = asyncio.create_task(protocol.receive())
+    second = asyncio.create_task(protocol.receive())
+    await asyncio.sleep(0)
+    message = {"type": "websocket.receive", "text": "item"}
+    inbox.put_nowait(message)  # wakes the first receiver...
+    first.cancel()  # ...which is cancelled before it runs: the second gets the message
+    assert await second is message
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert inbox.empty()
+    waiting = asyncio.create_task(protocol.receive())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    inbox.put_nowait(message)  # nobody left waiting: it stays queued
+    assert inbox.qsize() == 1
+    assert await protocol.receive() is message
+
+
 async def test_flag_wait_returns_once_set() -> None:
     flag = Flag()
     assert not flag.is_set()

@@ -21,8 +21,9 @@ done once:
 - the keepalive pings of every connection on an event loop wait on one timer (`PingClock`),
   not one ``TimerHandle`` each (0.6 KiB), at the times uvicorn sets;
 - what connections have alike is held once: the extensions offered (a permessage-deflate
-  factory), the scope's header pairs that clients send alike (`shared_headers`: ``host``,
-  ``upgrade``, ``user-agent``..., never a key, a cookie or a credential);
+  factory), the server's address, and the scope's header pairs that clients send alike
+  (`shared_headers`: ``host``, ``upgrade``, ``user-agent``..., never a key, a cookie or a
+  credential);
 - a text frame (no compression negotiated) is built once for the many connections that
   are sent the same ``str`` object in a row, as a broadcast does (`Subscription` hands every
   subscriber the same text): the frame's bytes are written to each transport.
@@ -38,11 +39,12 @@ done once:
 
 It leans on attributes of uvicorn's class (``queue``, ``writable``, ``request``,
 ``response``, ``conn``, ``transport``, ``handshake_complete``, ``close_sent``,
-``initial_response``, ``disconnected``, ``scope``, ``ping_timer``, ``loop``; the slots
-name every attribute it sets), on those methods and on websockets' ``conn.
-available_extensions``, the same in uvicorn 0.54 and 0.55: a test of the backend checks
-them, and each change is skipped where one is not what it expects, leaving uvicorn's own
-behaviour (an attribute a later uvicorn adds goes to the object's dictionary, as before).
+``initial_response``, ``disconnected``, ``scope``, ``ping_timer``, ``loop``, ``server``;
+the slots name every attribute it sets), on those methods, and on websockets'
+``conn.available_extensions``, the same in uvicorn 0.54 and 0.55: a test of the backend
+checks them, and each change is skipped where one is not what it expects, leaving
+uvicorn's own behaviour (an attribute a later uvicorn adds goes to the object's
+dictionary, as before).
 """
 
 from __future__ import annotations
@@ -125,6 +127,10 @@ def shared_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
 _extensions: tuple[object, list[Any]] | None = None
 """The websocket extensions uvicorn offers (a permessage-deflate factory, stateless) on
 the connections of a server's config, made alike for each: held once."""
+
+_server_address: tuple[str, int | None] | None = None
+"""The last server address seen (``scope["server"]``), the same for every connection of a
+listening socket: held once."""
 
 
 class Ping:
@@ -374,6 +380,14 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         if timer is not None and not isinstance(timer, Ping):  # is no asyncio.TimerHandle
             timer.cancel()
             self.ping_timer = ping_clock(self.loop).at(timer.when(), self)  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        global _server_address
+        if self.server is not None and self.server == _server_address:
+            self.server = _server_address
+        else:
+            _server_address = self.server
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -173,6 +173,7 @@ async def test_clients_get_what_uvicorn_would_send(server: uvicorn.Server) -> No
         first_protocol, second_protocol = (
             c for c in server.server_state.connections if isinstance(c, LeanProtocol)
         )
+        assert first_protocol.scope["server"] is second_protocol.scope["server"]  # held once
         first_headers = dict(first_protocol.scope["headers"])
         second_headers = dict(second_protocol.scope["headers"])
         assert first_headers[b"host"] is second_headers[b"host"]  # one pair for both

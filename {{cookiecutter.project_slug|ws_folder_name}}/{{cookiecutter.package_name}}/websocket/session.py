@@ -318,17 +318,18 @@ def receive_json(
     """
 
     async def receiving(websocket: WS) -> None:
-        # The hot loop of every endpoint: no coroutine in it but the socket's own.
-        receive, send_text = websocket.receive, websocket.send_text
-        while (frame := _payload(await receive())) is not None:
+        # The hot loop of every endpoint: no coroutine in it but the socket's own. Its
+        # methods are called where they are looked up (no bound method made, none held
+        # while the connection idles).
+        while (frame := _payload(await websocket.receive())) is not None:
             message = _json_object(frame)
             if isinstance(message, str):
-                await send_text(dumps({"type": "error", "reason": message}))
+                await websocket.send_text(dumps({"type": "error", "reason": message}))
             elif (kind := message.get("type")) == "keepalive":
-                await send_text(dumps_parsed(keepalive_ack(message)))
+                await websocket.send_text(dumps_parsed(keepalive_ack(message)))
             elif kind == "presence":
                 if presence is None:
-                    await send_text(dumps({"type": "error", "reason": NO_PRESENCE}))
+                    await websocket.send_text(dumps({"type": "error", "reason": NO_PRESENCE}))
                 else:
                     await presence(websocket, message)
             else:

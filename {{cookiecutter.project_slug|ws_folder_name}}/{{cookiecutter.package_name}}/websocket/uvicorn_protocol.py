@@ -221,7 +221,9 @@ class Inbox:
 
     def __init__(self) -> None:
         self._items: list[Any] = []
-        self._getters: list[asyncio.Future[None]] | None = None
+        self._getters: asyncio.Future[None] | list[asyncio.Future[None]] | None = None
+        """The waiting getters' futures, oldest first: the future itself while there is one
+        (a connection's reader, waiting for as long as the connection idles: no list)."""
 
     def empty(self) -> bool:
         return not self._items
@@ -251,21 +253,35 @@ class Inbox:
     def arrival(self) -> asyncio.Future[None]:
         """A future set once an item may be there: what a getter waits on, then looks."""
         getter = asyncio.get_running_loop().create_future()
-        if self._getters is None:
-            self._getters = []
-        self._getters.append(getter)
+        getters = self._getters
+        if getters is None:
+            self._getters = getter
+        elif isinstance(getters, list):
+            getters.append(getter)
+        else:
+            self._getters = [getters, getter]
         return getter
 
     def forget(self, getter: asyncio.Future[None]) -> None:
         """Stop waiting on ``getter`` (its waiter was cancelled, say)."""
         getter.cancel()
-        if self._getters is not None and getter in self._getters:
-            self._getters.remove(getter)
+        getters = self._getters
+        if getters is getter:
+            self._getters = None
+        elif isinstance(getters, list) and getter in getters:
+            getters.remove(getter)
         if self._items and not getter.cancelled():
             self._wake_next()  # woken, then cancelled: pass the item's wakeup on
 
     def _wake_next(self) -> None:
         getters = self._getters
+        if getters is None:
+            return
+        if not isinstance(getters, list):  # the lone getter
+            self._getters = None
+            if not getters.done():
+                getters.set_result(None)
+            return
         while getters:
             getter = getters.pop(0)
             if not getter.done():

@@ -306,6 +306,14 @@ async def test_inbox_gets_in_order_and_passes_a_cancelled_wakeup_on() -> None:
     inbox.put_nowait("later")  # no getter left waiting: it stays queued
     assert inbox.qsize() == 1
     assert await inbox.get() == "later"
+    lone = asyncio.create_task(inbox.get())  # one getter, held without a list
+    await asyncio.sleep(0)
+    inbox.put_nowait("kept")  # wakes it...
+    lone.cancel()  # ...and it is cancelled before it runs: the item stays for the next
+    with pytest.raises(asyncio.CancelledError):
+        await lone
+    assert await inbox.get() == "kept"
+    assert inbox.empty()
 
 
 async def test_receive_reads_the_inbox_in_order_and_passes_a_cancelled_wakeup_on() -> None:

@@ -392,8 +392,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
 
     def schedule_ping(self) -> None:
         super().schedule_ping()
-        timer = self.ping_timer  # uvicorn's timer of send_keepalive_ping: uvloop's
-        if timer is not None and not isinstance(timer, Ping):  # is no asyncio.TimerHandle
+        timer = self.ping_timer  # uvicorn's TimerHandle (asyncio's or uvloop's) of its ping
+        if timer is not None and not isinstance(timer, Ping) and hasattr(timer, "when"):
             timer.cancel()
             self.ping_timer = ping_clock(self.loop).at(timer.when(), self)  # type: ignore[assignment]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 import uvicorn
@@ -282,66 +283,56 @@ async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     assert lean.writable.is_set()
 
 
-async def test_inbox_gets_in_order_and_passes_a_cancelled_wakeup_on() -> None:
-    inbox = Inbox()
+async def reads_in_order_passing_a_cancelled_wakeup_on(
+    inbox: Inbox, read: Callable[[], Coroutine[Any, Any, Any]]
+) -> None:
+    """What ``read`` does with ``inbox``: `Inbox.get`, and `LeanProtocol.receive`, which
+    has its loop inline."""
     inbox.put_nowait(1)
     inbox.put_nowait(2)
-    assert [await inbox.get(), inbox.get_nowait(), inbox.empty()] == [1, 2, True]
-    with pytest.raises(asyncio.QueueEmpty):
-        inbox.get_nowait()
-    first = asyncio.create_task(inbox.get())
-    second = asyncio.create_task(inbox.get())
+    assert [await read(), await read(), inbox.empty()] == [1, 2, True]
+    first = asyncio.create_task(read())
+    second = asyncio.create_task(read())
     await asyncio.sleep(0)
-    inbox.put_nowait("item")  # wakes the first getter...
+    inbox.put_nowait("item")  # wakes the first reader...
     first.cancel()  # ...which is cancelled before it runs: the second gets the item
-    assert await second == "item"
+    async with asyncio.timeout(5):  # not woken: this fails, not hangs
+        assert await second == "item"
     with pytest.raises(asyncio.CancelledError):
         await first
     assert inbox.empty()
-    waiting = asyncio.create_task(inbox.get())
+    waiting = asyncio.create_task(read())
     await asyncio.sleep(0)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    inbox.put_nowait("later")  # no getter left waiting: it stays queued
+    inbox.put_nowait("later")  # no reader left waiting: it stays queued
     assert inbox.qsize() == 1
-    assert await inbox.get() == "later"
-    lone = asyncio.create_task(inbox.get())  # one getter, held without a list
+    assert await read() == "later"
+    lone = asyncio.create_task(read())  # one reader, held without a list
     await asyncio.sleep(0)
     inbox.put_nowait("kept")  # wakes it...
     lone.cancel()  # ...and it is cancelled before it runs: the item stays for the next
     with pytest.raises(asyncio.CancelledError):
         await lone
-    assert await inbox.get() == "kept"
+    assert await read() == "kept"
     assert inbox.empty()
 
 
-async def test_receive_reads_the_inbox_in_order_and_passes_a_cancelled_wakeup_on() -> None:
+async def test_inbox_gets_in_order_and_passes_a_cancelled_wakeup_on() -> None:
+    inbox = Inbox()
+    await reads_in_order_passing_a_cancelled_wakeup_on(inbox, inbox.get)
+    with pytest.raises(asyncio.QueueEmpty):
+        inbox.get_nowait()
+
+
+async def test_receive_reads_the_inbox_as_its_get_does() -> None:
     config = uvicorn.Config(echo, ws="websockets-sansio", lifespan="off")
     config.load()
     protocol = LeanProtocol(config, ServerState(), {})
     inbox: object = protocol.queue
     assert isinstance(inbox, Inbox)
-    inbox.put_nowait({"type": "websocket.connect"})
-    assert await protocol.receive() == {"type": "websocket.connect"}
-    first = asyncio.create_task(protocol.receive())
-    second = asyncio.create_task(protocol.receive())
-    await asyncio.sleep(0)
-    message = {"type": "websocket.receive", "text": "item"}
-    inbox.put_nowait(message)  # wakes the first receiver...
-    first.cancel()  # ...which is cancelled before it runs: the second gets the message
-    assert await second is message
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    assert inbox.empty()
-    waiting = asyncio.create_task(protocol.receive())
-    await asyncio.sleep(0)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    inbox.put_nowait(message)  # nobody left waiting: it stays queued
-    assert inbox.qsize() == 1
-    assert await protocol.receive() is message
+    await reads_in_order_passing_a_cancelled_wakeup_on(inbox, protocol.receive)
 
 
 async def test_flag_wait_returns_once_set() -> None:

@@ -54,6 +54,7 @@ import heapq
 from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -123,6 +124,10 @@ def shared_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
         shared.append(pair if held is None else held)
     return shared
 
+
+NO_HEADERS: Final = Headers()
+"""What a connection's handshake request holds once answered (every connection the same:
+never written to)."""
 
 _extensions: tuple[object, list[Any]] | None = None
 """The websocket extensions uvicorn offers (a permessage-deflate factory, stateless) on
@@ -454,9 +459,9 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         if kind == "websocket.accept" and self.handshake_complete:
             # The handshake is answered: its request and response are not read again. The
             # request stays referenced by websockets' parser (a local of its generator, for
-            # the connection's life): its headers are emptied.
+            # the connection's life): its headers are let go for one empty set, shared.
             if self.request is not None:
-                self.request.headers.clear()
+                self.request.headers = NO_HEADERS
             self.request = self.response = None  # type: ignore[assignment]
 
     def _sent_as_text_frame(self, message: Any) -> bool:

@@ -22,6 +22,7 @@ from ..asgi_types import Receive, Scope, Send
 from ..session import WRITE_DIRECT, DirectLink
 from ..uvicorn_protocol import (
     MAX_SHARED_HEADERS,
+    NO_HEADERS,
     Flag,
     Inbox,
     LeanProtocol,
@@ -167,7 +168,8 @@ async def test_clients_get_what_uvicorn_would_send(server: uvicorn.Server) -> No
             parsing = protocol.conn.parser.gi_frame  # websockets' parser keeps the request
             held = parsing.f_locals.get("request") if parsing is not None else None
             if held is not None:
-                assert not held.headers  # emptied
+                assert held.headers is NO_HEADERS  # let go: one empty set for all
+                assert not NO_HEADERS
             assert protocol.scope["headers"]  # the app's copy of the request headers stays
             assert not vars(protocol)  # every attribute in a slot: no dictionary of its own
             assert isinstance(protocol.ping_timer, Ping)  # on the clock, not a timer each

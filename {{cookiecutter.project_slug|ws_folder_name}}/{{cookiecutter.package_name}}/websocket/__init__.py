@@ -165,7 +165,8 @@ keepalive pings of every connection on an event loop from one `uvicorn_protocol.
 still closes with 1011), reads its `Inbox` in ``receive`` itself (``Inbox.arrival``,
 ``Inbox.forget``; one coroutine less per waiting connection; a lone waiting reader is held
 without a list), and holds once what connections have alike: the server's address,
-uvicorn's permessage-deflate factory, and the request-header pairs clients send alike
+uvicorn's permessage-deflate factory, the empty headers an answered handshake request
+keeps (`uvicorn_protocol.NO_HEADERS`), and the request-header pairs clients send alike
 (`uvicorn_protocol.shared_headers`: ``host``, ``upgrade``, ``user-agent``, ... in
 `uvicorn_protocol.SHARED_HEADER_NAMES`, never a key, a cookie or a credential; at most
 `uvicorn_protocol.MAX_SHARED_HEADERS` pairs). The ASGI scope a handler sees is unchanged
@@ -173,9 +174,9 @@ but for one thing: the ``(name, value)`` tuples of ``scope["headers"]`` (equal t
 immutable) may be the same objects in several connections' scopes. `create_router`'s
 route returns its handler's coroutine for Starlette to await (no frame of its own), and
 `receive_json`'s loop holds no bound methods. A subscribed connection of one room (10,000
-on the memory hub, uvicorn with `LeanProtocol`) holds 3.5 KiB less in the fastapi flavour
-(23.0 -> 19.5 KiB of RSS) and 3.4 KiB less in the asgi one (16.3 -> 12.9 KiB;
-docs/benchmarks.md, "Memory per subscribed connection"). Upgrading: a subclass of
+on the memory hub, uvicorn with `LeanProtocol`) holds 3.8 KiB less in the fastapi flavour
+(23.0 -> 19.2 KiB of RSS, 1.29x the ``websockets`` server's) and 3.5 KiB less in the asgi
+one (16.3 -> 12.8 KiB, 0.86x; docs/benchmarks.md, "Memory per subscribed connection"). Upgrading: a subclass of
 `LeanProtocol` that sets attributes of its own still can (they go to its dictionary).
 
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).

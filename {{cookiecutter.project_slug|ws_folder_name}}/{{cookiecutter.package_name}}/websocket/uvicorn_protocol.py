@@ -162,21 +162,29 @@ class PingClock:
     its callback and context); the clock keeps each connection's next ping in a heap, sets
     its one timer for the earliest, and at it calls the protocol's
     ``send_keepalive_ping``, as uvicorn's timer would, at the time uvicorn set. A cancelled
-    ping stays in the heap, without its protocol, until its time (one ping interval at
-    most)."""
+    ping stays in the heap, without its protocol, until its time or until the heap has
+    doubled since it was last swept of them (connections that come and go quickly leave
+    at most about as many as there are live ones)."""
 
-    __slots__ = ("due", "loop", "timer", "timer_at")
+    __slots__ = ("due", "loop", "sweep_at", "timer", "timer_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.due: list[Ping] = []
+        self.sweep_at = PING_CLOCK_SWEEP
+        """The heap's length at which its cancelled pings are let go."""
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
 
     def at(self, when: float, protocol: WebSocketsSansIOProtocol) -> Ping:
         """Send ``protocol``'s keepalive ping at ``when`` (the loop's time) unless cancelled."""
+        due = self.due
+        if len(due) >= self.sweep_at:  # each ping is swept at most once per doubling
+            due[:] = [ping for ping in due if ping.protocol is not None]
+            heapq.heapify(due)
+            self.sweep_at = max(PING_CLOCK_SWEEP, 2 * len(due))
         ping = Ping(when, protocol)
-        heapq.heappush(self.due, ping)
+        heapq.heappush(due, ping)
         if self.timer is None or when < self.timer_at:
             self._arm(when)
         return ping
@@ -200,6 +208,9 @@ class PingClock:
             self._arm(due[0].when)
 
 
+PING_CLOCK_SWEEP: Final = 1024
+"""A `PingClock`'s heap is swept of cancelled pings when it reaches this length, or twice
+its length after the last sweep."""
 PING_CLOCK_SLACK: Final = 0.001
 """Seconds: a ping due this soon is sent at a `PingClock`'s tick (an event loop's timers
 are as exact as a millisecond: uvloop's)."""

@@ -23,10 +23,12 @@ from ..session import WRITE_DIRECT, DirectLink
 from ..uvicorn_protocol import (
     MAX_SHARED_HEADERS,
     NO_HEADERS,
+    PING_CLOCK_SWEEP,
     Flag,
     Inbox,
     LeanProtocol,
     Ping,
+    PingClock,
     shared_headers,
     text_frame,
 )
@@ -430,6 +432,22 @@ async def test_keepalive_pings_go_at_uvicorns_times_on_one_clock(server: uvicorn
             break
         await asyncio.sleep(0.01)
     assert last.protocol is None  # cancelled with the connection: nothing of it held
+
+
+async def test_ping_clock_lets_cancelled_pings_go_as_connections_come_and_go() -> None:
+    config = uvicorn.Config(echo, ws="websockets-sansio", lifespan="off")
+    config.load()
+    protocol = LeanProtocol(config, ServerState(), {})
+    clock = PingClock(asyncio.get_running_loop())
+    later = clock.loop.time() + 3600
+    live = [clock.at(later + n, protocol) for n in range(100)]
+    for n in range(20 * PING_CLOCK_SWEEP):  # connections that open and close
+        clock.at(later + n, protocol).cancel()
+        assert len(clock.due) <= 2 * max(PING_CLOCK_SWEEP, 2 * len(live)) + 1
+    assert all(ping in clock.due for ping in live)  # the live ones stay, in heap order
+    assert clock.due[0].when == min(ping.when for ping in clock.due)
+    assert clock.timer is not None
+    clock.timer.cancel()
 
 
 @pytest.mark.parametrize(

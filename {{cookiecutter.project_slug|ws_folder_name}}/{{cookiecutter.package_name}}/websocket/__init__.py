@@ -174,9 +174,9 @@ but for one thing: the ``(name, value)`` tuples of ``scope["headers"]`` (equal t
 immutable) may be the same objects in several connections' scopes. `create_router`'s
 route returns its handler's coroutine for Starlette to await (no frame of its own), and
 `receive_json`'s loop holds no bound methods. A subscribed connection of one room (10,000
-on the memory hub, uvicorn with `LeanProtocol`) holds 3.8 KiB less in the fastapi flavour
-(23.0 -> 19.2 KiB of RSS, 1.29x the ``websockets`` server's) and 3.5 KiB less in the asgi
-one (16.3 -> 12.8 KiB, 0.86x; docs/benchmarks.md, "Memory per subscribed connection"). Upgrading: a subclass of
+on the memory hub, uvicorn with `LeanProtocol`) holds 3.7 KiB less in the fastapi flavour
+(22.3 -> 18.6 KiB of RSS, 1.25x the ``websockets`` server's) and 3.5 KiB less in the asgi
+one (15.6 -> 12.1 KiB, 0.81x; docs/benchmarks.md, "Memory per subscribed connection"). Upgrading: a subclass of
 `LeanProtocol` that sets attributes of its own still can (they go to its dictionary).
 
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).

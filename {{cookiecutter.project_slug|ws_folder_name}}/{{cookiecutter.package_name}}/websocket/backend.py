@@ -89,7 +89,9 @@ class _Endpoint:
         self.__wrapped__ = handler
         self.templates: list[_EndpointTemplate] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # What the route awaits is the handler's coroutine itself: no frame of this call is
+        # held for the connection's life.
         templates = self.templates
         if templates is None:  # the first connection: the app's routes are all mounted
             routes = getattr(scope.get("app"), "routes", [])
@@ -105,7 +107,7 @@ class _Endpoint:
                 if template.pattern.match(path):
                     scope["route"] = template
                     break
-        await self.__wrapped__(WebSocket(scope, receive=receive, send=send))
+        return self.__wrapped__(WebSocket(scope, receive=receive, send=send))
 
 
 def websocket_routes(routes: Sequence[BaseRoute]) -> list[tuple[str, object]]:

@@ -320,14 +320,15 @@ def receive_json(
     async def receiving(websocket: WS) -> None:
         # The hot loop of every endpoint: no coroutine in it but the socket's own, and for
         # a keepalive's answer none at all where the server sends it at once (see
-        # `server_sender`: only while the face is in the state it was accepted in).
-        receive, send_text = websocket.receive, websocket.send_text
+        # `server_sender`: only while the face is in the state it was accepted in). The
+        # socket's methods are called where they are looked up (no bound method made, none
+        # held while the connection idles; ``send_now`` is the scope's own).
         connected = websocket.application_state
         send_now = server_sender(websocket) if connected.name == "CONNECTED" else None
-        while (frame := _payload(await receive())) is not None:
+        while (frame := _payload(await websocket.receive())) is not None:
             message = _json_object(frame)
             if isinstance(message, str):
-                await send_text(dumps({"type": "error", "reason": message}))
+                await websocket.send_text(dumps({"type": "error", "reason": message}))
             elif (kind := message.get("type")) == "keepalive":
                 ack = dumps_parsed(keepalive_ack(message))
                 if (
@@ -335,10 +336,10 @@ def receive_json(
                     or websocket.application_state is not connected
                     or not send_now(ack)
                 ):
-                    await send_text(ack)
+                    await websocket.send_text(ack)
             elif kind == "presence":
                 if presence is None:
-                    await send_text(dumps({"type": "error", "reason": NO_PRESENCE}))
+                    await websocket.send_text(dumps({"type": "error", "reason": NO_PRESENCE}))
                 else:
                     await presence(websocket, message)
             else:

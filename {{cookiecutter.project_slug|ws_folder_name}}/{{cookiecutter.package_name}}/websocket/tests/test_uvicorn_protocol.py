@@ -6,18 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
-from ..asgi_types import ASGIApp, Receive, Scope, Send
+from ..asgi_types import Receive, Scope, Send
 from ..session import WRITE_DIRECT, DirectLink
-from ..uvicorn_protocol import Flag, Inbox, LeanProtocol, text_frame
+from ..uvicorn_protocol import (
+    MAX_SHARED_HEADERS,
+    NO_HEADERS,
+    PING_CLOCK_SWEEP,
+    Flag,
+    Inbox,
+    LeanProtocol,
+    Ping,
+    PingClock,
+    shared_headers,
+    text_frame,
+)
 
 SHARED = "one text object sent to every client that asks: built into a frame once"
 closes: list[int] = []
@@ -90,9 +104,16 @@ class Direct:
 
 @pytest.fixture
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[uvicorn.Server]:
-    app: ASGIApp = getattr(request, "param", echo)
+    param = getattr(request, "param", echo)  # an app, or uvicorn's settings for `echo`
+    app, settings = (echo, param) if isinstance(param, dict) else (param, {})
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, ws=LeanProtocol, lifespan="off", log_level="warning"
+        app,
+        host="127.0.0.1",
+        port=0,
+        ws=LeanProtocol,
+        lifespan="off",
+        log_level="warning",
+        **settings,
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -149,8 +170,22 @@ async def test_clients_get_what_uvicorn_would_send(server: uvicorn.Server) -> No
             parsing = protocol.conn.parser.gi_frame  # websockets' parser keeps the request
             held = parsing.f_locals.get("request") if parsing is not None else None
             if held is not None:
-                assert not held.headers  # emptied
+                assert held.headers is NO_HEADERS  # let go: one empty set for all
+                assert not NO_HEADERS
             assert protocol.scope["headers"]  # the app's copy of the request headers stays
+            assert not vars(protocol)  # every attribute in a slot: no dictionary of its own
+            assert isinstance(protocol.ping_timer, Ping)  # on the clock, not a timer each
+        first_protocol, second_protocol = (
+            c for c in server.server_state.connections if isinstance(c, LeanProtocol)
+        )
+        assert first_protocol.scope["server"] is second_protocol.scope["server"]  # held once
+        first_headers = dict(first_protocol.scope["headers"])
+        second_headers = dict(second_protocol.scope["headers"])
+        assert first_headers[b"host"] is second_headers[b"host"]  # one pair for both
+        assert first_headers[b"sec-websocket-key"] != second_headers[b"sec-websocket-key"]
+        assert first_protocol.conn.available_extensions is (
+            second_protocol.conn.available_extensions
+        )
         await second.close(4000, "done")
     for _ in range(100):
         if len(closes) == 2:
@@ -240,36 +275,68 @@ async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     assert "self.request = event" in inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
     for name in ("pause_writing", "data_received", "keepalive_timeout", "shutdown", "send"):
         assert callable(getattr(plain, name, None)), name  # where LeanProtocol stops a link
+    assert "self.send_keepalive_ping" in inspect.getsource(WebSocketsSansIOProtocol.schedule_ping)
+    assert isinstance(plain.conn.available_extensions, list)
+    # Every attribute uvicorn sets has a slot, and no slot hides an attribute of its class
+    # (a uvicorn that adds one fails here: add it to the slots).
+    assert set(vars(plain)) <= set(LeanProtocol.__slots__)
+    assert not set(LeanProtocol.__slots__) & set(dir(WebSocketsSansIOProtocol))
     lean = LeanProtocol(config, ServerState(), {})
     assert isinstance(lean.queue, Inbox)
     assert isinstance(lean.writable, Flag)
     assert lean.writable.is_set()
 
 
-async def test_inbox_gets_in_order_and_passes_a_cancelled_wakeup_on() -> None:
-    inbox = Inbox()
+async def reads_in_order_passing_a_cancelled_wakeup_on(
+    inbox: Inbox, read: Callable[[], Coroutine[Any, Any, Any]]
+) -> None:
+    """What ``read`` does with ``inbox``: `Inbox.get`, and `LeanProtocol.receive`, which
+    has its loop inline."""
     inbox.put_nowait(1)
     inbox.put_nowait(2)
-    assert [await inbox.get(), inbox.get_nowait(), inbox.empty()] == [1, 2, True]
-    with pytest.raises(asyncio.QueueEmpty):
-        inbox.get_nowait()
-    first = asyncio.create_task(inbox.get())
-    second = asyncio.create_task(inbox.get())
+    assert [await read(), await read(), inbox.empty()] == [1, 2, True]
+    first = asyncio.create_task(read())
+    second = asyncio.create_task(read())
     await asyncio.sleep(0)
-    inbox.put_nowait("item")  # wakes the first getter...
+    inbox.put_nowait("item")  # wakes the first reader...
     first.cancel()  # ...which is cancelled before it runs: the second gets the item
-    assert await second == "item"
+    async with asyncio.timeout(5):  # not woken: this fails, not hangs
+        assert await second == "item"
     with pytest.raises(asyncio.CancelledError):
         await first
     assert inbox.empty()
-    waiting = asyncio.create_task(inbox.get())
+    waiting = asyncio.create_task(read())
     await asyncio.sleep(0)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    inbox.put_nowait("later")  # no getter left waiting: it stays queued
+    inbox.put_nowait("later")  # no reader left waiting: it stays queued
     assert inbox.qsize() == 1
-    assert await inbox.get() == "later"
+    assert await read() == "later"
+    lone = asyncio.create_task(read())  # one reader, held without a list
+    await asyncio.sleep(0)
+    inbox.put_nowait("kept")  # wakes it...
+    lone.cancel()  # ...and it is cancelled before it runs: the item stays for the next
+    with pytest.raises(asyncio.CancelledError):
+        await lone
+    assert await read() == "kept"
+    assert inbox.empty()
+
+
+async def test_inbox_gets_in_order_and_passes_a_cancelled_wakeup_on() -> None:
+    inbox = Inbox()
+    await reads_in_order_passing_a_cancelled_wakeup_on(inbox, inbox.get)
+    with pytest.raises(asyncio.QueueEmpty):
+        inbox.get_nowait()
+
+
+async def test_receive_reads_the_inbox_as_its_get_does() -> None:
+    config = uvicorn.Config(echo, ws="websockets-sansio", lifespan="off")
+    config.load()
+    protocol = LeanProtocol(config, ServerState(), {})
+    inbox: object = protocol.queue
+    assert isinstance(inbox, Inbox)
+    await reads_in_order_passing_a_cancelled_wakeup_on(inbox, protocol.receive)
 
 
 async def test_flag_wait_returns_once_set() -> None:
@@ -291,3 +358,115 @@ async def test_flag_wait_returns_once_set() -> None:
     assert not later.done()
     flag.set()
     assert await later is True
+
+
+def test_shared_headers_are_equal_and_share_only_what_clients_send_alike() -> None:
+    def headers(key: bytes) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"host", b"example.com:8000"),
+            (b"upgrade", b"websocket"),
+            (b"sec-websocket-key", key),
+            (b"cookie", b"session=" + key),
+            (b"authorization", b"Bearer " + key),
+            (b"User-Agent", b"agent/1.0"),
+        ]
+
+    first = shared_headers(headers(b"one"))
+    second = shared_headers(headers(b"two"))
+    assert first == headers(b"one")  # what the app reads is unchanged
+    assert second == headers(b"two")
+    shared = [a is b for a, b in zip(first, second, strict=True)]
+    assert shared == [True, True, False, False, False, True]
+    again = shared_headers(headers(b"two"))  # an equal secret is never held for later
+    assert again[2] is not second[2]
+    assert again[3] is not second[3]
+    assert again[4] is not second[4]
+
+
+def test_shared_headers_hold_a_bounded_number_of_pairs() -> None:
+    agents = [[(b"user-agent", f"agent/{n}".encode())] for n in range(MAX_SHARED_HEADERS + 5)]
+    held = [shared_headers(agent)[0] for agent in agents]
+    again = [
+        shared_headers([(b"user-agent", f"agent/{n}".encode())])[0] for n in range(len(agents))
+    ]
+    assert again == held
+    assert not any(a is b for a, b in zip(held[-5:], again[-5:], strict=True))  # past the bound
+
+    def long() -> list[tuple[bytes, bytes]]:
+        return [(b"origin", b"https://" + b"x" * int("300"))]  # made at run time
+
+    assert shared_headers(long())[0] is not shared_headers(long())[0]
+
+
+async def next_change(read: Callable[[], object]) -> object:
+    """What ``read()`` returns once it no longer returns what it returned first."""
+    first = read()
+    for _ in range(1000):  # up to 5 s
+        await asyncio.sleep(0.005)
+        if (value := read()) != first:
+            return value
+    raise AssertionError(f"still {first!r} after 5 s")
+
+
+@pytest.mark.parametrize(
+    "server", [{"ws_ping_interval": 0.3, "ws_ping_timeout": 5.0}], indirect=True
+)
+async def test_keepalive_pings_go_at_uvicorns_times_on_one_clock(server: uvicorn.Server) -> None:
+    async with connect(url_of(server), ping_interval=None) as client:  # it answers pings
+        (protocol,) = [c for c in server.server_state.connections if isinstance(c, LeanProtocol)]
+        for _ in range(3):  # ping, pong, the next ping put on the clock: three times
+            ping: object = protocol.ping_timer
+            while not isinstance(ping, Ping):  # a ping in flight: wait for the next
+                ping = await next_change(lambda: protocol.ping_timer)
+            assert ping.protocol is protocol
+            sent_at = await next_change(lambda: protocol.ping_sent_at)
+            assert isinstance(sent_at, float)
+            assert sent_at >= ping.when - 0.002  # not before the time uvicorn set
+        await client.send("hello")
+        assert await client.recv() == "hello"  # pings did not disturb the session
+        last: object = protocol.ping_timer
+        while not isinstance(last, Ping):
+            last = await next_change(lambda: protocol.ping_timer)
+    for _ in range(100):
+        if last.protocol is None:
+            break
+        await asyncio.sleep(0.01)
+    assert last.protocol is None  # cancelled with the connection: nothing of it held
+
+
+async def test_ping_clock_lets_cancelled_pings_go_as_connections_come_and_go() -> None:
+    config = uvicorn.Config(echo, ws="websockets-sansio", lifespan="off")
+    config.load()
+    protocol = LeanProtocol(config, ServerState(), {})
+    clock = PingClock(asyncio.get_running_loop())
+    later = clock.loop.time() + 3600
+    live = [clock.at(later + n, protocol) for n in range(100)]
+    for n in range(20 * PING_CLOCK_SWEEP):  # connections that open and close
+        clock.at(later + n, protocol).cancel()
+        assert len(clock.due) <= 2 * max(PING_CLOCK_SWEEP, 2 * len(live)) + 1
+    assert all(ping in clock.due for ping in live)  # the live ones stay, in heap order
+    assert clock.due[0].when == min(ping.when for ping in clock.due)
+    assert clock.timer is not None
+    clock.timer.cancel()
+
+
+@pytest.mark.parametrize(
+    "server", [{"ws_ping_interval": 0.1, "ws_ping_timeout": 0.2}], indirect=True
+)
+async def test_a_client_that_does_not_answer_pings_is_closed_with_1011(
+    server: uvicorn.Server,
+) -> None:
+    client = ClientProtocol(parse_uri(url_of(server)))  # sans I/O: it sends only what we write
+    port = server.servers[0].sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client.send_request(client.connect())
+    writer.write(b"".join(client.data_to_send()))  # the handshake; never a pong after it
+    received: list[Frame] = []
+    async with asyncio.timeout(5):
+        while data := await reader.read(65536):
+            client.receive_data(data)
+            received += [event for event in client.events_received() if isinstance(event, Frame)]
+    writer.close()
+    assert received[0].opcode is Opcode.PING  # sent by the clock
+    assert client.close_rcvd is not None
+    assert client.close_rcvd.code == 1011  # uvicorn's pong deadline, as before

@@ -51,11 +51,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import struct
 from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -67,13 +67,28 @@ _last_frame: tuple[str | None, bytes] = (None, b"")
 before the next."""
 
 
+_MEDIUM_HEADER: Final = struct.Struct("!BBH")
+_LONG_HEADER: Final = struct.Struct("!BBQ")
+_FINAL_TEXT: Final = 0x81
+"""FIN and the text opcode: the first byte of a final text frame (RFC 6455, 5.2)."""
+
+
 def text_frame(text: str) -> bytes:
-    """A final, unmasked, uncompressed text frame of ``text``: what a server sends."""
+    """A final, unmasked, uncompressed text frame of ``text``: what a server sends, the
+    bytes websockets' ``Frame(Opcode.TEXT, ...).serialize(mask=False)`` makes (tested),
+    without its frame object and checks: a keepalive's answer is framed this way each."""
     global _last_frame
     last = _last_frame
     if last[0] is text:
         return last[1]
-    frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    data = text.encode()
+    size = len(data)
+    if size < 126:
+        frame = bytes((_FINAL_TEXT, size)) + data
+    elif size < 65536:
+        frame = _MEDIUM_HEADER.pack(_FINAL_TEXT, 126, size) + data
+    else:
+        frame = _LONG_HEADER.pack(_FINAL_TEXT, 127, size) + data
     _last_frame = (text, frame)
     return frame
 

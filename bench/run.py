@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
@@ -42,7 +42,6 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
 from bench import report, workloads
 from bench.loadgen import CLIENT_PACKAGES, BenchError, ensure_client, installed_version
 from bench.servers import (
-    BEFORE,
     BENCH,
     BROADCAST_BACKENDS,
     BROADCAST_HISTORY,
@@ -51,12 +50,12 @@ from bench.servers import (
     RedisServer,
     RunningServer,
     ServerSpec,
+    before_spec,
     before_specs,
     broadcast_key,
     broadcast_label,
     broadcast_spec,
     fanout_specs,
-    generated,
     pin,
     pinning_cpus,
     render_broadcast_projects,
@@ -493,13 +492,7 @@ def broadcast_runs(
             commit, template = compare
             then = render_broadcast_projects(work / "render-broadcast-before", backends, template)
             specs += [
-                replace(
-                    spec,
-                    key=spec.key + BEFORE,
-                    label=f"{spec.label}, at {commit} (before)",
-                    command=generated(then[spec.backend]),
-                    cwd=then[spec.backend],
-                )
+                before_spec(spec, then[spec.backend], commit)
                 for spec in specs
                 if spec.backend is not None
             ]
@@ -535,13 +528,7 @@ def fanout_runs(
         commit, template = compare
         then = render_fanout_projects(work / "render-fanout-before", template)
         specs += [
-            replace(
-                spec,
-                key=spec.key + BEFORE,
-                label=f"{spec.label}, at {commit} (before)",
-                command=generated(then[spec.key.removeprefix("fanout-")]),
-                cwd=then[spec.key.removeprefix("fanout-")],
-            )
+            before_spec(spec, then[spec.key.removeprefix("fanout-")], commit)
             for spec in specs
             if spec.backend is not None
         ]

@@ -119,22 +119,26 @@ def template_at(commit: str, output: Path) -> Path:
     return output
 
 
+def before_spec(spec: ServerSpec, project: Path, commit: str) -> ServerSpec:
+    """The generated server ``spec`` again, on ``project`` rendered at ``commit``: the
+    "before" of a change measured side by side with its "after" (the working tree)."""
+    return replace(
+        spec,
+        key=spec.key + BEFORE,
+        label=f"{spec.label}, at {commit} (before)",
+        command=generated(project),
+        cwd=project,
+    )
+
+
 def before_specs(
     specs: Sequence[ServerSpec], projects: Mapping[str, Path], commit: str
 ) -> list[ServerSpec]:
-    """The generated servers of ``specs`` again, on ``projects`` rendered at ``commit``: the
-    "before" of a change measured side by side with its "after" (the working tree)."""
+    """`before_spec` of each generated server of ``specs``, on ``projects`` by flavour."""
     return [
-        replace(
-            spec,
-            key=spec.key + BEFORE,
-            label=f"{spec.label}, at {commit} (before)",
-            command=generated(project),
-            cwd=project,
-        )
+        before_spec(spec, projects[spec.key.removeprefix("generated-")], commit)
         for spec in specs
         if spec.key.startswith("generated-")
-        for project in [projects[spec.key.removeprefix("generated-")]]
     ]
 
 

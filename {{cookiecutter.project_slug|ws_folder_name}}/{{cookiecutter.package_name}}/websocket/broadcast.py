@@ -810,24 +810,19 @@ class Lane:
         subscription.in_lane = True
         return True
 
-    def leave(self, subscription: Subscription) -> None:
-        """``subscription`` goes back to its queue (its link is dropped: a stop that comes
-        for it later finds it out of the lane)."""
-        self._remove(subscription)
-
     def stopped(self, subscription: Subscription) -> None:
         """``subscription``'s link stopped (its server's or its guard's word)."""
         if self.carrying:  # from within a write: let go once the message is written
             self.leaving.append((subscription, False))
         else:
-            self._remove(subscription)
+            self.leave(subscription)
 
     def carry(self, publication: Publication) -> None:
         """Write ``publication`` to every member, or, if it does not follow the lane's
         position, let every member go back to its queue (where the hub then delivers it)."""
         if publication.offset != self.offset + 1 or publication.epoch != self.epoch:
             for subscription in list(self.writes):
-                self._remove(subscription)
+                self.leave(subscription)
             return
         self.offset = publication.offset
         text = publication.text
@@ -845,14 +840,14 @@ class Lane:
         leaving, self.leaving = self.leaving, []
         written = len(self.writes)
         for subscription, failed in leaving:  # not sent: the hub's delivery queues it
-            if failed and self._remove(subscription):
+            if failed and self.leave(subscription):
                 subscription._offset -= 1
                 written -= 1
         for counter, members in self.counts.items():
             counter.count_many(text, members)
         for subscription, failed in leaving:  # sent, then its link stopped
             if not failed:
-                self._remove(subscription)
+                self.leave(subscription)
         stats = self.stats
         if stats is not None and written:
             countdown = stats.lag_countdown - written  # as `poll` steps it, ``written`` times
@@ -865,8 +860,9 @@ class Lane:
                 if publication.published_ns:
                     _measure_lag(stats, publication.published_ns, rounds)
 
-    def _remove(self, subscription: Subscription) -> bool:
-        """Take ``subscription`` out, at the lane's position; False if it was not in."""
+    def leave(self, subscription: Subscription) -> bool:
+        """``subscription`` goes back to its queue, at the lane's position; False if it was
+        not in. Its link is dropped: a stop that comes for it later finds it out."""
         if self.writes.pop(subscription, None) is None:
             return False
         counter, subscription._counter = subscription._counter, None

@@ -30,8 +30,9 @@ from ..testing import ScriptedClient
 from .conftest import SocketFactory
 from .hub_contract import QUEUE_SIZE, HubContract, HubFactory, received
 
-# Each test runs on every delivery path (queued, sent at once, lane): see conftest.DELIVERY_PATHS.
-pytestmark = pytest.mark.usefixtures("delivery_path")
+# The hub contract and each test of a session run on every delivery path (queued, sent at
+# once, lane: conftest.DELIVERY_PATHS); those of a subscription or a lane alone need none.
+on_every_path = pytest.mark.usefixtures("delivery_path")
 
 
 class TestMemoryHub(HubContract):
@@ -472,6 +473,7 @@ async def test_without_a_hub_in_the_state_the_error_says_what_to_do(
         hub_of(make_socket(ScriptedClient("/ws/news")))
 
 
+@on_every_path
 async def test_a_receive_only_session_refuses_client_messages_and_relays_the_service_s(
     make_socket: SocketFactory,
 ) -> None:
@@ -491,6 +493,7 @@ async def test_a_receive_only_session_refuses_client_messages_and_relays_the_ser
         await asyncio.wait_for(task, 5)
 
 
+@on_every_path
 async def test_a_hook_that_cannot_be_hashed_serves_as_well(make_socket: SocketFactory) -> None:
     # The readers of a channel's clients are shared by hook; a hook that is no key (an
     # object with __eq__ and no __hash__) gets a reader of its own.

@@ -245,7 +245,8 @@ async def test_direct_writes_stop_when_the_app_closes(server: uvicorn.Server) ->
         await client.send("close")
         await wait_for(lambda: bool(DIRECT.events))
         assert DIRECT.events[0] == ("closed", True)
-        assert client.close_code is None or client.close_code == 4001
+        await client.wait_closed()
+        assert client.close_code == 4001  # the app's close, which stopped the link
 
 
 @served(DIRECT)

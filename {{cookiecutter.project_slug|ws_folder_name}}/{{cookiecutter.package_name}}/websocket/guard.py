@@ -20,6 +20,9 @@ Where the server offers to send a text at once (the scope extension `session.SEN
 not closed the connection and counts what it sends as `send` does. So with the server's
 direct writes (`session.WRITE_DIRECT`): the guard's link counts what is written through it
 (its writer tells it how many times a text went out) and stops when the guard closes.
+Where the server hands text messages over as they are read (`session.RECEIVE_DIRECT`), the
+guard's hand-over checks and counts each as ``receive`` does before the app's ``take`` sees
+it, and has one that would fail a check queued instead, for ``receive`` to close on.
 
 Close codes the guard sends: 1008 (policy violation: rate limit, idle timeout), 1009
 (message too big), 1013 (server full, try again later). A refused handshake gets HTTP 403.
@@ -36,7 +39,17 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
-from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop, OpenDirect, SendNow
+from .session import (
+    RECEIVE_DIRECT,
+    SEND_TEXT_NOW,
+    WRITE_DIRECT,
+    DirectLink,
+    LinkStop,
+    Listen,
+    OpenDirect,
+    SendNow,
+    TakeText,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +316,9 @@ class WebSocketGuard:
         if extensions and extensions.get(WRITE_DIRECT) is not None:
             connection.server_open_direct = extensions[WRITE_DIRECT]
             extensions[WRITE_DIRECT] = connection.open_direct
+        if extensions and extensions.get(RECEIVE_DIRECT) is not None:
+            connection.server_listen = extensions[RECEIVE_DIRECT]
+            extensions[RECEIVE_DIRECT] = connection.listen
         return connection
 
 
@@ -357,6 +373,7 @@ class GuardedConnection:
 
     __slots__ = (  # thousands of idle connections: no __dict__ each
         "app_closed",
+        "app_take",
         "close_code",
         "closed_by_guard",
         "closing",
@@ -374,6 +391,7 @@ class GuardedConnection:
         "sender",
         "sends_finished",
         "sends_started",
+        "server_listen",
         "server_open_direct",
         "server_receive",
         "server_send",
@@ -403,6 +421,8 @@ class GuardedConnection:
         self.server_send_now: SendNow | None = None  # the server's SEND_TEXT_NOW, if any
         self.server_open_direct: OpenDirect | None = None  # the server's WRITE_DIRECT, if any
         self.direct_stop: LinkStop | None = None  # who to tell when the open link stops
+        self.server_listen: Listen | None = None  # the server's RECEIVE_DIRECT, if any
+        self.app_take: TakeText | None = None  # what the app's texts are handed to, if any
         self.loop = asyncio.get_running_loop()
         self.watchdog = watchdog or Watchdog(self.loop, policy)
         self.opened_at = 0.0
@@ -432,6 +452,9 @@ class GuardedConnection:
         if self.server_open_direct is not None:
             self.scope["extensions"].pop(WRITE_DIRECT, None)
             self.server_open_direct = self.direct_stop = None
+        if self.server_listen is not None:
+            self.scope["extensions"].pop(RECEIVE_DIRECT, None)
+            self.server_listen = self.app_take = None
         if self.closing is not None:
             await self.closing
         if self.opened_at and self.close_code is None and self.peer_gone:
@@ -491,6 +514,37 @@ class GuardedConnection:
         elif kind == "websocket.disconnect" and self.close_code is None:
             self.close_code = message.get("code", 1005)
         return message
+
+    def listen(self, take: TakeText) -> Awaitable[None] | None:
+        """The server's `RECEIVE_DIRECT`, each text checked and counted by `take_text`."""
+        listen = self.server_listen
+        if self.closed_by_guard or listen is None:
+            return None
+        self.app_take = take
+        return listen(self.take_text)
+
+    def take_text(self, text: str) -> bool:
+        """A text handed over by the server: checked and counted as `receive` does, then
+        given to the app's take; False (nothing done, nothing counted) if it fails a check
+        or the app's take refuses it, so that it is queued and `receive` sees it."""
+        take = self.app_take
+        if self.closed_by_guard or take is None:
+            return False
+        size = len(text) if text.isascii() else len(text.encode())
+        if size > self.policy.max_message_bytes:
+            return False
+        now = self.loop.time()
+        refill = (now - self.rate_checked) * self.policy.messages_per_second
+        tokens = min(self.policy.message_burst, self.tokens + refill)
+        if tokens < 1 or not take(text):
+            return False
+        self.last_heard = self.rate_checked = now
+        self.tokens = tokens - 1
+        tally = self.tally
+        if tally is not None:
+            tally.messages_received += 1
+            tally.bytes_received += size
+        return True
 
     def send_text_now(self, text: str) -> bool:
         """Send ``text`` at once through the server's `SEND_TEXT_NOW`, counted as `send`

@@ -96,6 +96,32 @@ is made per link but its tuple: the writer is the transport itself, the stop an 
 writer has already (a subscription), so a room of many holds little for it."""
 
 
+RECEIVE_DIRECT: Final = "receive_direct"
+"""The ASGI scope extension of a server that can hand the app each text message the moment
+it is read, with no coroutine: a function of a `TakeText` that returns an awaitable, or
+None when the server cannot now (a message is waiting to be received: receive it first).
+From then on each text message is given to ``take`` instead of being queued for
+``receive``, for as long as ``take`` returns True (it has dealt with the text: answered it,
+say). A text ``take`` refuses (False, nothing done) is queued, and so is every other message
+(binary, a disconnect) as usual; the first thing queued ends the hand-over and completes the
+awaitable, after which ``receive`` returns it. The app stops the hand-over by calling
+``receive`` or by cancelling the awaitable; a hand-over while a message is queued never
+starts, so ``take`` and ``receive`` see the messages in the order they came. ``take`` runs
+in the server's read callback: it must not raise, and must only do what cannot wait (send
+with `SEND_TEXT_NOW`). `LeanProtocol` offers it; the guard offers its own, which applies its
+per-message checks and counts first and has a message that would fail them queued for its
+``receive`` (which closes as it does today). A keepalive's answer takes this way
+(`receive_json`): no task wakes for it."""
+
+TakeText: TypeAlias = Callable[[str], bool]
+"""Deals with a text message at once: True if it did, False (nothing done) to have it
+queued for ``receive`` (`RECEIVE_DIRECT`)."""
+
+Listen: TypeAlias = Callable[[TakeText], Awaitable[None] | None]
+"""A server's `RECEIVE_DIRECT`: hands text messages to ``take`` until something is queued
+(the awaitable it returns completes then), or None when it cannot now."""
+
+
 class SendCounter(Protocol):
     """What counts the texts a connection sends (the guard's `Tally` of its endpoint)."""
 
@@ -153,6 +179,15 @@ def server_direct(websocket: SessionSocket) -> OpenDirect | None:
     extensions = websocket.scope.get("extensions") or {}
     open_direct: OpenDirect | None = extensions.get(WRITE_DIRECT)
     return open_direct
+
+
+def server_listener(websocket: SessionSocket) -> Listen | None:
+    """The `RECEIVE_DIRECT` that ``websocket``'s server offers (through the guard), or None.
+    Listen only while the face's ``application_state`` is the accepted one: what a face does
+    with a text message in that state is to pass it on (see `server_sender`)."""
+    extensions = websocket.scope.get("extensions") or {}
+    listen: Listen | None = extensions.get(RECEIVE_DIRECT)
+    return listen
 
 
 async def run_websocket(websocket: WS, *task_factories: TaskFactory[WS]) -> None:
@@ -320,12 +355,28 @@ def receive_json(
     async def receiving(websocket: WS) -> None:
         # The hot loop of every endpoint: no coroutine in it but the socket's own, and for
         # a keepalive's answer none at all where the server sends it at once (see
-        # `server_sender`: only while the face is in the state it was accepted in). The
-        # socket's methods are called where they are looked up (no bound method made, none
-        # held while the connection idles; ``send_now`` is the scope's own).
+        # `server_sender`: only while the face is in the state it was accepted in); where
+        # it hands texts over as they are read too (`RECEIVE_DIRECT`), a keepalive wakes no
+        # task. The socket's methods are called where they are looked up (no bound method
+        # made, none held while the connection idles; ``send_now`` is the scope's own).
         connected = websocket.application_state
         send_now = server_sender(websocket) if connected.name == "CONNECTED" else None
-        while (frame := _payload(await websocket.receive())) is not None:
+        listen = server_listener(websocket) if send_now is not None else None
+        keepalives = None
+        if listen is not None and send_now is not None:
+            keepalives = _Keepalives(websocket, send_now, connected)
+        while True:
+            if (
+                listen is not None
+                and keepalives is not None
+                and websocket.application_state is connected
+            ):
+                # Keepalives are answered as they are read; anything else wakes this task.
+                arrival = listen(keepalives)
+                if arrival is not None:
+                    await arrival
+            if (frame := _payload(await websocket.receive())) is None:
+                break
             message = _json_object(frame)
             if isinstance(message, str):
                 await websocket.send_text(dumps({"type": "error", "reason": message}))
@@ -347,6 +398,29 @@ def receive_json(
             del frame, message  # not held while the connection idles
 
     return receiving
+
+
+class _Keepalives:
+    """`receive_json`'s `TakeText`: answers a keepalive the moment it is read, where the
+    answer can be sent at once; refuses anything else, which the session loop then reads."""
+
+    __slots__ = ("connected", "send_now", "websocket")  # one per connection, kept idle
+
+    def __init__(self, websocket: SessionSocket, send_now: SendNow, connected: Enum) -> None:
+        self.websocket = websocket
+        self.send_now = send_now
+        self.connected = connected
+
+    def __call__(self, text: str) -> bool:
+        if "keepalive" not in text:  # a quick no to the messages the task reads anyway
+            return False
+        message = _flat_object(text)
+        return (
+            message is not None
+            and message.get("type") == "keepalive"
+            and self.websocket.application_state is self.connected
+            and self.send_now(dumps_parsed(keepalive_ack(message)))
+        )
 
 
 async def keepalive_loop(websocket: SessionSocket) -> None:

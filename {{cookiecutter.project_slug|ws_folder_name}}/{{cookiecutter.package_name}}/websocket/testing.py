@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import ClassVar
 
 from .asgi_types import Message
-from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop
+from .session import RECEIVE_DIRECT, SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop, TakeText
 
 _STARTED = re.compile(r"running on http://127\.0\.0\.1:(\d+)", re.IGNORECASE)
 
@@ -224,7 +224,10 @@ class ScriptedClient:
     text at once unless the app's sends would wait or fail. With ``writes_direct`` (default:
     `writes_direct_by_default`), `session.WRITE_DIRECT` too: a link whose writes it takes
     as sent texts (its encoding leaves a text as it is), stopped when its sends would wait
-    or fail, when the app closes or the client disconnects.
+    or fail, when the app closes or the client disconnects. With ``hands_over`` (default:
+    `hands_over_by_default`), `session.RECEIVE_DIRECT`: each text the client sends while the
+    app listens and nothing is queued is handed to the app's take, and queued only if the
+    take refuses it.
     """
 
     sends_now_by_default: ClassVar[bool] = False
@@ -232,6 +235,8 @@ class ScriptedClient:
     sets it to run the same tests on each way a broadcast delivers)."""
     writes_direct_by_default: ClassVar[bool] = False
     """Whether clients made without ``writes_direct`` offer `WRITE_DIRECT`."""
+    hands_over_by_default: ClassVar[bool] = False
+    """Whether clients made without ``hands_over`` offer `RECEIVE_DIRECT`."""
 
     def __init__(
         self,
@@ -241,6 +246,7 @@ class ScriptedClient:
         reply_timeout: float = 2.0,
         sends_now: bool | None = None,
         writes_direct: bool | None = None,
+        hands_over: bool | None = None,
     ) -> None:
         self.scope: Message = {
             "type": "websocket",
@@ -261,6 +267,8 @@ class ScriptedClient:
             extensions[SEND_TEXT_NOW] = self.send_text_now
         if self.writes_direct_by_default if writes_direct is None else writes_direct:
             extensions[WRITE_DIRECT] = self.open_direct
+        if self.hands_over_by_default if hands_over is None else hands_over:
+            extensions[RECEIVE_DIRECT] = self.listen
         if extensions:
             self.scope["extensions"] = extensions
         self._send_error: BaseException | None = None
@@ -271,6 +279,10 @@ class ScriptedClient:
         self.written_direct = 0
         """How many texts were written through a `WRITE_DIRECT` link."""
         self._direct_stop: LinkStop | None = None
+        self.handed_over = 0
+        """How many texts the app's `RECEIVE_DIRECT` take dealt with."""
+        self._take: TakeText | None = None
+        self._listening: asyncio.Future[None] | None = None
         self._reading = asyncio.Event()
         self._reading.set()
         self.reply_timeout = reply_timeout
@@ -279,7 +291,17 @@ class ScriptedClient:
         self.send_message({"type": "websocket.connect"})
 
     async def receive(self) -> Message:
+        self._take = None  # the app reads: texts are no longer handed over
         return await self._to_app.get()
+
+    def listen(self, take: TakeText) -> asyncio.Future[None] | None:
+        """`RECEIVE_DIRECT`: hand texts to ``take`` until one is queued (None while a
+        message waits to be received)."""
+        if not self._to_app.empty():
+            return None
+        self._take = take
+        self._listening = asyncio.get_running_loop().create_future()
+        return self._listening
 
     async def send(self, message: Message) -> None:
         await self._reading.wait()
@@ -340,8 +362,19 @@ class ScriptedClient:
         self._reading.set()
 
     def send_message(self, message: Message) -> None:
-        """Queue any ASGI message for the app, as a server would deliver it."""
+        """Queue any ASGI message for the app, as a server would deliver it (a text is
+        handed to the app's take instead, while it listens and nothing is queued)."""
+        take, self._take = self._take, None
+        listening = self._listening
+        if take is not None and listening is not None and not listening.done():
+            text = message.get("text") if message["type"] == "websocket.receive" else None
+            if type(text) is str and self._to_app.empty() and take(text):
+                self._take = take
+                self.handed_over += 1
+                return
         self._to_app.put_nowait(message)
+        if listening is not None and not listening.done():
+            listening.set_result(None)
 
     def send_text(self, text: str) -> None:
         self.send_message({"type": "websocket.receive", "text": text})

@@ -35,12 +35,18 @@ done once:
   `Lane`) puts frames on the transport with no check per frame, stopped (its stop told)
   as soon as ``send_text_now`` would refuse: after each of uvicorn's methods that
   can change what it checks (``pause_writing``, ``data_received``, ``send``,
-  ``keepalive_timeout``, ``shutdown``, ``connection_lost``).
+  ``keepalive_timeout``, ``shutdown``, ``connection_lost``);
+- and `session.RECEIVE_DIRECT`: a text message handed to the app's ``take`` in the read
+  callback, where uvicorn would queue it with nothing queued before it, until ``take``
+  refuses one or anything else is queued; what ``take`` deals with is neither queued nor
+  pauses reading (uvicorn pauses reading while a message is queued), so a keepalive is
+  answered with no task woken and no wait for the loop's next turn.
 
 It leans on attributes of uvicorn's class (``queue``, ``writable``, ``request``,
 ``response``, ``conn``, ``transport``, ``handshake_complete``, ``close_sent``,
-``initial_response``, ``disconnected``, ``scope``, ``ping_timer``, ``loop``, ``server``;
-the slots name every attribute it sets), on those methods, and on websockets'
+``initial_response``, ``disconnected``, ``scope``, ``ping_timer``, ``loop``, ``server``,
+``frames``, ``curr_msg_data_type``;
+the slots name every attribute it sets), on those methods (and ``send_receive_event_to_app``), and on websockets'
 ``conn.available_extensions``, the same in uvicorn 0.54 and 0.55: a test of the backend
 checks them, and each change is skipped where one is not what it expects, leaving
 uvicorn's own behaviour (an attribute a later uvicorn adds goes to the object's
@@ -59,7 +65,14 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from .session import SEND_TEXT_NOW, WRITE_DIRECT, DirectLink, LinkStop
+from .session import (
+    RECEIVE_DIRECT,
+    SEND_TEXT_NOW,
+    WRITE_DIRECT,
+    DirectLink,
+    LinkStop,
+    TakeText,
+)
 
 _last_frame: tuple[str | None, bytes] = (None, b"")
 """The last text frame built (the text, the frame's bytes): the next send of the same
@@ -382,6 +395,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         "handshake_initiated",
         "initial_response",
         "last_ping_rtt",
+        "listener",
+        "listening",
         "logger",
         "loop",
         "pending_ping_payload",
@@ -407,6 +422,10 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.direct_stop: LinkStop | None = None
         """Who to tell when the open `WRITE_DIRECT` link stops, if one is open."""
+        self.listener: TakeText | None = None
+        """The app's `RECEIVE_DIRECT` take, while texts are handed to it."""
+        self.listening: asyncio.Future[None] | None = None
+        """What the app waits on while texts are handed to it: done once one is queued."""
         if type(self.queue) is asyncio.Queue and self.queue.empty():
             self.queue = Inbox()  # type: ignore[assignment]
         if type(self.writable) is asyncio.Event:
@@ -443,7 +462,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         if isinstance(scope, dict) and isinstance(scope.get("extensions"), dict):
             scope["extensions"].pop(SEND_TEXT_NOW, None)  # no cycle left: scope, self
             scope["extensions"].pop(WRITE_DIRECT, None)
-        self.direct_stop = None
+            scope["extensions"].pop(RECEIVE_DIRECT, None)
+        self.direct_stop = self.listener = None
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -452,6 +472,8 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         if isinstance(extensions, dict):
             extensions[SEND_TEXT_NOW] = self.send_text_now
             extensions[WRITE_DIRECT] = self.open_direct
+            if isinstance(self.queue, Inbox):
+                extensions[RECEIVE_DIRECT] = self.listen
         if isinstance(scope, dict) and type(scope.get("headers")) is list:
             scope["headers"] = shared_headers(scope["headers"])
 
@@ -461,6 +483,9 @@ class LeanProtocol(WebSocketsSansIOProtocol):
         inbox: object = self.queue
         if not isinstance(inbox, Inbox):
             return await super().receive()
+        if self.listening is not None:  # the app reads: texts are no longer handed over
+            inbox.forget(self.listening)
+            self.listener = self.listening = None
         while inbox.empty():
             getter = inbox.arrival()
             try:
@@ -473,6 +498,44 @@ class LeanProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
         return message
+
+    def listen(self, take: TakeText) -> asyncio.Future[None] | None:
+        """`RECEIVE_DIRECT`: hand each text message to ``take`` as it is read, until one is
+        queued; None (nothing done) while a message waits to be received, or once the
+        connection is closing."""
+        inbox = self.queue
+        if not isinstance(inbox, Inbox) or not inbox.empty() or self.close_sent:
+            return None
+        if self.listening is not None:  # a hand-over the app gave up (cancelled its wait)
+            inbox.forget(self.listening)
+        self.listener = take
+        self.listening = arrival = inbox.arrival()
+        return arrival
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's, but a whole text message goes to the app's `RECEIVE_DIRECT` take
+        first, while one listens and nothing is queued: queued only if ``take`` refuses it."""
+        take = self.listener
+        if take is not None:
+            self.listener = None  # back below if ``take`` deals with this text
+            arrival = self.listening
+            if (
+                arrival is not None
+                and not arrival.done()
+                and self.curr_msg_data_type == "text"
+                and len(self.frames) == 1
+                and not self.close_sent
+                and self.queue.empty()
+            ):
+                try:
+                    text = self.frames[0].decode()
+                except UnicodeDecodeError:
+                    text = None  # uvicorn's own path fails the connection, as it should
+                if text is not None and take(text):
+                    self.frames = []
+                    self.listener = take
+                    return
+        super().send_receive_event_to_app()
 
     async def send(self, message: Any) -> None:
         kind = message["type"]

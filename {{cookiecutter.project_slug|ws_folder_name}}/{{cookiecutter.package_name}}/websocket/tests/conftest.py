@@ -50,20 +50,28 @@ def make_socket(web_socket_class: Callable[[Scope, Receive, Send], SessionSocket
     return make
 
 
-DELIVERY_PATHS = {"queued": (False, False), "sent at once": (True, False), "lane": (True, True)}
+DELIVERY_PATHS = {
+    "queued": (False, False, False),
+    "sent at once": (True, False, False),
+    "lane": (True, True, True),
+}
 """The ways a broadcast delivery reaches a connection: queued for the connection's task; sent
 at once from the hub's delivery where the server offers `SEND_TEXT_NOW`; written by the
-channel's `Lane` where it offers `WRITE_DIRECT` too (sent at once until the lane takes it)."""
+channel's `Lane` where it offers `WRITE_DIRECT` too (sent at once until the lane takes it).
+The last offers everything `LeanProtocol` does: `RECEIVE_DIRECT` too, so what the client
+sends is handed to the app as it comes (keepalives answered with no task woken)."""
 
 
 @pytest.fixture(params=list(DELIVERY_PATHS))
 def delivery_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test once on each delivery path: the scripted clients it makes offer
-    `SEND_TEXT_NOW`, `WRITE_DIRECT`, both or neither (`ScriptedClient`'s defaults)."""
+    `SEND_TEXT_NOW`, `WRITE_DIRECT` and `RECEIVE_DIRECT`, the first, or none
+    (`ScriptedClient`'s defaults)."""
     path: str = request.param
-    sends_now, writes_direct = DELIVERY_PATHS[path]
+    sends_now, writes_direct, hands_over = DELIVERY_PATHS[path]
     monkeypatch.setattr(ScriptedClient, "sends_now_by_default", sends_now)
     monkeypatch.setattr(ScriptedClient, "writes_direct_by_default", writes_direct)
+    monkeypatch.setattr(ScriptedClient, "hands_over_by_default", hands_over)
     return path
 
 

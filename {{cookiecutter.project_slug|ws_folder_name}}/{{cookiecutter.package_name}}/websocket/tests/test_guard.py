@@ -15,9 +15,12 @@ from ..broadcast import MemoryHub, run_broadcast
 from ..guard import (
     CLOSE_CODE_WAIT,
     WATCH_STEPS,
+    GuardedConnection,
+    GuardObserver,
     Handshake,
     Policy,
     Refuse,
+    Tally,
     WebSocketGuard,
     origin_allowed,
 )
@@ -201,6 +204,52 @@ async def test_too_many_messages_close_with_1008(web_socket_class: WebSocketClas
         "websocket.close"
     ]
     assert (sent[-1]["code"], sent[-1]["reason"]) == (1008, "too many messages")
+
+
+class Counting(GuardObserver):
+    """An observer that keeps the tally of the one endpoint it sees."""
+
+    def __init__(self) -> None:
+        self.tally = Tally("/ws")
+
+    def opened(self, connection: GuardedConnection) -> Tally:
+        return self.tally
+
+
+@pytest.mark.parametrize(
+    ("last", "policy", "close"),
+    [
+        ('{"type": "keepalive", "pad": "%s"}' % ("é" * 60), Policy(max_message_bytes=100), 1009),
+        ('{"type": "keepalive"}', Policy(messages_per_second=0.001, message_burst=3), 1008),
+    ],
+    ids=["size", "rate"],
+)
+async def test_keepalives_sent_while_the_app_waits_are_checked_and_counted_one_by_one(
+    web_socket_class: WebSocketClass, last: str, policy: Policy, close: int
+) -> None:
+    # Sent one at a time into a running session: where the server hands texts over as they
+    # come (RECEIVE_DIRECT, the lane path), the guard checks each before the app's take.
+    client, observer = ScriptedClient(), Counting()
+    guard = WebSocketGuard(echo_app(web_socket_class), policy=policy, observer=observer)
+    session = asyncio.create_task(guard(client.scope, client.receive, client.send))
+    assert (await client.next_sent())["type"] == "websocket.accept"
+    fits = '{"type": "keepalive", "note": "ünï"}'  # 20 characters, 22 bytes in UTF-8
+    for _ in range(2):
+        client.send_text(fits)
+        assert json.loads((await client.next_sent())["text"])["note"] == "ünï"
+    client.send_text(last)
+    if close == 1008:  # the burst of 3 has room for this one, not the next
+        assert json.loads((await client.next_sent())["text"])["type"] == "keepalive_ack"
+        client.send_text(last)
+    closing = await client.next_sent()
+    assert (closing["type"], closing["code"]) == ("websocket.close", close)
+    await asyncio.wait_for(session, 2)
+    received = [fits, fits, last] + [last] * (close == 1008)
+    assert observer.tally.messages_received == len(received)
+    assert observer.tally.bytes_received == sum(len(text.encode()) for text in received)
+    assert observer.tally.messages_sent == len(received) - 1  # every one answered but the last
+    if ScriptedClient.hands_over_by_default:  # taken as they came, but those refused
+        assert client.handed_over == len(received) - 1
 
 
 def run_on_virtual_clock(scenario: Callable[[], Any]) -> None:

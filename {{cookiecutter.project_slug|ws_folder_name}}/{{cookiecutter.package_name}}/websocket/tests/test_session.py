@@ -13,6 +13,7 @@ import pytest
 from ..asgi_types import Message
 from ..session import (
     SessionSocket,
+    _flat_object,
     drain_text,
     dumps,
     dumps_parsed,
@@ -294,6 +295,61 @@ async def test_keepalive_answers_are_the_text_json_would_write(
         "invalid JSON: NaN is not a JSON number",  # json's words, not orjson's
         f"invalid JSON: {error.msg} at position {error.pos}",
     ]
+
+
+async def test_keepalives_are_answered_as_they_come_where_the_server_hands_texts_over(
+    make_socket: SocketFactory,
+) -> None:
+    # RECEIVE_DIRECT (LeanProtocol's): a keepalive sent while the session waits is answered
+    # in the server's read callback; anything else, or a keepalive whose answer cannot be
+    # sent at once, is queued and read by the session's task, in the order they came.
+    client = ScriptedClient(sends_now=True, hands_over=True)
+    session = asyncio.create_task(run_websocket(make_socket(client), keepalive_loop))
+    assert (await client.next_sent())["type"] == "websocket.accept"
+
+    async def replies(*frames: str | bytes) -> list[Any]:
+        for frame in frames:
+            client.send_bytes(frame) if isinstance(frame, bytes) else client.send_text(frame)
+        return [json_sent(await client.next_sent()) for _ in frames]
+
+    for frame in KEEPALIVES:  # the answers are json's text, as on the task's path
+        (ack,) = await replies(frame)
+        assert ack == {
+            **reference_loads(frame),
+            "type": "keepalive_ack",
+            "server_ns": ack["server_ns"],
+        }
+    flat = sum(_flat_object(frame) is not None for frame in KEEPALIVES)  # the others: the task's
+    assert 0 < client.handed_over == flat < len(KEEPALIVES)
+    answered = await replies(
+        '{"type": "keepalive", "id": 1}',
+        '{"type": "chat"}',
+        b"{}",
+        '{"type": "keepalive", "id": 2}',
+    )
+    assert [(r["type"], r.get("id")) for r in answered] == [
+        ("keepalive_ack", 1),
+        ("error", None),
+        ("error", None),
+        ("keepalive_ack", 2),
+    ]
+    assert client.handed_over == flat + 1  # the others queued behind the chat message
+
+    client.stop_reading()  # its answer cannot go at once: queued, the task sends it
+    client.send_text('{"type": "keepalive", "id": 3}')
+    client.send_text('{"type": "keepalive", "id": 4}')
+    await asyncio.sleep(0.01)
+    client.resume_reading()
+    answered = [json_sent(await client.next_sent()) for _ in range(2)]
+    assert [r["id"] for r in answered] == [3, 4]
+    assert (await replies('{"type": "keepalive", "id": 5}'))[0]["id"] == 5
+    assert client.handed_over == flat + 2  # 1 and 5
+
+    session.cancel()  # a session cancelled while it waits takes no more texts
+    with pytest.raises(asyncio.CancelledError):
+        await session
+    client.send_text('{"type": "keepalive", "id": 6}')
+    assert client.handed_over == flat + 2
 
 
 async def test_keepalive_loop_acks_keepalives_and_refuses_other_messages(

@@ -1,6 +1,7 @@
 """`LeanProtocol` on a real uvicorn: the same frames and events as uvicorn's own protocol,
-less kept per connection, the parts it swaps in (`Inbox`, `Flag`, `text_frame`), and its
-direct writes (`WRITE_DIRECT`), stopped whenever a text could no longer be written at once."""
+less kept per connection, the parts it swaps in (`Inbox`, `Flag`, `text_frame`), its
+direct writes (`WRITE_DIRECT`), stopped whenever a text could no longer be written at once,
+and the texts it hands over as they are read (`RECEIVE_DIRECT`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from ..asgi_types import Receive, Scope, Send
-from ..session import WRITE_DIRECT, DirectLink
+from ..session import RECEIVE_DIRECT, SEND_TEXT_NOW, WRITE_DIRECT, DirectLink
 from ..uvicorn_protocol import (
     MAX_SHARED_HEADERS,
     NO_HEADERS,
@@ -260,6 +261,76 @@ async def test_direct_writes_stop_when_the_connection_is_lost(server: uvicorn.Se
     assert DIRECT.events == [("disconnect", True)]
 
 
+class Listening:
+    """An app that listens (`RECEIVE_DIRECT`) with a take that answers ``take ...`` texts at
+    once (``took take ...``) and refuses the rest, which its task answers (``got ...``,
+    ``got N bytes``) before it listens again; ``wait`` makes the task sleep a second first."""
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+        self.events: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        send_now = scope["extensions"][SEND_TEXT_NOW]
+
+        def take(text: str) -> bool:
+            if not text.startswith("take") or not send_now(f"took {text}"):
+                return False
+            self.taken.append(text)
+            return True
+
+        while True:
+            arrival = scope["extensions"][RECEIVE_DIRECT](take)
+            if arrival is not None:
+                await arrival
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.events.append(f"disconnect {message['code']}")
+                return
+            text = message.get("text")
+            reply = f"got {text}" if text is not None else f"got {len(message['bytes'])} bytes"
+            if text == "wait":
+                await asyncio.sleep(1)
+            await send({"type": "websocket.send", "text": reply})
+
+
+LISTENING = Listening()
+
+
+@pytest.mark.parametrize("server", [LISTENING], indirect=True)
+async def test_texts_are_handed_over_as_they_come_and_queued_in_order_when_refused(
+    server: uvicorn.Server,
+) -> None:
+    async with connect(url_of(server), compression=None) as client:
+        sent = ["take 1", "take 2", "other", "take 3", b"\x00\x01", "take 4"]
+        for message in sent:  # one at a time: each comes while the app listens
+            await client.send(message)
+            reply = await client.recv()
+            assert reply == (
+                f"took {message}"
+                if message[:4] == "take"
+                else f"got {message}"
+                if isinstance(message, str)
+                else "got 2 bytes"
+            )
+        assert LISTENING.taken == ["take 1", "take 2", "take 3", "take 4"]
+        # Sent together while the app's task is busy: queued, and nothing overtakes.
+        together = ["wait", "take 5", "take 6", "other", "take 7"]
+        for message in together:
+            await client.send(message)
+        replies = [await client.recv() for _ in together]
+        assert replies == ["got wait", "got take 5", "got take 6", "got other", "got take 7"]
+        await client.send("take 8")  # the queue empty again: handed over once more
+        assert await client.recv() == "took take 8"
+        assert LISTENING.taken[-1] == "take 8"
+    await wait_for(lambda: bool(LISTENING.events))
+    assert LISTENING.events == ["disconnect 1000"]  # a close wakes an app that listens
+
+
 async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     # LeanProtocol swaps uvicorn's queue and flag and drops its handshake objects: a
     # uvicorn that names or types them otherwise fails here, not in production.
@@ -269,7 +340,8 @@ async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     assert type(plain.queue) is asyncio.Queue
     assert type(plain.writable) is asyncio.Event
     assert plain.writable.is_set()
-    for name in ("handshake_complete", "close_sent", "disconnected", "initial_response"):
+    names = ("handshake_complete", "close_sent", "disconnected", "initial_response", "frames")
+    for name in (*names, "curr_msg_data_type"):
         assert hasattr(plain, name), name
     for name in ("writes", "debug", "extensions", "expect_continuation_frame", "state"):
         assert hasattr(plain.conn, name), name
@@ -277,6 +349,10 @@ async def test_what_lean_protocol_replaces_is_what_uvicorn_makes() -> None:
     for name in ("pause_writing", "data_received", "keepalive_timeout", "shutdown", "send"):
         assert callable(getattr(plain, name, None)), name  # where LeanProtocol stops a link
     assert "self.send_keepalive_ping" in inspect.getsource(WebSocketsSansIOProtocol.schedule_ping)
+    # Where uvicorn queues a whole message (LeanProtocol hands texts over there first).
+    for handler in ("handle_text", "handle_cont"):
+        source = inspect.getsource(getattr(WebSocketsSansIOProtocol, handler))
+        assert "self.send_receive_event_to_app()" in source, handler
     assert isinstance(plain.conn.available_extensions, list)
     # Every attribute uvicorn sets has a slot, and no slot hides an attribute of its class
     # (a uvicorn that adds one fails here: add it to the slots).

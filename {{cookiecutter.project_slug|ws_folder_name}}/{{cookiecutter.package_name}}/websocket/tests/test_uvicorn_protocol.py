@@ -306,17 +306,17 @@ async def test_texts_are_handed_over_as_they_come_and_queued_in_order_when_refus
     server: uvicorn.Server,
 ) -> None:
     async with connect(url_of(server), compression=None) as client:
-        sent = ["take 1", "take 2", "other", "take 3", b"\x00\x01", "take 4"]
-        for message in sent:  # one at a time: each comes while the app listens
+        sent: list[tuple[str | bytes, str]] = [
+            ("take 1", "took take 1"),
+            ("take 2", "took take 2"),
+            ("other", "got other"),
+            ("take 3", "took take 3"),
+            (b"\x00\x01", "got 2 bytes"),
+            ("take 4", "took take 4"),
+        ]
+        for message, reply in sent:  # one at a time: each comes while the app listens
             await client.send(message)
-            reply = await client.recv()
-            assert reply == (
-                f"took {message}"
-                if message[:4] == "take"
-                else f"got {message}"
-                if isinstance(message, str)
-                else "got 2 bytes"
-            )
+            assert await client.recv() == reply
         assert LISTENING.taken == ["take 1", "take 2", "take 3", "take 4"]
         # Sent together while the app's task is busy: queued, and nothing overtakes.
         together = ["wait", "take 5", "take 6", "other", "take 7"]

@@ -704,6 +704,52 @@ async def test_redis_killed_mid_batch_fails_that_batch_and_recovery_loses_nothin
         assert seen == sorted(texts.items())
 
 
+async def test_a_connection_lost_mid_batch_fails_that_batch_only_and_the_next_one_runs(
+    own_redis_server: RedisServer,
+) -> None:
+    # Redis holds a written batch of 50 publishes unrun (CLIENT PAUSE WRITE) with 50 more
+    # waiting behind it, and the batch's connection is killed while Redis stays up: exactly
+    # the 50 written fail with HubUnavailable (none ran); the 50 waiting go in the next
+    # batch, on a new connection, and are all published, in the order they were issued,
+    # right after the 20 before. Subscribers on another hub get offsets 1..70 once each.
+    server = own_redis_server
+    publisher = new_hub(server.url, queue_size=500, history_size=500, timeout=5.0)
+    subscriber = new_hub(server.url, queue_size=500, history_size=500, timeout=5.0)
+    subscriber.prefix = publisher.prefix
+    async with publisher, subscriber, Redis.from_url(server.url) as admin:
+        reader = await subscribed(subscriber, "room")
+        for n in range(20):
+            await publisher.publish("room", numbered(n))
+        batcher = publisher._batcher
+        assert batcher is not None
+        batches = batcher.batches
+        await admin.client_pause(10_000, all=False)  # scripts wait, CLIENT KILL does not
+        written = [
+            asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(20, 70)
+        ]
+        await wait_until("the batch written", lambda: batcher.batches > batches)
+        waiting = [
+            asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(70, 120)
+        ]
+        await asyncio.sleep(0.2)
+        assert not any(task.done() for task in [*written, *waiting])
+        assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        outcomes = await asyncio.gather(*written, return_exceptions=True)
+        assert all(isinstance(outcome, HubUnavailable) for outcome in outcomes), outcomes
+        assert not any(task.done() for task in waiting)
+        await admin.client_unpause()
+        later = await asyncio.gather(*waiting)
+        assert [position.offset for position in later] == list(range(21, 71))
+        seen = [await received(reader) for _ in range(70)]
+        top, history = await publisher.history("room")
+    sent = [*range(20), *range(70, 120)]
+    assert [(d["offset"], d["message"]["n"]) for d in seen] == list(
+        zip(range(1, 71), sent, strict=True)
+    )
+    assert top.offset == 70
+    assert [json.loads(p.text)["message"]["n"] for p in history] == sent
+
+
 async def test_presence_renewals_of_many_channels_share_batches(redis_server: RedisServer) -> None:
     # 200 channels with a client each and a TTL of 0.9 s: renewed every 0.3 s, every
     # channel at once, so each renewal is a few batches, not 200; and the clients stay

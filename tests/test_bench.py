@@ -389,3 +389,22 @@ def test_the_centrifugo_workload_delivers_every_message_and_reports_each_hub(
     assert set(data["ratios"]) >= {"latency_p99_ms", "redis_cpu_us_per_publish"}
     assert "- server CPU/delivery: " in result.stdout
     assert result.stdout == (tmp_path / "centrifugo-workload.md").read_text() + "\n"
+
+
+def test_the_redis_batching_benchmark_runs_every_side_it_compares(tmp_path: Path) -> None:
+    """``bench/redis_batching.py``, small: the unbatched hub (a commit of this repository),
+    the batched one, the batcher over redis-py's ``Pipeline`` and the minimal client each
+    publish at 1 and 100 in flight; a row each and the ratios are printed and written (a
+    publish that fails stops the run)."""
+    require_redis()
+    output = tmp_path / "redis-batching.md"
+    command = [sys.executable, str(TEMPLATE / "bench" / "redis_batching.py"), "--publishes"]
+    command += ["300", "--repetitions", "1", "--in-flight", "1", "100", "--output", str(output)]
+    command += ["--sides", "unbatched", "batched", "pipeline", "floor"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for in_flight in (1, 100):
+        for side in ("unbatched", "batched", "pipeline", "floor"):
+            assert f"\n| {in_flight} | {side} | " in result.stdout, result.stdout
+        assert f"\n- {in_flight} in flight, batched / unbatched: Redis CPU " in result.stdout
+    assert result.stdout == output.read_text() + "\n"

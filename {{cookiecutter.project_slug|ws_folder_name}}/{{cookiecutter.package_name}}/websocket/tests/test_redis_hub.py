@@ -649,6 +649,31 @@ async def test_a_redis_that_forgot_the_scripts_gets_them_again_and_nothing_is_lo
         assert (top.offset, len(history)) == (6, 6)
 
 
+def publisher_and_subscriber(url: str) -> tuple[RedisHub, RedisHub]:
+    """Two hubs on one prefix (two processes, as far as Redis knows), for a batch's faults."""
+    publisher = new_hub(url, queue_size=500, history_size=500, timeout=3.0)
+    subscriber = new_hub(url, queue_size=500, history_size=500, timeout=3.0)
+    subscriber.prefix = publisher.prefix
+    return publisher, subscriber
+
+
+async def a_held_batch_and_one_behind(
+    publisher: RedisHub, hold: Callable[[], Awaitable[object]]
+) -> tuple[list[asyncio.Task[Position]], list[asyncio.Task[Position]]]:
+    """Publishes of messages 20..69 on "room", written to Redis in one batch after ``hold``
+    stopped Redis from running them, and of 70..119, issued behind that batch: none answered."""
+    batcher = publisher._batcher
+    assert batcher is not None
+    batches = batcher.batches
+    await hold()
+    written = [asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(20, 70)]
+    await wait_until("the batch written", lambda: batcher.batches > batches)
+    waiting = [asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(70, 120)]
+    await asyncio.sleep(0.2)
+    assert not any(task.done() for task in [*written, *waiting])
+    return written, waiting
+
+
 async def test_redis_killed_mid_batch_fails_that_batch_and_recovery_loses_nothing(
     keeping_redis_server: RedisServer,
 ) -> None:
@@ -659,25 +684,16 @@ async def test_redis_killed_mid_batch_fails_that_batch_and_recovery_loses_nothin
     # and the subscribers (on another hub) get every message of the history exactly once,
     # in order, one by one, with no gap.
     server = keeping_redis_server
-    publisher = new_hub(server.url, queue_size=500, history_size=500, timeout=3.0)
-    subscriber = new_hub(server.url, queue_size=500, history_size=500, timeout=3.0)
-    subscriber.prefix = publisher.prefix
+    publisher, subscriber = publisher_and_subscriber(server.url)
     async with publisher, subscriber:
         readers = [await subscribed(subscriber, "room") for _ in range(3)]
         first = await asyncio.gather(*(publisher.publish("room", numbered(n)) for n in range(20)))
         answered = dict(enumerate(first))
-        batcher = publisher._batcher
-        assert batcher is not None
-        batches = batcher.batches
-        server.pause()
-        written = [
-            asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(20, 70)
-        ]
-        await wait_until("the batch written", lambda: batcher.batches > batches)
-        waiting = [
-            asyncio.create_task(publisher.publish("room", numbered(n))) for n in range(70, 120)
-        ]
-        await asyncio.sleep(0.1)
+
+        async def freeze() -> None:
+            server.pause()
+
+        written, waiting = await a_held_batch_and_one_behind(publisher, freeze)
         os.kill(server.pid, signal.SIGKILL)
         server.stop()
         outcomes = await asyncio.gather(*written, return_exceptions=True)
@@ -702,6 +718,40 @@ async def test_redis_killed_mid_batch_fails_that_batch_and_recovery_loses_nothin
             if delivery["type"] == "broadcast":
                 seen.append((delivery["offset"], delivery["message"]["n"]))
         assert seen == sorted(texts.items())
+
+
+async def test_a_connection_lost_mid_batch_fails_that_batch_only_and_the_next_one_runs(
+    own_redis_server: RedisServer,
+) -> None:
+    # Redis holds a written batch of 50 publishes unrun (CLIENT PAUSE WRITE) with 50 more
+    # waiting behind it, and the batch's connection is killed while Redis stays up: exactly
+    # the 50 written fail with HubUnavailable (none ran); the 50 waiting go in the next
+    # batch, on a new connection, and are all published, in the order they were issued,
+    # right after the 20 before. Subscribers on another hub get offsets 1..70 once each.
+    publisher, subscriber = publisher_and_subscriber(own_redis_server.url)
+    async with publisher, subscriber, Redis.from_url(own_redis_server.url) as admin:
+        reader = await subscribed(subscriber, "room")
+        for n in range(20):
+            await publisher.publish("room", numbered(n))
+        written, waiting = await a_held_batch_and_one_behind(
+            publisher,
+            lambda: admin.client_pause(10_000, all=False),  # scripts wait, CLIENT KILL not
+        )
+        assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        outcomes = await asyncio.gather(*written, return_exceptions=True)
+        assert all(isinstance(outcome, HubUnavailable) for outcome in outcomes), outcomes
+        assert not any(task.done() for task in waiting)
+        await admin.client_unpause()
+        later = await asyncio.gather(*waiting)
+        assert [position.offset for position in later] == list(range(21, 71))
+        seen = [await received(reader) for _ in range(70)]
+        top, history = await publisher.history("room")
+    sent = [*range(20), *range(70, 120)]
+    assert [(d["offset"], d["message"]["n"]) for d in seen] == list(
+        zip(range(1, 71), sent, strict=True)
+    )
+    assert top.offset == 70
+    assert [json.loads(p.text)["message"]["n"] for p in history] == sent
 
 
 async def test_presence_renewals_of_many_channels_share_batches(redis_server: RedisServer) -> None:

@@ -66,8 +66,8 @@ states the bound)."""
 SETTLE = 30.0 + DOWN_AFTER_MS / 1000
 PRESENCE_TTL = 3.0
 REPLICA_BACK_WITHIN = 40.0
-"""Seconds the sentinels may take to make a restarted old master a replica (they wait for
-its role to settle: measured about 15 s here)."""
+"""Seconds the sentinels may take to make a restarted old master a replica (14-16 s in
+every run here, under load too)."""
 
 
 def presence_counts(service: Service, channels: list[str]) -> list[int]:

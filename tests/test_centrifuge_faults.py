@@ -330,8 +330,13 @@ async def clients(
             for channel in channels:
                 await subscribe(client, recorder, channel).subscribe()
             recorders.append(recorder)
+        # The Node client's own deadline outlasts every bounded wait of a flow (SETTLE
+        # each, read now: the failover tests lengthen it).
+        deadline = round((60 + 3 * SETTLE) * 1000)
         nodes = [
-            await stack.enter_async_context(node_client({"url": url, "channels": channels}))
+            await stack.enter_async_context(
+                node_client({"url": url, "channels": channels, "deadline": deadline})
+            )
             for url in node_urls
         ]
         group = Clients(recorders, nodes)

@@ -319,7 +319,7 @@ async def node_client(scenario: dict[str, Any]) -> AsyncIterator[NodeClient]:
     process = await asyncio.create_subprocess_exec(
         node_or_skip(),
         str(DRIVER / "drive.mjs"),
-        json.dumps({**scenario, "stdin": True, "deadline": 60000}),
+        json.dumps({"deadline": 60000, **scenario, "stdin": True}),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

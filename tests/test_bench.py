@@ -361,6 +361,28 @@ def test_the_channels_benchmark_measures_both_kinds_side_by_side(tmp_path: Path)
     assert "channels/broadcast: sockets 0.10x, seconds" in result.stdout
 
 
+def test_the_channels_storm_runs_alone_without_the_broadcast_sockets(tmp_path: Path) -> None:
+    """``--storm-only --storm-kinds channels``: the channels storm alone (one socket a
+    client, so 2,000 clients fit where 20,000 broadcast sockets do not), with no ratios."""
+    command = [
+        sys.executable,
+        str(TEMPLATE / "bench" / "channels.py"),
+        "--smoke",
+        "--storm-only",
+        "--storm-kinds",
+        "channels",
+        "--output",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    storm = json.loads((tmp_path / "channels-storm-memory.json").read_text())["storm"]
+    assert "broadcast" not in storm, storm
+    assert (storm["channels"]["sockets"], storm["channels"]["not_recovered"]) == (100, 1000)
+    assert storm["ratios"] == {}, storm
+    assert "channels/broadcast" not in result.stdout
+
+
 def test_the_centrifugo_workload_delivers_every_message_and_reports_each_hub(
     tmp_path: Path,
 ) -> None:

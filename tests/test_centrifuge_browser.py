@@ -1,11 +1,11 @@
 """The README's "Channels in a browser" app, run as written in headless Chromium.
 
 A project with a channels endpoint on Redis is rendered with the README's session-cookie
-auth.py; its README's ``html`` and ``js`` blocks become the page and its ``app.js``, which a
-small ASGI wrapper (`HARNESS`, a file of the test's, not of the project) serves beside the
-project's own app, on the same origin, with centrifuge-js from npm (conformance/centrifuge's
-committed lock file: its ``build/index.mjs``, where the page's import map points). Nothing
-is loaded from elsewhere. The page connects with ``getToken`` (``POST
+auth.py; its README's ``html``, ``js`` and ``python`` blocks become ``browser/index.html``,
+``browser/app.js`` and ``browser_page.py``, which serves them beside the project's own app,
+on the same origin, with centrifuge-js from npm (conformance/centrifuge's committed lock
+file, as ``browser/node_modules``: its ``build/index.mjs``, where the page's import map
+points), as the README says. Nothing is loaded from elsewhere. The page connects with ``getToken`` (``POST
 /api/tokens/connection``), subscribes to a public and a private channel (``getToken`` of
 ``POST /api/tokens/subscription``), is on its personal channel from the start, and calls the
 ``whoami`` RPC. Then messages flow to the three channels from a second process of the
@@ -41,34 +41,10 @@ ENDPOINTS = "/connection/websocket:channels, /ws/rooms/{room}:broadcast"
 SESSION = "alice-session-token-0123456789"
 USER = "alice"
 TOKEN_TTL = "3"  # seconds: each token is renewed several times during the test
-CENTRIFUGE_MJS = DRIVER / "node_modules" / "centrifuge" / "build" / "index.mjs"
+NODE_MODULES = DRIVER / "node_modules"  # conformance/centrifuge's lock file: npm centrifuge
 WAIT = 20_000  # ms any one expectation on the page may take
 CONNECTION = "/api/tokens/connection"
 SUBSCRIPTION = "/api/tokens/subscription"
-HARNESS = '''"""The README's browser app, served on the service's origin (ws-template's test)."""
-
-from pathlib import Path
-
-from {package}.app import app as service
-
-HERE = Path(__file__).parent / "browser"
-FILES = {{
-    "/": (HERE / "index.html", b"text/html; charset=utf-8"),
-    "/app.js": (HERE / "app.js", b"text/javascript"),
-    "/node_modules/centrifuge/build/index.mjs": (Path({mjs!r}), b"text/javascript"),
-}}
-
-
-async def app(scope, receive, send):
-    if scope["type"] == "http" and scope["path"] in FILES:
-        path, kind = FILES[scope["path"]]
-        body = path.read_bytes()
-        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
-        await send({{"type": "http.response.start", "status": 200, "headers": headers}})
-        await send({{"type": "http.response.body", "body": body}})
-        return
-    await service(scope, receive, send)
-'''
 
 
 def readme_section(project: Path, title: str) -> str:
@@ -96,8 +72,8 @@ def browser_project(folder: Path, config: Path, framework: str) -> Path:
     (project / "browser").mkdir()
     (project / "browser" / "index.html").write_text(fenced(section, "html"))
     (project / "browser" / "app.js").write_text(fenced(section, "js"))
-    harness = HARNESS.format(package=package.name, mjs=str(CENTRIFUGE_MJS))
-    (project / "browser_page.py").write_text(harness)
+    (project / "browser" / "node_modules").symlink_to(NODE_MODULES)  # npm install centrifuge
+    (project / "browser_page.py").write_text(fenced(section, "python"))
     return project
 
 

@@ -3,7 +3,9 @@
 The vendored backend's `run_channels` is served on a real uvicorn in this process (the
 vendored tests' ``channels_server``), with short-lived tokens: the SDK we did not write must
 renew its connection token and a subscription token through its ``get_token`` callbacks,
-staying connected and subscribed, and call RPC methods, getting their results and refusals.
+staying connected and subscribed, and call RPC methods, getting their results and refusals;
+and, where its token could not be renewed in time, be closed with 3005, reconnect with a new
+token and recover what its channel was sent meanwhile.
 (The generated project's own wiring, a token route and its methods, is tested by the
 project's tests and the browser tests.)
 """
@@ -19,6 +21,7 @@ from centrifuge import (  # type: ignore[import-untyped]  # it ships no types
     Client,
     ClientEventHandler,
     ConnectedContext,
+    ConnectingContext,
     DisconnectedContext,
     PublicationContext,
     ReplyError,
@@ -58,10 +61,14 @@ async def room(request: RpcRequest) -> None:
 class Events(ClientEventHandler):  # type: ignore[misc]
     def __init__(self) -> None:
         self.connected: list[str] = []
+        self.connecting: list[int] = []
         self.disconnected: list[int] = []
 
     async def on_connected(self, ctx: ConnectedContext) -> None:
         self.connected.append(ctx.client)
+
+    async def on_connecting(self, ctx: ConnectingContext) -> None:
+        self.connecting.append(ctx.code)
 
     async def on_disconnected(self, ctx: DisconnectedContext) -> None:
         self.disconnected.append(ctx.code)
@@ -70,11 +77,13 @@ class Events(ClientEventHandler):  # type: ignore[misc]
 class SubscriptionEvents(SubscriptionEventHandler):  # type: ignore[misc]
     def __init__(self) -> None:
         self.subscribed = 0
+        self.recovered: list[bool] = []
         self.unsubscribed: list[int] = []
         self.publications: asyncio.Queue[Any] = asyncio.Queue()
 
     async def on_subscribed(self, ctx: SubscribedContext) -> None:
         self.subscribed += 1
+        self.recovered.append(ctx.recovered)
 
     async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
         self.unsubscribed.append(ctx.code)
@@ -134,5 +143,60 @@ async def scenario() -> None:
 def test_the_python_sdk_renews_its_tokens_with_get_token_and_calls_rpc_methods() -> None:
     try:
         asyncio.run(scenario())
+    finally:
+        gc.collect()
+
+
+async def until(condition: Any, what: str) -> None:
+    for _ in range(int(WAIT / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {what} in {WAIT} s")
+
+
+async def expiry_scenario() -> None:
+    namespaces = Namespaces([Namespace("private", subscribe=TOKEN, history=True)])
+    config = ChannelsConfig(namespaces, tokens=TokenVerifier(SECRET), expired_close_delay=GRACE)
+    tokens_up = True  # the application's token service, which goes down for a while
+
+    async def connection_token() -> str:
+        if not tokens_up:
+            raise ConnectionError("the token service is down")
+        return SIGNER.connection_token("alice", TTL)
+
+    async def subscription_token(channel: str) -> str:
+        return SIGNER.subscription_token("alice", channel, 60)
+
+    async with MemoryHub() as hub, serve_channels(WebSocket, hub, config) as url:
+        events, sub_events = Events(), SubscriptionEvents()
+        client = Client(url, events=events, get_token=connection_token, timeout=5.0)
+        subscription = client.new_subscription(
+            "private:plans", events=sub_events, get_token=subscription_token, recoverable=True
+        )
+        await client.connect()
+        await asyncio.wait_for(client.ready(), WAIT)
+        await subscription.subscribe()
+        await asyncio.wait_for(subscription.ready(), WAIT)
+        await hub.publish("private:plans", {"n": 1})
+        assert await asyncio.wait_for(sub_events.publications.get(), WAIT) == {"n": 1}
+        tokens_up = False  # no refresh: the connection outlives its token
+        await until(lambda: 3005 in events.connecting, "close with 3005 (connection expired)")
+        for number in (2, 3, 4):  # while alice cannot come back without a token
+            await hub.publish("private:plans", {"n": number})
+        tokens_up = True
+        for number in (2, 3, 4):
+            assert await asyncio.wait_for(sub_events.publications.get(), WAIT) == {"n": number}
+        assert len(events.connected) == 2, events.connected  # back, with a new token
+        assert sub_events.recovered == [False, True], sub_events.recovered
+        assert sub_events.publications.empty()  # each once
+        await client.disconnect()
+
+
+def test_the_python_sdk_closed_past_its_token_s_exp_reconnects_with_a_new_one_and_recovers() -> (
+    None
+):
+    try:
+        asyncio.run(expiry_scenario())
     finally:
         gc.collect()

@@ -12,14 +12,15 @@ import importlib
 import importlib.util
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from ..testing import LiveServer
+from .channels_server import RawClient
 from .sample_channels_app import PUBLISH_KEY
 
 APP = f"{__package__}.sample_channels_app:app"
@@ -40,29 +41,15 @@ def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
         yield stack.enter_context(LiveServer(APP, env=env))
 
 
-class Client:
-    """One raw connection: commands with ids, and what the server pushed meanwhile."""
-
-    def __init__(self, websocket: ClientConnection) -> None:
-        self.websocket = websocket
-        self.next_id = 0
-        self.pushes: list[dict[str, Any]] = []
-
-    async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.next_id += 1
-        id_ = self.next_id
-        await self.websocket.send(json.dumps({"id": id_, method: body}))
-        while True:
-            for value in await self._frame():
-                if value.get("id") == id_:
-                    return value
-                self.pushes.append(value)
+class Client(RawClient):
+    """A `RawClient` that also reads pushes one by one, pings (``{}``) skipped."""
 
     async def push(self) -> dict[str, Any]:
         """The next push (pings skipped)."""
-        while not self.pushes:
-            self.pushes += [value for value in await self._frame() if value]
-        return self.pushes.pop(0)
+        value: dict[str, Any] = await self.next()
+        while not value:  # a ping
+            value = await self.next()
+        return value
 
     async def pushes_until_pub(self, channel: str) -> list[dict[str, Any]]:
         """The pushes before the next publication on ``channel``, and that one last."""
@@ -73,19 +60,34 @@ class Client:
             if push.get("channel") == channel and "pub" in push:
                 return seen
 
-    async def _frame(self) -> list[dict[str, Any]]:
-        text = await asyncio.wait_for(self.websocket.recv(), WAIT)
-        return [json.loads(line) for line in str(text).split("\n")]
+
+class Users:
+    """The connections a test opens, as users of its own, all closed when it ends."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.opened: list[Client] = []
+
+    def personal(self, prefix: str) -> tuple[str, str]:
+        """A user no other test of the module (on the same Redis) has, and their personal
+        channel."""
+        user = f"{prefix}{self.server.port}"
+        return user, f"user:#{user}"
+
+    async def connect(self, user: str, **connect_body: Any) -> tuple[Client, dict[str, Any]]:
+        """A connection of ``user`` and its connect reply."""
+        websocket = await connect(self.server.ws_url(f"/connection/websocket?user={user}"))
+        client = Client(websocket)
+        self.opened.append(client)
+        return client, await client.connect(**connect_body)
 
 
-async def connected(
-    server: LiveServer, user: str, **connect_body: Any
-) -> tuple[Client, dict[str, Any]]:
-    websocket = await connect(server.ws_url(f"/connection/websocket?user={user}"))
-    client = Client(websocket)
-    reply = await client.call("connect", connect_body)
-    assert "connect" in reply, reply
-    return client, reply["connect"]
+@pytest.fixture
+async def users(server: LiveServer) -> AsyncIterator[Users]:
+    opened = Users(server)
+    yield opened
+    for client in opened.opened:
+        await client.websocket.close()
 
 
 def post(server: LiveServer, body: dict[str, Any]) -> dict[str, Any]:
@@ -104,17 +106,11 @@ async def posted(server: LiveServer, body: dict[str, Any]) -> dict[str, Any]:
     return await asyncio.to_thread(post, server, body)
 
 
-def user_name(prefix: str, server: LiveServer) -> str:
-    """A user no other test of the module (on the same Redis) has."""
-    return f"{prefix}{server.port}"
-
-
 async def test_a_user_is_subscribed_to_their_personal_channel_at_connect(
-    server: LiveServer,
+    server: LiveServer, users: Users
 ) -> None:
-    alice = user_name("alice", server)
-    channel = f"user:#{alice}"
-    client, result = await connected(server, alice)
+    alice, channel = users.personal("alice")
+    client, result = await users.connect(alice)
     sub = result["subs"][channel]
     assert (sub["recoverable"], sub["positioned"], sub["offset"]) == (True, True, 0), sub
     assert set(result["subs"]) == {channel}
@@ -123,20 +119,17 @@ async def test_a_user_is_subscribed_to_their_personal_channel_at_connect(
     assert await client.push() == {
         "push": {"channel": channel, "pub": {"data": {"n": 1}, "offset": 1}}
     }
-    anonymous, result = await connected(server, "")
+    _, result = await users.connect("")
     assert "subs" not in result
-    await client.websocket.close()
-    await anonymous.websocket.close()
 
 
 async def test_sending_to_a_user_reaches_the_personal_channel_once_and_broadcast_directly(
-    server: LiveServer,
+    server: LiveServer, users: Users
 ) -> None:
-    bob = user_name("bob", server)
-    channel = f"user:#{bob}"
-    first, _ = await connected(server, bob)
-    second, _ = await connected(server, bob)
-    other, _ = await connected(server, user_name("carol", server))
+    bob, channel = users.personal("bob")
+    first, _ = await users.connect(bob)
+    second, _ = await users.connect(bob)
+    other, _ = await users.connect(users.personal("carol")[0])
     async with connect(server.ws_url(f"/ws/rooms/r{server.port}?user={bob}")) as broadcast:
         assert json.loads(await broadcast.recv())["type"] == "subscribed"
         answer = await posted(server, {"user": bob, "message": {"text": "hi"}})
@@ -155,16 +148,13 @@ async def test_sending_to_a_user_reaches_the_personal_channel_once_and_broadcast
         assert pushes[0] == {"channel": channel, "pub": {"data": {"text": "hi"}, "offset": 1}}
         assert len(pushes) == 2, pushes
     assert len(await other.pushes_until_pub(f"news:{server.port}")) == 1
-    for client in (first, second, other):
-        await client.websocket.close()
 
 
 async def test_a_reconnect_recovers_the_personal_channel_in_the_connect_reply_in_order(
-    server: LiveServer,
+    server: LiveServer, users: Users
 ) -> None:
-    dan = user_name("dan", server)
-    channel = f"user:#{dan}"
-    client, result = await connected(server, dan)
+    dan, channel = users.personal("dan")
+    client, result = await users.connect(dan)
     epoch = result["subs"][channel]["epoch"]
     await posted(server, {"user": dan, "message": {"n": 1}})
     assert (await client.push())["push"]["pub"]["offset"] == 1
@@ -172,7 +162,7 @@ async def test_a_reconnect_recovers_the_personal_channel_in_the_connect_reply_in
     for number in (2, 3, 4):  # sent while dan is away
         await posted(server, {"user": dan, "message": {"n": number}})
     subs = {channel: {"recover": True, "offset": 1, "epoch": epoch}}
-    client, result = await connected(server, dan, subs=subs)
+    client, result = await users.connect(dan, subs=subs)
     sub = result["subs"][channel]
     assert (sub["recovered"], sub["was_recovering"], sub["epoch"]) == (True, True, epoch), sub
     assert [pub["data"] for pub in sub["publications"]] == [{"n": 2}, {"n": 3}, {"n": 4}]
@@ -181,36 +171,32 @@ async def test_a_reconnect_recovers_the_personal_channel_in_the_connect_reply_in
     assert (await client.push())["push"]["pub"] == {"data": {"n": 5}, "offset": 5}
     await client.websocket.close()
     subs = {channel: {"recover": True, "offset": 2, "epoch": "another"}}
-    client, result = await connected(server, dan, subs=subs)
+    _, result = await users.connect(dan, subs=subs)
     sub = result["subs"][channel]
     assert (sub["recovered"], sub["offset"]) == (False, 5), sub
     assert "publications" not in sub
-    await client.websocket.close()
 
 
 async def test_a_personal_channel_is_its_user_s_alone_and_the_server_s_to_end(
-    server: LiveServer,
+    server: LiveServer, users: Users
 ) -> None:
-    erin = user_name("erin", server)
-    channel = f"user:#{erin}"
-    mallory, _ = await connected(server, user_name("mallory", server))
+    erin, channel = users.personal("erin")
+    mallory_user, _ = users.personal("mallory")
+    mallory, _ = await users.connect(mallory_user)
     assert (await mallory.call("subscribe", {"channel": channel}))["error"]["code"] == 103
     subs = {channel: {"recover": True, "offset": 0, "epoch": ""}}
-    again, result = await connected(server, user_name("mallory", server), subs=subs)
+    _, result = await users.connect(mallory_user, subs=subs)
     assert channel not in result.get("subs", {})  # connect.subs only recovers one's own
-    await again.websocket.close()
-    client, _ = await connected(server, erin)
+    client, _ = await users.connect(erin)
     assert (await client.call("subscribe", {"channel": channel}))["error"]["code"] == 105
     reply = await client.call("unsubscribe", {"channel": channel})
     assert reply["error"] == {"code": 103, "message": "permission denied"}, reply
     await posted(server, {"user": erin, "message": {"still": "here"}})
     assert (await client.push())["push"]["pub"]["data"] == {"still": "here"}
-    for each in (mallory, client):
-        await each.websocket.close()
 
 
 async def test_join_and_leave_events_stop_past_the_limit_counted_per_client(
-    server: LiveServer,
+    server: LiveServer, users: Users
 ) -> None:
     room = f"chat:crowd{server.port}"
     clients: list[Client] = []
@@ -233,7 +219,7 @@ async def test_join_and_leave_events_stop_past_the_limit_counted_per_client(
 
     told = []
     for number in range(5):  # the limit is 3
-        client, _ = await connected(server, f"u{number}")
+        client, _ = await users.connect(f"u{number}")
         assert "subscribe" in await client.call("subscribe", {"channel": room})
         clients.append(client)
         told.append(await events())
@@ -253,5 +239,3 @@ async def test_join_and_leave_events_stop_past_the_limit_counted_per_client(
             await asyncio.sleep(0.05)
         told.append(await events())
     assert told[5:] == [[[], [], [], []], [[], [], []], [["leave u2"], ["leave u2"]]]
-    for client in clients:
-        await client.websocket.close()

@@ -45,8 +45,8 @@ done once:
 It leans on attributes of uvicorn's class (``queue``, ``writable``, ``request``,
 ``response``, ``conn``, ``transport``, ``handshake_complete``, ``close_sent``,
 ``initial_response``, ``disconnected``, ``scope``, ``ping_timer``, ``loop``, ``server``,
-``frames``, ``curr_msg_data_type``;
-the slots name every attribute it sets), on those methods (and ``send_receive_event_to_app``), and on websockets'
+``frames``, ``curr_msg_data_type``; the slots name every attribute it sets), on those
+methods and ``send_receive_event_to_app``, and on websockets'
 ``conn.available_extensions``, the same in uvicorn 0.54 and 0.55: a test of the backend
 checks them, and each change is skipped where one is not what it expects, leaving
 uvicorn's own behaviour (an attribute a later uvicorn adds goes to the object's

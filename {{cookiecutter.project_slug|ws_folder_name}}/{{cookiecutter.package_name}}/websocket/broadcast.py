@@ -716,6 +716,10 @@ class Inbox:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def pending(self) -> bool:
+        """Whether a subscription (or the reader's own queue) is ready, not yet taken."""
+        return bool(self._ready)
+
     async def ready(self) -> list[Subscription | None]:
         """The subscriptions that have something queued or ended, once it is at least one.
 

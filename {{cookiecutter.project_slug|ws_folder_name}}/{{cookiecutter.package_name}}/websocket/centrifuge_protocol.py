@@ -74,7 +74,7 @@ from .namespaces import (
     allows,
 )
 from .rpc import BadParams, MethodNotFound, RpcError, RpcMethods, RpcRequest
-from .session import SessionSocket, dumps, loads, run_websocket
+from .session import SendNow, SessionSocket, dumps, loads, run_websocket, server_sender
 from .tokens import TokenExpired, TokenInvalid, TokenMismatch, TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -380,12 +380,24 @@ class _Connection:
         """When (the loop's clock) the connection ends unless its token is renewed."""
         self.sub_deadlines: dict[str, float] = {}
         """When each subscription made with an expiring token ends unless renewed."""
-        self.wake: asyncio.Future[None] | None = None
+        self.alarm: asyncio.Future[None] | None = None
         """What the ping task sleeps on: woken early when a deadline comes nearer."""
         self.answering = False
         """Whether the reader is answering a frame (what the client sent next waits)."""
         self.answered_at = 0.0
         """When the reader last finished answering a frame (the loop's clock)."""
+        self.send_now: SendNow | None = None
+        """The server's `SEND_TEXT_NOW` (through the guard) while the writer runs, if any:
+        a publication's push is then sent from the hub's delivery itself (`wake`)."""
+        self.websocket: ChannelsSocket | None = None
+        self.accepted: object = None
+        """The face's state of the accepted connection: what a push is sent at once in."""
+        self.queued = False
+        """Whether pushes go through the writer's task for now (one could not be sent at
+        once): until it has sent everything, nothing is sent at once, so none overtakes."""
+        self.unsent: deque[tuple[Subscription, str]] = deque()
+        """Texts taken from their subscriptions that could not be sent at once, in order:
+        the writer sends them first."""
 
     # The tasks of the session: reading commands, writing pushes, pinging.
 
@@ -412,7 +424,7 @@ class _Connection:
                         if (push := self._push_of(subscription, text)) is not None:
                             await websocket.send_text(push)
                     if self.subscriptions.get(subscription.channel) is subscription:
-                        subscription.attach(self.inbox)
+                        subscription.attach(self)
             except BadRequest as error:
                 logger.info("channels %s: disconnected: %s", self.path, error)
                 await self._close(websocket, PROTOCOL_VIOLATION)
@@ -422,15 +434,26 @@ class _Connection:
                 return
 
     async def write(self, websocket: ChannelsSocket) -> None:
-        # The hot loop of every delivery: a publication's push is one dict look-up.
+        # The hot loop of every delivery that cannot be sent at once (see `wake`): a
+        # publication's push is one dict look-up.
         send_text = websocket.send_text
         subscriptions = self.subscriptions
         pubs = _PUSHES.pubs
-        ready = self.inbox.ready
+        inbox = self.inbox
+        self.websocket, self.accepted = websocket, websocket.application_state
+        self.send_now = server_sender(websocket)
         try:
             while True:
-                for subscription in await ready():
-                    if subscription is None:  # messages to the user
+                if self.queued and not inbox.pending() and not self.unsent:
+                    self.queued = False  # all sent: pushes go at once again
+                for subscription in await inbox.ready():
+                    if subscription is None:  # what could not go at once; to the user
+                        while self.unsent:
+                            taken, unsent = self.unsent.popleft()
+                            if subscriptions.get(taken.channel) is not taken:
+                                continue
+                            if (push := self._push_of(taken, unsent)) is not None:
+                                await send_text(push)
                         while self.messages:
                             await send_text(_PUSHES.of(self.messages.popleft()).push)
                         continue
@@ -451,6 +474,39 @@ class _Connection:
                             return
         except Disconnected as error:  # a personal channel missed messages
             await self._close(websocket, error.disconnect)
+        finally:
+            self.send_now = self.websocket = None
+
+    def wake(self, subscription: Subscription | None) -> None:
+        """Something is queued for ``subscription`` (every subscription's `Reader`): its
+        publications' pushes are sent at once where the server can (`session.SEND_TEXT_NOW`)
+        and nothing waits before them; anything else (a join, a gap, the end, a send that
+        cannot go at once) goes to the writer's task, and what follows with it, in order."""
+        send_now, websocket = self.send_now, self.websocket
+        if (
+            send_now is None
+            or self.queued
+            or subscription is None
+            or websocket is None
+            or self.subscriptions.get(subscription.channel) is not subscription
+        ):
+            self.inbox.wake(subscription)
+            return
+        pubs, accepted, poll = _PUSHES.pubs, self.accepted, subscription.poll
+        while (text := poll()) is not None:
+            push = pubs.get(text)
+            if push is None:  # the first subscriber of this text makes its push
+                made = _PUSHES.of(text)
+                push = made.push if made.kind == "pub" else None
+            # What a face does with a text in its accepted state is to pass it on.
+            if push is None or websocket.application_state is not accepted or not send_now(push):
+                self.queued = True
+                self.unsent.append((subscription, text))
+                self.inbox.wake(None)
+                self.inbox.wake(subscription)
+                return
+        if subscription.ended:
+            self.inbox.wake(subscription)
 
     async def ping(self, websocket: ChannelsSocket) -> None:
         """Ping, and end what expires (tokens not renewed in time) meanwhile."""
@@ -492,7 +548,18 @@ class _Connection:
 
     def notify(self, text: str) -> None:
         """A message to the connection's user (the hub calls it): sent once, whatever the
-        channels the connection is on."""
+        channels the connection is on; at once where a publication would be (`wake`)."""
+        send_now, websocket = self.send_now, self.websocket
+        if (
+            send_now is not None
+            and websocket is not None
+            and not self.queued
+            and websocket.application_state is self.accepted
+            and (push := _PUSHES.of(text).push)
+            and send_now(push)
+        ):
+            return
+        self.queued = True  # what follows waits behind it
         self.messages.append(text)
         self.inbox.wake(None)
 
@@ -917,8 +984,8 @@ class _Connection:
         return lifetime
 
     def _deadlines_changed(self) -> None:
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
+        if self.alarm is not None and not self.alarm.done():
+            self.alarm.set_result(None)
 
     async def _sleep(self, websocket: ChannelsSocket, seconds: float) -> None:
         """Sleep ``seconds``, ending what expires meanwhile: a subscription gets an
@@ -939,13 +1006,13 @@ class _Connection:
             deadlines = [end, *self.sub_deadlines.values()]
             if self.expires_at is not None:
                 deadlines.append(self.expires_at)
-            self.wake = wake = loop.create_future()
+            self.alarm = wake = loop.create_future()
             timer = loop.call_at(min(deadlines), _wake, wake)
             try:
                 await wake
             finally:
                 timer.cancel()
-                self.wake = None
+                self.alarm = None
 
     async def _expire_subscription(self, websocket: ChannelsSocket, channel: str) -> None:
         self.sub_deadlines.pop(channel, None)

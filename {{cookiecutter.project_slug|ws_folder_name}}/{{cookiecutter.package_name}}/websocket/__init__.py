@@ -192,6 +192,10 @@ message, a binary frame, an answer that cannot be sent at once) is queued and re
 task in order. Instructions per keepalive round trip (callgrind, 10 connections): 99.4k ->
 73.0k (fastapi), 96.4k -> 72.6k (asgi), 0.85x the same-work ceiling's 86.0k.
 `testing.ScriptedClient(hands_over=...)` offers it too (the ``lane`` delivery path does).
+A ``channels`` connection's publications (and messages to its user) are sent at once from
+the hub's delivery where the server offers `SEND_TEXT_NOW`, as a broadcast's are: the
+connection is its subscriptions' `broadcast.Reader`, and its writer task sends only what
+cannot go at once and what follows it, in order (`broadcast.Inbox.pending`).
 
 2.4.0: ``channels`` endpoints (`centrifuge_protocol.run_channels`, `namespaces`, `tokens`).
 For them the hub gained what a connection of many channels needs, without learning the

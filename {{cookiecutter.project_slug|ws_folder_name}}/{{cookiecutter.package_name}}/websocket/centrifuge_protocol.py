@@ -6,7 +6,11 @@ the maintained Centrifuge SDKs (``centrifuge`` on npm, ``centrifuge-python``, an
 Dart, Swift and Java ones) work against it unchanged. It is written against the `Hub`
 interface and `SessionSocket`, so it serves every hub and both faces, and the hub learns
 nothing of Centrifuge: a publication's text is turned into a ``pub`` push once per process
-(not once per subscriber), and join, leave and per-user messages likewise.
+(not once per subscriber), and join, leave and per-user messages likewise. Where the server
+can send a text at once (`session.SEND_TEXT_NOW`, `LeanProtocol`'s), a ``pub`` push and a
+message to the user are sent from the hub's delivery itself, no task woken; the connection's
+writer task sends the rest (and everything after a push that could not go at once, in
+order, until it has caught up).
 
 What is served (centrifugal.dev, "Client protocol"): JSON commands ``{"id": N,
 "<method>": {...}}`` answered by one reply with the same id, several to a frame separated

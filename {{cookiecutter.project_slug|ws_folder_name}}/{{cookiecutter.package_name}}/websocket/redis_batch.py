@@ -15,7 +15,8 @@ write; each caller gets its own reply.
 A batch that fails (the connection breaks, or no answer within ``timeout`` seconds) fails
 each of its callers, and the next batch goes on a new connection. A failure says whether the
 command was written: `NotSent` if it was not (no connection could be made, or the caller
-stopped waiting first: its own ``timeout``, a cancelled task), and then it never runs;
+stopped waiting first: ``timeout`` seconds after its call, or its task cancelled), and then
+it never runs;
 `Unanswered` if it was written and no reply came, and then Redis may have run it (or may
 still run it: a Redis that was frozen). A written batch is never sent again, since sending
 it twice could publish a message twice. A connection that sat idle is checked before it is

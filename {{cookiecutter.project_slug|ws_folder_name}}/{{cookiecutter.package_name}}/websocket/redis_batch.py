@@ -19,8 +19,10 @@ stopped waiting first: ``timeout`` seconds after its call, or its task cancelled
 it never runs;
 `Unanswered` if it was written and no reply came, and then Redis may have run it (or may
 still run it: a Redis that was frozen). A written batch is never sent again, since sending
-it twice could publish a message twice. A connection that sat idle is checked before it is
-used, so one that Redis closed meanwhile (a restart) is replaced without failing anybody.
+it twice could publish a message twice. The connection is checked before each batch (a
+look at what it has received, no round trip), so one that Redis closed meanwhile (a restart,
+a stop) is replaced without failing anybody, and a batch is not written to it (its callers
+would be told that it may have run).
 
 Scripts go by their SHA1 (``EVALSHA``); a Redis that does not know one (``NOSCRIPT``: it
 restarted, or ran ``SCRIPT FLUSH``) gets it loaded and the commands that asked for it sent
@@ -47,8 +49,6 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 MAX_BATCH: Final = 512
 """Commands written to Redis in one batch at most; more wait for the next."""
-IDLE_CHECK_SECONDS: Final = 1.0
-"""A connection idle for longer is checked for a close by Redis before it is used."""
 
 Command = tuple[str | int, ...]
 
@@ -118,7 +118,6 @@ class CommandBatcher:
         self._scripts = {script.sha: script for script in scripts}
         self._pending: list[Entry] = []
         self._writer: asyncio.Task[None] | None = None
-        self._used_at = -math.inf
         self._closed = False
         self._moving = False
 
@@ -210,8 +209,6 @@ class CommandBatcher:
                     entry.future.set_exception(failure)
             if not isinstance(error, Exception):
                 raise
-        finally:
-            self._used_at = asyncio.get_running_loop().time()
 
     def _settle(self, batch: Sequence[Entry], replies: Sequence[Any], confirmed: float) -> None:
         """Answer each caller of ``batch`` its reply, but those answered NOSCRIPT (sent
@@ -255,13 +252,12 @@ class CommandBatcher:
         self._settle(unknown, replies, confirmed)
 
     async def _connect(self) -> None:
-        """Make the connection ready for the next batch: moved, checked after a quiet spell,
-        connected."""
+        """Make the connection ready for the next batch: moved, checked, connected."""
         connection = self.connection
         if self._moving:
             self._moving = False
             await connection.disconnect()
-        elif asyncio.get_running_loop().time() - self._used_at > IDLE_CHECK_SECONDS:
+        else:
             await self._check(connection)
         await connection.connect()  # type: ignore[no-untyped-call]  # redis-py types
 
@@ -280,8 +276,9 @@ class CommandBatcher:
 
     @staticmethod
     async def _check(connection: AbstractConnection) -> None:
-        """Drop ``connection`` if Redis closed it while it was idle (or it holds stray
-        data): then the next write goes on a new one."""
+        """Drop ``connection`` if Redis closed it (or it holds stray data): then the next
+        write goes on a new one. It looks at what the connection has received: no round
+        trip, no wait."""
         if not connection.is_connected:
             return
         try:

@@ -21,7 +21,7 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   its replies are in, in the order they were issued. A batch that fails fails each of its
   callers (`HubUnavailable`: `MAYBE_PUBLISHED` once written) and is never sent again; a
   command whose caller gave up before it was written is never written; a connection found
-  closed after a quiet spell (a Redis restart) is replaced before it is used.
+  closed by Redis (a restart) is replaced before it is used.
 - **Subscribing** uses one pub/sub connection per hub (per process) for every channel that
   has local subscribers: ``SUBSCRIBE`` when a channel gets its first local subscriber,
   ``UNSUBSCRIBE`` when its last one leaves (those asked for while others are written go

@@ -343,8 +343,12 @@ async def test_a_burst_of_a_thousand_publishes_from_one_process_is_all_published
 async def test_publishing_while_redis_is_down_fails_at_once(
     own_redis_server: RedisServer,
 ) -> None:
+    # The hub's connection, used a moment before, is found closed before the publish is
+    # written to it: the message was not sent, and the hub says so.
     async with new_hub(own_redis_server.url, timeout=2.0) as hub:
+        await hub.publish("room", numbered(0))
         own_redis_server.stop()
+        await asyncio.sleep(0.1)  # the loop, blocked meanwhile, sees Redis close the connection
         started = time.monotonic()
         with pytest.raises(HubUnavailable, match="the message was not sent") as failure:
             await hub.publish("room", numbered(1))

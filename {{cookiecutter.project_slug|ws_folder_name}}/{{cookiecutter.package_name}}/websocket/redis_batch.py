@@ -16,10 +16,9 @@ A batch that fails (the connection breaks, or no answer within ``timeout`` secon
 each of its callers, and the next batch goes on a new connection. A failure says whether the
 command was written: `NotSent` if it was not (no connection could be made, or the caller
 stopped waiting first: ``timeout`` seconds after its call, or its task cancelled), and then
-it never runs;
-`Unanswered` if it was written and no reply came, and then Redis may have run it (or may
-still run it: a Redis that was frozen). A written batch is never sent again, since sending
-it twice could publish a message twice. The connection is checked before each batch (a
+it never runs; `Unanswered` if it was written and no reply came, and then Redis may have
+run it (or may still run it: a Redis that was frozen). A written batch is never sent again,
+since sending it twice could publish a message twice. The connection is checked before each batch (a
 look at what it has received, no round trip), so one that Redis closed meanwhile (a restart,
 a stop) is replaced without failing anybody, and a batch is not written to it (its callers
 would be told that it may have run).
@@ -96,8 +95,9 @@ class CommandBatcher:
 
     ``scripts`` are the scripts its callers run (`run_script`), to be loaded on NOSCRIPT.
     ``timeout`` bounds, in seconds, each caller's wait (from its call) and each batch (from
-    its write to its last reply; keep ``wait_ms`` below it). ``wait_replicas``: the replicas a batch with durable commands
-    waits for, at most ``wait_ms`` milliseconds (0: durable is like any command).
+    its start to its last reply; keep ``wait_ms`` below it). ``wait_replicas``: the
+    replicas a batch with durable commands waits for, at most ``wait_ms`` milliseconds (0:
+    durable is like any command).
     """
 
     def __init__(

@@ -117,7 +117,9 @@ about half of such publishes); one never written fails with `redis_batch.NotSent
 "the message was not sent; try again later" (`redis_hub.NOT_SENT`), as before. A command
 whose caller gave up before it was written is never written (before, one given up while its
 batch was connecting was written once the connection was made). Each batcher call waits its
-``timeout`` at most (the hub no longer wraps it in its own). Upgrading: code that retried
+``timeout`` at most (the hub no longer wraps it in its own), and the connection is checked
+for a close by Redis before every batch (it was after a second idle: a publish just after
+a Redis stop was written to the closed connection). Upgrading: code that retried
 every `HubUnavailable` of a publish should look at ``maybe_published`` first.
 
 Redis failover: a hub's URL may name a Sentinel group

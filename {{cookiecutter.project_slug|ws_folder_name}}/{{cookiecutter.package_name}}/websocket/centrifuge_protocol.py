@@ -399,7 +399,7 @@ class _Connection:
         self.queued = False
         """Whether pushes go through the writer's task for now (one could not be sent at
         once): until it has sent everything, nothing is sent at once, so none overtakes."""
-        self.unsent: deque[tuple[Subscription, str]] = deque()
+        self.unsent: list[tuple[Subscription, str]] = []  # not a deque: 0.6 KiB each
         """Texts taken from their subscriptions that could not be sent at once, in order:
         the writer sends them first."""
 
@@ -453,7 +453,7 @@ class _Connection:
                 for subscription in await inbox.ready():
                     if subscription is None:  # what could not go at once; to the user
                         while self.unsent:
-                            taken, unsent = self.unsent.popleft()
+                            taken, unsent = self.unsent.pop(0)
                             if subscriptions.get(taken.channel) is not taken:
                                 continue
                             if (push := self._push_of(taken, unsent)) is not None:

@@ -485,8 +485,12 @@ class _Connection:
         """Something is queued for ``subscription`` (every subscription's `Reader`): its
         publications' pushes are sent at once where the server can (`session.SEND_TEXT_NOW`)
         and nothing waits before them; anything else (a join, a gap, the end, a send that
-        cannot go at once) goes to the writer's task, and what follows with it, in order."""
+        cannot go at once) goes to the writer's task, and what follows with it, in order.
+        So does what comes while the reader answers a command: its reply goes first (a
+        client's publication on a channel it is on comes after the publish's reply)."""
         send_now, websocket = self.send_now, self.websocket
+        if self.answering:
+            self.queued = True
         if (
             send_now is None
             or self.queued
@@ -558,6 +562,7 @@ class _Connection:
             send_now is not None
             and websocket is not None
             and not self.queued
+            and not self.answering
             and websocket.application_state is self.accepted
             and (push := _PUSHES.of(text).push)
             and send_now(push)

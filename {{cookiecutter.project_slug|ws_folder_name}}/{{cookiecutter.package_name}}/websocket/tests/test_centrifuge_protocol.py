@@ -355,6 +355,21 @@ async def test_subscribe_refusals_carry_their_codes_and_the_connection_goes_on(
     assert "subscribe" in await session.subscribe("news:4")
 
 
+async def test_a_publish_is_answered_before_its_publication_reaches_the_publisher(
+    open_session: Any,
+) -> None:
+    # On every delivery path: a publication that comes while its command is being answered
+    # waits for the reply (a raw client reads the reply first, as the quick start does).
+    alice = await open_session("alice")
+    await alice.connect()
+    await alice.subscribe("chat:lobby")
+    for number in range(3):
+        (id_,) = alice.send({"publish": {"channel": "chat:lobby", "data": {"n": number}}})
+        assert await alice.frame() == [{"id": id_, "publish": {}}]
+        (push,) = await alice.frame()
+        assert push["push"]["pub"]["data"] == {"n": number}, push
+
+
 async def test_a_client_publishes_where_allowed_and_the_server_says_who(
     open_session: Any,
 ) -> None:

@@ -488,26 +488,21 @@ class _Connection:
         cannot go at once) goes to the writer's task, and what follows with it, in order.
         So does what comes while the reader answers a command: its reply goes first (a
         client's publication on a channel it is on comes after the publish's reply)."""
-        send_now, websocket = self.send_now, self.websocket
-        if self.answering:
-            self.queued = True
+        send_now = self._at_once()
         if (
             send_now is None
-            or self.queued
             or subscription is None
-            or websocket is None
             or self.subscriptions.get(subscription.channel) is not subscription
         ):
             self.inbox.wake(subscription)
             return
-        pubs, accepted, poll = _PUSHES.pubs, self.accepted, subscription.poll
+        pubs, poll = _PUSHES.pubs, subscription.poll
         while (text := poll()) is not None:
             push = pubs.get(text)
             if push is None:  # the first subscriber of this text makes its push
                 made = _PUSHES.of(text)
                 push = made.push if made.kind == "pub" else None
-            # What a face does with a text in its accepted state is to pass it on.
-            if push is None or websocket.application_state is not accepted or not send_now(push):
+            if push is None or not send_now(push):
                 self.queued = True
                 self.unsent.append((subscription, text))
                 self.inbox.wake(None)
@@ -515,6 +510,18 @@ class _Connection:
                 return
         if subscription.ended:
             self.inbox.wake(subscription)
+
+    def _at_once(self) -> SendNow | None:
+        """The server's `SEND_TEXT_NOW` while a push may go at once: the writer runs and has
+        sent all it had, no command is being answered (its reply goes first: what comes
+        meanwhile waits for the writer), and the face is in its accepted state, where what
+        it does with a text is to pass it on."""
+        if self.answering:
+            self.queued = True
+        websocket = self.websocket
+        if self.queued or websocket is None or websocket.application_state is not self.accepted:
+            return None
+        return self.send_now
 
     async def ping(self, websocket: ChannelsSocket) -> None:
         """Ping, and end what expires (tokens not renewed in time) meanwhile."""
@@ -557,16 +564,8 @@ class _Connection:
     def notify(self, text: str) -> None:
         """A message to the connection's user (the hub calls it): sent once, whatever the
         channels the connection is on; at once where a publication would be (`wake`)."""
-        send_now, websocket = self.send_now, self.websocket
-        if (
-            send_now is not None
-            and websocket is not None
-            and not self.queued
-            and not self.answering
-            and websocket.application_state is self.accepted
-            and (push := _PUSHES.of(text).push)
-            and send_now(push)
-        ):
+        send_now = self._at_once()
+        if send_now is not None and (push := _PUSHES.of(text).push) and send_now(push):
             return
         self.queued = True  # what follows waits behind it
         self.messages.append(text)

@@ -206,7 +206,7 @@ class Tally:
         if self.repeats:
             self.settle()
         self.sent_messages += 1
-        size = len(text) if text.isascii() else len(text.encode())
+        size = text_size(text)
         self.sent_bytes += size
         if ERROR_REPLY <= text < _AFTER_ERROR_REPLY:
             self.error_replies += 1
@@ -504,8 +504,7 @@ class GuardedConnection:
             if len(payload) * 4 > limit and _size(message) > limit:
                 self.limit = "size"
                 return await self.close_by_guard(MESSAGE_TOO_BIG, f"message over {limit} bytes")
-            refill = (now - self.rate_checked) * self.policy.messages_per_second
-            self.tokens = min(self.policy.message_burst, self.tokens + refill)
+            self.tokens = self.tokens_at(now)
             self.rate_checked = now
             if self.tokens < 1:
                 self.limit = "rate"
@@ -514,6 +513,12 @@ class GuardedConnection:
         elif kind == "websocket.disconnect" and self.close_code is None:
             self.close_code = message.get("code", 1005)
         return message
+
+    def tokens_at(self, now: float) -> float:
+        """The messages the rate limit allows at ``now`` (the bucket refilled since the last
+        check, up to the burst), before this one is taken."""
+        refill = (now - self.rate_checked) * self.policy.messages_per_second
+        return min(self.policy.message_burst, self.tokens + refill)
 
     def listen(self, take: TakeText) -> Awaitable[None] | None:
         """The server's `RECEIVE_DIRECT`, each text checked and counted by `take_text`."""
@@ -530,12 +535,11 @@ class GuardedConnection:
         take = self.app_take
         if self.closed_by_guard or take is None:
             return False
-        size = len(text) if text.isascii() else len(text.encode())
+        size = text_size(text)
         if size > self.policy.max_message_bytes:
             return False
         now = self.loop.time()
-        refill = (now - self.rate_checked) * self.policy.messages_per_second
-        tokens = min(self.policy.message_burst, self.tokens + refill)
+        tokens = self.tokens_at(now)
         if tokens < 1 or not take(text):
             return False
         self.last_heard = self.rate_checked = now
@@ -760,7 +764,11 @@ def _size(message: Message) -> int:
     data = message.get("bytes")
     if data is not None:
         return len(data)
-    text: str = message.get("text") or ""
+    return text_size(message.get("text") or "")
+
+
+def text_size(text: str) -> int:
+    """A text's length in UTF-8 bytes (its length, for the ASCII texts most are)."""
     return len(text) if text.isascii() else len(text.encode())
 
 

@@ -3,12 +3,15 @@
     .venv/bin/python bench/channels.py                  1,000 connections, 3 repetitions
     .venv/bin/python bench/channels.py --smoke          200 connections, one repetition
     .venv/bin/python bench/channels.py --storm-only     the storm alone (2,000 clients)
+    .venv/bin/python bench/channels.py --storm-only --backend redis
+                                                        the storm on Redis, over 2 processes
     .venv/bin/python bench/channels.py --storm-only --storm-kinds channels
                                                         the channels storm alone, no ratios
 
 Serves ``bench/baselines/channels_app.py`` (both kinds on one memory hub, the raw-ASGI face,
 LeanProtocol) with uvicorn on 127.0.0.1, the server pinned to one CPU where there are two,
-and drives it from this process (``websockets`` clients speaking each kind's protocol):
+and drives it with ``websockets`` clients speaking each kind's protocol, from this process
+(the storm's from client processes of their own, to several servers on Redis: below):
 
 - **delivery**: N connections on one channel (a room of the broadcast kind; ``news:room``
   subscribed over the Centrifuge protocol), M messages published one at a time over HTTP,
@@ -28,9 +31,15 @@ and drives it from this process (``websockets`` clients speaking each kind's pro
   Redis (script calls, SUBSCRIBE, UNSUBSCRIBE...) and its socket reads (the round trips);
   the ratios channels/broadcast. A memory hub's restart loses the history (a new epoch): its
   clients resubscribe unrecovered. ``--storm-only`` runs this phase alone, ``--storm-kinds
-  channels`` its channels storm alone (a broadcast storm holds 10 sockets a client in this
-  process and in the server's: 2,000 clients need over 20,000 open files, where a channels
-  storm needs 2,000).
+  channels`` its channels storm alone.
+  A broadcast storm holds 10 sockets a client on each side: 2,000 clients are 20,000, the
+  most open files a process may have here. So on Redis the storm is split over
+  ``--storm-processes`` (default: one per 10,000 sockets, 2 at 2,000 clients): as many server
+  processes on the one Redis (each on a port of its own, all on the one CPU, stopped and
+  started together by the restart, messages published through the first) and as many client
+  processes (multiprocessing, ordered over a pipe), an equal share of the clients on each
+  server, the same for both kinds; the server CPU is their sum. A memory hub's rooms are in its one
+  process: there the storm stays one server and one client process.
 
 Prints the figures and the ratios channels/broadcast, and writes ``channels-<backend>.json`` to
 ``--output`` (default ``bench/results/<date>/``). Every wait is bounded; loopback only.
@@ -68,7 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENDORED = ROOT / "{{cookiecutter.project_slug|ws_folder_name}}" / "{{cookiecutter.package_name}}"
 TIMEOUT = 120.0
 STORM_TIMEOUT = 600.0
-"""A storm of 20,000 broadcast sockets at once overflows the server's accept backlog: the
+"""A storm of 10,000 broadcast sockets at once to a server overflows its accept backlog: the
 kernel drops SYNs, and clients retry after 1, 3, 7... seconds."""
 CHANNELS_EACH = 10
 STORM_SOCKETS_PER_PROCESS = 10_000

@@ -3,12 +3,15 @@
     .venv/bin/python bench/channels.py                  1,000 connections, 3 repetitions
     .venv/bin/python bench/channels.py --smoke          200 connections, one repetition
     .venv/bin/python bench/channels.py --storm-only     the storm alone (2,000 clients)
+    .venv/bin/python bench/channels.py --storm-only --backend redis
+                                                        the storm on Redis, over 2 processes
     .venv/bin/python bench/channels.py --storm-only --storm-kinds channels
                                                         the channels storm alone, no ratios
 
 Serves ``bench/baselines/channels_app.py`` (both kinds on one memory hub, the raw-ASGI face,
 LeanProtocol) with uvicorn on 127.0.0.1, the server pinned to one CPU where there are two,
-and drives it from this process (``websockets`` clients speaking each kind's protocol):
+and drives it with ``websockets`` clients speaking each kind's protocol, from this process
+(the storm's from client processes of their own, to several servers on Redis: below):
 
 - **delivery**: N connections on one channel (a room of the broadcast kind; ``news:room``
   subscribed over the Centrifuge protocol), M messages published one at a time over HTTP,
@@ -28,9 +31,15 @@ and drives it from this process (``websockets`` clients speaking each kind's pro
   Redis (script calls, SUBSCRIBE, UNSUBSCRIBE...) and its socket reads (the round trips);
   the ratios channels/broadcast. A memory hub's restart loses the history (a new epoch): its
   clients resubscribe unrecovered. ``--storm-only`` runs this phase alone, ``--storm-kinds
-  channels`` its channels storm alone (a broadcast storm holds 10 sockets a client in this
-  process and in the server's: 2,000 clients need over 20,000 open files, where a channels
-  storm needs 2,000).
+  channels`` its channels storm alone.
+  A broadcast storm holds 10 sockets a client on each side: 2,000 clients are 20,000, the
+  most open files a process may have here. So on Redis the storm is split over
+  ``--storm-processes`` (default: one per 10,000 sockets, 2 at 2,000 clients): as many server
+  processes on the one Redis (each on a port of its own, all on the one CPU, stopped and
+  started together by the restart, messages published through the first) and as many client
+  processes (multiprocessing, ordered over a pipe), an equal share of the clients on each
+  server, the same for both kinds; the server CPU is their sum. A memory hub's rooms are in its one
+  process: there the storm stays one server and one client process.
 
 Prints the figures and the ratios channels/broadcast, and writes ``channels-<backend>.json`` to
 ``--output`` (default ``bench/results/<date>/``). Every wait is bounded; loopback only.
@@ -42,6 +51,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -49,6 +60,7 @@ import sys
 import time
 import urllib.request
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -65,9 +77,16 @@ ROOT = Path(__file__).resolve().parent.parent
 VENDORED = ROOT / "{{cookiecutter.project_slug|ws_folder_name}}" / "{{cookiecutter.package_name}}"
 TIMEOUT = 120.0
 STORM_TIMEOUT = 600.0
-"""A storm of 20,000 broadcast sockets at once overflows the server's accept backlog: the
+"""A storm of 10,000 broadcast sockets at once to a server overflows its accept backlog: the
 kernel drops SYNs, and clients retry after 1, 3, 7... seconds."""
 CHANNELS_EACH = 10
+STORM_SOCKETS_PER_PROCESS = 10_000
+"""The most sockets a storm puts in one process, the service's or the clients': half the
+20,000 open files a process may have on the machine this was written on (``ulimit -Hn``,
+which only root raises). A broadcast storm of 2,000 clients holds 20,000 sockets on each
+side, so on Redis it runs as two server processes on the one Redis (half the clients each,
+the shape a deployment scales out in) driven by two client processes; the channels storm
+of the same run is split the same way, so its ratios compare like with like."""
 DEFAULT_JOIN_LEAVE_LIMIT = 100
 """The hubs' default (``websocket/broadcast.py``), which the storm's server keeps."""
 
@@ -122,7 +141,7 @@ class Server:
                 time.sleep(0.05)
 
     def url(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
+        return ws_url(self.port, path)
 
     def publish(self, channel: str, message: dict[str, Any]) -> dict[str, Any]:
         """Publish ``message`` on ``channel``; its position (offset, epoch)."""
@@ -136,12 +155,25 @@ class Server:
             return position
 
     def stop(self) -> None:
-        self.process.terminate()
+        stop_all([self])
+
+
+def ws_url(port: int, path: str) -> str:
+    return f"ws://127.0.0.1:{port}{path}"
+
+
+def stop_all(servers: list[Server]) -> None:
+    """Stop ``servers`` together: SIGTERM to each, then SIGKILL to any still running 10 s
+    later."""
+    for server in servers:
+        server.process.terminate()
+    deadline = time.monotonic() + 10
+    for server in servers:
         try:
-            self.process.wait(10)
+            server.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            server.process.kill()
+            server.process.wait()
 
 
 async def open_broadcast(server: Server, count: int) -> list[ClientConnection]:
@@ -284,14 +316,14 @@ def _storm_channel(kind: str, room: str) -> str:
 
 
 async def _storm_socket(
-    server: Server,
+    port: int,
     kind: str,
     positions: dict[str, tuple[int, str]] | None,
     counts: StormCounts,
     room: str = "",
 ) -> tuple[ClientConnection, asyncio.Task[None]]:
-    """One storm client's socket, once it is subscribed (and has recovered, with
-    ``positions``), and the task that reads what follows, counting it."""
+    """One storm client's socket to the server on ``port``, once it is subscribed (and has
+    recovered, with ``positions``), and the task that reads what follows, counting it."""
     if kind == "channels":
         commands: list[dict[str, Any]] = [{"id": 1, "connect": {}}]
         for number, each in enumerate(STORM_ROOMS, 2):
@@ -300,9 +332,9 @@ async def _storm_socket(
                 offset, epoch = positions[body["channel"]]
                 body.update(recover=True, offset=offset, epoch=epoch)
             commands.append({"id": number, "subscribe": body})
-        url, replies = server.url("/connection/websocket"), len(commands)
+        url, replies = ws_url(port, "/connection/websocket"), len(commands)
     else:
-        url, replies = server.url(_storm_channel(kind, room)), 1
+        url, replies = ws_url(port, _storm_channel(kind, room)), 1
         if positions is not None:
             offset, epoch = positions[_storm_channel(kind, room)]
             url += f"?since={offset}&epoch={epoch}"
@@ -338,15 +370,15 @@ async def _read_counting(client: ClientConnection, counts: StormCounts) -> None:
 
 
 async def _storm_clients(
-    server: Server,
+    port: int,
     kind: str,
     clients: int,
     positions: dict[str, tuple[int, str]] | None,
     counts: StormCounts,
     batch: int | None,
 ) -> list[tuple[ClientConnection, asyncio.Task[None]]]:
-    """``clients`` storm clients (10 sockets each on broadcast), opened ``batch`` at a time
-    (None: all at once)."""
+    """``clients`` storm clients (10 sockets each on broadcast) of the server on ``port``,
+    opened ``batch`` at a time (None: all at once)."""
     rooms = [""] if kind == "channels" else STORM_ROOMS
     opening = [(kind, room) for _ in range(clients) for room in rooms]
     opened: list[tuple[ClientConnection, asyncio.Task[None]]] = []
@@ -355,7 +387,7 @@ async def _storm_clients(
         opened += await asyncio.wait_for(
             asyncio.gather(
                 *(
-                    _storm_socket(server, each, positions, counts, room)
+                    _storm_socket(port, each, positions, counts, room)
                     for each, room in opening[start : start + step]
                 )
             ),
@@ -372,61 +404,181 @@ async def _until(condition: Any, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def storm(
-    kind: str, clients: int, redis_url: str = "", redis_pid: int = 0
+class StormClients:
+    """A storm client process's clients, all on one server process (the storm's shard),
+    doing what the benchmark's process orders: each order is a method, called with the
+    shard's server port (it changes at the restart) and answered when it is done."""
+
+    def __init__(self, kind: str, clients: int) -> None:
+        self.kind, self.clients, self.port = kind, clients, 0
+        self.counts = StormCounts()
+        self.opened: list[tuple[ClientConnection, asyncio.Task[None]]] = []
+
+    async def serve(self, pipe: Connection) -> None:
+        """Carry out orders (``(method, port, args)``) until ``None``, then close every socket;
+        answer each ``("done", its result)``, or ``("failed", why)`` and stop at the first
+        that fails."""
+        loop = asyncio.get_running_loop()
+        try:
+            while (order := await loop.run_in_executor(None, pipe.recv)) is not None:
+                name, self.port, args = order
+                try:
+                    pipe.send(("done", await getattr(self, name)(*args)))
+                except Exception as error:  # told to the benchmark's process
+                    pipe.send(("failed", f"{type(error).__name__}: {error}"))
+                    return
+        finally:
+            await close_all([client for client, _ in self.opened])
+
+    async def open(self) -> None:
+        self.opened = await _storm_clients(
+            self.port, self.kind, self.clients, None, self.counts, batch=100
+        )
+
+    async def first_messages(self) -> None:
+        """Wait until every client has the first message of each of its rooms."""
+        await _until(
+            lambda: self.counts.pubs + self.counts.gaps >= self.clients * CHANNELS_EACH,
+            "the first messages",
+        )
+
+    async def closed(self) -> None:
+        """Wait until the restart has closed every socket."""
+        await asyncio.wait_for(asyncio.gather(*(task for _, task in self.opened)), TIMEOUT)
+
+    async def reconnect(self, positions: dict[str, tuple[int, str]]) -> None:
+        """Every client reconnects at once, recovering its rooms from ``positions``; counted
+        afresh."""
+        self.counts = StormCounts()
+        self.opened = await _storm_clients(
+            self.port, self.kind, self.clients, positions, self.counts, batch=None
+        )
+
+    async def counted(self) -> dict[str, int]:
+        return vars(self.counts)
+
+
+def _storm_client_process(pipe: Connection, kind: str, clients: int) -> None:
+    asyncio.run(StormClients(kind, clients).serve(pipe))
+
+
+class StormShards:
+    """A storm's service and clients over ``processes`` shards: a server process each
+    (``channels_app`` on a port of its own, all on the one hub: Redis, or a memory hub in
+    the one process) and a client process driving its share of the clients against it."""
+
+    def __init__(self, kind: str, clients: int, processes: int, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.servers: list[Server] = []
+        self.pipes: list[Connection] = []
+        self.clients: list[multiprocessing.process.BaseProcess] = []
+        spawn = multiprocessing.get_context("spawn")
+        try:
+            for shard in range(processes):
+                share = clients // processes + (shard < clients % processes)
+                ours, theirs = spawn.Pipe()
+                client = spawn.Process(target=_storm_client_process, args=(theirs, kind, share))
+                client.start()
+                theirs.close()
+                self.pipes.append(ours)
+                self.clients.append(client)
+                self.servers.append(Server(redis_url, join_leave=True))
+        except BaseException:
+            self.close()
+            raise
+
+    def ask(self, order: str, *args: Any) -> list[Any]:
+        """Give every client process ``order`` (a `StormClients` method and its ``args``) at
+        once; their answers, once all have answered."""
+        for pipe, server in zip(self.pipes, self.servers, strict=True):
+            pipe.send((order, server.port, args))
+        answers = []
+        for pipe in self.pipes:  # each of their waits is bounded
+            try:
+                outcome, answer = pipe.recv()
+            except EOFError:
+                raise RuntimeError(f"a storm client process exited during {order!r}") from None
+            if outcome == "failed":
+                raise RuntimeError(f"a storm client process failed during {order!r}: {answer}")
+            answers.append(answer)
+        return answers
+
+    def publish(self, channel: str, number: int) -> tuple[int, str]:
+        """Publish message ``number`` on ``channel`` (through the first server: the hub
+        carries it to the others); its position."""
+        answer = self.servers[0].publish(channel, {"n": number})
+        return answer["offset"], answer["epoch"]
+
+    def restart(self) -> None:
+        """Stop every server process, wait until every client has lost its sockets, and
+        start the servers again (on new ports)."""
+        stop_all(self.servers)
+        self.ask("closed")
+        self.servers = [Server(self.redis_url, join_leave=True) for _ in self.servers]
+
+    def server_cpu_seconds(self) -> float:
+        return sum(sample(server.process.pid).cpu_seconds for server in self.servers)
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):  # a client process that already exited
+                pipe.send(None)
+        for client in self.clients:
+            client.join(TIMEOUT)
+            if client.is_alive():
+                client.kill()
+                client.join()
+        stop_all(self.servers)
+
+
+def storm(
+    kind: str, clients: int, processes: int, redis_url: str = "", redis_pid: int = 0
 ) -> dict[str, float]:
     """``clients`` clients on the 10 rooms (one channels connection each, or 10 broadcast
     ones), a message on each room; the service restarts, a message is published on each
     room while they are away, and every client reconnects at once, recovering its rooms:
-    the time until every one has, the server's CPU, the commands sent Redis and its socket
-    reads (the round trips: a pipelined batch is one), and the join and leave events the
-    clients were sent meanwhile (and in the second after)."""
-    counts = StormCounts()
-    sockets = clients * (1 if kind == "channels" else CHANNELS_EACH)
-    server = Server(redis_url, join_leave=True)
+    the time until every one has, the server processes' CPU, the commands sent Redis and
+    its socket reads (the round trips: a pipelined batch is one), and the join and leave
+    events the clients were sent meanwhile (and in the second after). The clients and the
+    service are split over ``processes`` (see `STORM_SOCKETS_PER_PROCESS`)."""
+    shards = StormShards(kind, clients, processes, redis_url)
     try:
-        opened = await _storm_clients(server, kind, clients, None, counts, batch=100)
-        loop = asyncio.get_running_loop()
+        shards.ask("open")
         positions = {}
         for room in STORM_ROOMS:
             channel = _storm_channel(kind, room)
-            answer = await loop.run_in_executor(None, server.publish, channel, {"n": 1})
-            positions[channel] = (answer["offset"], answer["epoch"])
-        await _until(
-            lambda: counts.pubs + counts.gaps >= clients * CHANNELS_EACH, "the first messages"
-        )
-        server.stop()  # the restart: every client loses its connection
-        await asyncio.wait_for(asyncio.gather(*(task for _, task in opened)), TIMEOUT)
-        server = Server(redis_url, join_leave=True)
+            positions[channel] = shards.publish(channel, 1)
+        shards.ask("first_messages")
+        shards.restart()  # every client loses its connection
         for room in STORM_ROOMS:  # published while the clients are away
-            await loop.run_in_executor(None, server.publish, _storm_channel(kind, room), {"n": 2})
-        counts = StormCounts()  # the reconnection alone
+            shards.publish(_storm_channel(kind, room), 2)
         commands_before = redis_commands(redis_url)
         reads_before = io_syscalls(redis_pid)[0] if redis_pid else 0
-        before = sample(server.process.pid)
+        cpu_before = shards.server_cpu_seconds()
         started = time.monotonic()
-        opened = await _storm_clients(server, kind, clients, positions, counts, batch=None)
+        shards.ask("reconnect", positions)
         seconds = time.monotonic() - started
-        after = sample(server.process.pid)
+        cpu = shards.server_cpu_seconds() - cpu_before
         commands = redis_commands(redis_url) - commands_before
         reads = io_syscalls(redis_pid)[0] - reads_before if redis_pid else 0
-        await asyncio.sleep(1.0)  # events still on their way
-        figures = {
-            "sockets": sockets,
-            "seconds": seconds,
-            "server_cpu_seconds": after.cpu_seconds - before.cpu_seconds,
-            "join_leave_events": counts.events,
-            "recovered": counts.recovered,
-            "not_recovered": counts.not_recovered,
-            "gaps": counts.gaps,
-        }
-        if redis_url:
-            figures["redis_commands"] = commands
-            figures["redis_round_trips"] = reads
-        await close_all([client for client, _ in opened])
-        return figures
+        time.sleep(1.0)  # events still on their way
+        counted = shards.ask("counted")
     finally:
-        server.stop()
+        shards.close()
+    total = {field: sum(each[field] for each in counted) for field in counted[0]}
+    figures = {
+        "sockets": clients * (1 if kind == "channels" else CHANNELS_EACH),
+        "seconds": seconds,
+        "server_cpu_seconds": cpu,
+        "join_leave_events": total["events"],
+        "recovered": total["recovered"],
+        "not_recovered": total["not_recovered"],
+        "gaps": total["gaps"],
+    }
+    if redis_url:
+        figures["redis_commands"] = commands
+        figures["redis_round_trips"] = reads
+    return figures
 
 
 CLIENT_COMMANDS = ("evalsha", "eval", "subscribe", "unsubscribe", "ping", "script")
@@ -460,16 +612,35 @@ def main() -> None:
         default=["channels", "broadcast"],
         help="the storms to run (the ratios need both)",
     )
+    parser.add_argument(
+        "--storm-processes",
+        type=int,
+        help="server processes (on the one Redis) and client processes the storm is split "
+        f"over (default: enough for {STORM_SOCKETS_PER_PROCESS:,} sockets each on Redis, "
+        "one on a memory hub)",
+    )
     parser.add_argument("--backend", choices=("memory", "redis"), default="memory")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.smoke:
         args.connections, args.messages, args.repetitions = 200, 10, 1
         args.storm_clients = 100
-    # Broadcast clients hold 10 sockets each, in this process and in the server's (each
-    # inherits the limit), with some 200 files of their own; channels clients one each.
+    # Broadcast clients hold 10 sockets each, channels clients one.
     each = CHANNELS_EACH if "broadcast" in args.storm_kinds or not args.storm_only else 1
-    raise_open_file_limit(args.storm_clients * each + 200)
+    if args.storm_processes is None:
+        redis = args.backend == "redis"
+        sockets = args.storm_clients * each
+        args.storm_processes = math.ceil(sockets / STORM_SOCKETS_PER_PROCESS) if redis else 1
+    if args.storm_processes < 1:
+        parser.error("--storm-processes must be 1 or more")
+    if args.storm_processes > 1 and args.backend == "memory":
+        parser.error(
+            "a memory hub's rooms are in its one process: splitting the storm over "
+            "--storm-processes needs --backend redis"
+        )
+    # The sockets of a shard's share of the clients, in its client process and in its server
+    # process (each inherits this limit), and some 200 files of their own.
+    raise_open_file_limit(math.ceil(args.storm_clients / args.storm_processes) * each + 200)
     output = args.output or ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y-%m-%d")
     with contextlib.ExitStack() as stack:
         redis_url, redis_pid = "", 0
@@ -491,12 +662,13 @@ def measure(args: argparse.Namespace, redis_url: str, redis_pid: int = 0) -> dic
     if not args.storm_only:
         report.update(measure_delivery_and_memory(args, redis_url))
     stormed = {
-        kind: asyncio.run(storm(kind, args.storm_clients, redis_url, redis_pid))
+        kind: storm(kind, args.storm_clients, args.storm_processes, redis_url, redis_pid)
         for kind in ("channels", "broadcast")
         if kind in args.storm_kinds
     }
     report["storm"] = {
         "clients": args.storm_clients,
+        "processes": args.storm_processes,
         "channels_each": CHANNELS_EACH,
         "join_leave_limit": DEFAULT_JOIN_LEAVE_LIMIT,
         **stormed,
@@ -508,7 +680,8 @@ def measure(args: argparse.Namespace, redis_url: str, redis_pid: int = 0) -> dic
     }
     print(
         f"reconnect storm after a restart, {args.storm_clients} clients x {CHANNELS_EACH} "
-        f"rooms of all of them (join/leave limit {DEFAULT_JOIN_LEAVE_LIMIT}):",
+        f"rooms of all of them (join/leave limit {DEFAULT_JOIN_LEAVE_LIMIT}), "
+        f"{args.storm_processes} server and {args.storm_processes} client process(es):",
         flush=True,
     )
     for kind, figures in stormed.items():

@@ -362,8 +362,7 @@ def test_the_channels_benchmark_measures_both_kinds_side_by_side(tmp_path: Path)
 
 
 def test_the_channels_storm_runs_alone_without_the_broadcast_sockets(tmp_path: Path) -> None:
-    """``--storm-only --storm-kinds channels``: the channels storm alone (one socket a
-    client, so 2,000 clients fit where 20,000 broadcast sockets do not), with no ratios."""
+    """``--storm-only --storm-kinds channels``: the channels storm alone, with no ratios."""
     command = [
         sys.executable,
         str(TEMPLATE / "bench" / "channels.py"),
@@ -381,6 +380,41 @@ def test_the_channels_storm_runs_alone_without_the_broadcast_sockets(tmp_path: P
     assert (storm["channels"]["sockets"], storm["channels"]["not_recovered"]) == (100, 1000)
     assert storm["ratios"] == {}, storm
     assert "channels/broadcast" not in result.stdout
+
+
+def test_the_storm_split_over_processes_on_redis_recovers_every_room_of_both_kinds(
+    tmp_path: Path,
+) -> None:
+    """``--storm-processes 2 --backend redis``: two server processes on one Redis, half the
+    clients each, driven by two client processes, for both kinds; the messages published
+    through the first server reach the clients of the second, so every room of every client
+    is recovered after the restart, and the figures are summed over the processes."""
+    require_redis()
+    command = [sys.executable, str(TEMPLATE / "bench" / "channels.py"), "--smoke", "--storm-only"]
+    command += ["--backend", "redis", "--storm-processes", "2", "--output", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    storm = json.loads((tmp_path / "channels-storm-redis.json").read_text())["storm"]
+    assert storm["processes"] == 2, storm
+    for kind, sockets in (("channels", 100), ("broadcast", 1000)):
+        figures = storm[kind]
+        assert (figures["sockets"], figures["recovered"], figures["gaps"]) == (sockets, 1000, 0)
+        assert figures["server_cpu_seconds"] > 0, figures
+        assert figures["redis_commands"] >= 1000, figures  # one presence call a subscription
+        assert figures["redis_round_trips"] > 0, figures
+    assert "2 server and 2 client process(es)" in result.stdout
+    assert "channels/broadcast: sockets 0.10x, seconds" in result.stdout
+
+
+def test_the_storm_is_not_split_over_the_processes_of_a_memory_hub(tmp_path: Path) -> None:
+    """A memory hub's rooms are in its one process: ``--storm-processes 2`` is refused with
+    a sentence saying why and what to do, before anything runs."""
+    command = [sys.executable, str(TEMPLATE / "bench" / "channels.py"), "--storm-only"]
+    command += ["--storm-processes", "2", "--output", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "splitting the storm over --storm-processes needs --backend redis" in result.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_centrifugo_workload_delivers_every_message_and_reports_each_hub(

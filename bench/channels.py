@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/channels.py                  1,000 connections, 3 repetitions
     .venv/bin/python bench/channels.py --smoke          200 connections, one repetition
-    .venv/bin/python bench/channels.py --storm-only     the storm alone (2,000 clients)
+    .venv/bin/python bench/channels.py --storm-only     the storm alone (2,000 clients; on a
+                                                        memory hub, 20,200 open files in a process)
     .venv/bin/python bench/channels.py --storm-only --backend redis
                                                         the storm on Redis, over 2 processes
     .venv/bin/python bench/channels.py --storm-only --storm-kinds channels
@@ -54,6 +55,7 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -640,7 +642,16 @@ def main() -> None:
         )
     # The sockets of a shard's share of the clients, in its client process and in its server
     # process (each inherits this limit), and some 200 files of their own.
-    raise_open_file_limit(math.ceil(args.storm_clients / args.storm_processes) * each + 200)
+    files = math.ceil(args.storm_clients / args.storm_processes) * each + 200
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if args.backend == "memory" and hard != resource.RLIM_INFINITY and files > hard:
+        parser.error(
+            f"a storm of {args.storm_clients:,} clients on a memory hub holds {files:,} open "
+            f"files in one process, over this machine's hard limit of {hard:,} (ulimit -Hn): "
+            "run it on Redis (--backend redis), which splits it over processes, or ask for "
+            "fewer --storm-clients"
+        )
+    raise_open_file_limit(files)
     output = args.output or ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y-%m-%d")
     with contextlib.ExitStack() as stack:
         redis_url, redis_pid = "", 0

@@ -45,12 +45,13 @@ REDIS_ONLY = [
 ]
 
 # Files that only a project with a channels endpoint uses, relative to the package (the
-# Centrifuge protocol, its namespaces, its tokens, which import jwt, and its RPC methods,
-# which import jsonschema), and relative to the project.
+# Centrifuge protocol, its namespaces, its tokens, which import jwt, its RPC methods, which
+# import jsonschema, and the browser app's files), and relative to the project.
 CHANNELS_ONLY = [
     "websocket/centrifuge_protocol.py",
     "websocket/namespaces.py",
     "websocket/rpc.py",
+    "websocket/static.py",
     "websocket/tokens.py",
     "websocket/tests/channels_server.py",
     "websocket/tests/test_centrifuge_protocol.py",
@@ -58,6 +59,7 @@ CHANNELS_ONLY = [
     "websocket/tests/test_namespaces.py",
     "websocket/tests/test_rpc.py",
     "websocket/tests/test_personal_channels.py",
+    "websocket/tests/test_static.py",
     "websocket/tests/sample_channels_app.py",
     "websocket/tests/test_tokens.py",
     "channels.py",

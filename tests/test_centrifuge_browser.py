@@ -1,10 +1,10 @@
 """The README's "Channels in a browser" app, run as written in headless Chromium.
 
 A project with a channels endpoint on Redis is rendered with the README's session-cookie
-auth.py; its README's ``html``, ``js`` and ``python`` blocks become ``browser/index.html``,
-``browser/app.js`` and ``browser_page.py``, which serves them beside the project's own app,
-on the same origin, with centrifuge-js from npm (conformance/centrifuge's committed lock
-file, as ``browser/node_modules``: its ``build/index.mjs``, where the page's import map
+auth.py; its README's ``html`` and ``js`` blocks become ``browser/index.html`` and
+``browser/app.js``, which the project's own app serves at ``/browser/``, on its origin, with
+centrifuge-js from npm (conformance/centrifuge's committed lock file, copied as
+``browser/node_modules/centrifuge``: its ``build/index.mjs``, where the page's import map
 points), as the README says. Nothing is loaded from elsewhere. The page connects with ``getToken`` (``POST
 /api/tokens/connection``), subscribes to a public and a private channel (``getToken`` of
 ``POST /api/tokens/subscription``), is on its personal channel from the start, and calls the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import threading
 import time
 import urllib.request
@@ -59,9 +60,9 @@ def fenced(section: str, language: str) -> str:
     return str(block)
 
 
-def browser_project(folder: Path, config: Path, framework: str) -> Path:
+def browser_project(folder: Path, config: Path, framework: str) -> tuple[Path, str]:
     """A rendered project on Redis with the README's auth.py, and the README's browser app
-    beside it (``browser/``, served by ``browser_page:app``)."""
+    in it (``browser/``, which the app serves); and the app's import path."""
     answers = {"endpoints": ENDPOINTS, "framework": framework, "broadcast_backend": "redis"}
     project = render(folder, config, answers)
     [package] = [app.parent for app in project.glob("*/app.py")]
@@ -72,9 +73,9 @@ def browser_project(folder: Path, config: Path, framework: str) -> Path:
     (project / "browser").mkdir()
     (project / "browser" / "index.html").write_text(fenced(section, "html"))
     (project / "browser" / "app.js").write_text(fenced(section, "js"))
-    (project / "browser" / "node_modules").symlink_to(NODE_MODULES)  # npm install centrifuge
-    (project / "browser_page.py").write_text(fenced(section, "python"))
-    return project
+    # npm install centrifuge (a copy: the app serves no link out of the folder)
+    shutil.copytree(NODE_MODULES / "centrifuge", project / "browser/node_modules/centrifuge")
+    return project, f"{package.name}.app:app"
 
 
 class Publisher:
@@ -149,7 +150,7 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
     framework: str, browser: Browser, tmp_path: Path, cookiecutter_config: Path
 ) -> None:
     require_redis()
-    project = browser_project(tmp_path, cookiecutter_config, framework)
+    project, app = browser_project(tmp_path, cookiecutter_config, framework)
     errors: list[str] = []
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
@@ -162,9 +163,9 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
             "SUBSCRIPTION_TOKEN_TTL_SECONDS": TOKEN_TTL,
             "HISTORY_SIZE": "1000",  # what is published while the page is away, and more
         }
-        server = stack.enter_context(LiveServer("browser_page:app", env=environment, cwd=project))
+        server = stack.enter_context(LiveServer(app, env=environment, cwd=project))
         other = stack.enter_context(  # the service's second process: the publisher
-            LiveServer("browser_page:app", env=environment, cwd=project)
+            LiveServer(app, env=environment, cwd=project)
         )
         context = browser.new_context()
         stack.callback(context.close)
@@ -174,7 +175,7 @@ def test_the_readme_browser_app_recovers_every_channel_through_restarts_and_a_cu
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         page.on("websocket", lambda websocket: requested.append(websocket.url))
-        page.goto(server.url("/"))
+        page.goto(server.url("/browser"))  # redirected to /browser/, the folder's index.html
         expect(page.locator("#user")).to_have_text(USER, timeout=WAIT)  # the whoami RPC
 
         publisher = Publisher(other)

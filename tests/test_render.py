@@ -146,11 +146,12 @@ REDIS_BACKEND_FILES = {
     "tests/test_sharded_redis_hub.py",
 }
 # The vendored files only projects with a channels endpoint keep (tokens.py imports jwt,
-# rpc.py jsonschema).
+# rpc.py jsonschema; static.py serves their browser app).
 CHANNELS_BACKEND_FILES = {
     "centrifuge_protocol.py",
     "namespaces.py",
     "rpc.py",
+    "static.py",
     "tokens.py",
     "tests/channels_server.py",
     "tests/test_centrifuge_protocol.py",
@@ -158,6 +159,7 @@ CHANNELS_BACKEND_FILES = {
     "tests/test_namespaces.py",
     "tests/test_rpc.py",
     "tests/test_personal_channels.py",
+    "tests/test_static.py",
     "tests/sample_channels_app.py",
     "tests/test_tokens.py",
 }

@@ -11,6 +11,9 @@ from __future__ import annotations
 import gc
 import json
 import urllib.request
+{%- if channels %}
+from pathlib import Path
+{%- endif %}
 
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -146,6 +149,7 @@ def test_the_app_sets_the_garbage_collector_threshold(monkeypatch: pytest.Monkey
         ("MAX_CHANNELS_PER_CONNECTION", "0"),
         ("CONNECTION_TOKEN_TTL_SECONDS", "0"),
         ("SUBSCRIPTION_TOKEN_TTL_SECONDS", "-1"),
+        ("BROWSER_DIR", "no/such/folder"),
 {%- endif %}
 {%- if cookiecutter.metrics | ws_yes %}
         ("METRICS_ENABLED", "maybe"),
@@ -247,6 +251,17 @@ def test_the_token_secret_is_never_shown_and_channels_have_their_defaults() -> N
     assert "s3cret" not in repr(settings)
     assert Settings.from_env({}).max_channels_per_connection == 128
     assert Settings.from_env({}).anonymous_connections is False
+
+
+def test_the_browser_app_is_browser_in_the_working_directory_if_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).browser_folder() is None  # nothing served
+    (tmp_path / "browser").mkdir()
+    assert Settings.from_env({}).browser_folder() == Path("browser")
+    (tmp_path / "elsewhere").mkdir()
+    assert Settings.from_env({"BROWSER_DIR": "elsewhere"}).browser_folder() == Path("elsewhere")
 
 
 def test_a_public_key_that_is_not_one_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,11 +2,12 @@
 {%- set redis = cookiecutter.broadcast_backend == "redis" -%}
 """The channels endpoint on a real uvicorn server, spoken to in raw Centrifuge commands (JSON):
 who may connect, subscribe and publish (channels.py), the personal channel, the RPC methods,
-the token routes (token_api.py) and ``POST /api/publish`` reaching subscribers. The
-Centrifuge SDKs speak the same protocol."""
+the token routes (token_api.py), ``POST /api/publish`` reaching subscribers, and a browser
+app's files (``BROWSER_DIR``). The Centrifuge SDKs speak the same protocol."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -14,7 +15,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import jwt
 import pytest
@@ -25,6 +28,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 {%- endif %}
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.websocket.asgi_types import ASGIApp, Receive, Scope, Send
@@ -58,17 +62,38 @@ def _app_with_users() -> ASGIApp:
     return create_app(user_from_cookie)
 
 
+PAGE = "<!doctype html><title>app</title>"
+
+
+@pytest.fixture(scope="module")
+def browser_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A browser app's folder, as the README's "Channels in a browser" makes one, with a
+    secret beside it that must not be served."""
+    folder = tmp_path_factory.mktemp("project") / "browser"
+    (folder / "node_modules" / "centrifuge" / "build").mkdir(parents=True)
+    (folder / "index.html").write_text(PAGE)
+    (folder / "app.js").write_text('import { Centrifuge } from "centrifuge";\n')
+    (folder / "node_modules" / "centrifuge" / "build" / "index.mjs").write_text("export {};\n")
+    (folder.parent / "secret.txt").write_text("not for browsers\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 {%- if redis %}
-def server(redis_server: RedisServer) -> Iterator[LiveServer]:
+def server(redis_server: RedisServer, browser_app: Path) -> Iterator[LiveServer]:
     environment = {
         **TEST_ENVIRONMENT,
         "TOKEN_HMAC_SECRET_KEY": SECRET,
         "REDIS_URL": redis_server.url,
+        "BROWSER_DIR": str(browser_app),
     }
 {%- else %}
-def server() -> Iterator[LiveServer]:
-    environment = {**TEST_ENVIRONMENT, "TOKEN_HMAC_SECRET_KEY": SECRET}
+def server(browser_app: Path) -> Iterator[LiveServer]:
+    environment = {
+        **TEST_ENVIRONMENT,
+        "TOKEN_HMAC_SECRET_KEY": SECRET,
+        "BROWSER_DIR": str(browser_app),
+    }
 {%- endif %}
     with LiveServer("tests.test_channels:app_with_users", env=environment) as server:
         yield server
@@ -308,6 +333,44 @@ def test_the_rpc_methods_answer_who_the_connection_is_and_page_through_history(
     private = {"channel": "private:notes#alice"}
     refused = frank.command("rpc", {"method": "history_page", "data": private})
     assert refused["error"] == {"code": 403, "message": "permission denied"}, refused
+
+
+def get(server: LiveServer, path: str) -> tuple[int, dict[str, str], bytes]:
+    """``GET path`` as sent, not normalised (``..`` stays): status, headers and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.headers), response.read()
+    finally:
+        connection.close()
+
+
+def test_the_app_serves_the_browser_app_on_its_origin(server: LiveServer) -> None:
+    status, headers, body = get(server, "/browser/")
+    assert (status, headers["content-type"], body) == (
+        200,
+        "text/html; charset=utf-8",
+        PAGE.encode(),
+    )
+    module = "/browser/node_modules/centrifuge/build/index.mjs"
+    for path in ("/browser/app.js", module):
+        status, headers, _ = get(server, path)
+        assert (status, headers["content-type"]) == (200, "text/javascript; charset=utf-8")
+    status, headers, _ = get(server, "/browser")  # to /browser/, where relative links work
+    assert (status, urljoin(server.url("/browser"), headers["location"])) == (
+        307,
+        server.url("/browser/"),
+    )
+    for path in ("/browser/../secret.txt", "/browser/%2e%2e/secret.txt", "/browser/nothing.js"):
+        status, _, body = get(server, path)
+        assert status == 404, path
+        assert b"not for browsers" not in body
+    own = Origin(server.url("").rstrip("/"))  # the page's origin: its websockets are let in
+    cookie = {"cookie": "user=alice"}
+    with connect(server.ws_url(PATH), origin=own, additional_headers=cookie) as websocket:
+        websocket.send(json.dumps({"id": 1, "connect": {}}))
+        assert "error" not in json.loads(websocket.recv(timeout=5))
 {%- if cookiecutter.metrics | ws_yes %}
 
 

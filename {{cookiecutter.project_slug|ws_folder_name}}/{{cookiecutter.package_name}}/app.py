@@ -6,7 +6,8 @@
 ``GET /asyncapi.json`` (the websocket API as an AsyncAPI document){% if broadcast %},
 ``POST /api/publish`` and ``GET /api/presence`` (``websocket/publish_api.py``, off until
 ``PUBLISH_API_KEY`` is set){% endif %}{% if channels %}, ``POST /api/tokens/connection`` and
-``POST /api/tokens/subscription`` (the channels endpoint's tokens, ``token_api.py``){% endif %}{% if metrics %}
+``POST /api/tokens/subscription`` (the channels endpoint's tokens, ``token_api.py``), the
+files of a browser app under ``/browser/`` (``BROWSER_DIR``){% endif %}{% if metrics %}
 and ``GET /metrics`` (Prometheus, ``websocket/metrics.py``; ``METRICS_ENABLED``, ``METRICS_API_KEY``){% endif %}.
 
 Every websocket connection goes through the guard (``websocket/guard.py``): origin check,
@@ -78,6 +79,7 @@ from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PRESENCE_PATH, PublishAPI, add_to_openapi
 {%- endif %}
 {%- if channels %}
+from .websocket.static import StaticFolder
 from .websocket.tokens import TokenSigner
 {%- endif %}
 {%- else %}
@@ -99,6 +101,7 @@ from .websocket.publish_api import PATH as PUBLISH_PATH
 from .websocket.publish_api import PRESENCE_PATH, PublishAPI
 {%- endif %}
 {%- if channels %}
+from .websocket.static import StaticFolder
 from .websocket.tokens import TokenSigner
 {%- endif %}
 {%- endif %}
@@ -116,6 +119,13 @@ BROADCAST_PATHS = [
 """The broadcast endpoints' paths: the channels that ``POST /api/publish`` may publish to{% if channels %}
 (besides those of the namespaces in channels.py){% endif %}."""
 {%- endif %}
+{%- endif %}
+
+{%- if channels %}
+
+BROWSER_PATH = "/browser"
+"""Where the app serves the files of ``BROWSER_DIR`` (or of ``browser/``): a browser app on
+the service's own origin (README, "Channels in a browser")."""
 {%- endif %}
 
 TITLE = {{ cookiecutter.project_name | ws_python_string }}
@@ -166,6 +176,10 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> FastAPI:
     tokens = token_api(settings, authenticate)
     app.router.routes.append(Route(CONNECTION_PATH, tokens))
     app.router.routes.append(Route(SUBSCRIPTION_PATH, tokens))
+    browser = settings.browser_folder()
+    if browser is not None:  # a browser app, on the service's origin
+        app.mount(BROWSER_PATH, StaticFolder(browser))
+        logger.info("serving the files of %s at %s/", browser.resolve(), BROWSER_PATH)
 {%- endif %}
     app.openapi = openapi_of(app)  # type: ignore[method-assign]  # FastAPI's documented way
 {%- endif %}
@@ -268,6 +282,10 @@ def create_app(authenticate: Authenticator = auth.authenticate) -> WebSocketGuar
     tokens = token_api(settings, authenticate)
     app.add_http_route(CONNECTION_PATH, tokens, methods=None)
     app.add_http_route(SUBSCRIPTION_PATH, tokens, methods=None)
+    browser = settings.browser_folder()
+    if browser is not None:  # a browser app, on the service's origin
+        app.mount(BROWSER_PATH, StaticFolder(browser))
+        logger.info("serving the files of %s at %s/", browser.resolve(), BROWSER_PATH)
 {%- endif %}
 {%- endif %}
 {%- if metrics %}

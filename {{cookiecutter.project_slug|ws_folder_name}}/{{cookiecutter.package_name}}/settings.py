@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass{% if hub or metrics %}, field{% endif %}, fields
 from functools import lru_cache
+{%- if channels %}
+from pathlib import Path
+{%- endif %}
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -89,6 +92,7 @@ UNREAD_VARIABLES = {
     "MAX_CHANNELS_PER_CONNECTION": NO_CHANNELS,
     "CONNECTION_TOKEN_TTL_SECONDS": NO_CHANNELS,
     "SUBSCRIPTION_TOKEN_TTL_SECONDS": NO_CHANNELS,
+    "BROWSER_DIR": NO_CHANNELS,
 {%- endif %}
 {%- if not ticker %}
     "TICK_SECONDS": NO_TICKER,
@@ -152,6 +156,9 @@ class Settings:
     """How long a connection token from ``POST /api/tokens/connection`` is valid."""
     subscription_token_ttl_seconds: float = 600.0
     """How long a subscription token from ``POST /api/tokens/subscription`` is valid."""
+    browser_dir: str = ""
+    """A folder whose files the app serves at ``/browser/`` (README, "Channels in a
+    browser"); empty: ``browser`` in the working directory, if there is one."""
 {%- endif %}
 {%- if redis %}
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
@@ -239,6 +246,7 @@ class Settings:
                 _positive(float),
                 cls.subscription_token_ttl_seconds,
             ),
+            browser_dir=read("BROWSER_DIR", _folder, cls.browser_dir),
 {%- endif %}
 {%- if redis %}
             redis_url=read("REDIS_URL", _redis_url, cls.redis_url),
@@ -331,6 +339,14 @@ class Settings:
             )
 {%- endif %}
 
+{%- if channels %}
+
+    def browser_folder(self) -> Path | None:
+        """The folder of ``BROWSER_DIR``, or else ``browser`` if the working directory has
+        one; None: no browser app to serve."""
+        folder = Path(self.browser_dir or "browser")
+        return folder if self.browser_dir or folder.is_dir() else None
+{%- endif %}
 {%- if redis %}
 
     @property
@@ -420,6 +436,19 @@ def _idle_timeout(name: str, value: str) -> float:
             "that stay silent for long, set a long one (86400 is a day), or have them send "
             "keepalives"
         ) from None
+
+
+{%- if channels %}
+
+
+def _folder(name: str, value: str) -> str:
+    if not Path(value).is_dir():
+        raise SettingsError(
+            f"{name}={value!r} is not a folder (relative to the working directory, "
+            f"{Path.cwd()}): give the folder of the files to serve, or unset it"
+        )
+    return value
+{%- endif %}
 
 
 def _text(name: str, value: str) -> str:

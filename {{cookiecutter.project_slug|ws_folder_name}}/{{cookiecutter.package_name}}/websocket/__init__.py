@@ -1,6 +1,6 @@
 """The websocket backend, vendored into this project by ws-template.
 
-Version 2.5.0. Every file in this folder is copied unchanged into each project that
+Version 2.6.0. Every file in this folder is copied unchanged into each project that
 ws-template generates, tests included, so that one fix reaches every project: change it
 in the template, not here, and pull it in with ``cruft update`` (or by copying the folder).
 
@@ -21,7 +21,8 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   serves a connection of many channels in the Centrifuge client protocol (v2, JSON), so the
   Centrifuge SDKs are its clients; ``namespaces.py``, which channels exist and who may
   subscribe and publish; ``tokens.py``, connection and subscription tokens (JWT, with
-  PyJWT); ``rpc.py``, the Python methods its clients call (``rpc``, ``send``).
+  PyJWT); ``rpc.py``, the Python methods its clients call (``rpc``, ``send``);
+  ``static.py``, `StaticFolder`, the files of a browser app on the service's origin.
 - ``publish_api.py``: `PublishAPI`, ``POST /api/publish`` (to a channel or a user) and
   ``GET /api/presence`` for code outside the service.
 - ``client.py``: `Client`, a Python client of the service on ``websockets`` that reconnects
@@ -42,6 +43,16 @@ in the template, not here, and pull it in with ``cruft update`` (or by copying t
   `RedisServer` (a real redis-server for tests).
 
 A project keeps the face its framework uses.
+
+2.6.0: a browser app served by the app itself, on the service's origin. ``static.py``
+(projects with a ``channels`` endpoint): `StaticFolder`, the ASGI app that answers GET and
+HEAD with a folder's files under a mount (the prefix in the scope's ``root_path``, as
+Starlette's ``Mount`` passes it): a folder's path its ``index.html`` (without its last
+``/``, a relative redirect to it), JavaScript modules with a JavaScript type whatever the
+system's ``mimetypes`` holds, ``nosniff``; 404 for a hidden name (a dot first), ``..``, or
+a symbolic link out of the folder. ``asgi_backend``: `Router.mount` (a prefix and every
+path under it, every method, the prefix added to ``root_path``), and ``{name:path}`` route
+parameters, which match the rest of a path.
 
 2.5.0: tokens, RPC and personal channels on ``channels`` endpoints; pipelined Redis that
 follows a Sentinel failover; fan-out straight from the hub's delivery, through a lane per

@@ -61,14 +61,16 @@ Lifespan: TypeAlias = Callable[["Router"], AbstractAsyncContextManager[Mapping[s
 What it yields, if not None, is added to the ASGI state: every connection's
 ``scope["state"]`` (Starlette's ``lifespan`` works the same way)."""
 
-_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
 
 
 def _compile(path: str) -> re.Pattern[str]:
-    """A regular expression for ``path``: each ``{name}`` matches one path segment."""
+    """A regular expression for ``path``: each ``{name}`` matches one path segment, and
+    ``{name:path}`` the rest of the path (slashes too), as in Starlette."""
     pattern, end = "", 0
     for parameter in _PARAMETER.finditer(path):
-        pattern += re.escape(path[end : parameter.start()]) + f"(?P<{parameter.group(1)}>[^/]+)"
+        matches = ".*" if parameter.group(2) else "[^/]+"
+        pattern += re.escape(path[end : parameter.start()]) + f"(?P<{parameter.group(1)}>{matches})"
         end = parameter.end()
     return re.compile(pattern + re.escape(path[end:]))
 
@@ -115,6 +117,18 @@ class Router:
         self._http_routes.append(
             (Route(path, _compile(path)), app, None if methods is None else frozenset(methods))
         )
+
+    def mount(self, prefix: str, app: ASGIApp) -> None:
+        """Serve HTTP requests to ``prefix`` and every path under it with ``app``, every
+        method, ``prefix`` added to the scope's ``root_path`` (what is under it in
+        ``path_params["path"]``), as Starlette's ``Mount`` does (``static.StaticFolder``)."""
+        prefix = prefix.rstrip("/")
+
+        async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, "root_path": scope.get("root_path", "") + prefix}, receive, send)
+
+        self.add_http_route(prefix, mounted, methods=None)
+        self.add_http_route(prefix + "/{path:path}", mounted, methods=None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # here, not in a method: a coroutine less each

@@ -71,6 +71,18 @@ async def test_http_routes_answer_404_405_and_fill_path_params() -> None:
     assert (b"allow", b"GET, HEAD") in sent[0]["headers"]
 
 
+async def test_a_mount_takes_its_prefix_and_all_under_it_with_the_prefix_in_root_path() -> None:
+    async def where(scope: Scope, receive: Receive, send: Send) -> None:
+        await respond_json(send, [scope["root_path"], scope["path"]])
+
+    app = Router()
+    app.mount("/browser/", where)
+    for method, path in (("GET", "/browser"), ("GET", "/browser/"), ("POST", "/browser/a/b.js")):
+        assert status_and_body(await call_http(app, method, path)) == (200, ["/browser", path])
+    for path in ("/browserx", "/browser.js", "/"):
+        assert status_and_body(await call_http(app, "GET", path))[0] == 404
+
+
 async def test_websocket_routes_match_exactly_and_fill_path_params() -> None:
     seen: list[dict[str, Any]] = []
 

@@ -66,7 +66,8 @@ class StaticFolder:
         if scope["method"] not in ("GET", "HEAD"):
             await _respond(send, 405, b"", [(b"allow", b"GET, HEAD")])
             return
-        file = self.file(_route_path(scope))
+        path = _route_path(scope)
+        file = self.file(path)
         if file is not None and file.is_dir():
             if not scope["path"].endswith("/"):  # relative, so right under any mount or proxy
                 location = quote(scope["path"].rsplit("/", 1)[-1]) + "/"
@@ -74,7 +75,7 @@ class StaticFolder:
                 location += "?" + query.decode("latin-1") if query else ""
                 await _respond(send, 307, b"", [(b"location", location.encode("latin-1"))])
                 return
-            file = file / "index.html"
+            file = self.file(path + "/index.html")
         body = None if file is None else await asyncio.to_thread(_read, file)
         if file is None or body is None:
             await _respond(send, 404, HTTPStatus(404).phrase.encode(), [], head=_head(scope))
@@ -92,6 +93,8 @@ class StaticFolder:
         file = self.folder.joinpath(*parts).resolve()
         if not file.is_relative_to(self.folder):
             return None  # a symbolic link out of the folder
+        if any(part.startswith(".") for part in file.relative_to(self.folder).parts):
+            return None  # a symbolic link to a hidden file
         return file
 
 

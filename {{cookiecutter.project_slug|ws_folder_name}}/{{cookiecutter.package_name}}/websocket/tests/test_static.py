@@ -28,6 +28,9 @@ def folder(tmp_path: Path) -> Path:
     (app / ".env").write_text("SECRET=1\n")
     (tmp_path / "secret.txt").write_text("secret\n")
     (app / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (app / "env.txt").symlink_to(app / ".env")
+    (app / "out").mkdir()
+    (app / "out" / "index.html").symlink_to(tmp_path / "secret.txt")
     return app
 
 
@@ -96,6 +99,8 @@ async def test_a_folder_without_its_slash_is_redirected_to_it(static: StaticFold
         "/browser/../secret.txt",  # out of the folder (a server passes it on decoded)
         "/browser/docs/../../secret.txt",
         "/browser/link.txt",  # a symbolic link out of the folder
+        "/browser/out/",  # its index.html is one
+        "/browser/env.txt",  # a symbolic link to a hidden file
         "/browser/app.js/x",
         "/browser/a\\..\\..\\secret.txt",
         "/browser/a\0.js",

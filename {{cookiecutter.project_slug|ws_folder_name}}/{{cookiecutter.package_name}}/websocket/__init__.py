@@ -121,6 +121,12 @@ batch was connecting was written once the connection was made). Each batcher cal
 for a close by Redis before every batch (it was after a second idle: a publish just after
 a Redis stop was written to the closed connection). Upgrading: code that retried
 every `HubUnavailable` of a publish should look at ``maybe_published`` first.
+On Python 3.11 a cancellation can be lost in redis-py's writes (`asyncio.wait_for` returns
+a result that completes in the same turn as the cancellation: python/cpython#86296). Two
+hangs came of it and are gone: `RedisHub.close` cancels its tasks again until they end (a
+connection task cancelled while writing a PING went on listening, and close waited for it
+for good), and a batch whose time runs out during its write gives up before reading the
+replies (written to a frozen Redis, it waited for them for good).
 
 Redis failover: a hub's URL may name a Sentinel group
 (``redis+sentinel://HOST:26379,HOST2:26379/MASTER_NAME[/DB]``; `redis_sentinel.split_redis_urls`

@@ -184,7 +184,7 @@ class CommandBatcher:
     async def _send(self, batch: list[Entry]) -> None:
         """Send the entries of ``batch`` whose callers still wait, and settle their futures."""
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout) as deadline:
                 await self._connect()
                 # No await from here to the write: a caller that stops waiting after this
                 # has its command written (`Unanswered`), one that stopped before does not.
@@ -194,11 +194,11 @@ class CommandBatcher:
                 self.batches += 1
                 for entry in batch:
                     entry.written = True
-                replies, confirmed = await self._exchange_waiting(batch)
+                replies, confirmed = await self._exchange_waiting(deadline, batch)
                 unknown = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
                 self._settle(batch, replies, confirmed)
                 if unknown:
-                    await self._load_and_resend([batch[i] for i in unknown])
+                    await self._load_and_resend(deadline, [batch[i] for i in unknown])
         except BaseException as error:  # lost, timed out or cancelled: the rest unanswered
             await self.connection.disconnect(nowait=True)
             reason = repr(error) if isinstance(error, Exception) else "the Redis hub is closing"
@@ -228,27 +228,27 @@ class CommandBatcher:
                 entry.future.set_result(reply)
 
     async def _exchange_waiting(
-        self, batch: Sequence[Entry], before: Sequence[Command] = ()
+        self, deadline: asyncio.Timeout, batch: Sequence[Entry], before: Sequence[Command] = ()
     ) -> tuple[list[Any], float]:
         """Send ``before`` and ``batch``'s commands in one write, then ``WAIT`` if one is
         durable; the replies of ``batch`` (``before``'s errors raised), and how many
         replicas confirmed (infinity without ``WAIT``)."""
         commands = [*before, *(entry.command for entry in batch)]
         waits = any(entry.durable for entry in batch)
-        replies = await self._exchange([*commands, self._wait] if waits else commands)
+        replies = await self._exchange(deadline, [*commands, self._wait] if waits else commands)
         confirmed = replies.pop() if waits else math.inf
         for problem in replies[: len(before)]:
             if isinstance(problem, Exception):
                 raise problem
         return replies[len(before) :], confirmed if isinstance(confirmed, (int, float)) else 0
 
-    async def _load_and_resend(self, unknown: list[Entry]) -> None:
+    async def _load_and_resend(self, deadline: asyncio.Timeout, unknown: list[Entry]) -> None:
         """Load the scripts Redis did not know, then send again the commands that asked for
         them (they did not run), in their order, in the same write (with ``WAIT`` if one is
         durable), and answer them."""
         shas = dict.fromkeys(str(entry.command[1]) for entry in unknown)
         loads: list[Command] = [("SCRIPT", "LOAD", self._scripts[sha].body) for sha in shas]
-        replies, confirmed = await self._exchange_waiting(unknown, loads)
+        replies, confirmed = await self._exchange_waiting(deadline, unknown, loads)
         self._settle(unknown, replies, confirmed)
 
     async def _connect(self) -> None:
@@ -261,11 +261,18 @@ class CommandBatcher:
             await self._check(connection)
         await connection.connect()  # type: ignore[no-untyped-call]  # redis-py types
 
-    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
+    async def _exchange(self, deadline: asyncio.Timeout, commands: Sequence[Command]) -> list[Any]:
         """Write ``commands`` in one write and read their replies (error replies as
-        `ResponseError` values)."""
+        `ResponseError` values), within the batch's ``deadline``."""
         connection = self.connection
         await connection.send_packed_command(connection.pack_commands(commands), False)
+        if deadline.expired():
+            # The batch's time ran out during the write, and the cancellation that says so
+            # was lost: on Python 3.11, redis-py's write (under asyncio.wait_for) returns
+            # when it completes in the same turn of the event loop (python/cpython#86296).
+            # The replies are read with no timeout of their own: without this, a batch
+            # written to a frozen Redis would wait for them for good.
+            raise TimeoutError(f"no reply within {self.timeout:g} s")
         replies: list[Any] = []
         for _ in commands:
             try:  # no timeout per reply: the batch has one

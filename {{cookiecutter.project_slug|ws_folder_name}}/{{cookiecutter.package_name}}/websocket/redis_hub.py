@@ -135,6 +135,8 @@ MAYBE_PUBLISHED: Final = (
 """A publish written to Redis whose answer never came: Redis may have run it."""
 SUBSCRIBE_BATCH: Final = 512
 """Channels named in one SUBSCRIBE or UNSUBSCRIBE command at most (as Centrifuge does)."""
+STOP_RETRY_SECONDS: Final = 0.1
+"""How long `RedisHub.close` waits for a cancelled task before cancelling it again."""
 FIRST_RETRY_SECONDS: Final = 0.05
 LAST_RETRY_SECONDS: Final = 2.0
 DEFAULT_PRESENCE_TTL: Final = 30.0
@@ -506,21 +508,13 @@ class RedisHub(Hub):
             await self._leave_all()
         self._closed = True
         task, self._task = self._task, None
-        if self._following is not None:
-            self._following.cancel()
-            await asyncio.wait([self._following])
-            self._following = None
-        if self._renewing is not None:
-            self._renewing.cancel()
-            await asyncio.wait([self._renewing])
-            self._renewing = None
+        following, renewing = self._following, self._renewing
+        self._following = self._renewing = None
+        await _stop([t for t in (following, renewing) if t is not None])
         writer, self._pubsub_writer = self._pubsub_writer, None
         tasks = [*self._syncing.values(), *(t for t in (task, writer) if t is not None)]
         self._syncing.clear()
-        for each in tasks:
-            each.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await _stop(tasks)
         self._fanout.end_all()
         batcher, subscriber = self._batcher, self._subscriber
         self._batcher = self._subscriber = None
@@ -1106,6 +1100,23 @@ def _newer(known: Position | None, seen: Position) -> Position:
     if known is None or known.epoch != seen.epoch or seen.offset > known.offset:
         return seen
     return known
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again those still running.
+
+    One cancellation is not always enough: on Python 3.11, `asyncio.wait_for` returns the
+    result of what it waits for when that result comes in the same turn of the event loop
+    as the cancellation, and the cancellation is lost (python/cpython#86296, fixed in
+    3.12). redis-py writes every command under `asyncio.wait_for` (its ``socket_timeout``),
+    so a hub task cancelled while writing a PING or a SUBSCRIBE could go on listening for
+    good, and `RedisHub.close` wait for it forever.
+    """
+    running = {task for task in tasks if not task.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=STOP_RETRY_SECONDS)
 
 
 def _publish_failed(error: Exception) -> HubUnavailable:

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -366,6 +367,61 @@ async def test_publishing_to_a_redis_that_does_not_answer_gives_up_after_the_tim
             with pytest.raises(HubUnavailable):
                 await hub.publish("room", numbered(1))
             assert time.monotonic() - started < 2.0  # the 0.5 s timeout, not a hang
+
+
+async def test_closing_a_hub_that_is_writing_a_ping_ends_its_connection_task(
+    redis_server: RedisServer,
+) -> None:
+    # A hub whose pub/sub connection is quiet pings Redis every health_check_seconds;
+    # here every few milliseconds, and each hub is closed at a random moment, often while a
+    # PING is written. On Python 3.11 the cancellation of a task whose write completes in
+    # the same turn of the event loop is lost (asyncio.wait_for, under which redis-py
+    # writes): close must still end the connection task, not wait for it for good.
+    rng = random.Random(7)
+    for attempt in range(40):
+        hub = new_hub(redis_server.url, health_check_seconds=0.005, timeout=1.0)
+        await hub.start()
+        await asyncio.sleep(rng.uniform(0.0, 0.03))
+        try:
+            async with asyncio.timeout(10):
+                await hub.close()
+        except TimeoutError:
+            pytest.fail(f"close did not end the connection task (attempt {attempt})")
+
+
+def hold_up_the_event_loop(seconds: float) -> None:
+    """Keep the event loop from running for ``seconds``, as a busy machine can."""
+    time.sleep(seconds)
+
+
+async def test_a_batch_whose_time_runs_out_as_it_is_written_to_a_frozen_redis_gives_up(
+    own_redis_server: RedisServer,
+) -> None:
+    # Redis is frozen, and the event loop is held up (as by a busy machine) right while a
+    # publish is written, for longer than the hub's timeout: the batch's time runs out in
+    # the turn that completes the write, where Python 3.11 loses the cancellation that
+    # says so. The batch must give up all the same (the publish may have been published)
+    # and the next publish, once Redis goes on, go through.
+    server = own_redis_server
+    async with new_hub(server.url, timeout=0.3) as hub:
+        batcher = hub._batcher
+        assert batcher is not None
+        await hub.publish("room", numbered(0))
+        server.pause()
+        try:
+            batches = batcher.batches
+            first = asyncio.create_task(hub.publish("room", numbered(1)))
+            for _ in range(10_000):  # a turn of the loop at a time: no await between the
+                if batcher.batches > batches:  # count and the write, which is under way
+                    break
+                await asyncio.sleep(0)
+            hold_up_the_event_loop(0.5)
+            outcome = (await asyncio.gather(first, return_exceptions=True))[0]
+            await wait_until("the batch given up", lambda: batcher._writer is None, within=5)
+        finally:
+            server.resume()
+        assert may_have_been_published(outcome)
+        assert (await hub.publish("room", numbered(2))).offset in (2, 3)
 
 
 class Traffic:

@@ -300,7 +300,7 @@ def test_the_readme_s_route_answers_503_with_a_sentence_while_redis_is_down(
     async def shipped(scope: Scope, receive: Receive, send: Send) -> None:
         try:
             position = await hub_of(scope).publish(PATH, {"type": "shipped"})
-        except HubUnavailable as error:  # not sent: 503, as POST /api/publish answers
+        except HubUnavailable as error:  # 503 with its sentence, as POST /api/publish answers
             await respond_json(send, {"detail": f"{str(error).capitalize()}."}, status=503)
             return
         await respond_json(send, {"offset": position.offset})
@@ -322,6 +322,7 @@ def test_the_readme_s_route_answers_503_with_a_sentence_while_redis_is_down(
             scope: Scope = {"type": "http", "method": "POST", "state": {HUB_STATE_KEY: hub}}
             answers = [await call(scope)]
             lone_redis.stop()
+            await asyncio.sleep(0.1)  # the loop, blocked meanwhile, sees Redis close its end
             return [*answers, await call(scope)]
 
     monkeypatch.setenv("REDIS_URL", lone_redis.url)

@@ -119,6 +119,25 @@ flight that halved Redis's CPU per publish and cut the service's to a third
 (``bench/redis_batching.py``). It also ends the refusals of a burst: redis-py 8.1's default
 pool refused the commands past 100 in flight, so 1,000 publishes at once from one process
 failed by the thousands. Redis 7.0.6 or later is supported (tested on 7.0.15).
+A failed publish says whether it may have been published: a command written to Redis whose
+reply never came (the connection broke, or no answer within the timeout) fails with
+`redis_batch.Unanswered`, and the hub's `HubUnavailable` then has ``maybe_published=True``
+and says "the message may have been published (it was sent, but no answer came); sending it
+again may publish it twice" (`redis_hub.MAYBE_PUBLISHED`; Redis killed mid-burst had run
+about half of such publishes); one never written fails with `redis_batch.NotSent` and
+"the message was not sent; try again later" (`redis_hub.NOT_SENT`), as before. A command
+whose caller gave up before it was written is never written (before, one given up while its
+batch was connecting was written once the connection was made). Each batcher call waits its
+``timeout`` at most (the hub no longer wraps it in its own), and the connection is checked
+for a close by Redis before every batch (it was after a second idle: a publish just after
+a Redis stop was written to the closed connection). Upgrading: code that retried
+every `HubUnavailable` of a publish should look at ``maybe_published`` first.
+On Python 3.11 a cancellation can be lost in redis-py's writes (`asyncio.wait_for` returns
+a result that completes in the same turn as the cancellation: python/cpython#86296). Two
+hangs came of it and are gone: `RedisHub.close` cancels its tasks again until they end (a
+connection task cancelled while writing a PING went on listening, and close waited for it
+for good), and a batch whose time runs out during its write gives up before reading the
+replies (written to a frozen Redis, it waited for them for good).
 
 Redis failover: a hub's URL may name a Sentinel group
 (``redis+sentinel://HOST:26379,HOST2:26379/MASTER_NAME[/DB]``; `redis_sentinel.split_redis_urls`

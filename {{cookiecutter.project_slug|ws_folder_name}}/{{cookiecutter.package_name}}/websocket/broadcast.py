@@ -150,7 +150,14 @@ class Presence:
 
 
 class HubUnavailable(Exception):
-    """The hub could not publish a message (its backend is unreachable): it was not sent."""
+    """The hub could not do what was asked (its backend is unreachable). For a publish,
+    ``maybe_published`` says whether the message may have been published all the same: it
+    reached the backend, whose answer never came (publishing it again may publish it twice;
+    a client resuming by position sees it if it was). False: it was not published."""
+
+    def __init__(self, reason: str, *, maybe_published: bool = False) -> None:
+        super().__init__(reason)
+        self.maybe_published = maybe_published
 
 
 def presence_user(identity: object) -> JSONValue:

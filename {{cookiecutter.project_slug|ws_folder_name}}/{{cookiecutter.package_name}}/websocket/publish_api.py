@@ -103,7 +103,8 @@ async def send_to_user(
 
     From Python, as ``POST /api/publish`` does: ``await send_to_user(hub_of(request),
     "alice", {"text": "hi"}, NAMESPACES)`` (the project's ``channels.py``). Raises
-    `HubUnavailable` when the hub cannot send it (what was published before stays), and
+    `HubUnavailable` when the hub cannot send it (what was published before stays; its
+    ``maybe_published`` says if this one may have been published all the same), and
     TypeError or ValueError for a message that is not JSON."""
     published = []
     if namespaces is not None and isinstance(user, str | int) and not isinstance(user, bool):
@@ -458,7 +459,10 @@ def add_to_openapi(document: dict[str, Any], channels: Sequence[str] = ()) -> di
             "Refusal",
         ),
         "503": openapi_answer(
-            "The hub cannot answer (Redis is down): nothing was done.", "Refusal"
+            "The hub cannot answer (Redis is down): nothing was done, unless the detail says "
+            "the message may have been published (Redis took it and did not answer; sending "
+            "it again may publish it twice).",
+            "Refusal",
         ),
     }
     paths = document.setdefault("paths", {})

@@ -13,12 +13,15 @@ batch's commands one after the other, each script atomically, and answers them i
 write; each caller gets its own reply.
 
 A batch that fails (the connection breaks, or no answer within ``timeout`` seconds) fails
-each of its callers with the same error, and the next batch goes on a new connection. It is
-never sent again: Redis may have run some of its commands, and sending them twice could
-publish a message twice. A caller that stopped waiting before its command was written
-(its own timeout, a cancelled task) is left out of the batch. A connection that sat idle
-is checked before it is used, so one that Redis closed meanwhile (a restart) is replaced
-without failing anybody.
+each of its callers, and the next batch goes on a new connection. A failure says whether the
+command was written: `NotSent` if it was not (no connection could be made, or the caller
+stopped waiting first: ``timeout`` seconds after its call, or its task cancelled), and then
+it never runs; `Unanswered` if it was written and no reply came, and then Redis may have
+run it (or may still run it: a Redis that was frozen). A written batch is never sent again,
+since sending it twice could publish a message twice. The connection is checked before each batch (a
+look at what it has received, no round trip), so one that Redis closed meanwhile (a restart,
+a stop) is replaced without failing anybody, and a batch is not written to it (its callers
+would be told that it may have run).
 
 Scripts go by their SHA1 (``EVALSHA``); a Redis that does not know one (``NOSCRIPT``: it
 restarted, or ran ``SCRIPT FLUSH``) gets it loaded and the commands that asked for it sent
@@ -45,16 +48,34 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 MAX_BATCH: Final = 512
 """Commands written to Redis in one batch at most; more wait for the next."""
-IDLE_CHECK_SECONDS: Final = 1.0
-"""A connection idle for longer is checked for a close by Redis before it is used."""
 
 Command = tuple[str | int, ...]
-Entry = tuple[Command, "asyncio.Future[Any]", bool]
-"""A command, its caller's future, and whether it is durable."""
+
+
+class Entry:
+    """A command, its caller's future, whether it is durable, and whether it was written."""
+
+    __slots__ = ("command", "durable", "future", "written")
+
+    def __init__(self, command: Command, future: asyncio.Future[Any], durable: bool) -> None:
+        self.command = command
+        self.future = future
+        self.durable = durable
+        self.written = False
 
 
 class NotReplicated(RedisError):
     """Redis ran a durable command, but fewer replicas than asked confirmed it in time."""
+
+
+class NotSent(RedisConnectionError):
+    """The command was not written to Redis (no connection, or its caller stopped waiting
+    first), and never will be: it did not run."""
+
+
+class Unanswered(RedisConnectionError):
+    """The command was written to Redis but its reply never came (the connection broke, or
+    no answer in time): Redis may have run it."""
 
 
 class Script:
@@ -73,9 +94,10 @@ class CommandBatcher:
     """Sends the commands of its callers on ``connection``, pipelined in batches.
 
     ``scripts`` are the scripts its callers run (`run_script`), to be loaded on NOSCRIPT.
-    ``timeout`` bounds a batch, from its write to its last reply, in seconds (keep
-    ``wait_ms`` below it). ``wait_replicas``: the replicas a batch with durable commands
-    waits for, at most ``wait_ms`` milliseconds (0: durable is like any command).
+    ``timeout`` bounds, in seconds, each caller's wait (from its call) and each batch (from
+    its start to its last reply; keep ``wait_ms`` below it). ``wait_replicas``: the
+    replicas a batch with durable commands waits for, at most ``wait_ms`` milliseconds (0:
+    durable is like any command).
     """
 
     def __init__(
@@ -96,21 +118,32 @@ class CommandBatcher:
         self._scripts = {script.sha: script for script in scripts}
         self._pending: list[Entry] = []
         self._writer: asyncio.Task[None] | None = None
-        self._used_at = -math.inf
         self._closed = False
         self._moving = False
 
     async def call(self, *command: str | int, durable: bool = False) -> Any:
         """Send ``command`` in the next batch and answer its reply (a `ResponseError` for an
-        error reply, the batch's error if it fails); if ``durable``, once replicas have it
-        (`NotReplicated` if too few do)."""
+        error reply; `NotSent` or `Unanswered` if its batch fails); if ``durable``, once
+        replicas have it (`NotReplicated` if too few do). It waits ``timeout`` seconds at
+        most: then `NotSent` if the command was not written yet (it never will be), else
+        `Unanswered`. A caller cancelled before its command was written leaves it unsent."""
         if self._closed:
-            raise RedisConnectionError("the batcher is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((command, future, durable and self.wait_replicas > 0))
+            raise NotSent("the batcher is closed")
+        entry = Entry(
+            command,
+            asyncio.get_running_loop().create_future(),
+            durable and self.wait_replicas > 0,
+        )
+        self._pending.append(entry)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name="RedisHub batches")
-        return await future
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await entry.future
+        except TimeoutError as error:
+            if entry.written:
+                raise Unanswered(f"no reply within {self.timeout:g} s") from error
+            raise NotSent(f"not written within {self.timeout:g} s") from error
 
     async def run_script(
         self,
@@ -120,7 +153,8 @@ class CommandBatcher:
         *,
         durable: bool = False,
     ) -> Any:
-        """Run ``script`` (one of those the batcher was given) on ``keys`` and ``args``."""
+        """Run ``script`` (one of those the batcher was given) on ``keys`` and ``args``, as
+        `call` does."""
         return await self.call(*script.command(keys, args), durable=durable)
 
     async def move(self) -> None:
@@ -141,89 +175,104 @@ class CommandBatcher:
     async def _write(self) -> None:
         try:
             while self._pending:
-                batch = [entry for entry in self._pending[:MAX_BATCH] if not entry[1].done()]
+                batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
-                if batch:
-                    await self._send(batch)
+                await self._send(batch)
         finally:
             self._writer = None
 
     async def _send(self, batch: list[Entry]) -> None:
-        """Send ``batch`` and settle each of its callers' futures."""
-        self.batches += 1
+        """Send the entries of ``batch`` whose callers still wait, and settle their futures."""
         try:
-            async with asyncio.timeout(self.timeout):
-                replies, confirmed = await self._exchange_waiting(batch)
+            async with asyncio.timeout(self.timeout) as deadline:
+                await self._connect()
+                # No await from here to the write: a caller that stops waiting after this
+                # has its command written (`Unanswered`), one that stopped before does not.
+                batch = [entry for entry in batch if not entry.future.done()]
+                if not batch:
+                    return
+                self.batches += 1
+                for entry in batch:
+                    entry.written = True
+                replies, confirmed = await self._exchange_waiting(deadline, batch)
                 unknown = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+                self._settle(batch, replies, confirmed)
                 if unknown:
-                    replies, again = await self._load_and_resend(batch, replies, unknown)
-                    confirmed = min(confirmed, again)
-        except BaseException as error:  # lost, timed out or cancelled: none is answered
+                    await self._load_and_resend(deadline, [batch[i] for i in unknown])
+        except BaseException as error:  # lost, timed out or cancelled: the rest unanswered
             await self.connection.disconnect(nowait=True)
-            failure = error
+            reason = repr(error) if isinstance(error, Exception) else "the Redis hub is closing"
+            for entry in batch:
+                if not entry.future.done():
+                    failure = (Unanswered if entry.written else NotSent)(reason)
+                    failure.__cause__ = error
+                    entry.future.set_exception(failure)
             if not isinstance(error, Exception):
-                failure = RedisConnectionError("the Redis hub is closing")
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(failure)
-            if failure is not error:
                 raise
-            return
-        finally:
-            self._used_at = asyncio.get_running_loop().time()
-        for (_, future, durable), reply in zip(batch, replies, strict=True):
-            if future.done():
+
+    def _settle(self, batch: Sequence[Entry], replies: Sequence[Any], confirmed: float) -> None:
+        """Answer each caller of ``batch`` its reply, but those answered NOSCRIPT (sent
+        again) and those that stopped waiting."""
+        for entry, reply in zip(batch, replies, strict=True):
+            if entry.future.done() or _is_noscript(reply):
                 continue
             if isinstance(reply, Exception):
-                future.set_exception(reply)
-            elif durable and confirmed < self.wait_replicas:
-                future.set_exception(
+                entry.future.set_exception(reply)
+            elif entry.durable and confirmed < self.wait_replicas:
+                entry.future.set_exception(
                     NotReplicated(
                         f"{confirmed} of {self.wait_replicas} replicas confirmed the write in time"
                     )
                 )
             else:
-                future.set_result(reply)
+                entry.future.set_result(reply)
 
     async def _exchange_waiting(
-        self, batch: Sequence[Entry], before: Sequence[Command] = ()
+        self, deadline: asyncio.Timeout, batch: Sequence[Entry], before: Sequence[Command] = ()
     ) -> tuple[list[Any], float]:
         """Send ``before`` and ``batch``'s commands in one write, then ``WAIT`` if one is
         durable; the replies of ``batch`` (``before``'s errors raised), and how many
         replicas confirmed (infinity without ``WAIT``)."""
-        commands = [*before, *(command for command, _, _ in batch)]
-        waits = any(durable for _, _, durable in batch)
-        replies = await self._exchange([*commands, self._wait] if waits else commands)
+        commands = [*before, *(entry.command for entry in batch)]
+        waits = any(entry.durable for entry in batch)
+        replies = await self._exchange(deadline, [*commands, self._wait] if waits else commands)
         confirmed = replies.pop() if waits else math.inf
         for problem in replies[: len(before)]:
             if isinstance(problem, Exception):
                 raise problem
         return replies[len(before) :], confirmed if isinstance(confirmed, (int, float)) else 0
 
-    async def _load_and_resend(
-        self, batch: list[Entry], replies: list[Any], unknown: list[int]
-    ) -> tuple[list[Any], float]:
+    async def _load_and_resend(self, deadline: asyncio.Timeout, unknown: list[Entry]) -> None:
         """Load the scripts Redis did not know, then send again the commands that asked for
         them (they did not run), in their order, in the same write (with ``WAIT`` if one is
-        durable); the replies, and how many replicas confirmed the resent ones."""
-        shas = dict.fromkeys(str(batch[i][0][1]) for i in unknown)
+        durable), and answer them."""
+        shas = dict.fromkeys(str(entry.command[1]) for entry in unknown)
         loads: list[Command] = [("SCRIPT", "LOAD", self._scripts[sha].body) for sha in shas]
-        again, confirmed = await self._exchange_waiting([batch[i] for i in unknown], loads)
-        for i, reply in zip(unknown, again, strict=True):
-            replies[i] = reply
-        return replies, confirmed
+        replies, confirmed = await self._exchange_waiting(deadline, unknown, loads)
+        self._settle(unknown, replies, confirmed)
 
-    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
-        """Write ``commands`` in one write and read their replies (error replies as
-        `ResponseError` values)."""
+    async def _connect(self) -> None:
+        """Make the connection ready for the next batch: moved, checked, connected."""
         connection = self.connection
         if self._moving:
             self._moving = False
             await connection.disconnect()
-        elif asyncio.get_running_loop().time() - self._used_at > IDLE_CHECK_SECONDS:
+        else:
             await self._check(connection)
         await connection.connect()  # type: ignore[no-untyped-call]  # redis-py types
+
+    async def _exchange(self, deadline: asyncio.Timeout, commands: Sequence[Command]) -> list[Any]:
+        """Write ``commands`` in one write and read their replies (error replies as
+        `ResponseError` values), within the batch's ``deadline``."""
+        connection = self.connection
         await connection.send_packed_command(connection.pack_commands(commands), False)
+        if deadline.expired():
+            # The batch's time ran out during the write, and the cancellation that says so
+            # was lost: on Python 3.11, redis-py's write (under asyncio.wait_for) returns
+            # when it completes in the same turn of the event loop (python/cpython#86296).
+            # The replies are read with no timeout of their own: without this, a batch
+            # written to a frozen Redis would wait for them for good.
+            raise TimeoutError(f"no reply within {self.timeout:g} s")
         replies: list[Any] = []
         for _ in commands:
             try:  # no timeout per reply: the batch has one
@@ -234,8 +283,9 @@ class CommandBatcher:
 
     @staticmethod
     async def _check(connection: AbstractConnection) -> None:
-        """Drop ``connection`` if Redis closed it while it was idle (or it holds stray
-        data): then the next write goes on a new one."""
+        """Drop ``connection`` if Redis closed it (or it holds stray data): then the next
+        write goes on a new one. It looks at what the connection has received: no round
+        trip, no wait."""
         if not connection.is_connected:
             return
         try:

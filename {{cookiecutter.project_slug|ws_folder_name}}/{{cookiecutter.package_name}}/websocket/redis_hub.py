@@ -11,14 +11,17 @@ asyncio client, and passes the same contract tests as `MemoryHub` (``broadcast.p
   with its offset and epoch. Every process therefore sees a channel's messages with
   contiguous offsets in one order. If Redis cannot be reached, `publish` raises
   `HubUnavailable` at once (connection refused) or after ``timeout`` seconds (no answer):
-  it never hangs. Any process can publish: ``async with RedisHub(url, prefix=...) as hub:
+  it never hangs. The error says whether the message may have been published all the
+  same (``maybe_published``: it was written to Redis, whose answer never came) or was not
+  (`NOT_SENT`). Any process can publish: ``async with RedisHub(url, prefix=...) as hub:
   await hub.publish(channel, message)``.
 - **Pipelining.** Publishes, history reads and presence updates go to Redis through one
   `CommandBatcher` (``redis_batch.py``) on a connection of their own: a lone command is
   written at once, and those issued while a batch is out are written together as soon as
   its replies are in, in the order they were issued. A batch that fails fails each of its
-  callers (`HubUnavailable`) and is never sent again; a connection found closed after a
-  quiet spell (a Redis restart) is replaced before it is used.
+  callers (`HubUnavailable`: `MAYBE_PUBLISHED` once written) and is never sent again; a
+  command whose caller gave up before it was written is never written; a connection found
+  closed by Redis (a restart) is replaced before it is used.
 - **Subscribing** uses one pub/sub connection per hub (per process) for every channel that
   has local subscribers: ``SUBSCRIBE`` when a channel gets its first local subscriber,
   ``UNSUBSCRIBE`` when its last one leaves (those asked for while others are written go
@@ -115,7 +118,7 @@ from .broadcast import (
     new_epoch,
     presence_event,
 )
-from .redis_batch import CommandBatcher, NotReplicated, Script
+from .redis_batch import CommandBatcher, NotReplicated, Script, Unanswered
 from .redis_sentinel import RedisTarget, follow_master
 from .session import dumps, loads
 
@@ -123,8 +126,17 @@ logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS: Final = (RedisError, OSError, TimeoutError)
 """What a lost or unreachable Redis raises."""
+NOT_SENT: Final = "broadcast unavailable: the message was not sent; try again later"
+"""A publish that failed before its command was written to Redis: it was not published."""
+MAYBE_PUBLISHED: Final = (
+    "broadcast unavailable: the message may have been published (it was sent, but no answer "
+    "came); sending it again may publish it twice"
+)
+"""A publish written to Redis whose answer never came: Redis may have run it."""
 SUBSCRIBE_BATCH: Final = 512
 """Channels named in one SUBSCRIBE or UNSUBSCRIBE command at most (as Centrifuge does)."""
+STOP_RETRY_SECONDS: Final = 0.1
+"""How long `RedisHub.close` waits for a cancelled task before cancelling it again."""
 FIRST_RETRY_SECONDS: Final = 0.05
 LAST_RETRY_SECONDS: Final = 2.0
 DEFAULT_PRESENCE_TTL: Final = 30.0
@@ -402,21 +414,17 @@ class RedisHub(Hub):
             max(history_ms, self._position_ms),
         ]
         try:
-            async with asyncio.timeout(self.timeout):
-                offset, epoch, went_back = await batcher.run_script(
-                    PUBLISH, keys, args, durable=True
-                )
+            offset, epoch, went_back = await batcher.run_script(PUBLISH, keys, args, durable=True)
         except NotReplicated as error:
             logger.debug("publishing on %s was not confirmed: %r", channel, error)
             raise HubUnavailable(
                 "broadcast unavailable: no replica confirmed the message in time (it may "
-                "have been delivered); try again later"
+                "have been delivered); try again later",
+                maybe_published=True,
             ) from error
         except CONNECTION_ERRORS as error:
             logger.debug("publishing on %s failed: %r", channel, error)
-            raise HubUnavailable(
-                "broadcast unavailable: the message was not sent; try again later"
-            ) from error
+            raise _publish_failed(error) from error
         if self.stats is not None:
             self.stats.published += 1
         position = Position(int(offset), str(epoch))
@@ -475,10 +483,9 @@ class RedisHub(Hub):
         if self._closed or batcher is None:
             raise HubClosed("broadcast unavailable: the service is stopping")
         try:
-            async with asyncio.timeout(self.timeout):
-                count, infos = await batcher.run_script(
-                    PRESENCE, self._presence_keys(channel), [self.presence_limit]
-                )
+            count, infos = await batcher.run_script(
+                PRESENCE, self._presence_keys(channel), [self.presence_limit]
+            )
         except CONNECTION_ERRORS as error:
             logger.debug("reading the presence of %s failed: %r", channel, error)
             raise HubUnavailable("presence unavailable: try again later") from error
@@ -491,34 +498,23 @@ class RedisHub(Hub):
             raise HubClosed("broadcast unavailable: the service is stopping")
         data = dumps(user) + "\n" + direct_message(message)
         try:
-            async with asyncio.timeout(self.timeout):
-                await batcher.call("PUBLISH", self.prefix + DIRECT_CHANNEL, data)
+            await batcher.call("PUBLISH", self.prefix + DIRECT_CHANNEL, data)
         except CONNECTION_ERRORS as error:
             logger.debug("publishing to a user failed: %r", error)
-            raise HubUnavailable(
-                "broadcast unavailable: the message was not sent; try again later"
-            ) from error
+            raise _publish_failed(error) from error
 
     async def close(self) -> None:
         if not self._closed and self.presence_enabled and self._batcher is not None:
             await self._leave_all()
         self._closed = True
         task, self._task = self._task, None
-        if self._following is not None:
-            self._following.cancel()
-            await asyncio.wait([self._following])
-            self._following = None
-        if self._renewing is not None:
-            self._renewing.cancel()
-            await asyncio.wait([self._renewing])
-            self._renewing = None
+        following, renewing = self._following, self._renewing
+        self._following = self._renewing = None
+        await _stop([t for t in (following, renewing) if t is not None])
         writer, self._pubsub_writer = self._pubsub_writer, None
         tasks = [*self._syncing.values(), *(t for t in (task, writer) if t is not None)]
         self._syncing.clear()
-        for each in tasks:
-            each.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await _stop(tasks)
         self._fanout.end_all()
         batcher, subscriber = self._batcher, self._subscriber
         self._batcher = self._subscriber = None
@@ -601,8 +597,7 @@ class RedisHub(Hub):
                 event = presence_event("join", subscription) if events else ""
                 args += [subscription.client_id, dumps(client), event]
             try:
-                async with asyncio.timeout(self.timeout):
-                    await batcher.run_script(JOIN, self._presence_keys(channel), args)
+                await batcher.run_script(JOIN, self._presence_keys(channel), args)
             except CONNECTION_ERRORS as error:
                 logger.debug("writing the presence of %s failed: %r", channel, error)
                 return
@@ -619,8 +614,7 @@ class RedisHub(Hub):
                 event = presence_event("leave", subscription) if events else ""
                 args += [subscription.client_id, event]
             try:
-                async with asyncio.timeout(self.timeout):
-                    await batcher.run_script(LEAVE, self._presence_keys(channel), args)
+                await batcher.run_script(LEAVE, self._presence_keys(channel), args)
             except CONNECTION_ERRORS as error:  # they expire within the TTL
                 logger.debug("removing presence from %s failed: %r", channel, error)
                 return
@@ -663,10 +657,7 @@ class RedisHub(Hub):
             raise HubClosed("broadcast unavailable: the service is stopping")
         first, epoch = ("", "") if since is None else (str(since.offset + 1), since.epoch)
         args: list[str | int] = [*self._seen_args(channel), first, self._position_ms, epoch]
-        async with asyncio.timeout(self.timeout):
-            top, epoch, entries, went_back = await batcher.run_script(
-                READ, self._keys(channel), args
-            )
+        top, epoch, entries, went_back = await batcher.run_script(READ, self._keys(channel), args)
         history = [
             Publication(int(entry_id.partition("-")[0]), epoch, fields[1])
             for entry_id, fields in entries
@@ -1109,6 +1100,31 @@ def _newer(known: Position | None, seen: Position) -> Position:
     if known is None or known.epoch != seen.epoch or seen.offset > known.offset:
         return seen
     return known
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again those still running.
+
+    One cancellation is not always enough: on Python 3.11, `asyncio.wait_for` returns the
+    result of what it waits for when that result comes in the same turn of the event loop
+    as the cancellation, and the cancellation is lost (python/cpython#86296, fixed in
+    3.12). redis-py writes every command under `asyncio.wait_for` (its ``socket_timeout``),
+    so a hub task cancelled while writing a PING or a SUBSCRIBE could go on listening for
+    good, and `RedisHub.close` wait for it forever.
+    """
+    running = {task for task in tasks if not task.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=STOP_RETRY_SECONDS)
+
+
+def _publish_failed(error: Exception) -> HubUnavailable:
+    """The error for a publish that failed with ``error``: `MAYBE_PUBLISHED` if its command
+    was written to Redis, else `NOT_SENT`."""
+    if isinstance(error, Unanswered):
+        return HubUnavailable(MAYBE_PUBLISHED, maybe_published=True)
+    return HubUnavailable(NOT_SENT)
 
 
 def _backoff(attempts: int) -> float:

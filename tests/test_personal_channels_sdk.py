@@ -93,11 +93,13 @@ async def scenario(server: LiveServer, redis: RedisServer) -> None:
         assert [entry["channel"] for entry in answer["channels"]] == [CHANNEL]
         first = await next_of(events.publications)
         assert (first.channel, first.pub.offset, first.pub.data) == (CHANNEL, 1, {"n": 1})
-        server.stop()  # the service restarts; alice is sent three messages meanwhile
+        # The service restarts; alice is sent three messages meanwhile. In threads: the
+        # SDK's loop goes on (its reconnect attempts, their timeouts) as in a real client.
+        await asyncio.to_thread(server.stop)
         async with RedisHub(redis.url) as hub:
             for number in (2, 3, 4):
                 await hub.publish(CHANNEL, {"n": number})
-        server.restart()
+        await asyncio.to_thread(server.restart)
         again = await next_of(events.subscribed)
         assert (again.recovered, again.was_recovering) == (True, True), again
         assert again.stream_position.epoch == epoch

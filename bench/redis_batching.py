@@ -227,7 +227,10 @@ def _send_batches_by_pipeline(hub: Any, url: str) -> None:
     client = Redis.from_url(url, decode_responses=True)
     batcher = hub._batcher
 
-    async def exchange(commands: Sequence[Sequence[str | int]]) -> list[Any]:
+    async def exchange(*arguments: Any) -> list[Any]:
+        # The batch's commands come last: (deadline, commands), or (commands) in a hub of
+        # before the batch deadline (a side of --undetecting, say).
+        commands: Sequence[Sequence[str | int]] = arguments[-1]
         pipeline = client.pipeline(transaction=False)
         for command in commands:
             pipeline.execute_command(*command)
